@@ -1,0 +1,171 @@
+//! The trait every backend implements, and what passes between it and the core.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::key::LockKey;
+use crate::lease::{lock, Lease, LossNotifier, LossReason};
+use crate::options::LockOptions;
+use crate::token::FencingToken;
+
+/// A lock service: Redis, ZooKeeper, etcd, the in-memory reference, or your own.
+///
+/// A backend value is one client: its own connection or session, shared by every lock it
+/// takes. Applications do not call it directly; they wrap it in a [`Locker`](crate::Locker),
+/// which adds the guard, the background keepalive and the wait limit on top. The
+/// `dlock-conformance` crate checks that an implementation keeps the contract.
+///
+/// Every method must be cancellation safe: a dropped future leaves nothing behind on the
+/// server that outlives the lease (and ideally nothing at all).
+#[async_trait]
+pub trait LockBackend: Any + Send + Sync + fmt::Debug {
+    /// What this backend guarantees; the conformance suite reads it.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Takes the lock if it is free and nobody waits for it; `Ok(None)` if someone holds it.
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>>;
+
+    /// Takes the lock, waiting in line until `request.deadline` if it has one.
+    ///
+    /// Returns [`LockError::Timeout`](crate::LockError::Timeout) when the deadline passes,
+    /// after removing this waiter from the line. Waiting must be woken by the server, with a
+    /// timer only as a safety net, and call [`AcquireRequest::queued`] once in line.
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired>;
+
+    /// Sets the lease's remaining time to `ttl` if it is still ours, returning the new
+    /// deadline; [`LockError::NotHeld`](crate::LockError::NotHeld) if it is not.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant>;
+
+    /// Deletes the lock if it is still ours (checked on the server, atomically);
+    /// [`LockError::NotHeld`](crate::LockError::NotHeld) otherwise, changing nothing.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Renews every lease in `leases` for its own lease length, in as few round trips as the
+    /// backend allows, returning one [`Renewal`] per lease, in order.
+    ///
+    /// An `Err` means nothing is known (the server could not be asked); the keepalive retries
+    /// and, if the lease runs out first, signals the loss on its own clock. The default renews
+    /// one lease at a time with [`LockBackend::extend`].
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        let mut renewals = Vec::with_capacity(leases.len());
+        for lease in leases {
+            renewals.push(match self.extend(lease, lease.ttl()).await {
+                Ok(valid_until) => Renewal::Renewed { valid_until },
+                Err(crate::LockError::NotHeld { .. }) => Renewal::Lost(LossReason::NotOwner),
+                Err(other) => return Err(other),
+            });
+        }
+        Ok(renewals)
+    }
+}
+
+/// What a backend guarantees and how it works; the conformance suite checks the promise each
+/// flag makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The backend's name, as in its URL scheme.
+    pub name: &'static str,
+    /// Contended keys are granted first-come first-served (P10).
+    pub fifo: bool,
+    /// The lease is the client's session, fixed when it connects: every lock of the client
+    /// lives as long as the session, the per-lock `lease` option is not used, and renewal is
+    /// the session's heartbeat.
+    pub session_lease: bool,
+    /// Waiters are woken by the server, not by polling (P8).
+    pub server_wakeup: bool,
+    /// The shortest lease the backend supports.
+    pub min_lease: Duration,
+    /// How long after a crashed holder's lease ends the lock may stay taken (P3).
+    pub crash_release_bound: Duration,
+}
+
+/// One request to take a lock.
+pub struct AcquireRequest<'a> {
+    /// The lock's key.
+    pub key: &'a LockKey,
+    /// The options to take it with (lease, prefix…).
+    pub options: &'a LockOptions,
+    /// When to give up waiting; `None` waits forever. Ignored by `try_acquire`.
+    pub deadline: Option<Instant>,
+    /// Keep this to tell the guard if the server takes the lock away later.
+    pub loss: LossNotifier,
+    queued: QueuedSignal,
+}
+
+impl<'a> AcquireRequest<'a> {
+    /// A request, with a `queued` signal that fires when the backend reports being in line.
+    pub fn new(
+        key: &'a LockKey,
+        options: &'a LockOptions,
+        deadline: Option<Instant>,
+        loss: LossNotifier,
+        queued: Option<oneshot::Sender<()>>,
+    ) -> Self {
+        AcquireRequest {
+            key,
+            options,
+            deadline,
+            loss,
+            queued: QueuedSignal(Mutex::new(queued)),
+        }
+    }
+
+    /// Reports that this request now stands in the server's line for the lock, behind the
+    /// holder: from here on, requests that arrive later are served after it. Backends call it
+    /// once; later calls do nothing.
+    pub fn queued(&self) {
+        if let Some(sender) = lock(&self.queued.0).take() {
+            let _ = sender.send(());
+        }
+    }
+}
+
+impl fmt::Debug for AcquireRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcquireRequest")
+            .field("key", self.key)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+struct QueuedSignal(Mutex<Option<oneshot::Sender<()>>>);
+
+/// What a backend returns when it took a lock.
+pub struct Acquired {
+    /// The fencing token of this acquisition.
+    pub token: FencingToken,
+    /// Until when the lock is surely held, on this process's clock: the moment the successful
+    /// request was sent plus the lease (minus drift, for Redlock).
+    pub valid_until: Instant,
+    /// The backend's own record (owner id, node path…), handed back in [`Lease::record`].
+    pub record: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Acquired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquired")
+            .field("token", &self.token)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of renewing one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours, now until this instant.
+    Renewed {
+        /// The new deadline on this process's clock.
+        valid_until: Instant,
+    },
+    /// The server says it is no longer ours.
+    Lost(LossReason),
+}

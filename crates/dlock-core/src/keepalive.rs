@@ -1,0 +1,206 @@
+//! The one background task per client that renews held leases in batches and signals the
+//! ones that ran out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{LockBackend, Renewal};
+use crate::lease::{lock, Lease, LossReason, Status};
+
+/// Every lease a client holds, and the task that keeps them alive.
+///
+/// One task serves all of a client's locks, so renewal costs one `renew` call per interval
+/// however many locks are held (P4): leases that fall due within half an interval of each
+/// other are renewed together, and after one renewal they stay in step. The task also signals
+/// a lease lost on this process's clock when its deadline passes unrenewed (P5), and ends
+/// when the client holds nothing.
+pub(crate) struct Keepalive {
+    backend: Arc<dyn LockBackend>,
+    state: Mutex<Registry>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Registry {
+    entries: HashMap<u64, Entry>,
+    running: bool,
+}
+
+struct Entry {
+    lease: Arc<Lease>,
+    next_renewal: Instant,
+}
+
+impl Keepalive {
+    pub(crate) fn new(backend: Arc<dyn LockBackend>) -> Arc<Self> {
+        Arc::new(Keepalive {
+            backend,
+            state: Mutex::new(Registry::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn LockBackend> {
+        &self.backend
+    }
+
+    /// Starts watching `lease`; renews it if its options ask for keepalive.
+    pub(crate) fn register(self: &Arc<Self>, lease: Arc<Lease>) {
+        let next_renewal = Instant::now() + lease.options().effective_keepalive_interval();
+        let mut registry = lock(&self.state);
+        registry.entries.insert(
+            lease.id(),
+            Entry {
+                lease,
+                next_renewal,
+            },
+        );
+        if !registry.running {
+            registry.running = true;
+            tokio::spawn(Arc::clone(self).run());
+        }
+        drop(registry);
+        self.wake.notify_one();
+    }
+
+    /// Stops watching a lease (it was released or abandoned).
+    pub(crate) fn unregister(&self, lease: &Lease) {
+        lock(&self.state).entries.remove(&lease.id());
+    }
+
+    /// How many leases are watched.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).entries.len()
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            let wake = self.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let Some(next_tick) = self.tick().await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick) => {}
+                _ = wake => {}
+            }
+        }
+    }
+
+    /// Expires, renews and schedules. Returns when to look again, or `None` when nothing is
+    /// held any more (and the task must end).
+    async fn tick(&self) -> Option<Instant> {
+        let due = {
+            let mut registry = lock(&self.state);
+            let now = Instant::now();
+            registry.entries.retain(|_, entry| {
+                let lease = &entry.lease;
+                match lease.state().status() {
+                    Status::Held if now >= lease.valid_until() => {
+                        lease.state().mark_lost(LossReason::LeaseExpired);
+                        false
+                    }
+                    Status::Held | Status::Releasing => true,
+                    Status::Released | Status::Lost(_) => false,
+                }
+            });
+            if registry.entries.is_empty() {
+                registry.running = false;
+                return None;
+            }
+            let due: Vec<Arc<Lease>> = registry
+                .entries
+                .values()
+                .filter(|entry| is_due(entry, now))
+                .map(|entry| Arc::clone(&entry.lease))
+                .collect();
+            due
+        };
+        if !due.is_empty() {
+            self.renew(&due).await;
+        }
+        let registry = lock(&self.state);
+        registry
+            .entries
+            .values()
+            .map(|entry| {
+                let deadline = entry.lease.valid_until();
+                if entry.lease.options().keepalive {
+                    deadline.min(entry.next_renewal)
+                } else {
+                    deadline
+                }
+            })
+            .min()
+    }
+
+    async fn renew(&self, due: &[Arc<Lease>]) {
+        let sent = Instant::now();
+        let earliest_deadline = due.iter().map(|lease| lease.valid_until()).min();
+        let leases: Vec<&Lease> = due.iter().map(Arc::as_ref).collect();
+        let outcome = match earliest_deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.backend.renew(&leases))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::LockError::protocol(
+                        "keepalive",
+                        "no renewal reply before the lease ran out",
+                    ))
+                }),
+            None => return,
+        };
+        let mut registry = lock(&self.state);
+        match outcome {
+            Ok(renewals) if renewals.len() == due.len() => {
+                for (lease, renewal) in due.iter().zip(renewals) {
+                    match renewal {
+                        Renewal::Renewed { valid_until } => {
+                            lease.renewed_until(valid_until);
+                            if let Some(entry) = registry.entries.get_mut(&lease.id()) {
+                                entry.next_renewal =
+                                    sent + lease.options().effective_keepalive_interval();
+                            }
+                        }
+                        Renewal::Lost(reason) => {
+                            lease.state().mark_lost(reason);
+                        }
+                    }
+                }
+            }
+            other => {
+                match other {
+                    Err(error) => tracing::warn!(%error, locks = due.len(), "lock renewal failed; retrying"),
+                    Ok(renewals) => tracing::warn!(
+                        asked = due.len(),
+                        answered = renewals.len(),
+                        "backend answered a renewal for the wrong number of locks; retrying"
+                    ),
+                }
+                for lease in due {
+                    if let Some(entry) = registry.entries.get_mut(&lease.id()) {
+                        entry.next_renewal = Instant::now() + retry_delay(lease);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Due now, or within half an interval: renewing a little early lets leases share one call.
+fn is_due(entry: &Entry, now: Instant) -> bool {
+    let options = entry.lease.options();
+    options.keepalive
+        && matches!(entry.lease.state().status(), Status::Held)
+        && entry.next_renewal <= now + options.effective_keepalive_interval() / 2
+}
+
+/// After a failed renewal, try again soon: several tries fit in what is left of the lease.
+fn retry_delay(lease: &Lease) -> Duration {
+    (lease.options().effective_keepalive_interval() / 4)
+        .clamp(Duration::from_millis(5), Duration::from_secs(1))
+}

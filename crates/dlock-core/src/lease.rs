@@ -1,0 +1,225 @@
+//! One acquisition as the backend and the keepalive see it, and how its loss is signalled.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::key::LockKey;
+use crate::options::LockOptions;
+use crate::token::FencingToken;
+
+/// Why a guard stopped holding its lock without being released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// The lease ran out on the holder's own clock: renewals failed or were turned off.
+    LeaseExpired,
+    /// The server no longer records this holder as the owner (the key was deleted, overwritten
+    /// or expired on the server).
+    NotOwner,
+    /// The client's session or lease on the server ended (expired or revoked).
+    SessionEnded,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossReason::LeaseExpired => "the lease expired before it could be renewed",
+            LossReason::NotOwner => "the server no longer records this holder as the owner",
+            LossReason::SessionEnded => "the client's session on the server ended",
+        })
+    }
+}
+
+/// The handle a backend keeps to tell a guard, at any time, that its lock is gone.
+///
+/// Backends that learn of losses from the server (a session that expired, a watched key that
+/// was deleted) call [`LossNotifier::notify_lost`]; the guard's `lost()` future then resolves.
+/// Only a held lock can be lost: notifying a released one does nothing.
+#[derive(Clone)]
+pub struct LossNotifier {
+    state: Arc<LeaseState>,
+}
+
+impl LossNotifier {
+    /// Marks the lock lost for `reason`, unless it was already released or lost.
+    pub fn notify_lost(&self, reason: LossReason) {
+        self.state.mark_lost(reason);
+    }
+
+    /// True once the lock was lost, released or dropped: the backend can forget this handle.
+    pub fn is_finished(&self) -> bool {
+        !matches!(*self.state.status.borrow(), Status::Held | Status::Releasing)
+    }
+}
+
+impl fmt::Debug for LossNotifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LossNotifier")
+            .field("status", &*self.state.status.borrow())
+            .finish()
+    }
+}
+
+/// One acquisition: its key, fencing token, the options it was taken with, its lease deadline
+/// and the backend's own record of it (owner id, node path, lease id…).
+///
+/// Backends receive a `Lease` in `extend`, `release` and `renew` and find their record with
+/// [`Lease::record`].
+pub struct Lease {
+    id: u64,
+    key: LockKey,
+    token: FencingToken,
+    options: LockOptions,
+    record: Box<dyn Any + Send + Sync>,
+    state: Arc<LeaseState>,
+}
+
+impl Lease {
+    /// The key of the lock.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The fencing token issued with this acquisition.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The options the lock was taken with (lease, prefix…).
+    pub fn options(&self) -> &LockOptions {
+        &self.options
+    }
+
+    /// The lease length asked for.
+    pub fn ttl(&self) -> Duration {
+        self.options.lease
+    }
+
+    /// The backend's record of this acquisition, if it has type `T`.
+    pub fn record<T: Any>(&self) -> Option<&T> {
+        self.record.downcast_ref()
+    }
+
+    /// Until when the lock is known to be held, on this process's clock.
+    pub fn valid_until(&self) -> Instant {
+        *lock(&self.state.valid_until)
+    }
+
+    /// True while the lock is held and its lease has not run out on this process's clock.
+    pub fn is_held(&self) -> bool {
+        matches!(*self.state.status.borrow(), Status::Held) && Instant::now() < self.valid_until()
+    }
+
+    pub(crate) fn new(
+        key: LockKey,
+        options: LockOptions,
+        acquired: crate::backend::Acquired,
+        state: Arc<LeaseState>,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        *lock(&state.valid_until) = acquired.valid_until;
+        Lease {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key,
+            token: acquired.token,
+            options,
+            record: acquired.record,
+            state,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn state(&self) -> &LeaseState {
+        &self.state
+    }
+
+    /// Moves the deadline forward; never backward, so a slow renewal reply cannot shorten it.
+    pub(crate) fn renewed_until(&self, valid_until: Instant) {
+        let mut current = lock(&self.state.valid_until);
+        if valid_until > *current {
+            *current = valid_until;
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("status", &*self.state.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an acquisition is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Held,
+    /// A release was sent; the keepalive leaves the lease alone and losses are ignored.
+    Releasing,
+    Released,
+    Lost(LossReason),
+}
+
+/// The state shared by a guard, its keepalive entry and the backend's [`LossNotifier`].
+pub(crate) struct LeaseState {
+    pub(crate) status: watch::Sender<Status>,
+    valid_until: Mutex<Instant>,
+}
+
+impl LeaseState {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(LeaseState {
+            status: watch::Sender::new(Status::Held),
+            valid_until: Mutex::new(Instant::now()),
+        })
+    }
+
+    pub(crate) fn notifier(self: &Arc<Self>) -> LossNotifier {
+        LossNotifier {
+            state: Arc::clone(self),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// Held → Lost. Returns whether this call made the change.
+    pub(crate) fn mark_lost(&self, reason: LossReason) -> bool {
+        self.transition(|s| matches!(s, Status::Held), Status::Lost(reason))
+    }
+
+    /// Held → Releasing. Returns whether this call made the change.
+    pub(crate) fn begin_release(&self) -> bool {
+        self.transition(|s| matches!(s, Status::Held), Status::Releasing)
+    }
+
+    /// Any → `to`, when `from` accepts the current status.
+    pub(crate) fn transition(&self, from: impl Fn(Status) -> bool, to: Status) -> bool {
+        self.status.send_if_modified(|status| {
+            if from(*status) {
+                *status = to;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning: the data it guards stays consistent because
+/// every critical section in this crate is a plain assignment.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

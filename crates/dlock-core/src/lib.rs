@@ -1,0 +1,49 @@
+//! The lock contract of **dlock**: distributed locks with pluggable backends.
+//!
+//! Applications use a [`Locker`] over any [`LockBackend`] and get a [`LockGuard`] for every
+//! lock they take. The guard carries a [`FencingToken`], renews its lease in the background,
+//! signals when the lock is lost and releases it when dropped. Backends (Redis, ZooKeeper,
+//! etcd, the in-memory [`MemoryBackend`]) implement only the server side; everything common
+//! (key rules, options, the guard, keepalive, loss signalling, backoff) lives here once.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dlock_core::LockError> {
+//! use dlock_core::{Locker, MemoryBackend};
+//!
+//! let locker = Locker::new(MemoryBackend::new());
+//! let guard = locker.acquire("jobs/nightly-export").await?;
+//! // … do the work, passing guard.fencing_token() to the storage you write to …
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The contract each backend keeps is written down property by property (P1 … P12) in the
+//! project's `SEMANTICS.md`, and the `dlock-conformance` crate checks it.
+#![deny(missing_docs)]
+
+mod backend;
+mod backoff;
+mod error;
+mod guard;
+mod keepalive;
+mod key;
+mod lease;
+mod locker;
+mod memory;
+mod options;
+mod token;
+
+pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, Renewal};
+pub use backoff::Backoff;
+pub use error::{BoxError, LockError, Result};
+pub use guard::LockGuard;
+pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
+pub use lease::{Lease, LossNotifier, LossReason};
+pub use locker::{Locker, WAIT_LIMIT_GRACE};
+pub use memory::{MemoryBackend, MemoryServer};
+pub use options::{LockOptions, MAX_LEASE, MAX_PREFIX_LEN, MIN_LEASE};
+pub use token::FencingToken;
+
+/// Re-exported so backend crates implement [`LockBackend`] with the same macro version.
+pub use async_trait::async_trait;

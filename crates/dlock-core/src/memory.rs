@@ -1,0 +1,451 @@
+//! The in-memory reference backend: the whole contract inside one process.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{AcquireRequest, Acquired, Capabilities, LockBackend, Renewal};
+use crate::error::{LockError, Result};
+use crate::key::LockKey;
+use crate::lease::{lock, Lease, LossNotifier, LossReason};
+use crate::token::FencingToken;
+
+/// A lock backend that lives in this process: real TTL expiry, fencing tokens, a FIFO line of
+/// waiters woken one at a time, loss signals and cancellation safety.
+///
+/// Use it for unit tests of code that takes locks, and as the quick-start default. Every
+/// [`MemoryBackend`] made from one [`MemoryServer`] is an independent client of the same
+/// lock table, as processes sharing one Redis would be.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dlock_core::LockError> {
+/// use dlock_core::{Locker, MemoryServer};
+///
+/// let server = MemoryServer::new();
+/// let alice = Locker::new(server.client());
+/// let bob = Locker::new(server.client());
+///
+/// let guard = alice.acquire("printer").await?;
+/// assert!(bob.try_acquire("printer").await?.is_none());
+/// guard.release().await?;
+/// assert!(bob.try_acquire("printer").await?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryBackend {
+    server: Arc<MemoryServer>,
+}
+
+/// The shared lock table behind [`MemoryBackend`] clients.
+pub struct MemoryServer {
+    table: Mutex<Table>,
+}
+
+impl MemoryServer {
+    /// A new, empty lock table.
+    pub fn new() -> Arc<Self> {
+        Arc::new(MemoryServer {
+            table: Mutex::new(Table::default()),
+        })
+    }
+
+    /// The table shared by every `memory://` client of this process.
+    pub fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<MemoryServer>> = OnceLock::new();
+        Arc::clone(GLOBAL.get_or_init(MemoryServer::new))
+    }
+
+    /// A new client of this table.
+    pub fn client(self: &Arc<Self>) -> MemoryBackend {
+        MemoryBackend {
+            server: Arc::clone(self),
+        }
+    }
+
+    /// Makes the table forget the holder of `key` under `prefix`, as if an operator deleted
+    /// the key: the holder's guard is signalled lost and the first waiter is woken.
+    /// Returns whether there was a holder.
+    pub fn forget(&self, prefix: &str, key: &LockKey) -> bool {
+        let mut table = self.table();
+        let Some(entry) = table.keys.get_mut(&entry_name(prefix, key)) else {
+            return false;
+        };
+        let Some(holder) = entry.holder.take() else {
+            return false;
+        };
+        holder.loss.notify_lost(LossReason::NotOwner);
+        entry.wake_head();
+        true
+    }
+
+    /// Takes the server down (every call fails with [`LockError::Connection`] and waiters
+    /// give up) or brings it back. Locks survive, as they would on a server that was only
+    /// unreachable.
+    pub fn set_reachable(&self, reachable: bool) {
+        let mut table = self.table();
+        table.down = !reachable;
+        for entry in table.keys.values() {
+            for waiter in &entry.waiters {
+                waiter.wake.notify_one();
+            }
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+}
+
+impl MemoryBackend {
+    /// A client of a new table of its own.
+    pub fn new() -> Self {
+        MemoryServer::new().client()
+    }
+
+    /// The table this client talks to.
+    pub fn server(&self) -> &Arc<MemoryServer> {
+        &self.server
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "memory",
+            fifo: true,
+            session_lease: false,
+            server_wakeup: true,
+            min_lease: crate::options::MIN_LEASE,
+            crash_release_bound: Duration::from_millis(50),
+        }
+    }
+
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        let name = entry_name(&request.options.prefix, request.key);
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        let entry = table.keys.entry(name.clone()).or_default();
+        entry.expire_holder(now);
+        if entry.holder.is_some() || !entry.waiters.is_empty() {
+            table.drop_if_idle(&name);
+            return Ok(None);
+        }
+        Ok(Some(table.grant(&name, &request, now)))
+    }
+
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        let name = entry_name(&request.options.prefix, request.key);
+        let mut place: Option<PlaceInLine> = None;
+        loop {
+            let wake_at = {
+                let mut table = self.server.table();
+                table.check_reachable()?;
+                let now = Instant::now();
+                let entry = table.keys.entry(name.clone()).or_default();
+                entry.expire_holder(now);
+                let my_turn = match &place {
+                    Some(place) => entry.waiters.front().map(|w| w.id) == Some(place.id),
+                    None => entry.waiters.is_empty(),
+                };
+                if my_turn && entry.holder.is_none() {
+                    if let Some(place) = place.take() {
+                        place.leave_line(entry);
+                    }
+                    return Ok(table.grant(&name, &request, now));
+                }
+                if request.deadline.is_some_and(|deadline| now >= deadline) {
+                    // `place` drops after the table lock is released and leaves the line.
+                    drop(table);
+                    return Err(LockError::Timeout {
+                        key: request.key.to_string(),
+                        waited: request.options.wait.unwrap_or_default(),
+                    });
+                }
+                let place = match &mut place {
+                    Some(place) => place,
+                    None => {
+                        table.next_waiter += 1;
+                        let id = table.next_waiter;
+                        let wake = Arc::new(Notify::new());
+                        let entry = table.keys.get_mut(&name).expect("entry exists");
+                        entry.waiters.push_back(Waiter {
+                            id,
+                            wake: Arc::clone(&wake),
+                        });
+                        request.queued();
+                        place.insert(PlaceInLine {
+                            server: Arc::clone(&self.server),
+                            name: name.clone(),
+                            id,
+                            wake,
+                            left: false,
+                        })
+                    }
+                };
+                let entry = &table.keys[&name];
+                let at_head = entry.waiters.front().map(|w| w.id) == Some(place.id);
+                // Only the first in line watches the holder's expiry: one timer, no herd.
+                let holder_expiry = entry
+                    .holder
+                    .as_ref()
+                    .filter(|_| at_head)
+                    .map(|h| h.expires_at);
+                (place.wake.clone(), min_instant(holder_expiry, request.deadline))
+            };
+            let (wake, at) = wake_at;
+            match at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => wake.notified().await,
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
+        let record = record(lease)?;
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        match table.owned_holder(record, now) {
+            Some(holder) => {
+                holder.expires_at = now + ttl;
+                Ok(now + ttl)
+            }
+            None => Err(LockError::NotHeld {
+                key: lease.key().to_string(),
+            }),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let record = record(lease)?;
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        if table.owned_holder(record, now).is_none() {
+            return Err(LockError::NotHeld {
+                key: lease.key().to_string(),
+            });
+        }
+        let entry = table.keys.get_mut(&record.name).expect("holder's entry");
+        entry.holder = None;
+        entry.wake_head();
+        table.drop_if_idle(&record.name);
+        Ok(())
+    }
+
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        leases
+            .iter()
+            .map(|lease| {
+                let record = record(lease)?;
+                Ok(match table.owned_holder(record, now) {
+                    Some(holder) => {
+                        holder.expires_at = now + lease.ttl();
+                        Renewal::Renewed {
+                            valid_until: holder.expires_at,
+                        }
+                    }
+                    None => Renewal::Lost(LossReason::NotOwner),
+                })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MemoryServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let table = self.table();
+        f.debug_struct("MemoryServer")
+            .field("keys", &table.keys.len())
+            .field("down", &table.down)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    keys: HashMap<String, Entry>,
+    /// One counter for all keys, like etcd's revision: strictly growing per key too.
+    last_token: u64,
+    next_waiter: u64,
+    next_owner: u64,
+    down: bool,
+}
+
+#[derive(Default)]
+struct Entry {
+    holder: Option<Holder>,
+    waiters: VecDeque<Waiter>,
+}
+
+struct Holder {
+    owner: u64,
+    expires_at: Instant,
+    loss: LossNotifier,
+}
+
+struct Waiter {
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+/// The backend's record in a [`Lease`].
+struct MemoryRecord {
+    name: String,
+    owner: u64,
+}
+
+/// A waiter's entry in a key's line; dropping it (the acquire returned or was cancelled)
+/// leaves the line and hands the turn on if it was first.
+struct PlaceInLine {
+    server: Arc<MemoryServer>,
+    name: String,
+    id: u64,
+    wake: Arc<Notify>,
+    left: bool,
+}
+
+impl PlaceInLine {
+    /// Leaves the line while the caller holds the table lock.
+    fn leave_line(mut self, entry: &mut Entry) {
+        entry.remove_waiter(self.id);
+        self.left = true;
+    }
+}
+
+impl Drop for PlaceInLine {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        let mut table = self.server.table();
+        if let Some(entry) = table.keys.get_mut(&self.name) {
+            entry.remove_waiter(self.id);
+        }
+        table.drop_if_idle(&self.name);
+    }
+}
+
+impl Table {
+    fn check_reachable(&self) -> Result<()> {
+        if self.down {
+            return Err(LockError::connection(
+                "memory://",
+                "the in-memory server is set unreachable",
+            ));
+        }
+        Ok(())
+    }
+
+    fn grant(&mut self, name: &str, request: &AcquireRequest<'_>, now: Instant) -> Acquired {
+        self.last_token += 1;
+        self.next_owner += 1;
+        let token = FencingToken::new(self.last_token);
+        let owner = self.next_owner;
+        let expires_at = now + request.options.lease;
+        let entry = self.keys.get_mut(name).expect("entry exists");
+        entry.holder = Some(Holder {
+            owner,
+            expires_at,
+            loss: request.loss.clone(),
+        });
+        // The next in line now waits for a new holder: let it arm its expiry timer.
+        entry.wake_head();
+        Acquired {
+            token,
+            valid_until: expires_at,
+            record: Box::new(MemoryRecord {
+                name: name.to_owned(),
+                owner,
+            }),
+        }
+    }
+
+    fn owned_holder(&mut self, record: &MemoryRecord, now: Instant) -> Option<&mut Holder> {
+        let entry = self.keys.get_mut(&record.name)?;
+        entry.expire_holder(now);
+        entry
+            .holder
+            .as_mut()
+            .filter(|holder| holder.owner == record.owner)
+    }
+
+    fn drop_if_idle(&mut self, name: &str) {
+        if self
+            .keys
+            .get(name)
+            .is_some_and(|e| e.holder.is_none() && e.waiters.is_empty())
+        {
+            self.keys.remove(name);
+        }
+    }
+}
+
+impl Entry {
+    fn expire_holder(&mut self, now: Instant) {
+        if self.holder.as_ref().is_some_and(|h| now >= h.expires_at) {
+            if let Some(holder) = self.holder.take() {
+                holder.loss.notify_lost(LossReason::NotOwner);
+            }
+        }
+    }
+
+    fn wake_head(&self) {
+        if let Some(head) = self.waiters.front() {
+            head.wake.notify_one();
+        }
+    }
+
+    fn remove_waiter(&mut self, id: u64) {
+        let was_head = self.waiters.front().map(|w| w.id) == Some(id);
+        self.waiters.retain(|w| w.id != id);
+        if was_head {
+            self.wake_head();
+        }
+    }
+}
+
+fn entry_name(prefix: &str, key: &LockKey) -> String {
+    format!("{prefix}/{}", key.path_segment())
+}
+
+fn record(lease: &Lease) -> Result<&MemoryRecord> {
+    lease.record::<MemoryRecord>().ok_or_else(|| {
+        LockError::protocol("memory", "the lease was not taken by a memory backend")
+    })
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
