@@ -1,0 +1,745 @@
+//! The tests themselves, one public function per property; [`conformance_tests!`](crate::conformance_tests)
+//! turns each into a `#[test]`.
+//!
+//! Timing bounds here are correctness limits from the contract (a wait limit, a lease), set
+//! generously so a loaded CI machine does not fail them; speed is measured by benchmarks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_core::{
+    FencingToken, LockError, LockGuard, LockOptions, Locker, WAIT_LIMIT_GRACE,
+};
+use futures::FutureExt;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::counting::CountingBackend;
+use crate::ConformanceTarget;
+
+/// What "promptly" means in these tests: far above a healthy round trip, far below the
+/// default lease, so passing it shows the server woke the waiter rather than a lease expiry.
+const PROMPTLY: Duration = Duration::from_secs(5);
+/// The lease of tests that never wait for one to run out.
+const LONG_LEASE: Duration = Duration::from_secs(20);
+
+/// Several clients, several tasks each, hammering one key: nobody is ever inside the critical
+/// section together, and tokens grow in the order holders enter it.
+pub async fn p01_mutual_exclusion_across_clients(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p01-across-clients").await;
+    let section = Arc::new(CriticalSection::default());
+    let mut tasks = Vec::new();
+    for _client in 0..3 {
+        let locker = fixture.locker(LONG_LEASE).await;
+        for _task in 0..4 {
+            let (locker, section) = (locker.clone(), Arc::clone(&section));
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..6 {
+                    let guard = locker.acquire("contended").await.expect("acquire");
+                    section.enter(&guard).await;
+                    guard.release().await.expect("release");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("a contending task panicked");
+    }
+    assert_eq!(section.entries(), 3 * 4 * 6);
+}
+
+/// Like the test above, with clients that only ever try once per attempt.
+pub async fn p01_mutual_exclusion_with_try_acquire(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p01-try").await;
+    let section = Arc::new(CriticalSection::default());
+    let mut tasks = Vec::new();
+    for _client in 0..3 {
+        let locker = fixture.locker(LONG_LEASE).await;
+        for _task in 0..3 {
+            let (locker, section) = (locker.clone(), Arc::clone(&section));
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    if let Some(guard) = locker.try_acquire("contended").await.expect("try") {
+                        section.enter(&guard).await;
+                        guard.release().await.expect("release");
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("a contending task panicked");
+    }
+    assert!(section.entries() > 0, "no try_acquire ever succeeded");
+}
+
+/// A held lock is neither tried nor waited for successfully by another client.
+pub async fn p01_held_lock_excludes_other_clients(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p01-held").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    assert!(bob.try_acquire("k").await.expect("try").is_none());
+    let waited = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(ms(300)))
+        .await;
+    assert!(matches!(waited, Err(LockError::Timeout { .. })), "{waited:?}");
+    assert!(guard.is_held());
+    guard.release().await.expect("release");
+}
+
+/// Tokens of successive acquisitions by different clients strictly grow.
+pub async fn p02_tokens_grow_across_clients(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p02-clients").await;
+    let clients = [
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    ];
+    let mut last = None;
+    for round in 0..6 {
+        let guard = clients[round % 2].acquire("k").await.expect("acquire");
+        assert_grows(&mut last, guard.fencing_token());
+        guard.release().await.expect("release");
+    }
+}
+
+/// A client that goes away and a new one that comes: the new token is still greater.
+pub async fn p02_tokens_grow_across_client_restarts(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p02-restart").await;
+    let mut last = None;
+    for _restart in 0..3 {
+        let locker = fixture.locker(LONG_LEASE).await;
+        let guard = locker.acquire("k").await.expect("acquire");
+        assert_grows(&mut last, guard.fencing_token());
+        guard.release().await.expect("release");
+        drop(locker);
+    }
+}
+
+/// The holder that takes over a lock its former holder lost gets a greater token.
+pub async fn p02_new_holder_after_loss_gets_a_greater_token(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p02-loss").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let old = alice.acquire("k").await.expect("alice acquires");
+    target.forget(&old).await.expect("forget");
+    let new = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
+        .await
+        .expect("bob acquires the forgotten lock");
+    assert!(new.fencing_token() > old.fencing_token());
+}
+
+/// A holder that crashes without releasing frees the lock within one lease plus the bound
+/// the backend states.
+pub async fn p03_crashed_holder_frees_the_lock_within_the_lease(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p03-crash").await;
+    let lease = target.short_lease();
+    let holder = fixture.locker(lease).await;
+    let bound = holder.capabilities().crash_release_bound;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let token = guard.fencing_token();
+    target.crash(holder, guard).await;
+    let waiter = fixture.locker(LONG_LEASE).await;
+    let limit = lease + bound + PROMPTLY;
+    let started = Instant::now();
+    let next = waiter
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(limit))
+        .await
+        .unwrap_or_else(|e| panic!("the crashed holder's lock was not freed within {limit:?}: {e}"));
+    assert!(next.fencing_token() > token);
+    assert!(started.elapsed() <= limit + WAIT_LIMIT_GRACE);
+}
+
+/// A live holder keeps its lock for several leases without doing anything.
+pub async fn p04_keepalive_holds_the_lock_beyond_its_lease(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p04-keepalive").await;
+    let lease = target.short_lease();
+    let (holder, other) = (fixture.locker(lease).await, fixture.locker(lease).await);
+    let guard = holder.acquire("k").await.expect("acquire");
+    // Time passing is the point of this test: the lease must outlive three of itself.
+    tokio::time::sleep(lease * 3).await;
+    assert!(guard.is_held(), "keepalive let the lock go");
+    assert!(other.try_acquire("k").await.expect("try").is_none());
+    guard.release().await.expect("release");
+}
+
+/// Renewing many locks costs a few calls per interval, not one per lock (P4, P11).
+pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p04-batched").await;
+    let lease = target.short_lease();
+    let counting = CountingBackend::new(target.connect(lease).await.expect("connect"));
+    let locker = Locker::from_backend(counting.clone())
+        .with_options(fixture.options(lease))
+        .expect("options");
+    let mut guards = Vec::new();
+    for i in 0..50 {
+        guards.push(locker.acquire(format!("k{i}")).await.expect("acquire"));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(lease * 2).await;
+    let intervals = (started.elapsed().as_secs_f64()
+        / fixture.options(lease).effective_keepalive_interval().as_secs_f64())
+    .ceil() as usize;
+    let renewals = counting.renew_calls.load(Ordering::Relaxed);
+    assert!(guards.iter().all(LockGuard::is_held));
+    assert!(
+        renewals <= 3 * (intervals + 2),
+        "{renewals} renew calls for 50 locks over {intervals} intervals: renewal is not batched"
+    );
+    assert_eq!(counting.extend_calls.load(Ordering::Relaxed), 0);
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+}
+
+/// With keepalive off, a per-lock lease runs out, the guard says so and another client gets
+/// the lock. Session backends declare that the session holds the lock instead, and keep it.
+pub async fn p04_without_keepalive_the_lease_runs_out(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p04-no-keepalive").await;
+    let lease = target.short_lease();
+    let options = fixture.options(lease).keepalive(false);
+    let holder = fixture.locker(lease).await;
+    let guard = holder.acquire_with("k", &options).await.expect("acquire");
+    let other = fixture.locker(lease).await;
+    if holder.capabilities().session_lease {
+        tokio::time::sleep(lease * 2).await;
+        assert!(guard.is_held(), "the session should keep the lock");
+        assert!(other.try_acquire("k").await.expect("try").is_none());
+        return;
+    }
+    within(lease + lease / 3 + PROMPTLY, guard.lost(), "loss signal").await;
+    assert!(!guard.is_held());
+    let next = other
+        .acquire_with("k", &fixture.options(lease).wait(PROMPTLY))
+        .await
+        .expect("the expired lock is free");
+    assert!(next.fencing_token() > guard.fencing_token());
+}
+
+/// A lock the server forgot (key deleted, session expired) is signalled lost (P5).
+pub async fn p05_forgotten_lock_is_signalled(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p05-forgotten").await;
+    let lease = target.short_lease();
+    let holder = fixture.locker(lease).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    target.forget(&guard).await.expect("forget");
+    within(lease + PROMPTLY, guard.lost(), "loss signal").await;
+    assert!(!guard.is_held());
+    assert!(matches!(
+        guard.release().await,
+        Err(LockError::NotHeld { .. })
+    ));
+}
+
+/// Extending a lock the server no longer records as ours fails with `NotHeld`.
+pub async fn p05_extend_after_loss_is_not_held(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p05-extend").await;
+    let holder = fixture.locker(LONG_LEASE).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    target.forget(&guard).await.expect("forget");
+    let extended = guard.extend(LONG_LEASE).await;
+    assert!(
+        matches!(extended, Err(LockError::NotHeld { .. })),
+        "{extended:?}"
+    );
+    assert!(!guard.is_held());
+}
+
+/// The lost-future of a healthy lock does not resolve.
+pub async fn p05_lost_future_stays_pending_while_held(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p05-pending").await;
+    let holder = fixture.locker(LONG_LEASE).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let mut lost = Box::pin(guard.lost());
+    guard.extend(LONG_LEASE).await.expect("extend a held lock");
+    assert!((&mut lost).now_or_never().is_none());
+    assert!(guard.is_held());
+    guard.release().await.expect("release");
+    assert!(lost.now_or_never().is_none(), "release is not a loss");
+}
+
+/// The server refuses to release the same acquisition twice.
+pub async fn p06_release_twice_is_not_held(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p06-twice").await;
+    let holder = fixture.locker(LONG_LEASE).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    holder
+        .backend()
+        .release(guard.lease())
+        .await
+        .expect("first release");
+    let second = holder.backend().release(guard.lease()).await;
+    assert!(matches!(second, Err(LockError::NotHeld { .. })), "{second:?}");
+    let third = guard.release().await;
+    assert!(matches!(third, Err(LockError::NotHeld { .. })), "{third:?}");
+}
+
+/// A former holder's release never deletes the new holder's lock (P6).
+pub async fn p06_stale_release_leaves_the_new_holder_alone(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p06-stale-release").await;
+    let (alice, bob, carol) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let stale = alice.acquire("k").await.expect("alice acquires");
+    target.forget(&stale).await.expect("forget");
+    let current = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
+        .await
+        .expect("bob acquires");
+    let released = alice.backend().release(stale.lease()).await;
+    assert!(matches!(released, Err(LockError::NotHeld { .. })), "{released:?}");
+    assert!(matches!(
+        stale.release().await,
+        Err(LockError::NotHeld { .. })
+    ));
+    assert!(current.is_held());
+    assert!(carol.try_acquire("k").await.expect("try").is_none());
+    current.release().await.expect("bob releases");
+}
+
+/// A former holder's extend never extends the new holder's lock.
+pub async fn p06_stale_extend_leaves_the_new_holder_alone(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p06-stale-extend").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let stale = alice.acquire("k").await.expect("alice acquires");
+    target.forget(&stale).await.expect("forget");
+    let current = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
+        .await
+        .expect("bob acquires");
+    let extended = alice.backend().extend(stale.lease(), LONG_LEASE).await;
+    assert!(matches!(extended, Err(LockError::NotHeld { .. })), "{extended:?}");
+    assert!(current.is_held());
+    current.release().await.expect("bob releases");
+}
+
+/// Dropping a guard releases the lock in the background, well before its lease ends.
+pub async fn p07_dropped_guard_is_released_promptly(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p07-drop").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    drop(alice.acquire("k").await.expect("alice acquires"));
+    bob.acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
+        .await
+        .expect("the dropped guard's lock is free well before its lease ends");
+}
+
+/// A waiting acquire that is dropped leaves nothing that delays the next contender.
+pub async fn p07_cancelled_acquire_leaves_nothing_behind(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p07-cancel").await;
+    let (alice, bob, carol) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let (queued, in_line) = oneshot::channel();
+    let options = fixture.options(LONG_LEASE);
+    let waiting = {
+        let (bob, options) = (bob.clone(), options.clone());
+        tokio::spawn(async move { bob.acquire_observed("k", &options, Some(queued)).await })
+    };
+    within(PROMPTLY, in_line, "bob to queue").await.expect("bob queued");
+    waiting.abort();
+    assert!(waiting.await.is_err(), "bob's acquire was cancelled");
+    guard.release().await.expect("alice releases");
+    carol
+        .acquire_with("k", &options.clone().wait(PROMPTLY))
+        .await
+        .expect("the cancelled waiter left nothing behind");
+}
+
+/// A queued waiter gets the lock as soon as the holder releases it, long before any lease
+/// would run out.
+pub async fn p08_waiter_is_woken_by_release(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p08-woken").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let waiter = fixture.queued_waiter(&bob, "k").await;
+    guard.release().await.expect("alice releases");
+    within(PROMPTLY, waiter, "bob to be woken")
+        .await
+        .expect("bob's task")
+        .expect("bob acquires");
+}
+
+/// Each release hands the lock to exactly one waiter; the others keep waiting.
+pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p08-one").await;
+    let holder = fixture.locker(LONG_LEASE).await;
+    let guard = holder.acquire("k").await.expect("holder acquires");
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let client = fixture.locker(LONG_LEASE).await;
+        waiters.push(Some(fixture.queued_waiter(&client, "k").await));
+    }
+    let mut current = guard;
+    for round in 0..3 {
+        current.release().await.expect("release");
+        let (winner, acquired) = within(PROMPTLY, first_finished(&mut waiters), "a handover").await;
+        current = acquired.expect("the woken waiter acquires");
+        waiters[winner] = None;
+        let still_waiting = waiters.iter().filter(|w| w.is_some()).count();
+        assert_eq!(still_waiting, 2 - round, "one release woke several waiters");
+        for waiter in waiters.iter_mut().flatten() {
+            assert!(!waiter.is_finished(), "a second waiter acquired a held lock");
+        }
+    }
+    current.release().await.expect("release");
+}
+
+/// `acquire` with a wait limit gives up with `Timeout` within the limit plus a small bound.
+pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p09-timeout").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let wait = ms(400);
+    let started = Instant::now();
+    let outcome = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(wait))
+        .await;
+    let waited = started.elapsed();
+    assert!(matches!(outcome, Err(LockError::Timeout { .. })), "{outcome:?}");
+    assert!(waited >= wait, "gave up after {waited:?}, before the limit");
+    assert!(
+        waited <= wait + WAIT_LIMIT_GRACE + PROMPTLY,
+        "waited {waited:?} for a {wait:?} limit"
+    );
+    guard.release().await.expect("release");
+}
+
+/// `try_acquire` and a zero wait limit answer at once while another client holds the lock.
+pub async fn p09_try_acquire_never_waits(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p09-try").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let tried = within(PROMPTLY, bob.try_acquire("k"), "try_acquire").await;
+    assert!(tried.expect("try").is_none());
+    let zero = within(
+        PROMPTLY,
+        bob.acquire_with("k", &fixture.options(LONG_LEASE).wait(Duration::ZERO)),
+        "acquire with a zero wait",
+    )
+    .await;
+    assert!(matches!(zero, Err(LockError::Timeout { .. })), "{zero:?}");
+    guard.release().await.expect("release");
+}
+
+/// FIFO backends grant a contended key in the order waiters queued; the others at least
+/// serve every waiter.
+pub async fn p10_waiters_are_served_in_arrival_order(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p10-order").await;
+    let holder = fixture.locker(LONG_LEASE).await;
+    let fifo = holder.capabilities().fifo;
+    let guard = holder.acquire("k").await.expect("holder acquires");
+    let clients = [
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    ];
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for position in 0..8 {
+        let client = clients[position % clients.len()].clone();
+        let (queued, in_line) = oneshot::channel();
+        let (served, options) = (Arc::clone(&served), fixture.options(LONG_LEASE));
+        waiters.push(tokio::spawn(async move {
+            let guard = client
+                .acquire_observed("k", &options, Some(queued))
+                .await
+                .expect("waiter acquires");
+            served.lock().unwrap().push(position);
+            guard.release().await.expect("waiter releases");
+        }));
+        within(PROMPTLY, in_line, "a waiter to queue").await.expect("queued");
+    }
+    guard.release().await.expect("holder releases");
+    for waiter in waiters {
+        within(PROMPTLY * 4, waiter, "the line to drain").await.expect("waiter task");
+    }
+    let served = served.lock().unwrap().clone();
+    let mut sorted = served.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..8).collect::<Vec<_>>(), "every waiter is served once");
+    if fifo {
+        assert_eq!(served, sorted, "a FIFO backend served out of order");
+    }
+}
+
+/// Locks on different keys never affect each other.
+pub async fn p11_locks_on_different_keys_are_independent(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p11-independent").await;
+    let (alice, bob) = (
+        fixture.locker(LONG_LEASE).await,
+        fixture.locker(LONG_LEASE).await,
+    );
+    let a = alice.acquire("a").await.expect("alice acquires a");
+    let b = bob
+        .try_acquire("b")
+        .await
+        .expect("try")
+        .expect("b is free while a is held");
+    target.forget(&a).await.expect("forget a");
+    a.release().await.ok();
+    assert!(b.is_held());
+    assert!(alice.try_acquire("b").await.expect("try").is_none());
+    b.release().await.expect("release b");
+}
+
+/// One client holds many locks at once, all renewed, all released.
+pub async fn p11_one_client_holds_many_locks(target: &dyn ConformanceTarget) {
+    const LOCKS: usize = 1_000;
+    let fixture = Fixture::new(target, "p11-many").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    let mut guards = Vec::with_capacity(LOCKS);
+    for chunk in (0..LOCKS).collect::<Vec<_>>().chunks(50) {
+        let acquired = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| locker.try_acquire(format!("many/{i}"))),
+        )
+        .await;
+        for guard in acquired {
+            guards.push(guard.expect("try").expect("a fresh key is free"));
+        }
+    }
+    assert_eq!(locker.held_count(), LOCKS);
+    assert!(guards.iter().all(LockGuard::is_held));
+    let other = fixture.locker(LONG_LEASE).await;
+    assert!(other.try_acquire("many/500").await.expect("try").is_none());
+    let released = futures::future::join_all(guards.into_iter().map(LockGuard::release)).await;
+    assert!(released.iter().all(Result::is_ok));
+    assert_eq!(locker.held_count(), 0);
+    assert!(other.try_acquire("many/500").await.expect("try").is_some());
+}
+
+/// Keys that break the key rules are rejected with `InvalidKey` before any server call.
+pub async fn p12_invalid_keys_are_rejected(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-keys").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    for key in ["".to_owned(), "k".repeat(513), "line\nbreak".to_owned(), "nul\0".to_owned()] {
+        let tried = locker.try_acquire(key.as_str()).await;
+        assert!(matches!(tried, Err(LockError::InvalidKey { .. })), "{key:?}: {tried:?}");
+        let waited = locker.acquire(key.as_str()).await;
+        assert!(matches!(waited, Err(LockError::InvalidKey { .. })), "{key:?}: {waited:?}");
+    }
+}
+
+/// Out-of-range options are rejected with `InvalidOptions`.
+pub async fn p12_invalid_options_are_rejected(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-options").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    let bad = [
+        fixture.options(Duration::ZERO),
+        fixture.options(LONG_LEASE).keepalive_interval(Duration::ZERO),
+        fixture.options(LONG_LEASE).keepalive_interval(LONG_LEASE),
+        fixture.options(LONG_LEASE).prefix("bad\nprefix"),
+    ];
+    for options in bad {
+        let outcome = locker.acquire_with("k", &options).await;
+        assert!(
+            matches!(outcome, Err(LockError::InvalidOptions { .. })),
+            "{options:?}: {outcome:?}"
+        );
+    }
+    let guard = locker.try_acquire("k").await.expect("try").expect("free");
+    assert!(matches!(
+        guard.extend(Duration::ZERO).await,
+        Err(LockError::InvalidOptions { .. })
+    ));
+    guard.release().await.expect("release");
+}
+
+/// A server that cannot be reached gives `Connection` errors promptly, never a hang.
+pub async fn p12_unreachable_server_is_a_connection_error(target: &dyn ConformanceTarget) {
+    let backend = match within(PROMPTLY, target.connect_unreachable(), "connect").await {
+        Err(LockError::Connection { .. }) => return,
+        Err(other) => panic!("expected a connection error, got {other:?}"),
+        Ok(backend) => backend,
+    };
+    let locker = Locker::from_backend(backend);
+    let tried = within(PROMPTLY, locker.try_acquire("k"), "try_acquire").await;
+    assert!(matches!(tried, Err(LockError::Connection { .. })), "{tried:?}");
+    let options = LockOptions::default().wait(ms(500));
+    let waited = within(PROMPTLY, locker.acquire_with("k", &options), "acquire").await;
+    assert!(
+        matches!(
+            waited,
+            Err(LockError::Connection { .. } | LockError::Timeout { .. })
+        ),
+        "{waited:?}"
+    );
+}
+
+/// Keys that a naive mapping would confuse are distinct locks.
+pub async fn p12_distinct_keys_never_collide(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-collide").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    let keys = [
+        "a/b".to_owned(),
+        "a%2Fb".to_owned(),
+        "a_b".to_owned(),
+        "a:b".to_owned(),
+        "a{b}".to_owned(),
+        ".".to_owned(),
+        "..".to_owned(),
+        "zookeeper".to_owned(),
+        "ünïcödé 🔒".to_owned(),
+        "k".repeat(512),
+    ];
+    let mut guards = Vec::new();
+    for key in &keys {
+        let guard = locker.try_acquire(key.as_str()).await.expect("try");
+        guards.push(guard.unwrap_or_else(|| panic!("{key:?} collided with an earlier key")));
+    }
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+}
+
+/// The same key under two prefixes is two locks.
+pub async fn p12_prefixes_isolate_namespaces(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-prefix").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    let first = fixture.options(LONG_LEASE);
+    let second = first.clone().prefix(format!("{}/other", first.prefix));
+    let a = locker.try_acquire_with("k", &first).await.expect("try");
+    let b = locker.try_acquire_with("k", &second).await.expect("try");
+    let (a, b) = (a.expect("free"), b.expect("another prefix, another lock"));
+    a.release().await.expect("release");
+    b.release().await.expect("release");
+}
+
+/// Per-test clients and a key prefix no other test uses.
+struct Fixture<'t> {
+    target: &'t dyn ConformanceTarget,
+    prefix: String,
+}
+
+impl<'t> Fixture<'t> {
+    async fn new(target: &'t dyn ConformanceTarget, test: &str) -> Fixture<'t> {
+        let run: u64 = rand::random();
+        Fixture {
+            target,
+            prefix: format!("dlock-conformance/{test}/{run:016x}"),
+        }
+    }
+
+    fn options(&self, lease: Duration) -> LockOptions {
+        LockOptions {
+            lease,
+            prefix: self.prefix.clone(),
+            ..LockOptions::default()
+        }
+    }
+
+    async fn locker(&self, lease: Duration) -> Locker {
+        let backend = self.target.connect(lease).await.expect("connect a client");
+        Locker::from_backend(backend)
+            .with_options(self.options(lease))
+            .expect("valid options")
+    }
+
+    /// A task waiting for `key` on `client`, returned once it stands in line.
+    async fn queued_waiter(
+        &self,
+        client: &Locker,
+        key: &str,
+    ) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
+        let (queued, in_line) = oneshot::channel();
+        let (client, key, options) = (client.clone(), key.to_owned(), self.options(LONG_LEASE));
+        let task =
+            tokio::spawn(async move { client.acquire_observed(key, &options, Some(queued)).await });
+        within(PROMPTLY, in_line, "the waiter to queue")
+            .await
+            .expect("the waiter reported it queued");
+        task
+    }
+}
+
+/// Checks, inside a critical section, that nobody else is inside and tokens grow.
+#[derive(Default)]
+struct CriticalSection {
+    inside: AtomicUsize,
+    entries: AtomicUsize,
+    last_token: Mutex<Option<FencingToken>>,
+}
+
+impl CriticalSection {
+    async fn enter(&self, guard: &LockGuard) {
+        assert_eq!(
+            self.inside.fetch_add(1, Ordering::SeqCst),
+            0,
+            "two holders inside the critical section"
+        );
+        assert_grows(&mut self.last_token.lock().unwrap(), guard.fencing_token());
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(guard.is_held());
+        self.entries.fetch_add(1, Ordering::SeqCst);
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn entries(&self) -> usize {
+        self.entries.load(Ordering::SeqCst)
+    }
+}
+
+fn assert_grows(last: &mut Option<FencingToken>, token: FencingToken) {
+    if let Some(previous) = *last {
+        assert!(token > previous, "token {token} after {previous}: not growing");
+    }
+    *last = Some(token);
+}
+
+/// Awaits `future`, failing the test with `what` if it takes longer than `limit`.
+async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("waited {limit:?} for {what}"))
+}
+
+/// The index and outcome of the first waiter task to finish.
+async fn first_finished(
+    waiters: &mut [Option<tokio::task::JoinHandle<Result<LockGuard, LockError>>>],
+) -> (usize, Result<LockGuard, LockError>) {
+    std::future::poll_fn(|cx| {
+        for (index, waiter) in waiters.iter_mut().enumerate() {
+            if let Some(handle) = waiter {
+                if let std::task::Poll::Ready(outcome) = handle.poll_unpin(cx) {
+                    return std::task::Poll::Ready((index, outcome.expect("waiter task")));
+                }
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
