@@ -1,0 +1,98 @@
+//! Real servers for dlock's tests: `redis-server`, ZooKeeper and etcd, started as local child
+//! processes on free loopback ports (from Debian's packages), in containers when a Docker
+//! engine answers, or taken from a URL in the environment.
+//!
+//! | server    | environment variable       | local binary                          |
+//! |-----------|----------------------------|---------------------------------------|
+//! | Redis     | `DLOCK_TEST_REDIS_URL`     | `redis-server`                        |
+//! | ZooKeeper | `DLOCK_TEST_ZOOKEEPER_URL` | `java` + `/usr/share/java/zookeeper.jar` |
+//! | etcd      | `DLOCK_TEST_ETCD_URL`      | `etcd`                                |
+//!
+//! A server that cannot be had fails the test with a message naming the install script
+//! (`scripts/install-test-servers.sh`): tests are never skipped silently, in CI or anywhere.
+//!
+//! Servers a test starts itself (for fault tests: [`ServerProcess::kill`],
+//! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
+//! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
+//! binary; the kernel kills them if it dies and an exit hook removes their files.
+#![deny(missing_docs)]
+
+mod container;
+mod etcd;
+mod process;
+mod redis;
+mod zookeeper;
+
+pub use etcd::EtcdServer;
+pub use process::{free_port, ServerProcess};
+pub use redis::RedisServer;
+pub use zookeeper::ZooKeeperServer;
+
+use std::sync::OnceLock;
+
+/// Where a test reaches a server, and who controls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The dlock URL of the server (`redis://127.0.0.1:6379`, `zookeeper://…`, `etcd://…`).
+    pub url: String,
+    /// `host:port`, for clients that want an address rather than a URL.
+    pub address: String,
+}
+
+/// The Redis server this test binary shares: `DLOCK_TEST_REDIS_URL`, a container, or a local
+/// `redis-server` started on first use.
+pub fn shared_redis() -> &'static Endpoint {
+    static SHARED: OnceLock<Endpoint> = OnceLock::new();
+    SHARED.get_or_init(|| shared("DLOCK_TEST_REDIS_URL", "redis", || RedisServer::start_shared()))
+}
+
+/// The ZooKeeper server this test binary shares (see [`shared_redis`]).
+pub fn shared_zookeeper() -> &'static Endpoint {
+    static SHARED: OnceLock<Endpoint> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        shared("DLOCK_TEST_ZOOKEEPER_URL", "zookeeper", || {
+            ZooKeeperServer::start_shared()
+        })
+    })
+}
+
+/// The etcd server this test binary shares (see [`shared_redis`]).
+pub fn shared_etcd() -> &'static Endpoint {
+    static SHARED: OnceLock<Endpoint> = OnceLock::new();
+    SHARED.get_or_init(|| shared("DLOCK_TEST_ETCD_URL", "etcd", || EtcdServer::start_shared()))
+}
+
+/// True when the server for `variable` comes from the environment: tests that need to kill
+/// or restart their own server must then start one themselves.
+pub fn is_external(variable: &str) -> bool {
+    std::env::var_os(variable).is_some_and(|v| !v.is_empty())
+}
+
+fn shared(variable: &str, scheme: &str, start: impl FnOnce() -> Endpoint) -> Endpoint {
+    match std::env::var(variable) {
+        Ok(url) if !url.is_empty() => Endpoint {
+            address: address_of(&url, scheme),
+            url,
+        },
+        _ => start(),
+    }
+}
+
+/// `host:port[,host:port]` of a URL, for callers that want an address.
+fn address_of(url: &str, scheme: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let address = &rest[..end];
+    assert!(!address.is_empty(), "{scheme} URL {url:?} has no host");
+    address.to_owned()
+}
+
+/// Fails the test with instructions when a server binary is missing.
+fn missing(what: &str) -> ! {
+    panic!(
+        "{what} is not installed on this machine. Run `sudo scripts/install-test-servers.sh` \
+         (Debian packages redis-server, zookeeper, etcd-server), or point the \
+         DLOCK_TEST_*_URL variables at running servers."
+    )
+}

@@ -1,0 +1,267 @@
+//! A server running as a child process: started, probed, stopped, killed, paused, restarted,
+//! and never left behind.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; it is free the moment this returns).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// One server process and the command that starts it again.
+pub struct ServerProcess {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl ServerProcess {
+    /// Starts `program args…`, logging to `log`, and waits until `ready` answers true.
+    pub fn start(
+        name: &str,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        log: PathBuf,
+        ready: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> ServerProcess {
+        let mut server = ServerProcess {
+            name: name.to_owned(),
+            program: program.into(),
+            args,
+            log,
+            child: None,
+            ready: Box::new(ready),
+        };
+        server.restart();
+        server
+    }
+
+    /// The operating system's id of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM), waiting up to ten seconds before killing it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its connections but answers nothing, as a
+    /// partitioned or paused server would.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGCONT);
+        }
+    }
+
+    /// Starts the server again with the same command (same port, same data directory),
+    /// killing it first if it runs, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        let child = spawn_tied_to_this_process(command)
+            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.program.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if (self.ready)() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "{} exited with {status} before answering; its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not answer within 60 s; its log:\n{}", self.name, self.log_tail());
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = log.len().saturating_sub(4000);
+        log[log.floor_char_boundary_compat(start)..].to_owned()
+    }
+
+    /// Keeps the process running until this test binary exits; the exit hook kills it and
+    /// removes `files`.
+    pub(crate) fn keep_until_exit(mut self, files: PathBuf) {
+        if let Some(child) = self.child.take() {
+            at_exit(Cleanup::Kill(child.id()));
+        }
+        at_exit(Cleanup::RemoveDir(files));
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+impl std::fmt::Debug for ServerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerProcess")
+            .field("name", &self.name)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, index: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut index: usize) -> usize {
+        while index > 0 && !self.is_char_boundary(index) {
+            index -= 1;
+        }
+        index
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// Spawns `command` from one long-lived thread with PR_SET_PDEATHSIG, so the kernel kills
+/// the server if this test binary dies, even by SIGKILL. (The signal follows the thread that
+/// spawned the child, so it must be a thread that lives as long as the process.)
+fn spawn_tied_to_this_process(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("dlock-test-servers".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    use std::os::unix::process::CommandExt;
+                    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+                    unsafe {
+                        command.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the server spawner thread");
+        Mutex::new(requests)
+    });
+    let (reply, outcome) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((command, reply))
+        .expect("the spawner thread lives as long as the process");
+    outcome.recv().expect("the spawner answers")
+}
+
+/// What the exit hook undoes for shared servers.
+pub(crate) enum Cleanup {
+    Kill(u32),
+    RemoveDir(PathBuf),
+    RemoveContainer(String),
+}
+
+/// Registers `cleanup` to run when the test binary exits normally (PR_SET_PDEATHSIG covers
+/// abnormal exits for processes).
+pub(crate) fn at_exit(cleanup: Cleanup) {
+    static CLEANUPS: OnceLock<Mutex<Vec<Cleanup>>> = OnceLock::new();
+    extern "C" fn run_cleanups() {
+        let Some(cleanups) = CLEANUPS.get() else {
+            return;
+        };
+        for cleanup in cleanups.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            match cleanup {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                Cleanup::Kill(pid) => unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                },
+                Cleanup::RemoveDir(path) => {
+                    let _ = std::fs::remove_dir_all(path);
+                }
+                Cleanup::RemoveContainer(id) => {
+                    let _ = Command::new("docker")
+                        .args(["rm", "--force", "--volumes", &id])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+    CLEANUPS
+        .get_or_init(|| {
+            // SAFETY: registering a plain extern "C" function with atexit(3).
+            unsafe {
+                libc::atexit(run_cleanups);
+            }
+            Mutex::new(Vec::new())
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(cleanup);
+}

@@ -1,0 +1,133 @@
+//! A ZooKeeper 3.8 server (Debian's `zookeeper` package, run with the machine's Java).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{free_port, ServerProcess};
+use crate::{container, missing, Endpoint};
+
+/// The tick that sets the session-timeout range: sessions may last 2 to 200 ticks
+/// (0.2 s to 20 s), so tests can use short sessions.
+const TICK_MS: u64 = 100;
+
+/// A standalone ZooKeeper server on a free loopback port.
+#[derive(Debug)]
+pub struct ZooKeeperServer {
+    process: ServerProcess,
+    port: u16,
+    dir: TempDir,
+}
+
+impl ZooKeeperServer {
+    /// Starts a server (the JVM takes a few seconds).
+    pub fn start() -> ZooKeeperServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `zoo.cfg` lines (`key=value`).
+    pub fn start_with(extra_config: &[&str]) -> ZooKeeperServer {
+        if !Path::new("/usr/share/java/zookeeper.jar").exists() {
+            missing("ZooKeeper (/usr/share/java/zookeeper.jar)");
+        }
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("dlock-zookeeper-")
+            .tempdir()
+            .expect("a temporary directory");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data directory");
+        let mut config = format!(
+            "tickTime={TICK_MS}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             minSessionTimeout={}\nmaxSessionTimeout={}\nadmin.enableServer=false\n\
+             4lw.commands.whitelist=*\nmaxClientCnxns=0\n",
+            data.display(),
+            2 * TICK_MS,
+            200 * TICK_MS,
+        );
+        for line in extra_config {
+            config.push_str(line);
+            config.push('\n');
+        }
+        let config_path = dir.path().join("zoo.cfg");
+        std::fs::write(&config_path, config).expect("zoo.cfg");
+        let log4j = dir.path().join("log4j.properties");
+        std::fs::write(
+            &log4j,
+            "log4j.rootLogger=WARN, CONSOLE\nlog4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
+             log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
+             log4j.appender.CONSOLE.layout.ConversionPattern=%d %-5p [%t] %c{1}: %m%n\n",
+        )
+        .expect("log4j.properties");
+        let args = vec![
+            "-Xmx256m".to_owned(),
+            "-XX:+UseSerialGC".to_owned(),
+            format!("-Dlog4j.configuration=file:{}", log4j.display()),
+            "-Dzookeeper.admin.enableServer=false".to_owned(),
+            "-cp".to_owned(),
+            "/usr/share/java/*:/etc/zookeeper/conf".to_owned(),
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain".to_owned(),
+            config_path.display().to_string(),
+        ];
+        let process = ServerProcess::start(
+            &format!("ZooKeeper on port {port}"),
+            "java",
+            args,
+            dir.path().join("zookeeper.log"),
+            move || four_letter_word(port, "ruok").as_deref() == Some("imok"),
+        );
+        ZooKeeperServer { process, port, dir }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `zookeeper://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("zookeeper://{}", self.address())
+    }
+
+    /// Sends a four-letter command (`ruok`, `cons`, `wchs`, `mntr`…) and returns the answer.
+    pub fn command(&self, word: &str) -> Option<String> {
+        four_letter_word(self.port, word)
+    }
+
+    /// The process, to kill, pause or restart it.
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
+    }
+
+    pub(crate) fn start_shared() -> Endpoint {
+        if let Some(endpoint) = container::start("zookeeper:3.8", 2181, &[], "binding to port", "zookeeper") {
+            return endpoint;
+        }
+        let server = Self::start();
+        let endpoint = Endpoint {
+            url: server.url(),
+            address: server.address(),
+        };
+        let ZooKeeperServer { process, dir, .. } = server;
+        process.keep_until_exit(dir.keep());
+        endpoint
+    }
+}
+
+/// Sends a four-letter word to the server on `port` and reads the whole answer.
+pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(word.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
