@@ -1,0 +1,2 @@
+//! The zookeeper backend of dlock (work in progress).
+#![deny(missing_docs)]
