@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what dlock's tests need on Debian: the Redis, ZooKeeper and etcd servers (run by the
+# test harness as local child processes, never as system services) and protoc with the
+# protobuf well-known types (etcd-client's build script needs them). Safe to run again.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v etcd >/dev/null || need+=(etcd-server)
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
+command -v openssl >/dev/null || need+=(openssl)
+
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+echo "test servers: $(redis-server --version | cut -d' ' -f3), etcd $(etcd --version | head -1 | awk '{print $3}'), zookeeper $(ls /usr/share/java/zookeeper-3*.jar | grep -o '3[0-9.]*[0-9]')"
