@@ -64,6 +64,38 @@ pub trait LockBackend: Any + Send + Sync + fmt::Debug {
         }
         Ok(renewals)
     }
+
+    /// Reads, without taking it, whether the lock on `key` (under `options.prefix`) is held,
+    /// and what the server knows of it. Used by `dlock status`.
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        let _ = (key, options);
+        Err(crate::LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: "inspecting a lock",
+        })
+    }
+
+    /// One round trip to the server, the cheapest the backend's lock operations make, timed.
+    /// Benchmarks report lock latencies as multiples of it.
+    async fn ping(&self) -> Result<Duration> {
+        Err(crate::LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: "measuring a round trip",
+        })
+    }
+}
+
+/// What the server knows of one lock, as [`LockBackend::inspect`] reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Somebody holds the lock.
+    pub held: bool,
+    /// The holder's fencing token, if the backend knows it.
+    pub fencing_token: Option<FencingToken>,
+    /// How long the holder's lease still runs, if the backend knows it.
+    pub remaining_lease: Option<Duration>,
+    /// How many contenders wait in line, if the backend knows it.
+    pub waiters: Option<usize>,
 }
 
 /// What a backend guarantees and how it works; the conformance suite checks the promise each

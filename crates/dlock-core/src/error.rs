@@ -68,6 +68,14 @@ pub enum LockError {
         /// What was expected and what came back.
         detail: String,
     },
+    /// The backend cannot do this (inspecting a lock, measuring a round trip…).
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was asked for.
+        operation: &'static str,
+    },
     /// Any other failure reported by a backend, with its cause kept.
     #[error("{backend} backend error: {source}")]
     Backend {

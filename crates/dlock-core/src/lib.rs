@@ -34,7 +34,7 @@ mod memory;
 mod options;
 mod token;
 
-pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, Renewal};
+pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;

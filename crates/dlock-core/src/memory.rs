@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, Acquired, Capabilities, LockBackend, Renewal};
+use crate::backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
 use crate::error::{LockError, Result};
 use crate::key::LockKey;
 use crate::lease::{lock, Lease, LossNotifier, LossReason};
+use crate::options::LockOptions;
 use crate::token::FencingToken;
 
 /// A lock backend that lives in this process: real TTL expiry, fencing tokens, a FIFO line of
@@ -272,6 +273,31 @@ impl LockBackend for MemoryBackend {
             })
             .collect()
     }
+
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        let Some(entry) = table.keys.get_mut(&entry_name(&options.prefix, key)) else {
+            return Ok(LockInfo {
+                waiters: Some(0),
+                ..LockInfo::default()
+            });
+        };
+        entry.expire_holder(now);
+        Ok(LockInfo {
+            held: entry.holder.is_some(),
+            fencing_token: entry.holder.as_ref().map(|h| h.token),
+            remaining_lease: entry.holder.as_ref().map(|h| h.expires_at - now),
+            waiters: Some(entry.waiters.len()),
+        })
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        self.server.table().check_reachable()?;
+        Ok(started.elapsed())
+    }
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -308,6 +334,7 @@ struct Entry {
 
 struct Holder {
     owner: u64,
+    token: FencingToken,
     expires_at: Instant,
     loss: LossNotifier,
 }
@@ -374,6 +401,7 @@ impl Table {
         let entry = self.keys.get_mut(name).expect("entry exists");
         entry.holder = Some(Holder {
             owner,
+            token,
             expires_at,
             loss: request.loss.clone(),
         });
