@@ -71,7 +71,13 @@ impl EtcdServer {
             binary,
             args,
             dir.path().join("etcd.log"),
-            move || if tls { TcpStream::connect(("127.0.0.1", port)).is_ok() } else { is_healthy(port) },
+            move || {
+                if tls {
+                    TcpStream::connect(("127.0.0.1", port)).is_ok()
+                } else {
+                    is_healthy(port)
+                }
+            },
         );
         EtcdServer { process, port, dir }
     }
@@ -104,7 +110,13 @@ impl EtcdServer {
             "--advertise-client-urls",
             "http://127.0.0.1:2379",
         ];
-        if let Some(endpoint) = container::start("quay.io/coreos/etcd:v3.5.17", 2379, &etcd_args, "ready to serve client requests", "etcd") {
+        if let Some(endpoint) = container::start(
+            "quay.io/coreos/etcd:v3.5.17",
+            2379,
+            &etcd_args,
+            "ready to serve client requests",
+            "etcd",
+        ) {
             return endpoint;
         }
         let server = Self::start();
@@ -124,7 +136,8 @@ fn is_healthy(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }

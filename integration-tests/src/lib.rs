@@ -43,23 +43,25 @@ pub struct Endpoint {
 /// `redis-server` started on first use.
 pub fn shared_redis() -> &'static Endpoint {
     static SHARED: OnceLock<Endpoint> = OnceLock::new();
-    SHARED.get_or_init(|| shared("DLOCK_TEST_REDIS_URL", "redis", || RedisServer::start_shared()))
+    SHARED.get_or_init(|| shared("DLOCK_TEST_REDIS_URL", "redis", RedisServer::start_shared))
 }
 
 /// The ZooKeeper server this test binary shares (see [`shared_redis`]).
 pub fn shared_zookeeper() -> &'static Endpoint {
     static SHARED: OnceLock<Endpoint> = OnceLock::new();
     SHARED.get_or_init(|| {
-        shared("DLOCK_TEST_ZOOKEEPER_URL", "zookeeper", || {
-            ZooKeeperServer::start_shared()
-        })
+        shared(
+            "DLOCK_TEST_ZOOKEEPER_URL",
+            "zookeeper",
+            ZooKeeperServer::start_shared,
+        )
     })
 }
 
 /// The etcd server this test binary shares (see [`shared_redis`]).
 pub fn shared_etcd() -> &'static Endpoint {
     static SHARED: OnceLock<Endpoint> = OnceLock::new();
-    SHARED.get_or_init(|| shared("DLOCK_TEST_ETCD_URL", "etcd", || EtcdServer::start_shared()))
+    SHARED.get_or_init(|| shared("DLOCK_TEST_ETCD_URL", "etcd", EtcdServer::start_shared))
 }
 
 /// True when the server for `variable` comes from the environment: tests that need to kill

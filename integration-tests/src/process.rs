@@ -108,8 +108,13 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
-        let child = spawn_tied_to_this_process(command)
-            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.program.display()));
+        let child = spawn_tied_to_this_process(command).unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({}): {e}",
+                self.name,
+                self.program.display()
+            )
+        });
         self.child = Some(child);
         self.wait_ready();
     }
@@ -129,7 +134,11 @@ impl ServerProcess {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        panic!("{} did not answer within 60 s; its log:\n{}", self.name, self.log_tail());
+        panic!(
+            "{} did not answer within 60 s; its log:\n{}",
+            self.name,
+            self.log_tail()
+        );
     }
 
     fn log_tail(&self) -> String {

@@ -89,7 +89,9 @@ impl RedisServer {
     /// Keeps the server until the test binary exits and returns where to reach it: from a
     /// container instead, when a Docker engine answers.
     pub(crate) fn start_shared() -> Endpoint {
-        if let Some(endpoint) = container::start("redis:7", 6379, &[], "Ready to accept connections", "redis") {
+        if let Some(endpoint) =
+            container::start("redis:7", 6379, &[], "Ready to accept connections", "redis")
+        {
             return endpoint;
         }
         let server = Self::start();

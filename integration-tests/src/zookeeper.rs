@@ -108,7 +108,9 @@ impl ZooKeeperServer {
     }
 
     pub(crate) fn start_shared() -> Endpoint {
-        if let Some(endpoint) = container::start("zookeeper:3.8", 2181, &[], "binding to port", "zookeeper") {
+        if let Some(endpoint) =
+            container::start("zookeeper:3.8", 2181, &[], "binding to port", "zookeeper")
+        {
             return endpoint;
         }
         let server = Self::start();

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, Renewal, Result,
-};
+use dlock_core::{AcquireRequest, Acquired, Capabilities, Lease, LockBackend, Renewal, Result};
 use tokio::time::Instant;
 
 /// Delegates to `inner` and counts `renew` and `extend` calls.

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{
-    FencingToken, LockError, LockGuard, LockOptions, Locker, WAIT_LIMIT_GRACE,
-};
+use dlock_core::{FencingToken, LockError, LockGuard, LockOptions, Locker, WAIT_LIMIT_GRACE};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -87,7 +85,10 @@ pub async fn p01_held_lock_excludes_other_clients(target: &dyn ConformanceTarget
     let waited = bob
         .acquire_with("k", &fixture.options(LONG_LEASE).wait(ms(300)))
         .await;
-    assert!(matches!(waited, Err(LockError::Timeout { .. })), "{waited:?}");
+    assert!(
+        matches!(waited, Err(LockError::Timeout { .. })),
+        "{waited:?}"
+    );
     assert!(guard.is_held());
     guard.release().await.expect("release");
 }
@@ -152,7 +153,9 @@ pub async fn p03_crashed_holder_frees_the_lock_within_the_lease(target: &dyn Con
     let next = waiter
         .acquire_with("k", &fixture.options(LONG_LEASE).wait(limit))
         .await
-        .unwrap_or_else(|e| panic!("the crashed holder's lock was not freed within {limit:?}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("the crashed holder's lock was not freed within {limit:?}: {e}")
+        });
     assert!(next.fencing_token() > token);
     assert!(started.elapsed() <= limit + WAIT_LIMIT_GRACE);
 }
@@ -185,7 +188,10 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
     let started = Instant::now();
     tokio::time::sleep(lease * 2).await;
     let intervals = (started.elapsed().as_secs_f64()
-        / fixture.options(lease).effective_keepalive_interval().as_secs_f64())
+        / fixture
+            .options(lease)
+            .effective_keepalive_interval()
+            .as_secs_f64())
     .ceil() as usize;
     let renewals = counting.renew_calls.load(Ordering::Relaxed);
     assert!(guards.iter().all(LockGuard::is_held));
@@ -276,7 +282,10 @@ pub async fn p06_release_twice_is_not_held(target: &dyn ConformanceTarget) {
         .await
         .expect("first release");
     let second = holder.backend().release(guard.lease()).await;
-    assert!(matches!(second, Err(LockError::NotHeld { .. })), "{second:?}");
+    assert!(
+        matches!(second, Err(LockError::NotHeld { .. })),
+        "{second:?}"
+    );
     let third = guard.release().await;
     assert!(matches!(third, Err(LockError::NotHeld { .. })), "{third:?}");
 }
@@ -296,7 +305,10 @@ pub async fn p06_stale_release_leaves_the_new_holder_alone(target: &dyn Conforma
         .await
         .expect("bob acquires");
     let released = alice.backend().release(stale.lease()).await;
-    assert!(matches!(released, Err(LockError::NotHeld { .. })), "{released:?}");
+    assert!(
+        matches!(released, Err(LockError::NotHeld { .. })),
+        "{released:?}"
+    );
     assert!(matches!(
         stale.release().await,
         Err(LockError::NotHeld { .. })
@@ -320,7 +332,10 @@ pub async fn p06_stale_extend_leaves_the_new_holder_alone(target: &dyn Conforman
         .await
         .expect("bob acquires");
     let extended = alice.backend().extend(stale.lease(), LONG_LEASE).await;
-    assert!(matches!(extended, Err(LockError::NotHeld { .. })), "{extended:?}");
+    assert!(
+        matches!(extended, Err(LockError::NotHeld { .. })),
+        "{extended:?}"
+    );
     assert!(current.is_held());
     current.release().await.expect("bob releases");
 }
@@ -353,7 +368,9 @@ pub async fn p07_cancelled_acquire_leaves_nothing_behind(target: &dyn Conformanc
         let (bob, options) = (bob.clone(), options.clone());
         tokio::spawn(async move { bob.acquire_observed("k", &options, Some(queued)).await })
     };
-    within(PROMPTLY, in_line, "bob to queue").await.expect("bob queued");
+    within(PROMPTLY, in_line, "bob to queue")
+        .await
+        .expect("bob queued");
     waiting.abort();
     assert!(waiting.await.is_err(), "bob's acquire was cancelled");
     guard.release().await.expect("alice releases");
@@ -399,7 +416,10 @@ pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceT
         let still_waiting = waiters.iter().filter(|w| w.is_some()).count();
         assert_eq!(still_waiting, 2 - round, "one release woke several waiters");
         for waiter in waiters.iter_mut().flatten() {
-            assert!(!waiter.is_finished(), "a second waiter acquired a held lock");
+            assert!(
+                !waiter.is_finished(),
+                "a second waiter acquired a held lock"
+            );
         }
     }
     current.release().await.expect("release");
@@ -419,7 +439,10 @@ pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn Conformanc
         .acquire_with("k", &fixture.options(LONG_LEASE).wait(wait))
         .await;
     let waited = started.elapsed();
-    assert!(matches!(outcome, Err(LockError::Timeout { .. })), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(LockError::Timeout { .. })),
+        "{outcome:?}"
+    );
     assert!(waited >= wait, "gave up after {waited:?}, before the limit");
     assert!(
         waited <= wait + WAIT_LIMIT_GRACE + PROMPTLY,
@@ -474,16 +497,24 @@ pub async fn p10_waiters_are_served_in_arrival_order(target: &dyn ConformanceTar
             served.lock().unwrap().push(position);
             guard.release().await.expect("waiter releases");
         }));
-        within(PROMPTLY, in_line, "a waiter to queue").await.expect("queued");
+        within(PROMPTLY, in_line, "a waiter to queue")
+            .await
+            .expect("queued");
     }
     guard.release().await.expect("holder releases");
     for waiter in waiters {
-        within(PROMPTLY * 4, waiter, "the line to drain").await.expect("waiter task");
+        within(PROMPTLY * 4, waiter, "the line to drain")
+            .await
+            .expect("waiter task");
     }
     let served = served.lock().unwrap().clone();
     let mut sorted = served.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..8).collect::<Vec<_>>(), "every waiter is served once");
+    assert_eq!(
+        sorted,
+        (0..8).collect::<Vec<_>>(),
+        "every waiter is served once"
+    );
     if fifo {
         assert_eq!(served, sorted, "a FIFO backend served out of order");
     }
@@ -540,11 +571,22 @@ pub async fn p11_one_client_holds_many_locks(target: &dyn ConformanceTarget) {
 pub async fn p12_invalid_keys_are_rejected(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p12-keys").await;
     let locker = fixture.locker(LONG_LEASE).await;
-    for key in ["".to_owned(), "k".repeat(513), "line\nbreak".to_owned(), "nul\0".to_owned()] {
+    for key in [
+        "".to_owned(),
+        "k".repeat(513),
+        "line\nbreak".to_owned(),
+        "nul\0".to_owned(),
+    ] {
         let tried = locker.try_acquire(key.as_str()).await;
-        assert!(matches!(tried, Err(LockError::InvalidKey { .. })), "{key:?}: {tried:?}");
+        assert!(
+            matches!(tried, Err(LockError::InvalidKey { .. })),
+            "{key:?}: {tried:?}"
+        );
         let waited = locker.acquire(key.as_str()).await;
-        assert!(matches!(waited, Err(LockError::InvalidKey { .. })), "{key:?}: {waited:?}");
+        assert!(
+            matches!(waited, Err(LockError::InvalidKey { .. })),
+            "{key:?}: {waited:?}"
+        );
     }
 }
 
@@ -554,7 +596,9 @@ pub async fn p12_invalid_options_are_rejected(target: &dyn ConformanceTarget) {
     let locker = fixture.locker(LONG_LEASE).await;
     let bad = [
         fixture.options(Duration::ZERO),
-        fixture.options(LONG_LEASE).keepalive_interval(Duration::ZERO),
+        fixture
+            .options(LONG_LEASE)
+            .keepalive_interval(Duration::ZERO),
         fixture.options(LONG_LEASE).keepalive_interval(LONG_LEASE),
         fixture.options(LONG_LEASE).prefix("bad\nprefix"),
     ];
@@ -582,7 +626,10 @@ pub async fn p12_unreachable_server_is_a_connection_error(target: &dyn Conforman
     };
     let locker = Locker::from_backend(backend);
     let tried = within(PROMPTLY, locker.try_acquire("k"), "try_acquire").await;
-    assert!(matches!(tried, Err(LockError::Connection { .. })), "{tried:?}");
+    assert!(
+        matches!(tried, Err(LockError::Connection { .. })),
+        "{tried:?}"
+    );
     let options = LockOptions::default().wait(ms(500));
     let waited = within(PROMPTLY, locker.acquire_with("k", &options), "acquire").await;
     assert!(
@@ -711,7 +758,10 @@ impl CriticalSection {
 
 fn assert_grows(last: &mut Option<FencingToken>, token: FencingToken) {
     if let Some(previous) = *last {
-        assert!(token > previous, "token {token} after {previous}: not growing");
+        assert!(
+            token > previous,
+            "token {token} after {previous}: not growing"
+        );
     }
     *last = Some(token);
 }

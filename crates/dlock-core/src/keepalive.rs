@@ -174,7 +174,9 @@ impl Keepalive {
             }
             other => {
                 match other {
-                    Err(error) => tracing::warn!(%error, locks = due.len(), "lock renewal failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(%error, locks = due.len(), "lock renewal failed; retrying")
+                    }
                     Ok(renewals) => tracing::warn!(
                         asked = due.len(),
                         answered = renewals.len(),

@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn path_segments_never_collide() {
-        let keys = ["a/b", "a%2Fb", "a_b", ".", "..", "%2E", "ü", "%C3%BC", "a b"];
+        let keys = [
+            "a/b", "a%2Fb", "a_b", ".", "..", "%2E", "ü", "%C3%BC", "a b",
+        ];
         let segments: std::collections::HashSet<_> = keys
             .iter()
             .map(|k| LockKey::new(*k).unwrap().path_segment())

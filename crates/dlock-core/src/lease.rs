@@ -54,7 +54,10 @@ impl LossNotifier {
 
     /// True once the lock was lost, released or dropped: the backend can forget this handle.
     pub fn is_finished(&self) -> bool {
-        !matches!(*self.state.status.borrow(), Status::Held | Status::Releasing)
+        !matches!(
+            *self.state.status.borrow(),
+            Status::Held | Status::Releasing
+        )
     }
 }
 
@@ -221,5 +224,7 @@ impl LeaseState {
 /// Locks a std mutex, recovering from poisoning: the data it guards stays consistent because
 /// every critical section in this crate is a plain assignment.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

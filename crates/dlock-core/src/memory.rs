@@ -205,7 +205,10 @@ impl LockBackend for MemoryBackend {
                     .as_ref()
                     .filter(|_| at_head)
                     .map(|h| h.expires_at);
-                (place.wake.clone(), min_instant(holder_expiry, request.deadline))
+                (
+                    place.wake.clone(),
+                    min_instant(holder_expiry, request.deadline),
+                )
             };
             let (wake, at) = wake_at;
             match at {
@@ -466,9 +469,9 @@ fn entry_name(prefix: &str, key: &LockKey) -> String {
 }
 
 fn record(lease: &Lease) -> Result<&MemoryRecord> {
-    lease.record::<MemoryRecord>().ok_or_else(|| {
-        LockError::protocol("memory", "the lease was not taken by a memory backend")
-    })
+    lease
+        .record::<MemoryRecord>()
+        .ok_or_else(|| LockError::protocol("memory", "the lease was not taken by a memory backend"))
 }
 
 fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -14,8 +14,15 @@ const ROUNDS: usize = 3;
 #[tokio::main]
 async fn main() -> Result<(), dlock::LockError> {
     let url = std::env::var("DLOCK_URL").unwrap_or_else(|_| "memory://".to_owned());
-    let locker = dlock::connect(&format!("{url}{}lease=10s", if url.contains('?') { "&" } else { "?" })).await?;
-    println!("{WORKERS} workers, {ROUNDS} rounds each, one lock, backend {}", locker.capabilities().name);
+    let locker = dlock::connect(&format!(
+        "{url}{}lease=10s",
+        if url.contains('?') { "&" } else { "?" }
+    ))
+    .await?;
+    println!(
+        "{WORKERS} workers, {ROUNDS} rounds each, one lock, backend {}",
+        locker.capabilities().name
+    );
 
     let inside = Arc::new(AtomicUsize::new(0));
     let last_token = Arc::new(std::sync::Mutex::new(0u64));

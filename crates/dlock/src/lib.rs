@@ -67,7 +67,11 @@ pub async fn connect(url: &str) -> Result<Locker> {
 
 #[cfg(feature = "memory")]
 fn memory(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    if !parsed.backend_url.trim_start_matches("memory://").is_empty() {
+    if !parsed
+        .backend_url
+        .trim_start_matches("memory://")
+        .is_empty()
+    {
         return Err(parsed.invalid("memory:// takes no host, path or backend options"));
     }
     Ok(std::sync::Arc::new(MemoryServer::global().client()))

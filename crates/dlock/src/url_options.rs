@@ -38,7 +38,10 @@ impl ParsedUrl {
 pub(crate) fn split(url: &str) -> Result<ParsedUrl> {
     let redacted = redact(url);
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(invalid(&redacted, "expected SCHEME://…, e.g. redis://127.0.0.1:6379"));
+        return Err(invalid(
+            &redacted,
+            "expected SCHEME://…, e.g. redis://127.0.0.1:6379",
+        ));
     };
     if url.contains('#') {
         return Err(invalid(&redacted, "a fragment (#…) means nothing here"));
@@ -49,7 +52,10 @@ pub(crate) fn split(url: &str) -> Result<ParsedUrl> {
     let mut seen = std::collections::HashSet::new();
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
         if !seen.insert(name.to_string()) {
-            return Err(invalid(&redacted, format!("query parameter `{name}` is given twice")));
+            return Err(invalid(
+                &redacted,
+                format!("query parameter `{name}` is given twice"),
+            ));
         }
         let duration = || parse_duration(&redacted, &name, &value);
         match name.as_ref() {
@@ -140,7 +146,10 @@ mod tests {
         assert_eq!(parsed.scheme, "zk");
         assert_eq!(parsed.options.prefix, "jobs");
         assert_eq!(parsed.options.lease, Duration::from_secs(10));
-        assert_eq!(parsed.backend_url, "zk://h1:2181,h2:2181/app?session_timeout=5s");
+        assert_eq!(
+            parsed.backend_url,
+            "zk://h1:2181,h2:2181/app?session_timeout=5s"
+        );
     }
 
     #[test]
@@ -148,7 +157,10 @@ mod tests {
         assert_eq!(redact("redis://:secret@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(redact("etcd://user:pw@a:1,b:2"), "etcd://user:***@a:1,b:2");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-        let error = split("redis://u:hunter2@h:1?lease=0s").err().unwrap().to_string();
+        let error = split("redis://u:hunter2@h:1?lease=0s")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!error.contains("hunter2"), "{error}");
     }
 

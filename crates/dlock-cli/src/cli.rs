@@ -1,0 +1,85 @@
+//! The command line, exactly as `CLI.md` describes it.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run commands under locks that hold across machines.
+#[derive(Debug, Parser)]
+#[command(name = "dlock", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire KEY, run COMMAND while holding it, release it when COMMAND ends.
+    Run(RunArgs),
+    /// Print whether KEY is held (exit 0) or free (exit 1).
+    Status(StatusArgs),
+    /// Measure a backend: latency, handoffs and throughput under contention.
+    Bench(BenchArgs),
+}
+
+/// `dlock run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Backend URL (memory://, redis://, rediss://, redis+redlock://, zookeeper://, etcd://…).
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The lock's key.
+    #[arg(long)]
+    pub key: String,
+    /// Lease length, renewed in the background while COMMAND runs.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// How long to wait for the lock; 0 tries once; default: wait forever.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+    /// After the lock is lost: SIGTERM to COMMAND, then SIGKILL after this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `dlock status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The lock's key.
+    #[arg(long)]
+    pub key: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dlock bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// Concurrent clients, each with its own connection or session.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// Keys the clients contend for.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub keys: u32,
+    /// How long the contended phase runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,152 @@
+//! `dlock run`: hold a lock while a command runs.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use dlock::{LockGuard, Locker};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+use crate::exit;
+
+/// Acquires the lock, runs the command, releases the lock; returns the exit code.
+pub async fn run(args: RunArgs) -> u8 {
+    let key = match dlock::LockKey::new(args.key.as_str()) {
+        Ok(key) => key,
+        Err(error) => return exit::report(&error),
+    };
+    let locker = match dlock::connect(&args.url).await {
+        Ok(locker) => locker,
+        Err(error) => return exit::report(&error),
+    };
+    let mut options = locker.options().clone().lease(args.ttl);
+    options.wait = args.wait;
+    if let Err(error) = options.validate() {
+        return exit::report(&error);
+    }
+    if locker.capabilities().name == "memory" {
+        eprintln!(
+            "dlock: note: memory:// locks live inside this one dlock process and exclude nothing \
+             across processes; use a server URL to lock across processes or machines"
+        );
+    }
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("dlock: cannot listen for signals: {error}");
+            return exit::SOFTWARE;
+        }
+    };
+    tracing::info!(key = %args.key, "waiting for the lock");
+    let guard = tokio::select! {
+        acquired = locker.acquire_with(&key, &options) => match acquired {
+            Ok(guard) => guard,
+            Err(error) => return exit::report(&error),
+        },
+        _ = interrupt.recv() => return 128 + libc::SIGINT as u8,
+        _ = terminate.recv() => return 128 + libc::SIGTERM as u8,
+    };
+    tracing::info!(key = %args.key, token = %guard.fencing_token(), "lock acquired");
+    let child = Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .env("DLOCK_KEY", &args.key)
+        .env("DLOCK_FENCING_TOKEN", guard.fencing_token().to_string())
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("dlock: cannot run {:?}: {error}", args.command[0]);
+            release(&locker, guard).await;
+            return exit::NOT_FOUND;
+        }
+    };
+    supervise(
+        child,
+        &locker,
+        guard,
+        args.grace,
+        &mut interrupt,
+        &mut terminate,
+    )
+    .await
+}
+
+/// Waits for the child, passing signals on; terminates it if the lock is lost.
+async fn supervise(
+    mut child: Child,
+    locker: &Locker,
+    guard: LockGuard,
+    grace: Duration,
+    interrupt: &mut tokio::signal::unix::Signal,
+    terminate: &mut tokio::signal::unix::Signal,
+) -> u8 {
+    let lost = guard.lost();
+    tokio::pin!(lost);
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let code = match status {
+                    Ok(status) => code_of(status),
+                    Err(error) => {
+                        eprintln!("dlock: lost track of the command: {error}");
+                        exit::SOFTWARE
+                    }
+                };
+                release(locker, guard).await;
+                return code;
+            }
+            _ = interrupt.recv() => send(&child, libc::SIGINT),
+            _ = terminate.recv() => send(&child, libc::SIGTERM),
+            reason = &mut lost => {
+                eprintln!(
+                    "dlock: lock `{}` lost ({reason}); terminating the command",
+                    guard.key()
+                );
+                stop(&mut child, grace).await;
+                return exit::SOFTWARE;
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn stop(child: &mut Child, grace: Duration) {
+    send(child, libc::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+fn send(child: &Child, signal: libc::c_int) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal);
+        }
+    }
+}
+
+async fn release(locker: &Locker, guard: LockGuard) {
+    let key = guard.key().to_string();
+    if let Err(error) = guard.release().await {
+        eprintln!("dlock: releasing `{key}` failed: {error}; it frees itself when its lease ends");
+    }
+    tracing::info!(key, held = locker.held_count(), "lock released");
+}
+
+/// The child's exit code, or 128 + the signal that ended it.
+fn code_of(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => exit::SOFTWARE,
+    }
+}
