@@ -33,6 +33,8 @@ struct Registry {
 struct Entry {
     lease: Arc<Lease>,
     next_renewal: Instant,
+    /// The time between renewals, as last computed by [`renewal_period`].
+    period: Duration,
 }
 
 impl Keepalive {
@@ -50,13 +52,15 @@ impl Keepalive {
 
     /// Starts watching `lease`; renews it if its options ask for keepalive.
     pub(crate) fn register(self: &Arc<Self>, lease: Arc<Lease>) {
-        let next_renewal = Instant::now() + lease.options().effective_keepalive_interval();
+        let now = Instant::now();
+        let period = renewal_period(&lease, now);
         let mut registry = lock(&self.state);
         registry.entries.insert(
             lease.id(),
             Entry {
                 lease,
-                next_renewal,
+                next_renewal: now + period,
+                period,
             },
         );
         if !registry.running {
@@ -162,8 +166,8 @@ impl Keepalive {
                         Renewal::Renewed { valid_until } => {
                             lease.renewed_until(valid_until);
                             if let Some(entry) = registry.entries.get_mut(&lease.id()) {
-                                entry.next_renewal =
-                                    sent + lease.options().effective_keepalive_interval();
+                                entry.period = renewal_period(lease, sent);
+                                entry.next_renewal = sent + entry.period;
                             }
                         }
                         Renewal::Lost(reason) => {
@@ -185,7 +189,7 @@ impl Keepalive {
                 }
                 for lease in due {
                     if let Some(entry) = registry.entries.get_mut(&lease.id()) {
-                        entry.next_renewal = Instant::now() + retry_delay(lease);
+                        entry.next_renewal = Instant::now() + retry_delay(entry);
                     }
                 }
             }
@@ -193,16 +197,26 @@ impl Keepalive {
     }
 }
 
-/// Due now, or within half an interval: renewing a little early lets leases share one call.
+/// How long after `confirmed` to renew: the keepalive interval, or a third of the validity
+/// the backend granted, whichever is shorter. The second matters for session backends, whose
+/// validity is the session's and not the lease option's.
+fn renewal_period(lease: &Lease, confirmed: Instant) -> Duration {
+    let interval = lease.options().effective_keepalive_interval();
+    let validity = lease.valid_until().saturating_duration_since(confirmed);
+    interval.min(validity / 3).max(MIN_PERIOD)
+}
+
+/// Renewing more often than this helps no lease and would load the server.
+const MIN_PERIOD: Duration = Duration::from_millis(5);
+
+/// Due now, or within half a period: renewing a little early lets leases share one call.
 fn is_due(entry: &Entry, now: Instant) -> bool {
-    let options = entry.lease.options();
-    options.keepalive
+    entry.lease.options().keepalive
         && matches!(entry.lease.state().status(), Status::Held)
-        && entry.next_renewal <= now + options.effective_keepalive_interval() / 2
+        && entry.next_renewal <= now + entry.period / 2
 }
 
 /// After a failed renewal, try again soon: several tries fit in what is left of the lease.
-fn retry_delay(lease: &Lease) -> Duration {
-    (lease.options().effective_keepalive_interval() / 4)
-        .clamp(Duration::from_millis(5), Duration::from_secs(1))
+fn retry_delay(entry: &Entry) -> Duration {
+    (entry.period / 4).clamp(MIN_PERIOD, Duration::from_secs(1))
 }
