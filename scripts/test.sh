@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-test-servers.sh
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked --no-fail-fast
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-fail-fast
