@@ -1,0 +1,55 @@
+//! `dlock::connect` from the user's side: schemes, features, options from the query.
+
+use std::time::Duration;
+
+use dlock::LockError;
+
+#[tokio::test]
+async fn memory_urls_share_one_process_wide_table() {
+    let first = dlock::connect("memory://?prefix=connect-test")
+        .await
+        .unwrap();
+    let second = dlock::connect("memory://?prefix=connect-test")
+        .await
+        .unwrap();
+    let guard = first.acquire("shared").await.unwrap();
+    assert!(second.try_acquire("shared").await.unwrap().is_none());
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn query_parameters_become_lock_options() {
+    let locker = dlock::connect("memory://?prefix=p&lease=12s&wait=250ms&keepalive=false")
+        .await
+        .unwrap();
+    let options = locker.options();
+    assert_eq!(options.prefix, "p");
+    assert_eq!(options.lease, Duration::from_secs(12));
+    assert_eq!(options.wait, Some(Duration::from_millis(250)));
+    assert!(!options.keepalive);
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors() {
+    for url in [
+        "",
+        "memory:/",
+        "ftp://h",
+        "memory://somehost",
+        "memory://?lease=0s",
+        "memory://?unknown=1",
+    ] {
+        let outcome = dlock::connect(url).await;
+        assert!(
+            matches!(outcome, Err(LockError::InvalidUrl { .. })),
+            "{url:?}: {outcome:?}"
+        );
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn a_scheme_whose_feature_is_off_names_the_feature() {
+    let error = dlock::connect("redis://127.0.0.1:6379").await.unwrap_err();
+    assert!(error.to_string().contains("feature"), "{error}");
+}
