@@ -1,2 +1,48 @@
-//! The etcd backend of dlock (work in progress).
+//! The etcd backend of **dlock**.
+//!
+//! Each client keeps one etcd lease (its *session*) alive with one keepalive stream, and
+//! attaches every lock key and every waiting key to it. A lock is a queue of keys ordered by
+//! create revision: the oldest holds the lock, each waiter watches only the key just ahead
+//! of it, and the fencing token is the holder key's create revision, which etcd can check
+//! for you ([`fence`]).
+//!
+//! ```no_run
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), dlock_core::LockError> {
+//! use dlock_core::Locker;
+//!
+//! let locker = Locker::new(dlock_etcd::connect("etcd://127.0.0.1:2379").await?);
+//! let guard = locker.acquire("jobs/nightly-export").await?;
+//! // … the work, passing guard.fencing_token() along, or fencing etcd writes with
+//! // dlock_etcd::fence::fenced_txn(&guard, [])…
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Building needs `protoc` and the protobuf well-known types (Debian: `protobuf-compiler`
+//! and `libprotobuf-dev`) for `etcd-client`'s generated code.
 #![deny(missing_docs)]
+
+mod backend;
+mod config;
+mod contender;
+mod error;
+pub mod fence;
+mod layout;
+mod session;
+mod tls;
+
+pub use backend::EtcdBackend;
+pub use config::{Credentials, EtcdConfig, TlsFiles, DEFAULT_PORT};
+
+use dlock_core::LockError;
+
+/// Connects to the etcd cluster of an `etcd://` or `etcds://` URL
+/// (`etcd://[user:password@]host:port[,host:port…][?prefix=…&timeout=…]`, see
+/// [`EtcdConfig::from_url`]).
+///
+/// Bad URLs give [`LockError::InvalidUrl`] (password hidden); a cluster that does not answer
+/// gives [`LockError::Connection`].
+pub async fn connect(url: &str) -> Result<EtcdBackend, LockError> {
+    EtcdBackend::connect(EtcdConfig::from_url(url)?).await
+}

@@ -1,0 +1,409 @@
+//! The etcd lock backend: sessions per lease length, acquisition by create-revision order,
+//! release, renewal.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlock_core::{
+    AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError,
+    LossReason, Renewal, Result, MAX_LEASE,
+};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio::time::Instant;
+
+use crate::config::EtcdConfig;
+use crate::contender::{Contender, Line};
+use crate::error::{request, BACKEND};
+use crate::layout;
+use crate::session::Session;
+
+/// A client of an etcd cluster that takes dlock locks.
+///
+/// Every lock and every waiting request of one client is attached to one etcd lease per
+/// lease length (in practice: one), kept alive by one keepalive stream, so renewal costs
+/// O(1) round trips however many locks are held (P4). A lock is a queue of keys, one per
+/// contender; the oldest key (lowest create revision) holds the lock, and each waiter
+/// watches only the key just ahead of it (P8, P10). The fencing token is the create
+/// revision of the holder's key, which etcd itself can check: see
+/// [`fence`](crate::fence).
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), dlock_core::LockError> {
+/// use dlock_core::Locker;
+///
+/// let locker = Locker::new(dlock_etcd::connect("etcd://127.0.0.1:2379?prefix=myapp").await?);
+/// let guard = locker.acquire("reports/daily").await?;
+/// println!("token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: EtcdConfig,
+    /// The endpoints, for error messages (no credentials).
+    pub(crate) endpoint: String,
+    /// Live sessions by lease length in whole seconds.
+    sessions: AsyncMutex<HashMap<u64, Arc<Session>>>,
+    /// Makes each contender key of this client unique.
+    sequence: AtomicU64,
+    /// Watch events received by waiters, for tests and benchmarks.
+    pub(crate) watch_events: AtomicU64,
+}
+
+/// The backend's record of one acquisition, kept in the [`Lease`].
+pub(crate) struct EtcdRecord {
+    /// The holder's key in the lock's queue.
+    pub(crate) key: String,
+    /// The session (etcd lease) the key is attached to.
+    pub(crate) session: Arc<Session>,
+}
+
+impl EtcdBackend {
+    /// Connects to the cluster `config` describes, authenticating if it carries credentials,
+    /// and checks that a member answers.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        let endpoint = config.endpoint_list();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(Duration::from_secs(10), config.request_timeout);
+        if let Some(credentials) = &config.credentials {
+            options = options.with_user(credentials.user.clone(), credentials.password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(crate::tls::client_config(tls)?);
+        }
+        let wait = config.connect_timeout + config.request_timeout;
+        let mut client = request(
+            &endpoint,
+            wait,
+            Client::connect(config.endpoints.clone(), Some(options)),
+        )
+        .await?;
+        // The channel connects lazily: ask once so an unreachable cluster fails here.
+        request(&endpoint, wait, client.status()).await?;
+        Ok(EtcdBackend {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                endpoint,
+                sessions: AsyncMutex::new(HashMap::new()),
+                sequence: AtomicU64::new(0),
+                watch_events: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+
+    /// The underlying `etcd-client` client, for your own requests (see [`fence`](crate::fence)).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// How many watch events this client's waiters have received: one per handoff when
+    /// only the next waiter is woken.
+    pub fn watch_events_received(&self) -> u64 {
+        self.inner.watch_events.load(Ordering::Relaxed)
+    }
+
+    /// The etcd lease ids of this client's live sessions.
+    pub async fn session_lease_ids(&self) -> Vec<i64> {
+        let sessions = self.inner.sessions.lock().await;
+        sessions
+            .values()
+            .filter(|s| s.ended().is_none())
+            .map(|s| s.id())
+            .collect()
+    }
+
+    /// Stops keeping this client's leases alive without revoking them, as a crashed process
+    /// would: etcd frees its locks when the leases run out. Locks taken later use a new
+    /// lease. Meant for tests.
+    pub async fn abandon_sessions(&self) {
+        let mut sessions = self.inner.sessions.lock().await;
+        for (_, session) in sessions.drain() {
+            session.abandon();
+        }
+    }
+
+    /// The live session for locks with `lease`, started if needed.
+    async fn session(&self, lease: Duration) -> Result<Arc<Session>> {
+        let seconds = lease.as_secs_f64().ceil().max(1.0) as u64;
+        let mut sessions = self.inner.sessions.lock().await;
+        if let Some(session) = sessions.get(&seconds).filter(|s| s.ended().is_none()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::start(
+            self.inner.client.lease_client(),
+            Duration::from_secs(seconds),
+            &self.inner.endpoint,
+            self.inner.config.request_timeout,
+        )
+        .await?;
+        sessions.insert(seconds, Arc::clone(&session));
+        Ok(session)
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.inner.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn queue_dir(&self, request: &AcquireRequest<'_>) -> String {
+        layout::queue_dir(
+            self.inner.config.namespace.as_deref(),
+            &request.options.prefix,
+            request.key,
+        )
+    }
+
+    /// What the backend hands the core for a key it now holds.
+    fn acquired(
+        &self,
+        request: &AcquireRequest<'_>,
+        session: Arc<Session>,
+        key: String,
+        revision: i64,
+    ) -> Result<Acquired> {
+        let token = u64::try_from(revision)
+            .map_err(|_| LockError::protocol(BACKEND, format!("negative revision {revision}")))?;
+        // With keepalive off the session still holds the lock; its own heartbeat tells the
+        // guard if it ends, so the core's clock must not expire it.
+        let valid_until = if request.options.keepalive {
+            session.valid_until()
+        } else {
+            Instant::now() + MAX_LEASE
+        };
+        session.register(request.loss.clone());
+        Ok(Acquired {
+            token: FencingToken::new(token),
+            valid_until,
+            record: Box::new(EtcdRecord { key, session }),
+        })
+    }
+
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let mut kv = self.inner.client.kv_client();
+        request(
+            &self.inner.endpoint,
+            self.inner.config.request_timeout,
+            kv.txn(txn),
+        )
+        .await
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "etcd",
+            fifo: true,
+            session_lease: true,
+            server_wakeup: true,
+            min_lease: Duration::from_secs(1),
+            // Leases are whole seconds, etcd grants at least its minimum TTL (2 s with the
+            // default election timeout) and checks expiry every 500 ms.
+            crash_release_bound: Duration::from_secs(3),
+        }
+    }
+
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        let session = self.session(request.options.lease).await?;
+        let dir = self.queue_dir(&request);
+        let key = layout::contender_key(&dir, session.id(), self.next_sequence());
+        // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
+        let txn = Txn::new()
+            .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                "",
+                Some(PutOptions::new().with_lease(session.id())),
+            )]);
+        let response = self.txn(txn).await?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        let revision = revision_of(&response)?;
+        self.acquired(&request, session, key, revision).map(Some)
+    }
+
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        let dir = self.queue_dir(&request);
+        loop {
+            let session = self.session(request.options.lease).await?;
+            let key = layout::contender_key(&dir, session.id(), self.next_sequence());
+            let contender = Contender::enqueue(self, &session, &dir, key).await?;
+            match contender.wait_for_turn(self, &session, &request).await? {
+                Line::Holder(contender) => {
+                    let (key, revision) = contender.keep();
+                    return self.acquired(&request, session, key, revision);
+                }
+                // The session ended or our key vanished while we waited: queue again.
+                Line::Dropped => continue,
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, _ttl: Duration) -> Result<Instant> {
+        // The lease is the session's and keeps its own length; extending checks that the
+        // lock is still ours and reports how long the session surely runs.
+        let record = record(lease)?;
+        let txn = Txn::new().when([Compare::create_revision(
+            record.key.as_str(),
+            CompareOp::Equal,
+            token_revision(lease),
+        )]);
+        if !self.txn(txn).await?.succeeded() {
+            return Err(not_held(lease));
+        }
+        if let Some(reason) = record.session.ended() {
+            tracing::debug!(%reason, "extend after the session ended");
+            return Err(not_held(lease));
+        }
+        Ok(record.session.valid_until())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let record = record(lease)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                record.key.as_str(),
+                CompareOp::Equal,
+                token_revision(lease),
+            )])
+            .and_then([TxnOp::delete(record.key.as_str(), None)]);
+        if self.txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(not_held(lease))
+        }
+    }
+
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        // One question per session (etcd lease): which keys are still attached to it?
+        let mut attached: HashMap<i64, Option<HashSet<Vec<u8>>>> = HashMap::new();
+        let mut renewals = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let record = record(lease)?;
+            let session = &record.session;
+            if let Some(reason) = session.ended() {
+                renewals.push(Renewal::Lost(reason));
+                continue;
+            }
+            let keys = match attached.entry(session.id()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(unknown) => unknown.insert(self.attached_keys(session).await?),
+            };
+            renewals.push(match keys {
+                None => Renewal::Lost(LossReason::SessionEnded),
+                Some(keys) if keys.contains(record.key.as_bytes()) => Renewal::Renewed {
+                    valid_until: session.valid_until(),
+                },
+                Some(_) => Renewal::Lost(LossReason::NotOwner),
+            });
+        }
+        Ok(renewals)
+    }
+}
+
+impl EtcdBackend {
+    /// The keys attached to the session's lease, or `None` if etcd says the lease is gone
+    /// (the session is then ended).
+    async fn attached_keys(&self, session: &Session) -> Result<Option<HashSet<Vec<u8>>>> {
+        let mut leases = self.inner.client.lease_client();
+        let answer = request(
+            &self.inner.endpoint,
+            self.inner.config.request_timeout,
+            leases.time_to_live(
+                session.id(),
+                Some(LeaseTimeToLiveOptions::new().with_keys()),
+            ),
+        )
+        .await?;
+        if answer.ttl() <= 0 {
+            session.end(LossReason::SessionEnded);
+            return Ok(None);
+        }
+        Ok(Some(answer.keys().iter().cloned().collect()))
+    }
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The backend's record of `lease`, or a typed error if another backend took it.
+pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {
+    lease
+        .record::<EtcdRecord>()
+        .ok_or_else(|| LockError::protocol(BACKEND, "the lease was not taken by an etcd backend"))
+}
+
+/// The create revision the lock key of `lease` must still have.
+pub(crate) fn token_revision(lease: &Lease) -> i64 {
+    i64::try_from(lease.fencing_token().get()).unwrap_or(i64::MAX)
+}
+
+fn not_held(lease: &Lease) -> LockError {
+    LockError::NotHeld {
+        key: lease.key().to_string(),
+    }
+}
+
+/// The revision a successful single-put transaction wrote at.
+pub(crate) fn revision_of(response: &TxnResponse) -> Result<i64> {
+    response
+        .header()
+        .map(|h| h.revision())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| LockError::protocol(BACKEND, "transaction answer without a revision"))
+}
+
+/// The key-values of the `index`th operation of a transaction, which must be a get.
+pub(crate) fn got(response: &TxnResponse, index: usize) -> Result<Vec<etcd_client::KeyValue>> {
+    match response.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(mut get)) => Ok(get.take_kvs()),
+        other => Err(LockError::protocol(
+            BACKEND,
+            format!("expected a range answer at position {index}, got {other:?}"),
+        )),
+    }
+}
+
+/// Options for reading the newest contenders of a queue directory first.
+pub(crate) fn newest_first(limit: i64) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Descend,
+        )
+        .with_limit(limit)
+}

@@ -1,0 +1,358 @@
+//! How to reach an etcd cluster: endpoints, credentials, TLS files, namespace and timeouts,
+//! built by hand or parsed from an `etcd://` / `etcds://` URL.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dlock_core::LockError;
+
+/// The port etcd listens on for clients unless told otherwise.
+pub const DEFAULT_PORT: u16 = 2379;
+
+/// How to reach an etcd cluster.
+///
+/// ```
+/// use std::time::Duration;
+/// use dlock_etcd::EtcdConfig;
+///
+/// let config = EtcdConfig::from_url(
+///     "etcds://app:s3cret@10.0.0.1:2379,10.0.0.2:2379?ca=/etc/ssl/etcd-ca.pem&prefix=billing&timeout=2s",
+/// )
+/// .unwrap();
+/// assert_eq!(config.endpoints, ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]);
+/// assert_eq!(config.namespace.as_deref(), Some("billing"));
+/// assert_eq!(config.request_timeout, Duration::from_secs(2));
+/// // The password never shows.
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://host:port` or `https://host:port`, one per cluster member.
+    pub endpoints: Vec<String>,
+    /// The etcd user and password, for clusters with authentication on.
+    pub credentials: Option<Credentials>,
+    /// TLS settings; `Some` for `etcds://` URLs.
+    pub tls: Option<TlsFiles>,
+    /// A namespace every lock key is put under, before the lock options' own prefix
+    /// (`?prefix=` in the URL).
+    pub namespace: Option<String>,
+    /// How long to wait for the cluster to answer one request before reporting it
+    /// unreachable (`?timeout=`, default 5 s).
+    pub request_timeout: Duration,
+    /// How long to wait for a connection to be set up (`?connect_timeout=`, default 3 s).
+    pub connect_timeout: Duration,
+}
+
+/// An etcd user name and password. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The etcd user.
+    pub user: String,
+    /// The user's password.
+    pub password: String,
+}
+
+/// Files for TLS connections (`etcds://`), all PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate authority that signed the server's certificate (`?ca=`); the
+    /// system's roots are not used, so this is needed for private CAs.
+    pub ca: Option<PathBuf>,
+    /// A client certificate, for clusters that check clients (`?cert=`; needs `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (`?key=`).
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry, if not the host of the URL
+    /// (`?domain=`).
+    pub domain: Option<String>,
+}
+
+impl EtcdConfig {
+    /// A configuration for the given `host:port` addresses, plain text, no credentials.
+    pub fn new<S: AsRef<str>>(addresses: impl IntoIterator<Item = S>) -> Self {
+        EtcdConfig {
+            endpoints: addresses
+                .into_iter()
+                .map(|a| format!("http://{}", a.as_ref()))
+                .collect(),
+            credentials: None,
+            tls: None,
+            namespace: None,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// Parses `etcd://[user:password@]host:port[,host:port…][/][?option=value&…]` or the same
+    /// with `etcds://` for TLS. Options: `prefix`, `timeout`, `connect_timeout` (humantime
+    /// durations such as `500ms`, `2s`), and for TLS `ca`, `cert`, `key`, `domain`.
+    ///
+    /// Errors are [`LockError::InvalidUrl`], showing the URL with its password replaced
+    /// by `***`.
+    pub fn from_url(url: &str) -> Result<Self, LockError> {
+        parse(url).map_err(|reason| LockError::InvalidUrl {
+            url: redact(url),
+            reason,
+        })
+    }
+
+    /// The endpoints as one string, for error messages (never contains credentials).
+    pub(crate) fn endpoint_list(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
+            .field("namespace", &self.namespace)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The URL with the password of its userinfo replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn parse(url: &str) -> Result<EtcdConfig, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("expected etcd://host:port or etcds://host:port")?;
+    let tls = match scheme {
+        "etcd" => false,
+        "etcds" => true,
+        other => return Err(format!("unknown scheme `{other}`: use etcd:// or etcds://")),
+    };
+    if rest.contains('#') {
+        return Err("a fragment (`#…`) means nothing here".into());
+    }
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = match before_query.find('/') {
+        Some(at) => before_query.split_at(at),
+        None => (before_query, ""),
+    };
+    if !path.is_empty() && path != "/" {
+        return Err(format!(
+            "unexpected path `{path}`: put a key namespace in `?prefix=`"
+        ));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let mut config = EtcdConfig::new(Vec::<String>::new());
+    config.credentials = userinfo.map(parse_userinfo).transpose()?;
+    let http = if tls { "https" } else { "http" };
+    for host in hosts.split(',') {
+        config
+            .endpoints
+            .push(format!("{http}://{}", parse_host(host)?));
+    }
+    let mut tls_files = TlsFiles::default();
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = value.into_owned();
+        match name.as_ref() {
+            "prefix" | "namespace" => {
+                if value.chars().any(char::is_control) {
+                    return Err("the prefix contains a control character".into());
+                }
+                config.namespace = Some(value.trim_matches('/').to_owned()).filter(|p| !p.is_empty());
+            }
+            "timeout" => config.request_timeout = parse_duration(&name, &value)?,
+            "connect_timeout" => config.connect_timeout = parse_duration(&name, &value)?,
+            "ca" | "cert" | "key" | "domain" if !tls => {
+                return Err(format!("`{name}` needs TLS: use etcds://"));
+            }
+            "ca" => tls_files.ca = Some(value.into()),
+            "cert" => tls_files.cert = Some(value.into()),
+            "key" => tls_files.key = Some(value.into()),
+            "domain" => tls_files.domain = Some(value),
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` (known: prefix, timeout, connect_timeout, ca, cert, key, domain)"
+                ))
+            }
+        }
+    }
+    if tls_files.cert.is_some() != tls_files.key.is_some() {
+        return Err("a client certificate needs both `cert` and `key`".into());
+    }
+    if tls {
+        config.tls = Some(tls_files);
+    }
+    Ok(config)
+}
+
+fn parse_userinfo(userinfo: &str) -> Result<Credentials, String> {
+    let (user, password) = userinfo
+        .split_once(':')
+        .ok_or("credentials must be user:password")?;
+    let user = percent_decode(user).ok_or("the user name is not valid percent-encoded UTF-8")?;
+    let password =
+        percent_decode(password).ok_or("the password is not valid percent-encoded UTF-8")?;
+    if user.is_empty() {
+        return Err("the user name is empty".into());
+    }
+    Ok(Credentials { user, password })
+}
+
+fn parse_host(host: &str) -> Result<String, String> {
+    if host.is_empty() {
+        return Err("a host is missing".into());
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        // `[::1]` alone has colons but no port.
+        Some((name, port)) if !port.ends_with(']') => (name, Some(port)),
+        _ => (host, None),
+    };
+    if name.is_empty() {
+        return Err(format!("`{host}` has no host name"));
+    }
+    let valid_name = if let Some(inner) = name.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+    };
+    if !valid_name {
+        return Err(format!("`{name}` is not a valid host name"));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{port}` is not a valid port"))?,
+        None => DEFAULT_PORT,
+    };
+    Ok(format!("{name}:{port}"))
+}
+
+fn parse_duration(name: &str, value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value)
+        .map_err(|e| format!("`{name}={value}` is not a duration such as 500ms or 2s: {e}"))?;
+    if duration.is_zero() {
+        return Err(format!("`{name}` must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_credentials_and_options() {
+        let config = EtcdConfig::from_url(
+            "etcd://u%40x:p%3Aw@127.0.0.1:1,localhost?prefix=/a/b/&connect_timeout=250ms",
+        )
+        .unwrap();
+        assert_eq!(
+            config.endpoints,
+            ["http://127.0.0.1:1", "http://localhost:2379"]
+        );
+        let credentials = config.credentials.unwrap();
+        assert_eq!(
+            (credentials.user.as_str(), credentials.password.as_str()),
+            ("u@x", "p:w")
+        );
+        assert_eq!(config.namespace.as_deref(), Some("a/b"));
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert!(config.tls.is_none());
+        let v6 = EtcdConfig::from_url("etcd://[::1]:2380/").unwrap();
+        assert_eq!(v6.endpoints, ["http://[::1]:2380"]);
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_showing_the_password() {
+        for url in [
+            "redis://u:hunter2@h:1",
+            "etcd://u:hunter2@h:notaport",
+            "etcd://u:hunter2@h:1/some/path",
+            "etcd://u:hunter2@h:1?bogus=1",
+            "etcd://u:hunter2@h:1?timeout=soon",
+            "etcd://u:hunter2@h:1?timeout=0s",
+            "etcd://u:hunter2@h:1?ca=/x.pem",
+            "etcd://u:hunter2@h:1,,h:2",
+            "etcd://u:hunter2@:1",
+            "etcd://u:hunter2@h%20x:1",
+            "etcd://:hunter2@h:1",
+            "etcds://u:hunter2@h:1?cert=/c.pem",
+            "etcd://u:hunter2@h:0",
+            "etcd://u:hunter2%zz@h:1",
+            "h:1",
+        ] {
+            match EtcdConfig::from_url(url) {
+                Err(error @ LockError::InvalidUrl { .. }) => {
+                    let shown = format!("{error} {error:?}");
+                    assert!(!shown.contains("hunter2"), "{shown}");
+                }
+                other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_urls_carry_their_files() {
+        let config =
+            EtcdConfig::from_url("etcds://h:1?ca=/ca.pem&cert=/c.pem&key=/k.pem&domain=etcd.local")
+                .unwrap();
+        assert_eq!(config.endpoints, ["https://h:1"]);
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(tls.domain.as_deref(), Some("etcd.local"));
+    }
+
+    #[test]
+    fn redaction_keeps_the_user_and_hides_the_password() {
+        assert_eq!(redact("etcd://me:pw@h:1/?x=1"), "etcd://me:***@h:1/?x=1");
+        assert_eq!(redact("etcd://h:1"), "etcd://h:1");
+    }
+}

@@ -1,0 +1,294 @@
+//! A client's session: one etcd lease that every lock and waiting key of the client is
+//! attached to, kept alive by one keepalive stream, and the loss signals it owes the guards
+//! when it ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use dlock_core::{Backoff, LockError, LossNotifier, LossReason};
+use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::error::{request, to_lock_error};
+
+/// One etcd lease and its heartbeat.
+///
+/// The heartbeat sends a keepalive every third of the TTL on one stream. The session ends
+/// when etcd answers that the lease is gone (revoked or expired: [`LossReason::SessionEnded`])
+/// or when no answer came for a whole TTL ([`LossReason::LeaseExpired`]); every registered
+/// guard is then told. An ended session never comes back: the backend starts a new one for
+/// later acquisitions.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    heartbeat: AbortHandle,
+    lease: LeaseClient,
+    endpoint: String,
+    timeout: Duration,
+    /// Set when the heartbeat was stopped to simulate a crash: dropping must not revoke.
+    abandoned: AtomicBool,
+}
+
+/// What the session and its heartbeat task share.
+struct Shared {
+    id: i64,
+    ttl: Duration,
+    state: watch::Sender<State>,
+    holders: Mutex<Holders>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    /// When the lease surely still runs, on this process's clock: the send time of the last
+    /// answered keepalive plus the TTL it granted.
+    valid_until: Instant,
+    ended: Option<LossReason>,
+}
+
+/// The loss notifiers of the guards holding a lock under this session.
+#[derive(Default)]
+struct Holders {
+    notifiers: Vec<LossNotifier>,
+    /// Finished notifiers are pruned when the list doubles past this size.
+    pruned_len: usize,
+}
+
+impl Session {
+    /// Grants a lease of `ttl` (whole seconds, at least one; etcd may grant more) and starts
+    /// its heartbeat.
+    pub(crate) async fn start(
+        mut lease: LeaseClient,
+        ttl: Duration,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Session>, LockError> {
+        let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        let sent = Instant::now();
+        let granted = request(endpoint, timeout, lease.grant(seconds, None)).await?;
+        if granted.ttl() <= 0 || !granted.error().is_empty() {
+            return Err(LockError::protocol(
+                crate::error::BACKEND,
+                format!(
+                    "lease grant answered ttl {} error {:?}",
+                    granted.ttl(),
+                    granted.error()
+                ),
+            ));
+        }
+        let ttl = Duration::from_secs(granted.ttl() as u64);
+        let shared = Arc::new(Shared {
+            id: granted.id(),
+            ttl,
+            state: watch::Sender::new(State {
+                valid_until: sent + ttl,
+                ended: None,
+            }),
+            holders: Mutex::new(Holders::default()),
+        });
+        let heartbeat = tokio::spawn(heartbeat(
+            Arc::clone(&shared),
+            lease.clone(),
+            endpoint.to_owned(),
+            timeout,
+        ))
+        .abort_handle();
+        Ok(Arc::new(Session {
+            shared,
+            heartbeat,
+            lease,
+            endpoint: endpoint.to_owned(),
+            timeout,
+            abandoned: AtomicBool::new(false),
+        }))
+    }
+
+    /// The etcd lease id.
+    pub(crate) fn id(&self) -> i64 {
+        self.shared.id
+    }
+
+    /// Until when the lease surely runs, on this process's clock.
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.shared.state.borrow().valid_until
+    }
+
+    /// Why the session ended, if it did.
+    pub(crate) fn ended(&self) -> Option<LossReason> {
+        self.shared.state.borrow().ended
+    }
+
+    /// Resolves when the session ends.
+    pub(crate) async fn until_ended(&self) -> LossReason {
+        let mut state = self.shared.state.subscribe();
+        loop {
+            if let Some(reason) = state.borrow_and_update().ended {
+                return reason;
+            }
+            if state.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Tells `notifier` when the session ends (at once if it already has).
+    pub(crate) fn register(&self, notifier: LossNotifier) {
+        let mut holders = lock(&self.shared.holders);
+        if let Some(reason) = self.ended() {
+            drop(holders);
+            notifier.notify_lost(reason);
+            return;
+        }
+        holders.notifiers.push(notifier);
+        if holders.notifiers.len() >= 2 * holders.pruned_len.max(64) {
+            holders.notifiers.retain(|n| !n.is_finished());
+            holders.pruned_len = holders.notifiers.len();
+        }
+    }
+
+    /// Ends the session because etcd said its lease is gone.
+    pub(crate) fn end(&self, reason: LossReason) {
+        self.shared.end(reason);
+        self.heartbeat.abort();
+    }
+
+    /// Stops the heartbeat without revoking the lease, as a crashed process would: etcd
+    /// frees everything when the lease runs out.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.heartbeat.abort();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        if self.abandoned.load(Ordering::SeqCst) || self.ended().is_some() {
+            return;
+        }
+        // Nobody uses the lease any more: give it back so waiting keys vanish at once.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (mut lease, id) = (self.lease.clone(), self.shared.id);
+            let (endpoint, timeout) = (self.endpoint.clone(), self.timeout);
+            runtime.spawn(async move {
+                let _ = request(&endpoint, timeout, lease.revoke(id)).await;
+            });
+        }
+    }
+}
+
+impl Shared {
+    fn end(&self, reason: LossReason) {
+        let mut first = false;
+        self.state.send_if_modified(|state| {
+            first = state.ended.is_none();
+            if first {
+                state.ended = Some(reason);
+            }
+            first
+        });
+        if first {
+            let notifiers = std::mem::take(&mut lock(&self.holders).notifiers);
+            tracing::warn!(lease = self.id, %reason, locks = notifiers.len(), "etcd session ended");
+            for notifier in notifiers {
+                notifier.notify_lost(reason);
+            }
+        }
+    }
+
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        self.state.send_modify(|state| {
+            if sent + ttl > state.valid_until {
+                state.valid_until = sent + ttl;
+            }
+        });
+    }
+
+    fn valid_until(&self) -> Instant {
+        self.state.borrow().valid_until
+    }
+}
+
+/// Keeps the lease alive until it ends; reopens the keepalive stream after connection
+/// failures for as long as the lease may still run.
+async fn heartbeat(
+    shared: Arc<Shared>,
+    mut lease: LeaseClient,
+    endpoint: String,
+    timeout: Duration,
+) {
+    let interval = shared.ttl / 3;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(50),
+        interval.max(Duration::from_millis(100)),
+    );
+    loop {
+        let deadline = shared.valid_until();
+        let sent = Instant::now();
+        let opened =
+            tokio::time::timeout_at(deadline.min(sent + timeout), lease.keep_alive(shared.id))
+                .await;
+        let outcome = match opened {
+            Err(_) => Beat::Retry,
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Beat::Gone,
+            Ok(Err(error)) => {
+                tracing::debug!(error = %to_lock_error(&endpoint, error), "etcd keepalive stream failed");
+                Beat::Retry
+            }
+            Ok(Ok((keeper, stream))) => {
+                // Opening the stream sent one keepalive and read its (positive) answer.
+                shared.renewed(sent, shared.ttl);
+                backoff = Backoff::new(
+                    Duration::from_millis(50),
+                    interval.max(Duration::from_millis(100)),
+                );
+                beat(&shared, keeper, stream, interval).await
+            }
+        };
+        match outcome {
+            Beat::Gone => return shared.end(LossReason::SessionEnded),
+            Beat::Retry if Instant::now() >= shared.valid_until() => {
+                return shared.end(LossReason::LeaseExpired)
+            }
+            Beat::Retry => {
+                let pause = Instant::now() + backoff.next_delay();
+                tokio::time::sleep_until(pause.min(shared.valid_until())).await;
+            }
+        }
+    }
+}
+
+enum Beat {
+    /// etcd says the lease no longer exists.
+    Gone,
+    /// The stream broke or went silent; open another while the lease may still run.
+    Retry,
+}
+
+/// Sends a keepalive every `interval` on an open stream and books each answer.
+async fn beat(
+    shared: &Shared,
+    mut keeper: LeaseKeeper,
+    mut stream: LeaseKeepAliveStream,
+    interval: Duration,
+) -> Beat {
+    loop {
+        tokio::time::sleep(interval).await;
+        let sent = Instant::now();
+        if keeper.keep_alive().await.is_err() {
+            return Beat::Retry;
+        }
+        match tokio::time::timeout_at(shared.valid_until(), stream.message()).await {
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                shared.renewed(sent, Duration::from_secs(answer.ttl() as u64));
+            }
+            Ok(Ok(Some(_))) => return Beat::Gone,
+            Ok(Ok(None) | Err(_)) | Err(_) => return Beat::Retry,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
