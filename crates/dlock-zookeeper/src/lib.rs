@@ -1,2 +1,74 @@
-//! The zookeeper backend of dlock (work in progress).
+//! The ZooKeeper backend of **dlock**: ephemeral sequential nodes, one session per client.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dlock_core::LockError> {
+//! use dlock_core::Locker;
+//!
+//! let backend = dlock_zookeeper::connect("zookeeper://127.0.0.1:2181/app?session_timeout=10s").await?;
+//! let locker = Locker::new(backend)
+//!     .with_options(dlock_core::LockOptions::default().lease(std::time::Duration::from_secs(10)))?;
+//! let guard = locker.acquire("reports/daily").await?;
+//! println!("fencing token {}", guard.fencing_token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How a lock is taken
+//! The contenders for key `k` under prefix `p` create `EPHEMERAL_SEQUENTIAL` nodes
+//! `/p/lock=k/_c_{attempt id}-lock-{sequence}`. The key's node and the prefix's nodes are
+//! `CONTAINER` nodes, which the server deletes once empty. The lowest sequence holds the
+//! lock; every other contender watches only the node just before its own and reads the line
+//! again when it goes: first come, first served, and a release wakes exactly one waiter.
+//! The random attempt id in the name (Curator's "protected" mode) finds a node again whose
+//! create reply was lost to a connection drop, instead of leaking it.
+//!
+//! # Fencing token
+//! The token is the lock node's creation zxid (`czxid`). Zxids number every write of the
+//! ensemble in one total order that never goes back, also across server restarts (the epoch
+//! in the high bits grows with each leader) and client restarts (the server issues them).
+//! Two acquisitions A then B of one key: B's node exists when B is granted, and A was granted
+//! only while no node before it was in line, so B's node was created after A's (had it been
+//! created before, it would have been before A in line, or gone). So B's `czxid` is greater.
+//! Sequence numbers would not do: they restart when the container key node is removed.
+//!
+//! # The session is the lease
+//! The session timeout (`session_timeout` in the URL) is the lease of every lock of the
+//! client; the lock options' `lease` is not used. A heartbeat (one read per quarter of the
+//! timeout, for the whole client) keeps the session and so every lock alive: renewal costs
+//! O(1) round trips per client however many locks it holds. While disconnected, locks stay
+//! held as long as the session may still live on the server; when the client's own view of
+//! the session deadline passes (the send time of the last answered request plus the
+//! timeout) or the server reports the session expired, every guard is signalled lost and the
+//! next acquisition opens a new session, which never trusts a node of the old one.
+//!
+//! # URLs
+//! `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?session_timeout=10s&connect_timeout=5s]`
+//! (alias `zk://`). With credentials, the client authenticates with the `digest` scheme and
+//! creates its nodes with `CREATOR_ALL_ACL`. The password never appears in errors or `Debug`.
 #![deny(missing_docs)]
+
+mod attempt;
+mod backend;
+mod config;
+mod error;
+mod paths;
+mod session;
+
+pub use backend::ZooKeeperBackend;
+/// The ZooKeeper client this backend is built on, for code that also talks to the server
+/// directly (fault tests, operators' tools) with the same version.
+pub use zookeeper_client;
+
+pub use config::{
+    DigestAuth, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT,
+};
+
+/// Connects to the ZooKeeper ensemble a `zookeeper://` or `zk://` URL names.
+///
+/// Bad URLs give [`LockError::InvalidUrl`](dlock_core::LockError::InvalidUrl) (password
+/// redacted); an ensemble that does not answer within the connect timeout gives
+/// [`LockError::Connection`](dlock_core::LockError::Connection).
+pub async fn connect(url: &str) -> dlock_core::Result<ZooKeeperBackend> {
+    ZooKeeperBackend::connect(ZooKeeperConfig::from_url(url)?).await
+}

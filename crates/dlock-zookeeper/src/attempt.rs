@@ -1,0 +1,203 @@
+//! One attempt to take a lock: its ephemeral sequential node, created so that a lost reply
+//! cannot leak it, and removed in the background if the attempt is dropped before it wins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock_core::{Backoff, Result};
+use tokio::time::Instant;
+use zookeeper_client::{CreateMode, Error, Stat};
+
+use crate::error::{is_connection, zk_error};
+use crate::paths;
+use crate::session::Session;
+
+/// A contender's node in a key's line.
+///
+/// Until [`Attempt::keep`] hands the node over to a held lock, dropping the attempt (the
+/// acquire returned an error or its future was dropped) deletes the node in the background,
+/// so a cancelled waiter never delays the ones behind it.
+pub(crate) struct Attempt {
+    session: Arc<Session>,
+    dir: String,
+    /// `_c_{attempt id}-lock-`, then the full name once the server numbered it.
+    name: String,
+    /// The node's path once known.
+    node: Option<String>,
+    kept: bool,
+}
+
+impl Attempt {
+    /// A new attempt in `session` on the key node `dir`.
+    pub(crate) fn new(session: Arc<Session>, dir: &str) -> Self {
+        Attempt {
+            session,
+            dir: dir.to_owned(),
+            name: paths::attempt_name(),
+            node: None,
+            kept: false,
+        }
+    }
+
+    /// Creates the node, and the key's parents as container nodes if they are missing.
+    ///
+    /// If the connection drops before the reply, the create may or may not have happened:
+    /// the node is then looked for by the attempt's unique id rather than created twice.
+    pub(crate) async fn create(&mut self) -> Result<Stat> {
+        let protected = format!("{}/{}", self.dir, self.name);
+        let mut backoff = retry_backoff();
+        loop {
+            let client = self.session.client()?;
+            let options = CreateMode::EphemeralSequential.with_acls(self.session.acls());
+            let sent = Instant::now();
+            match client.create(&protected, b"", &options).await {
+                Ok((stat, sequence)) => {
+                    self.session.answered(sent);
+                    self.name = format!("{}{sequence}", self.name);
+                    self.node = Some(format!("{protected}{sequence}"));
+                    return Ok(stat);
+                }
+                Err(Error::NoNode) => {
+                    let parents = CreateMode::Container.with_acls(self.session.acls());
+                    match client.mkdir(&self.dir, &parents).await {
+                        Ok(()) => {}
+                        Err(error) if is_connection(&error) => {
+                            tokio::time::sleep(backoff.next_delay()).await
+                        }
+                        Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+                    }
+                }
+                Err(error) if is_connection(&error) => {
+                    if let Some(stat) = self.find().await? {
+                        return Ok(stat);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+            }
+        }
+    }
+
+    /// The node's path (empty before [`Attempt::create`] succeeded).
+    pub(crate) fn node(&self) -> &str {
+        self.node.as_deref().unwrap_or_default()
+    }
+
+    /// The node's name within the key node.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The attempt won: the node now belongs to the held lock.
+    pub(crate) fn keep(mut self) -> String {
+        self.kept = true;
+        self.node.take().unwrap_or_default()
+    }
+
+    /// Leaves the line now, waiting for the server (bounded), so whoever comes next does not
+    /// see this node.
+    pub(crate) async fn withdraw(mut self) {
+        self.kept = true;
+        let (session, dir, name, node) = (
+            Arc::clone(&self.session),
+            std::mem::take(&mut self.dir),
+            std::mem::take(&mut self.name),
+            self.node.take(),
+        );
+        remove(session, dir, name, node).await;
+    }
+
+    /// Looks for this attempt's node by its unique id, retrying while the connection is down.
+    async fn find(&mut self) -> Result<Option<Stat>> {
+        let mut backoff = retry_backoff();
+        loop {
+            let client = self.session.client()?;
+            match client.list_children(&self.dir).await {
+                Ok(children) => {
+                    let Some(name) = children.into_iter().find(|c| c.starts_with(&self.name))
+                    else {
+                        return Ok(None);
+                    };
+                    let node = format!("{}/{name}", self.dir);
+                    match client.check_stat(&node).await {
+                        Ok(Some(stat)) => {
+                            self.name = name;
+                            self.node = Some(node);
+                            return Ok(Some(stat));
+                        }
+                        Ok(None) => return Ok(None),
+                        Err(error) if is_connection(&error) => {}
+                        Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+                    }
+                }
+                Err(Error::NoNode) => return Ok(None),
+                Err(error) if is_connection(&error) => {}
+                Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (session, dir, name, node) = (
+            Arc::clone(&self.session),
+            std::mem::take(&mut self.dir),
+            std::mem::take(&mut self.name),
+            self.node.take(),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(remove(session, dir, name, node));
+        }
+        // Without a runtime the node stays until the session ends.
+    }
+}
+
+/// Deletes an attempt's node (found by its id if its path is unknown), retrying connection
+/// losses while the session lives and for at most one session timeout: past that the node
+/// goes with the session anyway.
+async fn remove(session: Arc<Session>, dir: String, name: String, node: Option<String>) {
+    let give_up = Instant::now() + session.timeout().max(Duration::from_secs(1));
+    let mut backoff = retry_backoff();
+    let mut node = node;
+    while Instant::now() < give_up {
+        let Ok(client) = session.client() else {
+            return;
+        };
+        let path = match &node {
+            Some(path) => path.clone(),
+            None => match client.list_children(&dir).await {
+                Ok(children) => match children.into_iter().find(|c| c.starts_with(&name)) {
+                    Some(found) => {
+                        let path = format!("{dir}/{found}");
+                        node = Some(path.clone());
+                        path
+                    }
+                    None => return,
+                },
+                Err(error) if is_connection(&error) => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        match client.delete(&path, None).await {
+            Ok(()) | Err(Error::NoNode) => return,
+            Err(error) if is_connection(&error) => tokio::time::sleep(backoff.next_delay()).await,
+            Err(error) => {
+                tracing::warn!(node = %path, %error, "cannot remove an abandoned lock attempt; it goes when the session ends");
+                return;
+            }
+        }
+    }
+}
+
+/// Retries after a connection loss: quick at first, at most a second apart.
+pub(crate) fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+}

@@ -1,0 +1,488 @@
+//! The ZooKeeper lock backend: the classic ephemeral-sequential recipe over one session per
+//! client.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlock_core::{
+    AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError,
+    LockOptions, LossNotifier, LossReason, Renewal, Result, MAX_LEASE,
+};
+use tokio::time::Instant;
+use zookeeper_client::{Error, EventType, OneshotWatcher};
+
+use crate::attempt::{retry_backoff, Attempt};
+use crate::config::ZooKeeperConfig;
+use crate::error::{is_connection, zk_error};
+use crate::paths;
+use crate::session::Session;
+
+/// A ZooKeeper client that takes locks: one session, shared by every lock it holds.
+///
+/// - **Acquire**: an `EPHEMERAL_SEQUENTIAL` node under the key's node (a `CONTAINER`, so the
+///   server removes it when empty); the lowest sequence holds the lock, every other contender
+///   watches only the node just before its own (FIFO, one waiter woken per release).
+/// - **Fencing token**: the lock node's creation zxid (see the crate documentation for why it
+///   strictly grows).
+/// - **Lease**: the session. Its timeout is the lease of every lock of this client, its
+///   heartbeat renews them all at once, and when it ends (expired, or disconnected past its
+///   deadline on this process's clock) every guard is signalled lost.
+///
+/// Make one with [`crate::connect`] or [`ZooKeeperBackend::connect`], and wrap it in a
+/// [`Locker`](dlock_core::Locker).
+#[derive(Clone)]
+pub struct ZooKeeperBackend {
+    shared: Arc<Shared>,
+}
+
+impl ZooKeeperBackend {
+    /// Opens a session to the ensemble in `config` (creating the chroot if missing).
+    ///
+    /// Fails with [`LockError::Connection`] if no server answers within the connect timeout.
+    pub async fn connect(config: ZooKeeperConfig) -> Result<Self> {
+        config.validate()?;
+        let session = Session::open(&config).await?;
+        Ok(ZooKeeperBackend {
+            shared: Arc::new(Shared {
+                config,
+                current: tokio::sync::Mutex::new(Some(session)),
+                wakeups: AtomicU64::new(0),
+                rechecks: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &ZooKeeperConfig {
+        &self.shared.config
+    }
+
+    /// The session timeout the server granted to the current session (the lease of its
+    /// locks), or `None` if there is no live session right now.
+    pub async fn session_timeout(&self) -> Option<Duration> {
+        self.shared.live().await.map(|session| session.timeout())
+    }
+
+    /// The id of the current session, as the server writes it in a lock node's
+    /// `ephemeralOwner`, or `None` if there is no live session right now.
+    pub async fn session_id(&self) -> Option<i64> {
+        self.shared.live().await.map(|session| session.id())
+    }
+
+    /// How many times a waiter of this client was woken by the deletion of the node before
+    /// its own (P8: one per release that concerns it, never a herd).
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// How many times a waiter of this client read its key's line again after a wake-up.
+    pub fn rechecks(&self) -> u64 {
+        self.shared.rechecks.load(Ordering::Relaxed)
+    }
+
+    /// Stops the current session's heartbeat and drops its connection without closing the
+    /// session, as a crashed process would: the server removes its locks when the session
+    /// times out. The guards of those locks are signalled lost; the next call opens a new
+    /// session. Fault tests use this.
+    pub async fn abandon_session(&self) {
+        if let Some(session) = self.shared.current.lock().await.take() {
+            session.retire(LossReason::SessionEnded);
+        }
+    }
+
+    /// The path (below the chroot) of the lock node a lease of this backend holds: watch it,
+    /// or read its `czxid`, the fencing token. `None` for a lease of another backend.
+    pub fn node_path(lease: &Lease) -> Option<&str> {
+        lease.record::<HeldNode>().map(|held| held.node.as_str())
+    }
+
+    async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
+        let dir = paths::lock_dir(&request.options.prefix, request.key)?;
+        loop {
+            let session = self.shared.session().await?;
+            match self.take_in(&session, &dir, request, wait).await {
+                Ok(Some(outcome)) => return Ok(outcome),
+                // The session ended or our node vanished: start over in a new place in line.
+                Ok(None) => {}
+                Err(error) if is_connection_error(&error) && session.retired_reason().is_some() => {
+                }
+                Err(error) => return Err(error),
+            }
+            if request
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                return Err(timeout(request));
+            }
+        }
+    }
+
+    /// One attempt in one session: `Ok(None)` means "start over".
+    async fn take_in(
+        &self,
+        session: &Arc<Session>,
+        dir: &str,
+        request: &AcquireRequest<'_>,
+        wait: bool,
+    ) -> Result<Option<Option<Acquired>>> {
+        let client = session.client()?;
+        let mut attempt = Attempt::new(Arc::clone(session), dir);
+        let created = attempt.create().await?;
+        let token = u64::try_from(created.czxid).map_err(|_| {
+            LockError::protocol(
+                "zookeeper",
+                format!("negative creation zxid {}", created.czxid),
+            )
+        })?;
+        let node = attempt.node().to_owned();
+        // One round trip for both: where we stand, and a watch on our own node that tells the
+        // future holder if someone else deletes it.
+        let mut sent = Instant::now();
+        let (mut children, own) = tokio::join!(
+            client.list_children(dir),
+            client.check_and_watch_stat(&node)
+        );
+        let own_watch = match own {
+            Ok((Some(_), watcher)) => watcher,
+            Ok((None, _)) => return Ok(None),
+            Err(error) if is_connection(&error) => return self.lost_connection(session, error),
+            Err(error) => return Err(zk_error(session.endpoint(), error)),
+        };
+        let mut queued = false;
+        let mut backoff = retry_backoff();
+        loop {
+            let names = match children {
+                Ok(names) => {
+                    session.answered(sent);
+                    names
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(None);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = sleep_until(request.deadline) => return Err(timeout(request)),
+                    }
+                    sent = Instant::now();
+                    children = client.list_children(dir).await;
+                    continue;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            };
+            let line = paths::line(&names);
+            let Some(position) = line.iter().position(|(_, name)| *name == attempt.name()) else {
+                // Our node is gone (deleted from outside): queue again.
+                return Ok(None);
+            };
+            if position == 0 {
+                break;
+            }
+            if !wait {
+                attempt.withdraw().await;
+                return Ok(Some(None));
+            }
+            if !queued {
+                request.queued();
+                queued = true;
+            }
+            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            match client.check_and_watch_stat(&predecessor).await {
+                Ok((None, _)) => {}
+                Ok((Some(_), watcher)) => {
+                    tokio::select! {
+                        _ = watcher.changed() => {
+                            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ = sleep_until(request.deadline) => {
+                            attempt.withdraw().await;
+                            return Err(timeout(request));
+                        }
+                        _ = session.retired() => return Ok(None),
+                    }
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            }
+            self.shared.rechecks.fetch_add(1, Ordering::Relaxed);
+            sent = Instant::now();
+            children = client.list_children(dir).await;
+        }
+        let node = attempt.keep();
+        let held = HeldNode {
+            session: Arc::clone(session),
+            node,
+            czxid: created.czxid,
+            state: Arc::new(AtomicU8::new(HELD)),
+        };
+        tokio::spawn(watch_held(
+            own_watch,
+            Arc::clone(&held.state),
+            request.loss.clone(),
+            session.retired(),
+        ));
+        Ok(Some(Some(Acquired {
+            token: FencingToken::new(token),
+            valid_until: valid_until(session, request.options),
+            record: Box::new(held),
+        })))
+    }
+
+    fn lost_connection<T>(&self, session: &Session, error: Error) -> Result<Option<T>> {
+        if session.retired_reason().is_some() {
+            Ok(None)
+        } else {
+            Err(zk_error(session.endpoint(), error))
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for ZooKeeperBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "zookeeper",
+            fifo: true,
+            session_lease: true,
+            server_wakeup: true,
+            // Twice the tick of a server tuned for short sessions; the server's
+            // `minSessionTimeout` is the real floor.
+            min_lease: Duration::from_millis(200),
+            // The server expires sessions on its own tick (2 s by default).
+            crash_release_bound: Duration::from_secs(2),
+        }
+    }
+
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        self.take(&request, false).await
+    }
+
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        self.take(&request, true)
+            .await?
+            .ok_or_else(|| LockError::protocol("zookeeper", "a waiting acquire gave up early"))
+    }
+
+    async fn extend(&self, lease: &Lease, _ttl: Duration) -> Result<Instant> {
+        let held = held(lease)?;
+        if held.state.load(Ordering::Acquire) != HELD || held.session.retired_reason().is_some() {
+            return Err(not_held(lease));
+        }
+        let client = held.session.client().map_err(|_| not_held(lease))?;
+        let sent = Instant::now();
+        match client.check_stat(&held.node).await {
+            Ok(Some(stat))
+                if stat.czxid == held.czxid && stat.ephemeral_owner == held.session.id() =>
+            {
+                held.session.answered(sent);
+                Ok(valid_until(&held.session, lease.options()))
+            }
+            Ok(_) => {
+                held.state.store(LOST, Ordering::Release);
+                Err(not_held(lease))
+            }
+            Err(error) => Err(zk_error(held.session.endpoint(), error)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let held = held(lease)?;
+        if held
+            .state
+            .compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(not_held(lease));
+        }
+        let session = &held.session;
+        // Connection losses are retried for a while; past that the session's expiry still
+        // removes the node, and the caller hears that the release was not confirmed.
+        let give_up = Instant::now() + (session.timeout() / 2).min(Duration::from_secs(5));
+        let mut backoff = retry_backoff();
+        loop {
+            let Ok(client) = session.client() else {
+                held.state.store(LOST, Ordering::Release);
+                return Err(not_held(lease));
+            };
+            // Version 0: nobody ever writes to a lock node, and its path is unique to this
+            // acquisition, so this deletes our node and nothing else.
+            match client.delete(&held.node, Some(0)).await {
+                Ok(()) => {
+                    held.state.store(RELEASED, Ordering::Release);
+                    return Ok(());
+                }
+                Err(Error::NoNode | Error::BadVersion) => {
+                    held.state.store(LOST, Ordering::Release);
+                    return Err(not_held(lease));
+                }
+                Err(error)
+                    if is_connection(&error)
+                        && Instant::now() < give_up
+                        && session.retired_reason().is_none() =>
+                {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => {
+                    // Ownership stays recorded: the node may still be there.
+                    held.state.store(HELD, Ordering::Release);
+                    return Err(zk_error(session.endpoint(), error));
+                }
+            }
+        }
+    }
+
+    /// Costs no round trip: the session's heartbeat keeps every lock of the client alive at
+    /// once, and the watch on each lock node reports deletions as they happen. This only
+    /// reports what is known.
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        leases
+            .iter()
+            .map(|lease| {
+                let held = held(lease)?;
+                Ok(match held.session.retired_reason() {
+                    Some(reason) => Renewal::Lost(reason),
+                    None if held.state.load(Ordering::Acquire) == LOST => {
+                        Renewal::Lost(LossReason::NotOwner)
+                    }
+                    None => Renewal::Renewed {
+                        valid_until: valid_until(&held.session, lease.options()),
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for ZooKeeperBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZooKeeperBackend")
+            .field("endpoint", &self.shared.config.endpoint())
+            .field("session_timeout", &self.shared.config.session_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every clone of a backend shares.
+struct Shared {
+    config: ZooKeeperConfig,
+    /// The session in use; replaced when it is retired.
+    current: tokio::sync::Mutex<Option<Arc<Session>>>,
+    wakeups: AtomicU64,
+    rechecks: AtomicU64,
+}
+
+impl Shared {
+    /// The live session, opening a new one if the last was retired.
+    async fn session(&self) -> Result<Arc<Session>> {
+        let mut current = self.current.lock().await;
+        if let Some(session) = current.as_ref().filter(|s| s.retired_reason().is_none()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::open(&self.config).await?;
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    async fn live(&self) -> Option<Arc<Session>> {
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .filter(|s| s.retired_reason().is_none())
+            .cloned()
+    }
+}
+
+/// The backend's record of a held lock.
+struct HeldNode {
+    session: Arc<Session>,
+    node: String,
+    czxid: i64,
+    state: Arc<AtomicU8>,
+}
+
+const HELD: u8 = 0;
+const RELEASING: u8 = 1;
+const RELEASED: u8 = 2;
+const LOST: u8 = 3;
+
+/// Signals the loss of a held lock when its node is deleted by someone else or its session
+/// ends; ends quietly when the lock is released.
+async fn watch_held(
+    watcher: OneshotWatcher,
+    state: Arc<AtomicU8>,
+    loss: LossNotifier,
+    retired: impl std::future::Future<Output = LossReason>,
+) {
+    tokio::pin!(retired);
+    let reason = tokio::select! {
+        event = watcher.changed() => match event.event_type {
+            EventType::NodeDeleted => LossReason::NotOwner,
+            EventType::Session => LossReason::SessionEnded,
+            // Nobody writes to lock nodes; if someone did, the lock is still ours.
+            _ => retired.await,
+        },
+        reason = &mut retired => reason,
+    };
+    if state
+        .compare_exchange(HELD, LOST, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        loss.notify_lost(reason);
+    }
+}
+
+/// Until when a lock taken with `options` is surely held, on this process's clock.
+///
+/// With keepalive renewing often enough (at most a third of the session timeout, the
+/// default when the lease is the session timeout), that is the session's deadline. Otherwise
+/// the session alone holds the lock and this backend signals its loss itself, the moment
+/// the session ends or its deadline passes: the core's clock is then set out of the way.
+fn valid_until(session: &Session, options: &LockOptions) -> Instant {
+    if options.keepalive && options.effective_keepalive_interval() <= session.timeout() / 3 {
+        session.deadline()
+    } else {
+        Instant::now() + MAX_LEASE
+    }
+}
+
+fn held(lease: &Lease) -> Result<&HeldNode> {
+    lease.record::<HeldNode>().ok_or_else(|| {
+        LockError::protocol(
+            "zookeeper",
+            "the lease was not taken by a zookeeper backend",
+        )
+    })
+}
+
+fn not_held(lease: &Lease) -> LockError {
+    LockError::NotHeld {
+        key: lease.key().to_string(),
+    }
+}
+
+fn timeout(request: &AcquireRequest<'_>) -> LockError {
+    LockError::Timeout {
+        key: request.key.to_string(),
+        waited: request.options.wait.unwrap_or_default(),
+    }
+}
+
+fn is_connection_error(error: &LockError) -> bool {
+    matches!(error, LockError::Connection { .. })
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

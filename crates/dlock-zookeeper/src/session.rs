@@ -1,0 +1,287 @@
+//! One ZooKeeper session: the lease of every lock a client holds.
+//!
+//! The session is kept alive by a heartbeat task (one small read every quarter of the session
+//! timeout, on top of the client library's own pings), which also keeps the client's own view
+//! of the session deadline: the send time of the last answered request plus the timeout. The
+//! server cannot expire the session before that instant. When the deadline passes while
+//! disconnected, or the server says the session expired, the session is *retired*: every lock
+//! taken in it is signalled lost, its connection is dropped without a goodbye, and the backend
+//! opens a new session for what comes next. A retired session is never used again, so a new
+//! session never trusts a node of an old one.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dlock_core::{Backoff, LockError, LossReason, Result};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zookeeper_client::{Acls, Client, CreateMode, SessionState};
+
+use crate::config::ZooKeeperConfig;
+use crate::error::zk_error;
+
+/// A live (or retired) session and what the locks taken in it share.
+pub(crate) struct Session {
+    /// The session's client; taken out (and so disconnected) when the session is retired.
+    client: Mutex<Option<Client>>,
+    id: i64,
+    timeout: Duration,
+    endpoint: String,
+    authenticated: bool,
+    /// The send time of the last request the server answered.
+    last_contact: Mutex<Instant>,
+    /// `Some(reason)` once retired.
+    retired: watch::Sender<Option<LossReason>>,
+}
+
+impl Session {
+    /// Connects a new session and starts its heartbeat.
+    pub(crate) async fn open(config: &ZooKeeperConfig) -> Result<Arc<Session>> {
+        let endpoint = config.endpoint();
+        let started = Instant::now();
+        let give_up = started + config.connect_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        // Each try fails fast (a refused port, a server too busy to answer in time); tries
+        // are repeated until the connect timeout.
+        let mut last_error = None;
+        let client = loop {
+            let remaining = give_up.saturating_duration_since(Instant::now());
+            let tried = tokio::time::timeout(
+                remaining,
+                connector(config).connect(&config.hosts.join(",")),
+            )
+            .await;
+            match tried {
+                Ok(Ok(client)) => break client,
+                Ok(Err(error)) => {
+                    tracing::debug!(%endpoint, %error, "connecting to ZooKeeper failed; retrying");
+                    last_error = Some(error);
+                }
+                Err(_) => {}
+            }
+            let remaining = give_up.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(match last_error {
+                    Some(error) => LockError::connection(endpoint, error),
+                    None => LockError::connection(
+                        endpoint,
+                        format!("no session within {:?}", config.connect_timeout),
+                    ),
+                });
+            }
+            tokio::time::sleep(backoff.next_delay().min(remaining)).await;
+        };
+        let authenticated = config.auth.is_some();
+        let client = match &config.chroot {
+            None => client,
+            Some(chroot) => {
+                let options = CreateMode::Persistent.with_acls(acls(authenticated));
+                client
+                    .mkdir(chroot, &options)
+                    .await
+                    .map_err(|error| zk_error(&endpoint, error))?;
+                client
+                    .chroot(chroot.as_str())
+                    .map_err(|_| LockError::InvalidUrl {
+                        url: endpoint.clone(),
+                        reason: format!("`{chroot}` is not a valid chroot"),
+                    })?
+            }
+        };
+        let states = client.state_watcher();
+        let session = Arc::new(Session {
+            id: client.session_id().0,
+            timeout: client.session_timeout(),
+            client: Mutex::new(Some(client)),
+            endpoint,
+            authenticated,
+            last_contact: Mutex::new(started),
+            retired: watch::Sender::new(None),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&session), states));
+        Ok(session)
+    }
+
+    /// The client, unless the session was retired.
+    pub(crate) fn client(&self) -> Result<Client> {
+        lock(&self.client).clone().ok_or_else(|| self.ended())
+    }
+
+    /// The session id, as the server writes it in `ephemeralOwner`.
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The session timeout the server granted.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Where the session is connected, for error messages.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The ACL of the nodes this session creates.
+    pub(crate) fn acls(&self) -> Acls<'static> {
+        acls(self.authenticated)
+    }
+
+    /// Until when the server surely keeps the session, on this process's clock.
+    pub(crate) fn deadline(&self) -> Instant {
+        *lock(&self.last_contact) + self.timeout
+    }
+
+    /// Records that a request sent at `sent` was answered.
+    pub(crate) fn answered(&self, sent: Instant) {
+        let mut last = lock(&self.last_contact);
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// Why the session was retired, if it was.
+    pub(crate) fn retired_reason(&self) -> Option<LossReason> {
+        *self.retired.borrow()
+    }
+
+    /// Resolves, with the reason, once the session is retired.
+    pub(crate) fn retired(&self) -> impl std::future::Future<Output = LossReason> + Send + 'static {
+        let mut receiver = self.retired.subscribe();
+        async move {
+            match receiver.wait_for(Option::is_some).await {
+                Ok(reason) => reason.unwrap_or(LossReason::SessionEnded),
+                // The session is gone, and with it every lock it held.
+                Err(_) => LossReason::SessionEnded,
+            }
+        }
+    }
+
+    /// Stops using this session: locks taken in it are signalled lost (their watchers see the
+    /// retirement), its connection is dropped without closing the session, so the server
+    /// removes its nodes when the session expires.
+    pub(crate) fn retire(&self, reason: LossReason) {
+        let changed = self.retired.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
+        }
+        drop(lock(&self.client).take());
+    }
+
+    fn ended(&self) -> LockError {
+        LockError::connection(
+            self.endpoint.clone(),
+            format!(
+                "ZooKeeper session {:#x} ended: {}",
+                self.id,
+                self.retired_reason().unwrap_or(LossReason::SessionEnded)
+            ),
+        )
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &format_args!("{:#x}", self.id))
+            .field("timeout", &self.timeout)
+            .field("retired", &self.retired_reason())
+            .finish()
+    }
+}
+
+/// A connector for one try: fails fast instead of cycling through the hosts forever.
+fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
+    let connector = Client::connector()
+        .with_session_timeout(config.session_timeout)
+        .with_fail_eagerly()
+        // Dropping the client must not close the session: only an explicit release or the
+        // server's expiry ends a lock, as with a crashed process.
+        .with_detached();
+    match &config.auth {
+        Some(auth) => connector.with_auth("digest", &auth.credentials()),
+        None => connector,
+    }
+}
+
+/// `CREATOR_ALL_ACL` with credentials, `OPEN_ACL_UNSAFE` without.
+fn acls(authenticated: bool) -> Acls<'static> {
+    if authenticated {
+        Acls::creator_all()
+    } else {
+        Acls::anyone_all()
+    }
+}
+
+/// The heartbeat and the watch over the session's deadline; ends when the session is retired
+/// or dropped.
+async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWatcher) {
+    loop {
+        let (beat, deadline, client) = {
+            let Some(session) = session.upgrade() else {
+                return;
+            };
+            if session.retired_reason().is_some() {
+                return;
+            }
+            match states.peek_state() {
+                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                    session.retire(LossReason::SessionEnded);
+                    return;
+                }
+                SessionState::Disconnected => (None, session.deadline(), None),
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => (
+                    Some(session.timeout / 4),
+                    session.deadline(),
+                    session.client().ok(),
+                ),
+            }
+        };
+        match (beat, client) {
+            (Some(beat), Some(client)) => {
+                tokio::select! {
+                    _ = states.changed() => {}
+                    _ = tokio::time::sleep(beat) => {
+                        let sent = Instant::now();
+                        // Any answer, even "no such node", proves the session alive at `sent`.
+                        let answered = tokio::time::timeout(beat, client.check_stat("/")).await;
+                        drop(client);
+                        if let (Ok(Ok(_)), Some(session)) = (answered, session.upgrade()) {
+                            session.answered(sent);
+                        }
+                    }
+                }
+            }
+            _ => {
+                tokio::select! {
+                    _ = states.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if let Some(session) = session.upgrade() {
+                            if !matches!(states.peek_state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly)
+                                && Instant::now() >= session.deadline()
+                            {
+                                session.retire(LossReason::LeaseExpired);
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning: every critical section here is a plain
+/// assignment, so the data stays consistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
