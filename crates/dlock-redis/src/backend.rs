@@ -1,0 +1,678 @@
+//! The Redis lock backend: one instance, or a Redlock quorum of independent instances.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlock_core::{
+    AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
+    LockKey, LossReason, Renewal, Result, MIN_LEASE,
+};
+use futures::future::join_all;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::RedisConfig;
+use crate::layout::LockNames;
+use crate::node::{AcquireReply, Node, Waiters, Wake};
+
+/// How long a waiter that is not first in line sleeps before looking again when no message
+/// comes: only a safety net for lost messages, since releases and first-in-line changes are
+/// pushed by the server.
+const SAFETY_NET: Duration = Duration::from_secs(10);
+/// How long a waiter that stands in no line (it reached no instance) or lost a Redlock split
+/// vote waits at most before trying again.
+const SPLIT_RETRY: Duration = Duration::from_millis(40);
+/// How long a Redlock instance that could not be connected to is left alone.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// A waiting `acquire` without a wait limit stays in line this long before it must refresh
+/// its entry (it does so every time it wakes, and the safety net wakes it far more often).
+const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Distributed locks in Redis: a single instance (`redis://`, `rediss://`) or Redlock over
+/// independent instances (`redis+redlock://a,b,c`).
+///
+/// * **Acquire** is one Lua script: set the key to a fresh owner id with the lease if it is
+///   free (and nobody waits before us), and bump the key's fence counter in the same step;
+///   the counter's value is the fencing token.
+/// * **Release and extend** check the owner id on the server first (P6).
+/// * **Renewal** of every lock a client holds is one script call per instance per interval;
+///   the reply names the keys that are no longer ours, and their guards are signalled lost.
+/// * **Waiting** (P8, P10): a waiter queues itself in a per-lock list in Redis (with a
+///   deadline, and skipped at once if its client stopped listening) and is woken by one
+///   message on its client's channel when the holder releases, or, if it is first in line, by
+///   its own timer at the holder's expiry. One release wakes one waiter.
+///
+/// **Order on a single instance:** first come, first served among waiters, counted from the
+/// moment their acquire script ran on the server. `try_acquire` never jumps the line, and a
+/// holder that releases and asks again queues behind the waiters (no barging). A waiter whose
+/// client stopped listening (crashed, or its connection dropped) loses its place; so does a
+/// waiter whose wait limit passed.
+///
+/// **Redlock** gives no order: the lock goes to whoever first gets a majority. Waiters queue
+/// on every instance to be woken (one per instance per release) and retry with jitter.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), dlock_core::LockError> {
+/// use dlock_core::Locker;
+///
+/// let backend = dlock_redis::connect("redis://127.0.0.1:6379?prefix=myapp").await?;
+/// let locker = Locker::new(backend);
+/// let guard = locker.acquire("reports/daily").await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+impl RedisBackend {
+    /// Connects to the instance(s) of `config`.
+    ///
+    /// A single instance must answer now. Redlock needs a majority now; the other
+    /// instances are connected to when they come up.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let client_id = format!("{:016x}", rand::rng().random::<u64>());
+        let waiters = Arc::new(Waiters::default());
+        let connecting = config
+            .endpoints
+            .iter()
+            .map(|endpoint| Node::connect(&config, endpoint, &client_id, Arc::clone(&waiters)));
+        let outcomes = join_all(connecting).await;
+        let mut nodes = Vec::with_capacity(outcomes.len());
+        let mut first_error = None;
+        for (outcome, endpoint) in outcomes.into_iter().zip(&config.endpoints) {
+            match outcome {
+                Ok(node) => nodes.push(Slot::Up(node)),
+                Err(error) => {
+                    tracing::warn!(%endpoint, %error, "Redis instance unreachable");
+                    first_error.get_or_insert(error);
+                    nodes.push(Slot::Down {
+                        retry_at: Instant::now() + RECONNECT_PAUSE,
+                    });
+                }
+            }
+        }
+        let up = nodes.iter().filter(|n| matches!(n, Slot::Up(_))).count();
+        if up < config.quorum() {
+            return Err(first_error.unwrap_or_else(|| {
+                LockError::connection(config.endpoints[0].to_string(), "no instance answered")
+            }));
+        }
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                config,
+                nodes: nodes.into_iter().map(tokio::sync::Mutex::new).collect(),
+                client_id,
+                waiters,
+                sequence: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was made with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The Redis key that holds the lock `key` under `prefix` (its owner id, expiring with
+    /// the lease), for operators and tests that look at or tamper with it.
+    pub fn lock_key_name(&self, prefix: &str, key: &LockKey) -> String {
+        LockNames::new(&self.inner.config.namespace, prefix, key).lock
+    }
+
+    /// The Redis key that holds the fence counter of the lock `key` under `prefix`.
+    pub fn fence_key_name(&self, prefix: &str, key: &LockKey) -> String {
+        LockNames::new(&self.inner.config.namespace, prefix, key).fence
+    }
+}
+
+struct Inner {
+    config: RedisConfig,
+    nodes: Vec<tokio::sync::Mutex<Slot>>,
+    client_id: String,
+    waiters: Arc<Waiters>,
+    sequence: AtomicU64,
+}
+
+/// An instance this client is connected to, or one it could not reach yet.
+enum Slot {
+    Up(Node),
+    /// Not connected; the next attempt is not made before `retry_at`, so an instance that is
+    /// down does not slow every call by a connection timeout.
+    Down {
+        retry_at: Instant,
+    },
+}
+
+/// The backend's record of one acquisition.
+struct RedisRecord {
+    names: LockNames,
+    owner: String,
+}
+
+/// What one attempt at all instances came to.
+enum Attempt {
+    Granted {
+        token: u64,
+        valid_until: Instant,
+        /// Instances where the lock was granted (the waiter left their lines).
+        granted: Vec<bool>,
+    },
+    Busy {
+        /// Instances where this waiter now stands in line.
+        in_line: Vec<bool>,
+        /// When the holder's lease runs out, on instances where this waiter is first.
+        first_for: Option<Duration>,
+        /// Some instances granted it but not a majority (Redlock): retry soon.
+        split: bool,
+    },
+    Failed(LockError),
+}
+
+impl Inner {
+    fn fair(&self) -> bool {
+        !self.config.redlock
+    }
+
+    fn next_id(&self) -> String {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{sequence}", self.client_id)
+    }
+
+    /// Redlock's allowance for clock drift between client and instances.
+    fn drift(&self, lease: Duration) -> Duration {
+        if self.config.redlock {
+            lease.mul_f64(self.config.drift_factor) + Duration::from_millis(2)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The connected instance `index`, connecting now if it was down.
+    async fn node(&self, index: usize) -> Result<Node> {
+        let mut slot = self.nodes[index].lock().await;
+        match &*slot {
+            Slot::Up(node) => Ok(node.clone()),
+            Slot::Down { retry_at } => {
+                let endpoint = &self.config.endpoints[index];
+                if Instant::now() < *retry_at {
+                    return Err(LockError::connection(
+                        endpoint.to_string(),
+                        "the instance was unreachable a moment ago",
+                    ));
+                }
+                let connected = Node::connect(
+                    &self.config,
+                    endpoint,
+                    &self.client_id,
+                    Arc::clone(&self.waiters),
+                )
+                .await;
+                match connected {
+                    Ok(node) => {
+                        *slot = Slot::Up(node.clone());
+                        Ok(node)
+                    }
+                    Err(error) => {
+                        *slot = Slot::Down {
+                            retry_at: Instant::now() + RECONNECT_PAUSE,
+                        };
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `call` on every instance at once.
+    async fn on_all<'a, T, F, Fut>(&'a self, call: F) -> Vec<Result<T>>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let call = &call;
+        join_all((0..self.nodes.len()).map(|index| async move {
+            match self.node(index).await {
+                Ok(node) => call(node).await,
+                Err(error) => Err(error),
+            }
+        }))
+        .await
+    }
+
+    async fn attempt(
+        &self,
+        names: &LockNames,
+        owner: &str,
+        lease: Duration,
+        waiter: Option<(&str, Duration)>,
+    ) -> Attempt {
+        let started = Instant::now();
+        let fair = self.fair();
+        let replies = self
+            .on_all(|node| async move { node.acquire(names, owner, lease, waiter, fair).await })
+            .await;
+        let quorum = self.config.quorum();
+        let mut tokens = vec![None; replies.len()];
+        let mut in_line = vec![false; replies.len()];
+        let mut first_for: Option<Duration> = None;
+        let mut failures = Vec::new();
+        for (index, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Ok(AcquireReply::Granted(token)) => tokens[index] = Some(token),
+                Ok(AcquireReply::Waiting { holder_ttl, first }) => {
+                    in_line[index] = waiter.is_some();
+                    if first {
+                        let ttl = holder_ttl.unwrap_or(Duration::ZERO);
+                        first_for = Some(first_for.map_or(ttl, |f| f.min(ttl)));
+                    }
+                }
+                Err(error) => failures.push(error),
+            }
+        }
+        let granted: Vec<bool> = tokens.iter().map(Option::is_some).collect();
+        let count = granted.iter().filter(|g| **g).count();
+        if count >= quorum {
+            let valid_until = started + lease.saturating_sub(self.drift(lease));
+            match self.settle_token(names, &tokens).await {
+                Ok(token) if Instant::now() < valid_until => {
+                    return Attempt::Granted {
+                        token,
+                        valid_until,
+                        granted,
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => failures.push(error),
+            }
+        }
+        if count > 0 {
+            // Not enough instances (or too late): give back what we got, everywhere.
+            self.release_where(names, owner, &granted).await;
+        }
+        if failures.len() > self.nodes.len() - quorum || (count >= quorum && !failures.is_empty()) {
+            return Attempt::Failed(failures.swap_remove(0));
+        }
+        Attempt::Busy {
+            in_line,
+            first_for,
+            split: count > 0,
+        }
+    }
+
+    /// The token of a quorum acquisition: the highest counter among the instances that
+    /// granted it, after raising the others to it, so the next majority (which shares at least
+    /// one instance with this one) issues a greater token.
+    async fn settle_token(&self, names: &LockNames, tokens: &[Option<u64>]) -> Result<u64> {
+        let highest = tokens.iter().flatten().copied().max().unwrap_or(0);
+        let behind: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_some_and(|t| t < highest))
+            .map(|(i, _)| i)
+            .collect();
+        if behind.is_empty() {
+            return Ok(highest);
+        }
+        let raised = join_all(behind.iter().map(|&index| async move {
+            self.node(index).await?.raise_fence(names, highest).await
+        }))
+        .await;
+        let at_highest = tokens.iter().flatten().filter(|t| **t == highest).count()
+            + raised.iter().filter(|r| r.is_ok()).count();
+        if at_highest >= self.config.quorum() {
+            return Ok(highest);
+        }
+        Err(raised
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_else(|| LockError::protocol("redis", "could not raise the fence counters")))
+    }
+
+    async fn release_where(&self, names: &LockNames, owner: &str, which: &[bool]) {
+        join_all(which.iter().enumerate().filter(|(_, w)| **w).map(|(index, _)| async move {
+            match self.node(index).await {
+                Ok(node) => {
+                    if let Err(error) = node.release(names, owner).await {
+                        tracing::warn!(%error, "could not give back a partial Redlock grant");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not give back a partial Redlock grant"),
+            }
+        }))
+        .await;
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        let redlock = self.inner.config.redlock;
+        Capabilities {
+            name: if redlock { "redis+redlock" } else { "redis" },
+            fifo: !redlock,
+            session_lease: false,
+            server_wakeup: true,
+            min_lease: MIN_LEASE,
+            crash_release_bound: Duration::from_millis(if redlock { 500 } else { 200 }),
+        }
+    }
+
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        let inner = &self.inner;
+        let names = LockNames::new(
+            &inner.config.namespace,
+            &request.options.prefix,
+            request.key,
+        );
+        let owner = inner.next_id();
+        match inner
+            .attempt(&names, &owner, request.options.lease, None)
+            .await
+        {
+            Attempt::Granted {
+                token, valid_until, ..
+            } => Ok(Some(acquired(names, owner, token, valid_until))),
+            Attempt::Busy { .. } => Ok(None),
+            Attempt::Failed(error) => Err(error),
+        }
+    }
+
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        let inner = &self.inner;
+        let names = LockNames::new(
+            &inner.config.namespace,
+            &request.options.prefix,
+            request.key,
+        );
+        let owner = inner.next_id();
+        let mut place = PlaceInLine::new(Arc::clone(inner), names.clone());
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Err(LockError::Timeout {
+                    key: request.key.to_string(),
+                    waited: request.options.wait.unwrap_or_default(),
+                });
+            }
+            let wait = remaining.unwrap_or(FOREVER);
+            let attempt = inner
+                .attempt(
+                    &names,
+                    &owner,
+                    request.options.lease,
+                    Some((&place.id, wait)),
+                )
+                .await;
+            let nap = match attempt {
+                Attempt::Granted {
+                    token,
+                    valid_until,
+                    granted,
+                } => {
+                    place.left(&granted);
+                    return Ok(acquired(names, owner, token, valid_until));
+                }
+                Attempt::Busy {
+                    in_line,
+                    first_for,
+                    split,
+                } => {
+                    failing_since = None;
+                    place.joined(&in_line);
+                    if in_line.iter().any(|l| *l) {
+                        request.queued();
+                    }
+                    if split || !in_line.iter().any(|l| *l) {
+                        jitter(SPLIT_RETRY)
+                    } else if let Some(ttl) = first_for {
+                        // First in line: look again when the holder's lease runs out, in
+                        // case it vanished without releasing.
+                        ttl + Duration::from_millis(1)
+                    } else {
+                        jitter(SAFETY_NET)
+                    }
+                }
+                Attempt::Failed(error) if error.is_transient() => {
+                    // We may or may not stand in line: leave every line when we give up.
+                    place.joined(&vec![true; inner.nodes.len()]);
+                    let since = *failing_since.get_or_insert(now);
+                    if now.duration_since(since) >= inner.config.retry_limit
+                        || request
+                            .deadline
+                            .is_some_and(|d| now + Duration::from_millis(20) >= d)
+                    {
+                        return Err(error);
+                    }
+                    tracing::debug!(%error, "acquire failed; retrying");
+                    backoff.next_delay()
+                }
+                Attempt::Failed(error) => return Err(error),
+            };
+            let mut wake_at = Instant::now() + nap;
+            if let Some(deadline) = request.deadline {
+                wake_at = wake_at.min(deadline);
+            }
+            place.wait(wake_at).await;
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
+        let inner = &self.inner;
+        let record = record(lease)?;
+        let started = Instant::now();
+        let replies = inner
+            .on_all(|node| async move { node.extend(&record.names, &record.owner, ttl).await })
+            .await;
+        let extended = replies.iter().filter(|r| matches!(r, Ok(true))).count();
+        let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
+        if extended >= inner.config.quorum() {
+            return Ok(started + ttl.saturating_sub(inner.drift(ttl)));
+        }
+        // Never give anything back here: a failed extend leaves the lock as it was.
+        if refused > inner.nodes.len() - inner.config.quorum() {
+            return Err(not_held(lease));
+        }
+        Err(first_error(replies).unwrap_or_else(|| not_held(lease)))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let record = record(lease)?;
+        let replies = self
+            .inner
+            .on_all(|node| async move { node.release(&record.names, &record.owner).await })
+            .await;
+        if replies.iter().any(|r| matches!(r, Ok(true))) {
+            return Ok(());
+        }
+        if replies.iter().all(|r| matches!(r, Ok(false))) {
+            return Err(not_held(lease));
+        }
+        // Some instances answered "not ours" and the others could not be asked: if it was
+        // still ours there, it runs out with its lease.
+        Err(first_error(replies).unwrap_or_else(|| not_held(lease)))
+    }
+
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        let inner = &self.inner;
+        let mut batch = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let record = record(lease)?;
+            batch.push((&record.names, record.owner.as_str(), lease.ttl()));
+        }
+        let started = Instant::now();
+        let batch = &batch;
+        let replies = inner
+            .on_all(|node| async move { node.renew(batch).await })
+            .await;
+        let quorum = inner.config.quorum();
+        let mut renewals = Vec::with_capacity(leases.len());
+        for (position, lease) in leases.iter().enumerate() {
+            let renewed = replies
+                .iter()
+                .filter(|r| matches!(r, Ok(flags) if flags[position]))
+                .count();
+            let refused = replies
+                .iter()
+                .filter(|r| matches!(r, Ok(flags) if !flags[position]))
+                .count();
+            if renewed >= quorum {
+                let ttl = lease.ttl();
+                renewals.push(Renewal::Renewed {
+                    valid_until: started + ttl.saturating_sub(inner.drift(ttl)),
+                });
+            } else if refused > inner.nodes.len() - quorum {
+                renewals.push(Renewal::Lost(LossReason::NotOwner));
+            } else {
+                // Undecided: let the keepalive retry, and lose it on its own clock if this
+                // lasts a whole lease.
+                return Err(first_error(replies)
+                    .unwrap_or_else(|| LockError::protocol("redis", "renewal undecided")));
+            }
+        }
+        Ok(renewals)
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("config", &self.inner.config)
+            .field("client_id", &self.inner.client_id)
+            .finish()
+    }
+}
+
+/// A waiter's place in the lines of one lock: its id, its wake-ups, and on which instances
+/// it stands in line. Dropping it (the acquire returned or was cancelled) leaves every line
+/// it still stands in, handing the turn on if it was first (P7).
+struct PlaceInLine {
+    inner: Arc<Inner>,
+    names: LockNames,
+    id: String,
+    wakes: mpsc::UnboundedReceiver<Wake>,
+    in_line: Vec<bool>,
+}
+
+impl PlaceInLine {
+    fn new(inner: Arc<Inner>, names: LockNames) -> Self {
+        let id = inner.next_id();
+        let wakes = inner.waiters.register(&id);
+        let in_line = vec![false; inner.nodes.len()];
+        PlaceInLine {
+            inner,
+            names,
+            id,
+            wakes,
+            in_line,
+        }
+    }
+
+    fn joined(&mut self, where_: &[bool]) {
+        for (mine, joined) in self.in_line.iter_mut().zip(where_) {
+            *mine |= *joined;
+        }
+    }
+
+    fn left(&mut self, where_: &[bool]) {
+        for (mine, left) in self.in_line.iter_mut().zip(where_) {
+            if *left {
+                *mine = false;
+            }
+        }
+    }
+
+    /// Sleeps until a wake-up message or `until`, whichever comes first.
+    async fn wait(&mut self, until: Instant) {
+        tokio::select! {
+            wake = self.wakes.recv() => {
+                if let Some(Wake::First(ttl)) = wake {
+                    // First in line now: wake again when the new holder's lease would end,
+                    // unless its release wakes us before.
+                    let at = (Instant::now() + ttl + Duration::from_millis(1)).min(until);
+                    tokio::select! {
+                        _ = self.wakes.recv() => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+impl Drop for PlaceInLine {
+    fn drop(&mut self) {
+        self.inner.waiters.unregister(&self.id);
+        if !self.in_line.iter().any(|l| *l) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (inner, names, id) = (Arc::clone(&self.inner), self.names.clone(), self.id.clone());
+        let in_line = std::mem::take(&mut self.in_line);
+        runtime.spawn(async move {
+            join_all(
+                in_line
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| **l)
+                    .map(|(index, _)| {
+                        let (inner, names, id) = (&inner, &names, &id);
+                        async move {
+                            let left = match inner.node(index).await {
+                                Ok(node) => node.leave(names, id).await,
+                                Err(error) => Err(error),
+                            };
+                            if let Err(error) = left {
+                                // The entry's deadline, or its client going away, removes it later.
+                                tracing::debug!(%error, "could not leave a waiting line");
+                            }
+                        }
+                    }),
+            )
+            .await;
+        });
+    }
+}
+
+fn acquired(names: LockNames, owner: String, token: u64, valid_until: Instant) -> Acquired {
+    Acquired {
+        token: FencingToken::new(token),
+        valid_until,
+        record: Box::new(RedisRecord { names, owner }),
+    }
+}
+
+fn record(lease: &Lease) -> Result<&RedisRecord> {
+    lease
+        .record::<RedisRecord>()
+        .ok_or_else(|| LockError::protocol("redis", "the lease was not taken by a Redis backend"))
+}
+
+fn not_held(lease: &Lease) -> LockError {
+    LockError::NotHeld {
+        key: lease.key().to_string(),
+    }
+}
+
+fn first_error<T>(replies: Vec<Result<T>>) -> Option<LockError> {
+    replies.into_iter().find_map(Result::err)
+}
+
+/// A random delay between half of `max` and `max`, so clients retrying together spread out.
+fn jitter(max: Duration) -> Duration {
+    Backoff::new(max, max).next_delay()
+}

@@ -1,0 +1,332 @@
+//! Where the Redis servers are and how to talk to them, parsed from a backend URL.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dlock_core::{LockError, Result};
+use url::Url;
+
+/// How a [`RedisBackend`](crate::RedisBackend) reaches its server(s).
+///
+/// Usually made from a URL with [`RedisConfig::from_url`]:
+///
+/// | URL | meaning |
+/// |-----|---------|
+/// | `redis://[user:password@]host:port[/db]` | one instance |
+/// | `rediss://…` | one instance over TLS |
+/// | `redis+redlock://host1:port,host2:port,host3:port` | Redlock over independent instances |
+/// | `rediss+redlock://…` | Redlock over TLS |
+///
+/// Query parameters: `prefix` (a namespace put in front of every Redis key this client uses),
+/// `connect_timeout`, `response_timeout` and `retry_limit` (humantime durations: `500ms`,
+/// `10s`), `drift_factor` (Redlock's allowance for clock drift, a fraction of the lease,
+/// default `0.01`) and `tls_ca` (a PEM file of the CA that signed the server's certificate,
+/// instead of the system's roots).
+///
+/// ```
+/// use dlock_redis::RedisConfig;
+///
+/// let config = RedisConfig::from_url("redis://:s3cret@127.0.0.1:6379/2?prefix=billing").unwrap();
+/// assert_eq!(config.endpoints.len(), 1);
+/// assert_eq!(config.namespace, "billing");
+/// // The password never shows.
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// assert!(RedisConfig::from_url("redis://127.0.0.1:6379?bogus=1").is_err());
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The instances: one for a single server, three or more (odd) for Redlock.
+    pub endpoints: Vec<Endpoint>,
+    /// Redlock (a quorum of independent instances) rather than one instance.
+    pub redlock: bool,
+    /// Talk TLS to every instance.
+    pub tls: bool,
+    /// A PEM file with the CA certificate(s) to trust instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// The ACL user name, if any.
+    pub username: Option<String>,
+    /// The password (never printed).
+    pub password: Option<String>,
+    /// The logical database.
+    pub db: i64,
+    /// A namespace put in front of every key this client uses in Redis.
+    pub namespace: String,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long one command may wait for its reply before it counts as a connection failure.
+    pub response_timeout: Duration,
+    /// How long a waiting `acquire` keeps retrying after connection failures before it gives
+    /// the error to the caller (its wait limit, if shorter, wins).
+    pub retry_limit: Duration,
+    /// Redlock's clock drift allowance, as a fraction of the lease (plus 2 ms).
+    pub drift_factor: f64,
+}
+
+/// One Redis instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl RedisConfig {
+    /// One plain instance at `host:port`, with the defaults.
+    pub fn single(host: impl Into<String>, port: u16) -> Self {
+        RedisConfig {
+            endpoints: vec![Endpoint {
+                host: host.into(),
+                port,
+            }],
+            redlock: false,
+            tls: false,
+            tls_ca: None,
+            username: None,
+            password: None,
+            db: 0,
+            namespace: String::new(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(3),
+            retry_limit: Duration::from_secs(10),
+            drift_factor: 0.01,
+        }
+    }
+
+    /// Parses a `redis://`, `rediss://`, `redis+redlock://` or `rediss+redlock://` URL.
+    ///
+    /// Errors are [`LockError::InvalidUrl`] with any password replaced by `***`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |reason: String| LockError::InvalidUrl {
+            url: redact_url(url),
+            reason,
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("no `scheme://`".into()))?;
+        let (tls, redlock) = match scheme {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+redlock" => (false, true),
+            "rediss+redlock" => (true, true),
+            other => return Err(invalid(format!("unknown scheme `{other}`"))),
+        };
+        // The `url` crate does not take a comma-separated host list: parse the first host
+        // with it (userinfo, path, query) and split the authority ourselves.
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let mut endpoints = Vec::new();
+        for host in hosts.split(',') {
+            let parsed = Url::parse(&format!("redis://{host}"))
+                .map_err(|e| invalid(format!("bad host `{host}`: {e}")))?;
+            let name = parsed
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| invalid(format!("no host in `{host}`")))?;
+            let name = name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            endpoints.push(Endpoint {
+                host: name,
+                port: parsed.port().unwrap_or(6379),
+            });
+        }
+        if !redlock && endpoints.len() != 1 {
+            return Err(invalid(
+                "several hosts need the `redis+redlock://` scheme".into(),
+            ));
+        }
+        if redlock && (endpoints.len() < 3 || endpoints.len() % 2 == 0) {
+            return Err(invalid(format!(
+                "Redlock needs an odd number of instances, at least 3 (got {})",
+                endpoints.len()
+            )));
+        }
+        let first = endpoints[0].clone();
+        let mut config = RedisConfig {
+            endpoints,
+            redlock,
+            tls,
+            ..RedisConfig::single(first.host, first.port)
+        };
+        let parsed = Url::parse(&format!("redis://{}@h{tail}", userinfo.unwrap_or_default()))
+            .map_err(|e| invalid(e.to_string()))?;
+        if userinfo.is_some() {
+            let user = decode(parsed.username()).map_err(&invalid)?;
+            config.username = Some(user).filter(|u| !u.is_empty());
+            config.password = parsed
+                .password()
+                .map(decode)
+                .transpose()
+                .map_err(&invalid)?;
+        }
+        match parsed.path().trim_matches('/') {
+            "" => {}
+            db => {
+                config.db = db
+                    .parse()
+                    .map_err(|_| invalid(format!("the database `{db}` is not a number")))?
+            }
+        }
+        for (name, value) in parsed.query_pairs() {
+            let duration = || {
+                humantime::parse_duration(&value)
+                    .map_err(|e| invalid(format!("`{name}={value}`: {e}")))
+            };
+            match name.as_ref() {
+                "prefix" => config.namespace = value.into_owned(),
+                "connect_timeout" => config.connect_timeout = duration()?,
+                "response_timeout" => config.response_timeout = duration()?,
+                "retry_limit" => config.retry_limit = duration()?,
+                "tls_ca" => config.tls_ca = Some(PathBuf::from(value.into_owned())),
+                "drift_factor" => {
+                    config.drift_factor = value
+                        .parse()
+                        .ok()
+                        .filter(|f: &f64| (0.0..0.5).contains(f))
+                        .ok_or_else(|| {
+                            invalid(format!("`drift_factor={value}` is not in 0 ..< 0.5"))
+                        })?
+                }
+                other => return Err(invalid(format!("unknown option `{other}`"))),
+            }
+        }
+        config.validate().map_err(|e| match e {
+            LockError::InvalidOptions { reason } => invalid(reason),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values a URL or a caller set.
+    pub fn validate(&self) -> Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(LockError::invalid_options("no Redis instance given"));
+        }
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err(LockError::invalid_options("a timeout of zero"));
+        }
+        if self.namespace.chars().any(char::is_control) {
+            return Err(LockError::invalid_options(
+                "the prefix contains a control character",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many instances must agree: all of one, or a majority for Redlock.
+    pub fn quorum(&self) -> usize {
+        self.endpoints.len() / 2 + 1
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("endpoints", &self.endpoints)
+            .field("redlock", &self.redlock)
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("retry_limit", &self.retry_limit)
+            .field("drift_factor", &self.drift_factor)
+            .finish()
+    }
+}
+
+/// `url` with the password of its userinfo replaced by `***`, for error messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn decode(text: &str) -> std::result::Result<String, String> {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| "bad percent-encoding in the user or password".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_scheme() {
+        let single = RedisConfig::from_url("redis://127.0.0.1:7000/3").unwrap();
+        assert_eq!(single.endpoints[0].port, 7000);
+        assert_eq!(single.db, 3);
+        assert!(!single.tls && !single.redlock);
+        let tls = RedisConfig::from_url("rediss://user:pw@localhost?tls_ca=/tmp/ca.pem").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.username.as_deref(), Some("user"));
+        assert_eq!(tls.password.as_deref(), Some("pw"));
+        assert_eq!(tls.endpoints[0].port, 6379);
+        let redlock =
+            RedisConfig::from_url("redis+redlock://a:1,b:2,c:3?response_timeout=250ms").unwrap();
+        assert!(redlock.redlock);
+        assert_eq!(redlock.endpoints.len(), 3);
+        assert_eq!(redlock.quorum(), 2);
+        assert_eq!(redlock.response_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_showing_the_password() {
+        for url in [
+            "redis://:hunter2@h:1/notanumber",
+            "redis://:hunter2@h:1?what=ever",
+            "redis://:hunter2@h:1,h:2",
+            "redis+redlock://:hunter2@h:1,h:2",
+            "http://:hunter2@h:1",
+            "redis://:hunter2@h:99999",
+            "redis://:hunter2@h:1?connect_timeout=soon",
+        ] {
+            let error = RedisConfig::from_url(url).unwrap_err();
+            assert!(
+                matches!(error, LockError::InvalidUrl { .. }),
+                "{url}: {error:?}"
+            );
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+            assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://:p@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}

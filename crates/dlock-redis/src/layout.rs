@@ -1,0 +1,94 @@
+//! Where one lock lives in Redis: its key, fence counter and waiting line, under one hash tag.
+
+use dlock_core::LockKey;
+
+/// The Redis keys of one lock. They share the hash tag `{…}`, so the layout works unchanged
+/// on Redis Cluster (every script touches one slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LockNames {
+    /// The lock itself: a string holding the owner id, with the lease as its expiry.
+    pub(crate) lock: String,
+    /// The fence counter: bumped by every acquisition, never expires.
+    pub(crate) fence: String,
+    /// The waiting line: a list of waiter ids, oldest first.
+    pub(crate) queue: String,
+    /// Each waiter's deadline (server milliseconds), a hash keyed by waiter id.
+    pub(crate) deadlines: String,
+}
+
+impl LockNames {
+    /// The names for `key` under the client's `namespace` and the lock's `prefix`.
+    ///
+    /// The tag is `escape(namespace) | escape(prefix) / key.path_segment()`: the escaping
+    /// removes `{`, `}`, `|` and `%` from the free-form parts, and the path segment has no
+    /// `/`, so different (namespace, prefix, key) triples never share a tag.
+    pub(crate) fn new(namespace: &str, prefix: &str, key: &LockKey) -> Self {
+        let tag = format!(
+            "{}|{}/{}",
+            escape(namespace),
+            escape(prefix),
+            key.path_segment()
+        );
+        LockNames {
+            lock: format!("dlock:{{{tag}}}:lock"),
+            fence: format!("dlock:{{{tag}}}:fence"),
+            queue: format!("dlock:{{{tag}}}:queue"),
+            deadlines: format!("dlock:{{{tag}}}:deadlines"),
+        }
+    }
+}
+
+/// The pub/sub channel every waiter of one client is woken on; scripts derive it from a
+/// waiter id (`<client id>:<sequence>`), so this prefix is passed to them.
+pub(crate) const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
+
+/// The wake channel of the client with id `client_id`.
+pub(crate) fn wake_channel(client_id: &str) -> String {
+    format!("{WAKE_CHANNEL_PREFIX}{client_id}")
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' | '{' | '}' | '|' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(namespace: &str, prefix: &str, key: &str) -> String {
+        LockNames::new(namespace, prefix, &LockKey::new(key).unwrap()).lock
+    }
+
+    #[test]
+    fn one_hash_tag_per_lock() {
+        let n = LockNames::new("", "p", &LockKey::new("a{b}").unwrap());
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&n.lock), tag(&n.fence));
+        assert_eq!(tag(&n.lock), tag(&n.queue));
+        assert_eq!(tag(&n.lock), tag(&n.deadlines));
+    }
+
+    #[test]
+    fn distinct_triples_never_collide() {
+        let triples = [
+            ("", "a/b", "c"),
+            ("", "a", "b/c"),
+            ("a|", "b", "c"),
+            ("a", "|b", "c"),
+            ("", "p{", "k"),
+            ("", "p%7B", "k"),
+            ("x", "", "k"),
+            ("", "x", "k"),
+        ];
+        let all: std::collections::HashSet<_> =
+            triples.iter().map(|(n, p, k)| names(n, p, k)).collect();
+        assert_eq!(all.len(), triples.len());
+    }
+}

@@ -1,0 +1,352 @@
+//! One Redis instance as the backend sees it: a self-reconnecting multiplexed connection
+//! (RESP3, so wake-up messages arrive on the same connection) and typed calls of the scripts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dlock_core::{LockError, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use crate::config::{Endpoint, RedisConfig};
+use crate::layout::{wake_channel, LockNames, WAKE_CHANNEL_PREFIX};
+use crate::scripts::scripts;
+
+/// Why a waiter was woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The holder released the lock and this waiter is first in line.
+    Released,
+    /// This waiter is now first in line; the holder's lease runs this much longer.
+    First(Duration),
+    /// A connection dropped: messages may have been missed, look again.
+    Reconnected,
+}
+
+/// What the acquire script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcquireReply {
+    /// Ours, with this fence counter value.
+    Granted(u64),
+    /// Held by someone else (or another waiter's turn).
+    Waiting {
+        /// The holder's remaining lease, if the key has one.
+        holder_ttl: Option<Duration>,
+        /// This waiter is first in line.
+        first: bool,
+    },
+}
+
+/// The waiters of one client, shared by the wake dispatchers of all its instances.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    senders: Mutex<HashMap<String, mpsc::UnboundedSender<Wake>>>,
+}
+
+impl Waiters {
+    /// Starts routing wake-ups for `waiter` to the returned receiver.
+    pub(crate) fn register(&self, waiter: &str) -> mpsc::UnboundedReceiver<Wake> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.lock().insert(waiter.to_owned(), sender);
+        receiver
+    }
+
+    /// Stops routing wake-ups for `waiter`.
+    pub(crate) fn unregister(&self, waiter: &str) {
+        self.lock().remove(waiter);
+    }
+
+    fn dispatch(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                    return;
+                };
+                let Some(wake) = parse_wake(payload) else {
+                    tracing::debug!("ignoring an unexpected wake-up message");
+                    return;
+                };
+                if let Some(sender) = self.lock().get(wake.0) {
+                    let _ = sender.send(wake.1);
+                }
+            }
+            PushKind::Disconnection => {
+                for sender in self.lock().values() {
+                    let _ = sender.send(Wake::Reconnected);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Wake>>> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `<waiter> <r|h> <ms>` → (waiter, wake).
+fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.split(' ');
+    let (waiter, kind, ms) = (parts.next()?, parts.next()?, parts.next()?);
+    let wake = match kind {
+        "r" => Wake::Released,
+        "h" => Wake::First(Duration::from_millis(ms.parse().ok()?)),
+        _ => return None,
+    };
+    Some((waiter, wake))
+}
+
+/// One instance: its connection and where it is (for error messages, without credentials).
+#[derive(Clone)]
+pub(crate) struct Node {
+    connection: ConnectionManager,
+    endpoint: String,
+}
+
+impl Node {
+    /// Connects, subscribes to this client's wake channel and routes its messages to
+    /// `waiters`. The connection reconnects by itself and then subscribes again.
+    pub(crate) async fn connect(
+        config: &RedisConfig,
+        endpoint: &Endpoint,
+        client_id: &str,
+        waiters: Arc<Waiters>,
+    ) -> Result<Node> {
+        let name = endpoint.to_string();
+        let client = client_for(config, endpoint).map_err(|e| LockError::connection(&name, e))?;
+        let dispatch = move |push: PushInfo| -> std::result::Result<(), ()> {
+            waiters.dispatch(push);
+            Ok(())
+        };
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+            .set_push_sender(dispatch)
+            .set_automatic_resubscription();
+        let connect = async {
+            let mut connection = ConnectionManager::new_with_config(client, manager_config).await?;
+            connection.subscribe(wake_channel(client_id)).await?;
+            Ok::<_, redis::RedisError>(connection)
+        };
+        let connection = tokio::time::timeout(config.connect_timeout * 2, connect)
+            .await
+            .map_err(|_| LockError::connection(&name, "timed out connecting"))?
+            .map_err(|e| LockError::connection(&name, e))?;
+        Ok(Node {
+            connection,
+            endpoint: name,
+        })
+    }
+
+    /// Runs the acquire script. `waiter` is `(id, how long it waits)`; `None` only tries.
+    pub(crate) async fn acquire(
+        &self,
+        names: &LockNames,
+        owner: &str,
+        lease: Duration,
+        waiter: Option<(&str, Duration)>,
+        fair: bool,
+    ) -> Result<AcquireReply> {
+        let (waiter_id, wait) = waiter.unwrap_or(("", Duration::ZERO));
+        let reply: Vec<i64> = scripts()
+            .acquire
+            .key(&names.lock)
+            .key(&names.fence)
+            .key(&names.queue)
+            .key(&names.deadlines)
+            .arg(owner)
+            .arg(millis(lease))
+            .arg(waiter_id)
+            .arg(millis(wait).max(1))
+            .arg(if fair { 1 } else { 0 })
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        match reply.as_slice() {
+            [1, token] if *token > 0 => Ok(AcquireReply::Granted(*token as u64)),
+            [0, ttl, first] => Ok(AcquireReply::Waiting {
+                holder_ttl: (*ttl >= 0).then(|| Duration::from_millis(*ttl as u64)),
+                first: *first == 1,
+            }),
+            [-1] => Err(wrong_type(names)),
+            other => Err(unexpected("acquire", other)),
+        }
+    }
+
+    /// Runs the release script: `Ok(true)` released, `Ok(false)` not ours.
+    pub(crate) async fn release(&self, names: &LockNames, owner: &str) -> Result<bool> {
+        let reply: i64 = scripts()
+            .release
+            .key(&names.lock)
+            .key(&names.queue)
+            .key(&names.deadlines)
+            .arg(owner)
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        owned(reply, names, "release")
+    }
+
+    /// Runs the extend script: `Ok(true)` extended to `ttl`, `Ok(false)` not ours.
+    pub(crate) async fn extend(
+        &self,
+        names: &LockNames,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let reply: i64 = scripts()
+            .extend
+            .key(&names.lock)
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        owned(reply, names, "extend")
+    }
+
+    /// Renews every `(names, owner, ttl)` in one script call; one flag per lock.
+    pub(crate) async fn renew(&self, locks: &[(&LockNames, &str, Duration)]) -> Result<Vec<bool>> {
+        let script = &scripts().renew;
+        let mut invocation = script.prepare_invoke();
+        for (names, owner, ttl) in locks {
+            invocation.key(&names.lock).arg(*owner).arg(millis(*ttl));
+        }
+        let reply: Vec<i64> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        if reply.len() != locks.len() {
+            return Err(LockError::protocol(
+                "redis",
+                format!(
+                    "renewal of {} locks answered {} flags",
+                    locks.len(),
+                    reply.len()
+                ),
+            ));
+        }
+        Ok(reply.into_iter().map(|flag| flag == 1).collect())
+    }
+
+    /// Takes `waiter` out of the line, handing its turn on if it was first.
+    pub(crate) async fn leave(&self, names: &LockNames, waiter: &str) -> Result<()> {
+        let _: i64 = scripts()
+            .leave
+            .key(&names.lock)
+            .key(&names.queue)
+            .key(&names.deadlines)
+            .arg(waiter)
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        Ok(())
+    }
+
+    /// Raises the fence counter to at least `token`.
+    pub(crate) async fn raise_fence(&self, names: &LockNames, token: u64) -> Result<()> {
+        let _: i64 = scripts()
+            .raise_fence
+            .key(&names.fence)
+            .arg(token)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        Ok(())
+    }
+}
+
+fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<redis::Client> {
+    let mut settings = redis::RedisConnectionInfo::default()
+        .set_db(config.db)
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password);
+    }
+    let addr = if config.tls {
+        redis::ConnectionAddr::TcpTls {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
+    };
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings);
+    if config.tls {
+        crate::tls::install_crypto_provider();
+        let root_cert = match &config.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read the tls_ca file",
+                    e.to_string(),
+                ))
+            })?),
+            None => None,
+        };
+        return redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert,
+            },
+        );
+    }
+    redis::Client::open(info)
+}
+
+/// Maps a client library error: I/O, timeouts and refused connections are
+/// [`LockError::Connection`] (worth retrying); the rest are [`LockError::Backend`].
+pub(crate) fn error(endpoint: &str, error: redis::RedisError) -> LockError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        )
+    {
+        LockError::connection(endpoint, error)
+    } else {
+        LockError::backend("redis", error)
+    }
+}
+
+fn owned(reply: i64, names: &LockNames, what: &str) -> Result<bool> {
+    match reply {
+        1 => Ok(true),
+        0 => Ok(false),
+        -1 => Err(wrong_type(names)),
+        other => Err(unexpected(what, &[other])),
+    }
+}
+
+fn wrong_type(names: &LockNames) -> LockError {
+    LockError::protocol(
+        "redis",
+        format!("the key {} holds a value that is not a lock", names.lock),
+    )
+}
+
+fn unexpected(script: &str, reply: &[i64]) -> LockError {
+    LockError::protocol("redis", format!("the {script} script answered {reply:?}"))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

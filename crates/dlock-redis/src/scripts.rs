@@ -1,0 +1,189 @@
+//! The Lua scripts that make every lock operation one atomic step on the server.
+//!
+//! Each script touches the keys of one lock only (one hash tag), except the batched renewal,
+//! which takes every key the client holds. `redis::Script` sends `EVALSHA` and reloads a
+//! script the server no longer knows (after `SCRIPT FLUSH` or a restart) transparently.
+
+use std::sync::OnceLock;
+
+use redis::Script;
+
+/// Helpers shared by the scripts that look at the waiting line.
+///
+/// A waiter id is `<client id>:<sequence>`; the client is subscribed to
+/// `<wake channel prefix><client id>` for as long as it lives. An entry is alive while its
+/// deadline has not passed and its client still listens (a crashed client's entries are
+/// skipped at once, not after their deadline).
+const LINE: &str = r"
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function channel_of(entry, prefix)
+  return prefix .. string.match(entry, '^[^:]*')
+end
+local function leave_line(queue, deadlines, entry)
+  redis.call('LREM', queue, 1, entry)
+  redis.call('HDEL', deadlines, entry)
+end
+local function expired(deadlines, entry, now)
+  local deadline = redis.call('HGET', deadlines, entry)
+  return (not deadline) or tonumber(deadline) <= now
+end
+-- Wakes the first live waiter with `kind` (r: the lock is free, h: you are first, the lease
+-- runs `ms` more), dropping dead entries on the way. One message per call: no herd.
+local function wake_first(queue, deadlines, prefix, kind, ms, now)
+  while true do
+    local head = redis.call('LINDEX', queue, 0)
+    if not head then return end
+    if not expired(deadlines, head, now) then
+      local listeners = redis.call('PUBLISH', channel_of(head, prefix), head .. ' ' .. kind .. ' ' .. ms)
+      if listeners > 0 then return end
+    end
+    leave_line(queue, deadlines, head)
+  end
+end
+";
+
+/// KEYS: lock, fence, queue, deadlines.
+/// ARGV: owner, lease ms, waiter id ('' for a try), waiter's wait ms, fair (1/0), channel
+/// prefix.
+/// Returns `{1, token}` when granted, `{0, holder's pttl, first in line (1/0)}` when not, and
+/// `{-1}` when the lock key holds another type.
+const ACQUIRE: &str = r"
+local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local wait_ms, fair, prefix = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local now = server_ms()
+local kind = redis.call('TYPE', lock).ok
+if kind ~= 'none' and kind ~= 'string' then return {-1} end
+if kind == 'none' then
+  local my_turn = true
+  if fair then
+    while true do
+      local head = redis.call('LINDEX', queue, 0)
+      if (not head) or head == waiter then break end
+      if (not expired(deadlines, head, now))
+          and redis.call('PUBSUB', 'NUMSUB', channel_of(head, prefix))[2] > 0 then
+        my_turn = false
+        break
+      end
+      leave_line(queue, deadlines, head)
+    end
+  end
+  if my_turn then
+    if waiter ~= '' then leave_line(queue, deadlines, waiter) end
+    -- A counter the server lost (restart without persistence) starts again from the
+    -- server's clock in microseconds, above every token it issued before.
+    if redis.call('EXISTS', fence) == 0 then
+      redis.call('SET', fence, now * 1000)
+    end
+    local token = redis.call('INCR', fence)
+    redis.call('SET', lock, owner, 'PX', lease)
+    local head = redis.call('LINDEX', queue, 0)
+    if head then
+      redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
+    end
+    return {1, token}
+  end
+end
+if waiter == '' then return {0, redis.call('PTTL', lock), 0} end
+if not redis.call('HGET', deadlines, waiter) then
+  redis.call('RPUSH', queue, waiter)
+end
+redis.call('HSET', deadlines, waiter, now + wait_ms)
+local keep = math.max(wait_ms, redis.call('PTTL', queue))
+redis.call('PEXPIRE', queue, keep)
+redis.call('PEXPIRE', deadlines, keep)
+local first = redis.call('LINDEX', queue, 0) == waiter
+return {0, redis.call('PTTL', lock), first and 1 or 0}
+";
+
+/// KEYS: lock, queue, deadlines. ARGV: owner, channel prefix.
+/// Returns 1 when released, 0 when the lock is not ours, -1 when the key holds another type.
+const RELEASE: &str = r"
+local lock, queue, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local ok, holder = pcall(redis.call, 'GET', lock)
+if not ok then return -1 end
+if holder ~= ARGV[1] then return 0 end
+redis.call('DEL', lock)
+wake_first(queue, deadlines, ARGV[2], 'r', 0, server_ms())
+return 1
+";
+
+/// KEYS: lock. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for a key of
+/// another type.
+const EXTEND: &str = r"
+local ok, holder = pcall(redis.call, 'GET', KEYS[1])
+if not ok then return -1 end
+if holder ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS: every lock to renew. ARGV: owner and ms for each, in pairs.
+/// Returns one 1 (renewed) or 0 (no longer ours) per key.
+const RENEW: &str = r"
+local renewed = {}
+for i, lock in ipairs(KEYS) do
+  local ok, holder = pcall(redis.call, 'GET', lock)
+  if ok and holder == ARGV[2 * i - 1] then
+    redis.call('PEXPIRE', lock, ARGV[2 * i])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
+";
+
+/// KEYS: lock, queue, deadlines. ARGV: waiter id, channel prefix.
+/// Leaves the line; if the leaver was first, hands its turn on.
+const LEAVE: &str = r"
+local lock, queue, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local was_first = redis.call('LINDEX', queue, 0) == ARGV[1]
+leave_line(queue, deadlines, ARGV[1])
+if was_first then
+  local now = server_ms()
+  local pttl = redis.call('PTTL', lock)
+  if pttl == -2 then
+    wake_first(queue, deadlines, ARGV[2], 'r', 0, now)
+  else
+    wake_first(queue, deadlines, ARGV[2], 'h', math.max(pttl, 0), now)
+  end
+end
+return 1
+";
+
+/// KEYS: fence. ARGV: token. Raises the counter to at least the token (Redlock).
+const RAISE_FENCE: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+";
+
+/// The compiled scripts (their SHA1 digests are computed once).
+pub(crate) struct Scripts {
+    pub(crate) acquire: Script,
+    pub(crate) release: Script,
+    pub(crate) extend: Script,
+    pub(crate) renew: Script,
+    pub(crate) leave: Script,
+    pub(crate) raise_fence: Script,
+}
+
+/// The scripts, shared by every client of the process.
+pub(crate) fn scripts() -> &'static Scripts {
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| {
+        let with_line = |body: &str| Script::new(&format!("{LINE}\n{body}"));
+        Scripts {
+            acquire: with_line(ACQUIRE),
+            release: with_line(RELEASE),
+            extend: Script::new(EXTEND),
+            renew: Script::new(RENEW),
+            leave: with_line(LEAVE),
+            raise_fence: Script::new(RAISE_FENCE),
+        }
+    })
+}

@@ -1,0 +1,90 @@
+//! The conformance suite against a real `redis-server`: a single instance, and Redlock over
+//! three independent instances.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dlock_conformance::{async_trait, ConformanceTarget};
+use dlock_core::{LockBackend, LockError, LockGuard};
+use dlock_redis::RedisBackend;
+use dlock_test_servers::{free_port, shared_redis, RedisServer};
+
+mod redis_support;
+
+/// Clients of one or more Redis instances (one URL per instance).
+struct RedisTarget {
+    /// `redis://…` of a single instance, or `redis+redlock://a,b,c`.
+    url: String,
+    /// `host:port` of every instance, to tamper with keys from outside.
+    addresses: Vec<String>,
+}
+
+#[async_trait]
+impl ConformanceTarget for RedisTarget {
+    fn short_lease(&self) -> Duration {
+        Duration::from_millis(600)
+    }
+
+    async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
+        Ok(Arc::new(dlock_redis::connect(&self.url).await?))
+    }
+
+    async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
+        let port = free_port();
+        let url = if self.addresses.len() > 1 {
+            format!("redis+redlock://127.0.0.1:{port},127.0.0.1:{port},127.0.0.1:{port}")
+        } else {
+            format!("redis://127.0.0.1:{port}")
+        };
+        Ok(Arc::new(dlock_redis::connect(&url).await?))
+    }
+
+    async fn forget(&self, guard: &LockGuard) -> Result<(), LockError> {
+        let backend = dlock_redis::connect(&self.url).await?;
+        let name = backend.lock_key_name(&guard.lease().options().prefix, guard.key());
+        for address in &self.addresses {
+            redis_support::command(address, &["DEL", &name])
+                .await
+                .expect("DEL the lock's key");
+        }
+        drop::<RedisBackend>(backend);
+        Ok(())
+    }
+}
+
+mod single {
+    use super::*;
+
+    dlock_conformance::conformance_tests!(async {
+        let shared = shared_redis();
+        RedisTarget {
+            url: shared.url.clone(),
+            addresses: vec![shared.address.clone()],
+        }
+    });
+}
+
+mod redlock {
+    use super::*;
+
+    /// Two more instances next to the shared one, for this test binary.
+    fn instances() -> &'static Vec<String> {
+        static EXTRA: OnceLock<(Vec<RedisServer>, Vec<String>)> = OnceLock::new();
+        &EXTRA
+            .get_or_init(|| {
+                let servers = vec![RedisServer::start(), RedisServer::start()];
+                let mut addresses = vec![shared_redis().address.clone()];
+                addresses.extend(servers.iter().map(|s| format!("127.0.0.1:{}", s.port())));
+                (servers, addresses)
+            })
+            .1
+    }
+
+    dlock_conformance::conformance_tests!(async {
+        let addresses = instances().clone();
+        RedisTarget {
+            url: format!("redis+redlock://{}", addresses.join(",")),
+            addresses,
+        }
+    });
+}

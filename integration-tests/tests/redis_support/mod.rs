@@ -1,0 +1,80 @@
+//! A minimal RESP client for tampering with Redis from outside a dlock client (deleting a
+//! lock's key, flushing scripts, reading `INFO`), so the tests need no second Redis library.
+
+#![allow(dead_code)]
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One reply, simplified: errors become `Err`, arrays are flattened into lines.
+pub async fn command(address: &str, args: &[&str]) -> Result<String, String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect {address}: {e}"))?;
+    let mut stream = BufReader::new(stream);
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    stream
+        .get_mut()
+        .write_all(&request)
+        .await
+        .map_err(|e| e.to_string())?;
+    read_reply(&mut stream).await
+}
+
+fn read_reply<'a>(
+    stream: &'a mut BufReader<TcpStream>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut line = String::new();
+        stream
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let line = line.trim_end().to_owned();
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        match kind {
+            "+" | ":" => Ok(rest.to_owned()),
+            "-" => Err(rest.to_owned()),
+            "$" => {
+                let len: i64 = rest.parse().map_err(|_| format!("bad length {rest}"))?;
+                if len < 0 {
+                    return Ok(String::new());
+                }
+                let mut data = vec![0; len as usize + 2];
+                stream
+                    .read_exact(&mut data)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                data.truncate(len as usize);
+                Ok(String::from_utf8_lossy(&data).into_owned())
+            }
+            "*" => {
+                let count: i64 = rest.parse().map_err(|_| format!("bad count {rest}"))?;
+                let mut items = Vec::new();
+                for _ in 0..count.max(0) {
+                    items.push(read_reply(stream).await?);
+                }
+                Ok(items.join("\n"))
+            }
+            other => Err(format!("unexpected reply type {other:?}")),
+        }
+    })
+}
+
+/// The number of calls of `command` (lower case, e.g. `evalsha`) in `INFO commandstats`.
+pub async fn command_calls(address: &str, name: &str) -> u64 {
+    let info = command(address, &["INFO", "commandstats"])
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
