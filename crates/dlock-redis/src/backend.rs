@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
-    LockKey, LossReason, Renewal, Result, MIN_LEASE,
+    LockInfo, LockKey, LockOptions, LossReason, Renewal, Result, MIN_LEASE,
 };
 use futures::future::join_all;
 use rand::Rng;
@@ -542,6 +542,62 @@ impl LockBackend for RedisBackend {
             }
         }
         Ok(renewals)
+    }
+
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        self.inspect_lock(key, options).await
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        self.ping_all().await
+    }
+}
+
+impl RedisBackend {
+    async fn inspect_lock(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        let inner = &self.inner;
+        let names = LockNames::new(&inner.config.namespace, &options.prefix, key);
+        let names = &names;
+        let replies = inner
+            .on_all(|node| async move { node.inspect(names).await })
+            .await;
+        let answered: Vec<_> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+        if answered.len() < inner.config.quorum() {
+            return Err(first_error(replies).unwrap_or_else(|| {
+                LockError::protocol("redis", "too few instances answered the inspection")
+            }));
+        }
+        let holding: Vec<_> = answered.iter().filter(|i| i.holder_ttl.is_some()).collect();
+        let held = holding.len() >= inner.config.quorum();
+        Ok(LockInfo {
+            held,
+            fencing_token: held
+                .then(|| holding.iter().map(|i| i.fence).max())
+                .flatten()
+                .map(FencingToken::new),
+            remaining_lease: held
+                .then(|| holding.iter().filter_map(|i| i.holder_ttl).min())
+                .flatten(),
+            waiters: answered.iter().map(|i| i.waiters).max(),
+        })
+    }
+
+    async fn ping_all(&self) -> Result<Duration> {
+        let replies = self
+            .inner
+            .on_all(|node| async move { node.ping().await })
+            .await;
+        let mut times: Vec<Duration> = replies
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        if times.len() < self.inner.config.quorum() {
+            return Err(first_error(replies)
+                .unwrap_or_else(|| LockError::protocol("redis", "too few instances answered")));
+        }
+        // A quorum operation waits for the quorum-th fastest instance.
+        times.sort_unstable();
+        Ok(times[self.inner.config.quorum() - 1])
     }
 }
 

@@ -264,6 +264,50 @@ impl Node {
     }
 }
 
+/// What [`Node::inspect`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Inspection {
+    /// The holder's remaining lease; `None` when the lock is free.
+    pub(crate) holder_ttl: Option<Duration>,
+    /// The fence counter: the holder's token while the lock is held.
+    pub(crate) fence: u64,
+    /// How many entries the waiting line has (dead ones included until skipped).
+    pub(crate) waiters: usize,
+}
+
+impl Node {
+    /// Reads the lock's state without changing it.
+    pub(crate) async fn inspect(&self, names: &LockNames) -> Result<Inspection> {
+        let reply: Vec<i64> = scripts()
+            .inspect
+            .key(&names.lock)
+            .key(&names.fence)
+            .key(&names.queue)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        match reply.as_slice() {
+            [ttl, fence, waiters] => Ok(Inspection {
+                // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
+                holder_ttl: (*ttl != -2).then(|| Duration::from_millis((*ttl).max(0) as u64)),
+                fence: (*fence).max(0) as u64,
+                waiters: (*waiters).max(0) as usize,
+            }),
+            other => Err(unexpected("inspect", other)),
+        }
+    }
+
+    /// One `PING`, timed.
+    pub(crate) async fn ping(&self) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| error(&self.endpoint, e))?;
+        Ok(started.elapsed())
+    }
+}
+
 fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<redis::Client> {
     let mut settings = redis::RedisConnectionInfo::default()
         .set_db(config.db)

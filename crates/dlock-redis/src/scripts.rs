@@ -162,6 +162,13 @@ if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 ";
 
+/// KEYS: lock, fence, queue. Returns `{holder's pttl (-2 when free), fence counter, waiters}`
+/// without changing anything.
+const INSPECT: &str = r"
+local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
+return {redis.call('PTTL', KEYS[1]), fence, redis.call('LLEN', KEYS[3])}
+";
+
 /// The compiled scripts (their SHA1 digests are computed once).
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
@@ -170,6 +177,7 @@ pub(crate) struct Scripts {
     pub(crate) renew: Script,
     pub(crate) leave: Script,
     pub(crate) raise_fence: Script,
+    pub(crate) inspect: Script,
 }
 
 /// The scripts, shared by every client of the process.
@@ -184,6 +192,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             renew: Script::new(RENEW),
             leave: with_line(LEAVE),
             raise_fence: Script::new(RAISE_FENCE),
+            inspect: Script::new(INSPECT),
         }
     })
 }
