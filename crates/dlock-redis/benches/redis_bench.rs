@@ -1,1 +1,312 @@
-fn main() {}
+//! Benchmarks of the Redis backend against a private local `redis-server`, all in one run so
+//! the numbers read as multiples of the same server's round trip.
+//!
+//! `cargo bench -p dlock-redis --bench redis_bench` prints:
+//! 1. uncontended acquire+release latency against a raw `SET NX PX` + `DEL` pair;
+//! 2. handoffs per second, handoff latency, per-client shares and Redis commands per handoff
+//!    with 8 and with 64 clients on one key;
+//! 3. renewing 10,000 held locks: calls, round trips and CPU time per renewal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dlock_core::{LockBackend, LockOptions, Locker};
+use dlock_test_servers::RedisServer;
+
+const UNCONTENDED_ROUNDS: usize = 2_000;
+const HANDOFF_RUN: Duration = Duration::from_secs(3);
+const HELD_LOCKS: usize = 10_000;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = RedisServer::start();
+    let url = server.url();
+    runtime.block_on(async {
+        let rtt = uncontended(&url).await;
+        for clients in [8, 64] {
+            handoffs(&url, clients, rtt).await;
+        }
+        renewals(&url).await;
+    });
+    drop(server);
+}
+
+/// Median of a sample, in microseconds.
+fn median(samples: &mut [Duration]) -> f64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 * p) as usize).min(samples.len() - 1);
+    samples[index].as_secs_f64() * 1e6
+}
+
+/// Returns the median raw round trip (one command), in microseconds.
+async fn uncontended(url: &str) -> f64 {
+    let client = redis::Client::open(url).expect("client");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let mut pairs = Vec::with_capacity(UNCONTENDED_ROUNDS);
+    for round in 0..UNCONTENDED_ROUNDS + 200 {
+        let started = Instant::now();
+        let _: Option<String> = redis::cmd("SET")
+            .arg("bench:raw")
+            .arg("me")
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut raw)
+            .await
+            .expect("SET");
+        let _: i64 = redis::cmd("DEL")
+            .arg("bench:raw")
+            .query_async(&mut raw)
+            .await
+            .expect("DEL");
+        if round >= 200 {
+            pairs.push(started.elapsed());
+        }
+    }
+    let raw_pair = median(&mut pairs);
+
+    let locker = Locker::new(dlock_redis::connect(url).await.expect("connect"))
+        .with_options(LockOptions::default().prefix("bench-uncontended"))
+        .expect("options");
+    let mut locks = Vec::with_capacity(UNCONTENDED_ROUNDS);
+    for round in 0..UNCONTENDED_ROUNDS + 200 {
+        let started = Instant::now();
+        let guard = locker.acquire("k").await.expect("acquire");
+        guard.release().await.expect("release");
+        if round >= 200 {
+            locks.push(started.elapsed());
+        }
+    }
+    let lock_pair = median(&mut locks);
+    println!("== uncontended acquire+release ({UNCONTENDED_ROUNDS} rounds, medians)");
+    println!("raw SET NX PX + DEL:        {raw_pair:8.1} µs");
+    println!("dlock acquire + release:    {lock_pair:8.1} µs");
+    println!("ratio:                      {:8.2}×", lock_pair / raw_pair);
+    raw_pair / 2.0
+}
+
+#[derive(Default)]
+struct Ledger {
+    last_holder: Option<usize>,
+    released_at: Option<Instant>,
+    handoffs: usize,
+    acquisitions: usize,
+    latencies: Vec<Duration>,
+    per_client: HashMap<usize, usize>,
+}
+
+async fn handoffs(url: &str, clients: usize, rtt_us: f64) {
+    let address = url.trim_start_matches("redis://").to_owned();
+    let options = LockOptions::default()
+        .prefix(format!("bench-handoff-{clients}"))
+        .lease(Duration::from_secs(10));
+    let mut lockers = Vec::new();
+    for _ in 0..clients {
+        lockers.push(
+            Locker::new(dlock_redis::connect(url).await.expect("connect"))
+                .with_options(options.clone())
+                .expect("options"),
+        );
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stats_before = command_stats(&address).await;
+    let stop_at = Instant::now() + HANDOFF_RUN;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (id, locker) in lockers.into_iter().enumerate() {
+        let ledger = Arc::clone(&ledger);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop_at {
+                let guard = locker.acquire("hot").await.expect("acquire");
+                {
+                    let mut ledger = ledger.lock().unwrap();
+                    ledger.acquisitions += 1;
+                    *ledger.per_client.entry(id).or_default() += 1;
+                    if ledger.last_holder.is_some_and(|last| last != id) {
+                        ledger.handoffs += 1;
+                        if let Some(released) = ledger.released_at {
+                            ledger.latencies.push(released.elapsed());
+                        }
+                    }
+                    ledger.last_holder = Some(id);
+                    ledger.released_at = Some(Instant::now());
+                }
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let elapsed = started.elapsed();
+    let stats_after = command_stats(&address).await;
+    let commands: u64 = stats_after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, calls)| calls - stats_before.get(name).copied().unwrap_or(0))
+        .sum();
+    let mut ledger = ledger.lock().unwrap();
+    let handoffs = ledger.handoffs.max(1);
+    let p50 = percentile(&mut ledger.latencies, 0.5);
+    let p99 = percentile(&mut ledger.latencies, 0.99);
+    let even = ledger.acquisitions as f64 / clients as f64;
+    let worst_share = ledger
+        .per_client
+        .values()
+        .map(|n| (*n as f64 - even).abs() / even)
+        .fold(0.0, f64::max);
+    println!("== {clients} clients on one key for {HANDOFF_RUN:?}");
+    println!(
+        "handoffs: {} ({:.0}/s), acquisitions: {}",
+        ledger.handoffs,
+        ledger.handoffs as f64 / elapsed.as_secs_f64(),
+        ledger.acquisitions
+    );
+    println!(
+        "handoff latency (release started → next holder has it): p50 {p50:.1} µs = {:.2} round trips, p99 {p99:.1} µs",
+        p50 / rtt_us
+    );
+    println!(
+        "per-client share: worst deviation from even {:.1}% ({} of {clients} clients served)",
+        worst_share * 100.0,
+        ledger.per_client.len()
+    );
+    println!(
+        "Redis commands: {commands} = {:.2} per handoff; by command: {:?}",
+        commands as f64 / handoffs as f64,
+        stats_after
+            .iter()
+            .filter(|(name, _)| name.as_str() != "info")
+            .map(|(name, calls)| (
+                name.clone(),
+                calls - stats_before.get(name).copied().unwrap_or(0)
+            ))
+            .filter(|(_, calls)| *calls > 0)
+            .collect::<Vec<_>>()
+    );
+}
+
+async fn renewals(url: &str) {
+    let address = url.trim_start_matches("redis://").to_owned();
+    let backend: Arc<dyn LockBackend> = Arc::new(dlock_redis::connect(url).await.expect("connect"));
+    let options = LockOptions::default()
+        .prefix("bench-renew")
+        .lease(Duration::from_secs(60))
+        .keepalive(false);
+    let locker = Locker::from_backend(Arc::clone(&backend))
+        .with_options(options)
+        .expect("options");
+    let mut guards = Vec::with_capacity(HELD_LOCKS);
+    for chunk in (0..HELD_LOCKS).collect::<Vec<_>>().chunks(500) {
+        let acquired =
+            futures::future::join_all(chunk.iter().map(|i| locker.try_acquire(format!("k{i}"))))
+                .await;
+        for guard in acquired {
+            guards.push(guard.expect("try").expect("free"));
+        }
+    }
+    let leases: Vec<&dlock_core::Lease> = guards.iter().map(|g| g.lease()).collect();
+    let before = command_stats(&address).await;
+    let server_cpu_before = server_cpu(&address).await;
+    let cpu_before = process_cpu();
+    let rounds = 10;
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let renewed = backend.renew(&leases).await.expect("renew");
+        times.push(started.elapsed());
+        assert_eq!(renewed.len(), HELD_LOCKS);
+    }
+    let client_cpu = process_cpu() - cpu_before;
+    let server_cpu = server_cpu(&address).await - server_cpu_before;
+    let after = command_stats(&address).await;
+    let calls: u64 = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, calls)| calls - before.get(name).copied().unwrap_or(0))
+        .sum();
+    println!("== renewing {HELD_LOCKS} held locks ({rounds} renewals)");
+    println!(
+        "Redis commands per renewal: {:.1} (one script call = one round trip)",
+        calls as f64 / rounds as f64
+    );
+    println!(
+        "wall time per renewal: median {:.1} ms",
+        median(&mut times) / 1000.0
+    );
+    println!(
+        "CPU per renewal: client {:.1} ms, server {:.1} ms",
+        client_cpu * 1000.0 / rounds as f64,
+        server_cpu * 1000.0 / rounds as f64
+    );
+    for guard in guards {
+        guard.abandon();
+    }
+}
+
+/// `INFO commandstats` as (command, calls).
+async fn command_stats(address: &str) -> HashMap<String, u64> {
+    let info = info(address, "commandstats").await;
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The server's used CPU (user + system), in seconds.
+async fn server_cpu(address: &str) -> f64 {
+    let info = info(address, "cpu").await;
+    info.lines()
+        .filter(|line| line.starts_with("used_cpu_sys:") || line.starts_with("used_cpu_user:"))
+        .filter_map(|line| line.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+async fn info(address: &str, section: &str) -> String {
+    let client = redis::Client::open(format!("redis://{address}")).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut connection)
+        .await
+        .expect("INFO")
+}
+
+/// This process's CPU time (user + system), in seconds, from /proc.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}

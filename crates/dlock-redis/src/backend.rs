@@ -109,7 +109,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 config,
-                nodes: nodes.into_iter().map(tokio::sync::Mutex::new).collect(),
+                nodes: nodes.into_iter().map(std::sync::Mutex::new).collect(),
                 client_id,
                 waiters,
                 sequence: AtomicU64::new(0),
@@ -136,7 +136,7 @@ impl RedisBackend {
 
 struct Inner {
     config: RedisConfig,
-    nodes: Vec<tokio::sync::Mutex<Slot>>,
+    nodes: Vec<std::sync::Mutex<Slot>>,
     client_id: String,
     waiters: Arc<Waiters>,
     sequence: AtomicU64,
@@ -198,36 +198,39 @@ impl Inner {
 
     /// The connected instance `index`, connecting now if it was down.
     async fn node(&self, index: usize) -> Result<Node> {
-        let mut slot = self.nodes[index].lock().await;
-        match &*slot {
-            Slot::Up(node) => Ok(node.clone()),
-            Slot::Down { retry_at } => {
-                let endpoint = &self.config.endpoints[index];
-                if Instant::now() < *retry_at {
-                    return Err(LockError::connection(
-                        endpoint.to_string(),
-                        "the instance was unreachable a moment ago",
-                    ));
+        let endpoint = &self.config.endpoints[index];
+        match &*lock(&self.nodes[index]) {
+            Slot::Up(node) => return Ok(node.clone()),
+            Slot::Down { retry_at } if Instant::now() < *retry_at => {
+                return Err(LockError::connection(
+                    endpoint.to_string(),
+                    "the instance was unreachable a moment ago",
+                ));
+            }
+            Slot::Down { .. } => {}
+        }
+        let connected = Node::connect(
+            &self.config,
+            endpoint,
+            &self.client_id,
+            Arc::clone(&self.waiters),
+        )
+        .await;
+        let mut slot = lock(&self.nodes[index]);
+        match connected {
+            Ok(node) => {
+                // Two callers may have connected at once: keep the first connection.
+                if let Slot::Up(existing) = &*slot {
+                    return Ok(existing.clone());
                 }
-                let connected = Node::connect(
-                    &self.config,
-                    endpoint,
-                    &self.client_id,
-                    Arc::clone(&self.waiters),
-                )
-                .await;
-                match connected {
-                    Ok(node) => {
-                        *slot = Slot::Up(node.clone());
-                        Ok(node)
-                    }
-                    Err(error) => {
-                        *slot = Slot::Down {
-                            retry_at: Instant::now() + RECONNECT_PAUSE,
-                        };
-                        Err(error)
-                    }
-                }
+                *slot = Slot::Up(node.clone());
+                Ok(node)
+            }
+            Err(error) => {
+                *slot = Slot::Down {
+                    retry_at: Instant::now() + RECONNECT_PAUSE,
+                };
+                Err(error)
             }
         }
     }
@@ -702,6 +705,11 @@ impl Drop for PlaceInLine {
             .await;
         });
     }
+}
+
+/// Locks a slot, recovering from poisoning: a slot is replaced whole, never left half-set.
+fn lock(slot: &std::sync::Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn acquired(names: LockNames, owner: String, token: u64, valid_until: Instant) -> Acquired {

@@ -54,33 +54,37 @@ const ACQUIRE: &str = r"
 local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local wait_ms, fair, prefix = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
-local now = server_ms()
 local kind = redis.call('TYPE', lock).ok
 if kind ~= 'none' and kind ~= 'string' then return {-1} end
+local now = nil
 if kind == 'none' then
-  local my_turn = true
+  local my_turn, head = true, redis.call('LINDEX', queue, 0)
   if fair then
-    while true do
-      local head = redis.call('LINDEX', queue, 0)
-      if (not head) or head == waiter then break end
+    while head and head ~= waiter do
+      now = now or server_ms()
       if (not expired(deadlines, head, now))
           and redis.call('PUBSUB', 'NUMSUB', channel_of(head, prefix))[2] > 0 then
         my_turn = false
         break
       end
       leave_line(queue, deadlines, head)
+      head = redis.call('LINDEX', queue, 0)
     end
   end
   if my_turn then
-    if waiter ~= '' then leave_line(queue, deadlines, waiter) end
-    -- A counter the server lost (restart without persistence) starts again from the
-    -- server's clock in microseconds, above every token it issued before.
-    if redis.call('EXISTS', fence) == 0 then
-      redis.call('SET', fence, now * 1000)
+    if head and waiter ~= '' then
+      -- Fair: we are first in line. Unfair: we may stand anywhere in it.
+      leave_line(queue, deadlines, waiter)
+      head = redis.call('LINDEX', queue, 0)
     end
     local token = redis.call('INCR', fence)
+    if token == 1 then
+      -- A counter the server lost (restart without persistence) starts again from the
+      -- server's clock in microseconds, above every token it issued before.
+      token = (now or server_ms()) * 1000
+      redis.call('SET', fence, string.format('%.0f', token))
+    end
     redis.call('SET', lock, owner, 'PX', lease)
-    local head = redis.call('LINDEX', queue, 0)
     if head then
       redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
     end
@@ -88,6 +92,7 @@ if kind == 'none' then
   end
 end
 if waiter == '' then return {0, redis.call('PTTL', lock), 0} end
+now = now or server_ms()
 if not redis.call('HGET', deadlines, waiter) then
   redis.call('RPUSH', queue, waiter)
 end
@@ -107,7 +112,9 @@ local ok, holder = pcall(redis.call, 'GET', lock)
 if not ok then return -1 end
 if holder ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
-wake_first(queue, deadlines, ARGV[2], 'r', 0, server_ms())
+if redis.call('LLEN', queue) > 0 then
+  wake_first(queue, deadlines, ARGV[2], 'r', 0, server_ms())
+end
 return 1
 ";
 
