@@ -216,35 +216,36 @@ impl Report {
             self.elapsed.as_secs_f64()
         );
         match &self.round_trip {
-            Some(h) => {
-                out += &format!(
-                    "  server round trip      p50 {}\n",
-                    times(h.value_at_quantile(0.5))
+            Some(h) => out += &line("server round trip p50", times(h.value_at_quantile(0.5))),
+            None => {
+                out += &line(
+                    "server round trip",
+                    "(the backend cannot measure it)".into(),
                 )
             }
-            None => out += "  server round trip      (the backend cannot measure it)\n",
         }
         for (name, h) in [
             ("uncontended acq+rel", &self.uncontended),
             ("acquire (contended)", &self.acquire),
             ("handoff", &self.handoff),
         ] {
-            for q in [0.5, 0.99, 0.999] {
-                out += &format!(
-                    "  {name:<22} p{:<4} {}\n",
-                    format!("{}", q * 100.0),
-                    times(h.value_at_quantile(q))
-                );
+            for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+                out += &line(&format!("{name} {label}"), times(h.value_at_quantile(q)));
             }
         }
         let seconds = self.elapsed.as_secs_f64();
         let (least, most) = self.fairness();
-        out += &format!(
-            "  acquisitions/s         {:.0}\n  handoffs/s             {:.0}\n  per-client share       {:.0}% … {:.0}% of even\n",
-            self.acquisitions() as f64 / seconds,
-            self.handoff.len() as f64 / seconds,
-            least * 100.0,
-            most * 100.0
+        out += &line(
+            "acquisitions/s",
+            format!("{:>10.0}", self.acquisitions() as f64 / seconds),
+        );
+        out += &line(
+            "handoffs/s",
+            format!("{:>10.0}", self.handoff.len() as f64 / seconds),
+        );
+        out += &line(
+            "per-client share",
+            format!("{:>4.0}% … {:.0}% of even", least * 100.0, most * 100.0),
         );
         out
     }
@@ -278,6 +279,11 @@ impl Report {
             "per_client_share_max": most,
         })
     }
+}
+
+/// One row of the table: a label column, then the value.
+fn line(label: &str, value: String) -> String {
+    format!("  {label:<28}{value}\n")
 }
 
 fn progress_bar(args: &BenchArgs) -> ProgressBar {

@@ -164,6 +164,8 @@ fn bench_on_memory_reports_json() {
 /// Checks, for one backend URL, what CLI.md promises across processes.
 #[allow(dead_code)] // used by the backend tests below, each behind its feature
 mod across_processes {
+    use dlock_test_servers::ServerProcess;
+
     use super::*;
 
     /// Several `dlock run` on one key: critical sections never overlap and tokens grow in
@@ -216,7 +218,7 @@ mod across_processes {
         let key = format!("cli-held-{:016x}", rand_id());
         let mut holder = dlock()
             .args(["run", "--url", url, "--key", &key, "--", "sh", "-c"])
-            .arg("echo ready; read line")
+            .arg("echo ready; read line || true")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -246,6 +248,130 @@ mod across_processes {
             "run", "--url", url, "--key", "k", "--wait", "5s", "--", "true",
         ]);
         assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
+        assert!(stderr(&output).contains("reach"), "{}", stderr(&output));
+    }
+
+    /// A command still running when its lock is lost (the server froze past the lease) is
+    /// terminated and dlock exits 70.
+    pub fn lost_lock_terminates_the_command_with_70(url: &str, ttl: &str, server: &ServerProcess) {
+        let key = format!("cli-lost-{:016x}", rand_id());
+        let mut run = dlock()
+            .args([
+                "run", "--url", url, "--key", &key, "--ttl", ttl, "--grace", "2s", "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "trap 'echo terminated; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(run.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        server.pause();
+        let code = wait(&mut run, Duration::from_secs(60));
+        server.resume();
+        assert_eq!(code, Some(70));
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "terminated");
+    }
+}
+
+/// The backends this binary was built with, each on the harness's real servers.
+#[cfg(feature = "redis")]
+mod redis {
+    use dlock_test_servers::{free_port, shared_redis, RedisServer};
+
+    #[test]
+    fn parallel_runs_exclude_each_other() {
+        super::across_processes::parallel_runs_exclude_each_other(&shared_redis().url);
+    }
+
+    #[test]
+    fn wait_zero_on_a_held_key_exits_75() {
+        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_redis().url);
+    }
+
+    #[test]
+    fn unreachable_backend_exits_69() {
+        let url = format!("redis://127.0.0.1:{}", free_port());
+        super::across_processes::unreachable_backend_exits_69(&url);
+    }
+
+    #[test]
+    fn lost_lock_terminates_the_command_with_70() {
+        let mut server = RedisServer::start();
+        let url = server.url();
+        super::across_processes::lost_lock_terminates_the_command_with_70(
+            &url,
+            "1s",
+            server.process(),
+        );
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+mod zookeeper {
+    use dlock_test_servers::{free_port, shared_zookeeper, ZooKeeperServer};
+
+    #[test]
+    fn parallel_runs_exclude_each_other() {
+        super::across_processes::parallel_runs_exclude_each_other(&shared_zookeeper().url);
+    }
+
+    #[test]
+    fn wait_zero_on_a_held_key_exits_75() {
+        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_zookeeper().url);
+    }
+
+    #[test]
+    fn unreachable_backend_exits_69() {
+        let url = format!("zookeeper://127.0.0.1:{}?connect_timeout=2s", free_port());
+        super::across_processes::unreachable_backend_exits_69(&url);
+    }
+
+    #[test]
+    fn lost_lock_terminates_the_command_with_70() {
+        let mut server = ZooKeeperServer::start();
+        let url = format!("{}?session_timeout=2s", server.url());
+        super::across_processes::lost_lock_terminates_the_command_with_70(
+            &url,
+            "2s",
+            server.process(),
+        );
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use dlock_test_servers::{free_port, shared_etcd, EtcdServer};
+
+    #[test]
+    fn parallel_runs_exclude_each_other() {
+        super::across_processes::parallel_runs_exclude_each_other(&shared_etcd().url);
+    }
+
+    #[test]
+    fn wait_zero_on_a_held_key_exits_75() {
+        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_etcd().url);
+    }
+
+    #[test]
+    fn unreachable_backend_exits_69() {
+        let url = format!("etcd://127.0.0.1:{}?connect_timeout=2s", free_port());
+        super::across_processes::unreachable_backend_exits_69(&url);
+    }
+
+    #[test]
+    fn lost_lock_terminates_the_command_with_70() {
+        let mut server = EtcdServer::start();
+        let url = server.url();
+        super::across_processes::lost_lock_terminates_the_command_with_70(
+            &url,
+            "2s",
+            server.process(),
+        );
     }
 }
 
