@@ -278,102 +278,73 @@ mod across_processes {
     }
 }
 
-/// The backends this binary was built with, each on the harness's real servers.
-#[cfg(feature = "redis")]
-mod redis {
-    use dlock_test_servers::{free_port, shared_redis, RedisServer};
+/// The tests of [`across_processes`] for one backend, on the harness's real servers.
+macro_rules! backend_tests {
+    ($module:ident, feature = $feature:literal, shared = $shared:path,
+     unreachable = $unreachable:literal, private = $private:path, url_suffix = $suffix:literal,
+     ttl = $ttl:literal) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            use dlock_test_servers::free_port;
 
-    #[test]
-    fn parallel_runs_exclude_each_other() {
-        super::across_processes::parallel_runs_exclude_each_other(&shared_redis().url);
-    }
+            use super::across_processes;
 
-    #[test]
-    fn wait_zero_on_a_held_key_exits_75() {
-        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_redis().url);
-    }
+            #[test]
+            fn parallel_runs_exclude_each_other() {
+                across_processes::parallel_runs_exclude_each_other(&$shared().url);
+            }
 
-    #[test]
-    fn unreachable_backend_exits_69() {
-        let url = format!("redis://127.0.0.1:{}", free_port());
-        super::across_processes::unreachable_backend_exits_69(&url);
-    }
+            #[test]
+            fn wait_zero_on_a_held_key_exits_75() {
+                across_processes::wait_zero_on_a_held_key_exits_75(&$shared().url);
+            }
 
-    #[test]
-    fn lost_lock_terminates_the_command_with_70() {
-        let mut server = RedisServer::start();
-        let url = server.url();
-        super::across_processes::lost_lock_terminates_the_command_with_70(
-            &url,
-            "1s",
-            server.process(),
-        );
-    }
+            #[test]
+            fn unreachable_backend_exits_69() {
+                across_processes::unreachable_backend_exits_69(&format!($unreachable, free_port()));
+            }
+
+            #[test]
+            fn lost_lock_terminates_the_command_with_70() {
+                let mut server = $private();
+                let url = format!("{}{}", server.url(), $suffix);
+                across_processes::lost_lock_terminates_the_command_with_70(
+                    &url,
+                    $ttl,
+                    server.process(),
+                );
+            }
+        }
+    };
 }
 
-#[cfg(feature = "zookeeper")]
-mod zookeeper {
-    use dlock_test_servers::{free_port, shared_zookeeper, ZooKeeperServer};
-
-    #[test]
-    fn parallel_runs_exclude_each_other() {
-        super::across_processes::parallel_runs_exclude_each_other(&shared_zookeeper().url);
-    }
-
-    #[test]
-    fn wait_zero_on_a_held_key_exits_75() {
-        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_zookeeper().url);
-    }
-
-    #[test]
-    fn unreachable_backend_exits_69() {
-        let url = format!("zookeeper://127.0.0.1:{}?connect_timeout=2s", free_port());
-        super::across_processes::unreachable_backend_exits_69(&url);
-    }
-
-    #[test]
-    fn lost_lock_terminates_the_command_with_70() {
-        let mut server = ZooKeeperServer::start();
-        let url = format!("{}?session_timeout=2s", server.url());
-        super::across_processes::lost_lock_terminates_the_command_with_70(
-            &url,
-            "2s",
-            server.process(),
-        );
-    }
-}
-
-#[cfg(feature = "etcd")]
-mod etcd {
-    use dlock_test_servers::{free_port, shared_etcd, EtcdServer};
-
-    #[test]
-    fn parallel_runs_exclude_each_other() {
-        super::across_processes::parallel_runs_exclude_each_other(&shared_etcd().url);
-    }
-
-    #[test]
-    fn wait_zero_on_a_held_key_exits_75() {
-        super::across_processes::wait_zero_on_a_held_key_exits_75(&shared_etcd().url);
-    }
-
-    #[test]
-    fn unreachable_backend_exits_69() {
-        let url = format!("etcd://127.0.0.1:{}?connect_timeout=2s", free_port());
-        super::across_processes::unreachable_backend_exits_69(&url);
-    }
-
-    #[test]
-    fn lost_lock_terminates_the_command_with_70() {
-        let mut server = EtcdServer::start();
-        let url = server.url();
-        super::across_processes::lost_lock_terminates_the_command_with_70(
-            &url,
-            "2s",
-            server.process(),
-        );
-    }
-}
+backend_tests!(
+    redis,
+    feature = "redis",
+    shared = dlock_test_servers::shared_redis,
+    unreachable = "redis://127.0.0.1:{}",
+    private = dlock_test_servers::RedisServer::start,
+    url_suffix = "",
+    ttl = "1s"
+);
+backend_tests!(
+    zookeeper,
+    feature = "zookeeper",
+    shared = dlock_test_servers::shared_zookeeper,
+    unreachable = "zookeeper://127.0.0.1:{}?connect_timeout=2s",
+    private = dlock_test_servers::ZooKeeperServer::start,
+    url_suffix = "?session_timeout=2s",
+    ttl = "2s"
+);
+backend_tests!(
+    etcd,
+    feature = "etcd",
+    shared = dlock_test_servers::shared_etcd,
+    unreachable = "etcd://127.0.0.1:{}?connect_timeout=2s",
+    private = dlock_test_servers::EtcdServer::start,
+    url_suffix = "",
+    ttl = "2s"
+);
 
 fn rand_id() -> u64 {
     let nanos = std::time::SystemTime::now()

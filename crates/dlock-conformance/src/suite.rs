@@ -76,10 +76,7 @@ pub async fn p01_mutual_exclusion_with_try_acquire(target: &dyn ConformanceTarge
 /// A held lock is neither tried nor waited for successfully by another client.
 pub async fn p01_held_lock_excludes_other_clients(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p01-held").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
     assert!(bob.try_acquire("k").await.expect("try").is_none());
     let waited = bob
@@ -96,10 +93,7 @@ pub async fn p01_held_lock_excludes_other_clients(target: &dyn ConformanceTarget
 /// Tokens of successive acquisitions by different clients strictly grow.
 pub async fn p02_tokens_grow_across_clients(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p02-clients").await;
-    let clients = [
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    ];
+    let clients: [Locker; 2] = fixture.lockers(LONG_LEASE).await;
     let mut last = None;
     for round in 0..6 {
         let guard = clients[round % 2].acquire("k").await.expect("acquire");
@@ -124,16 +118,12 @@ pub async fn p02_tokens_grow_across_client_restarts(target: &dyn ConformanceTarg
 /// The holder that takes over a lock its former holder lost gets a greater token.
 pub async fn p02_new_holder_after_loss_gets_a_greater_token(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p02-loss").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let old = alice.acquire("k").await.expect("alice acquires");
     target.forget(&old).await.expect("forget");
-    let new = bob
-        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
-        .await
-        .expect("bob acquires the forgotten lock");
+    let new = fixture
+        .acquire_promptly(&bob, LONG_LEASE, "bob acquires the forgotten lock")
+        .await;
     assert!(new.fencing_token() > old.fencing_token());
 }
 
@@ -164,7 +154,7 @@ pub async fn p03_crashed_holder_frees_the_lock_within_the_lease(target: &dyn Con
 pub async fn p04_keepalive_holds_the_lock_beyond_its_lease(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p04-keepalive").await;
     let lease = target.short_lease();
-    let (holder, other) = (fixture.locker(lease).await, fixture.locker(lease).await);
+    let [holder, other] = fixture.lockers(lease).await;
     let guard = holder.acquire("k").await.expect("acquire");
     // Time passing is the point of this test: the lease must outlive three of itself.
     tokio::time::sleep(lease * 3).await;
@@ -222,10 +212,9 @@ pub async fn p04_without_keepalive_the_lease_runs_out(target: &dyn ConformanceTa
     }
     within(lease + lease / 3 + PROMPTLY, guard.lost(), "loss signal").await;
     assert!(!guard.is_held());
-    let next = other
-        .acquire_with("k", &fixture.options(lease).wait(PROMPTLY))
-        .await
-        .expect("the expired lock is free");
+    let next = fixture
+        .acquire_promptly(&other, lease, "the expired lock is free")
+        .await;
     assert!(next.fencing_token() > guard.fencing_token());
 }
 
@@ -293,17 +282,12 @@ pub async fn p06_release_twice_is_not_held(target: &dyn ConformanceTarget) {
 /// A former holder's release never deletes the new holder's lock (P6).
 pub async fn p06_stale_release_leaves_the_new_holder_alone(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p06-stale-release").await;
-    let (alice, bob, carol) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob, carol] = fixture.lockers(LONG_LEASE).await;
     let stale = alice.acquire("k").await.expect("alice acquires");
     target.forget(&stale).await.expect("forget");
-    let current = bob
-        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
-        .await
-        .expect("bob acquires");
+    let current = fixture
+        .acquire_promptly(&bob, LONG_LEASE, "bob acquires")
+        .await;
     let released = alice.backend().release(stale.lease()).await;
     assert!(
         matches!(released, Err(LockError::NotHeld { .. })),
@@ -321,16 +305,12 @@ pub async fn p06_stale_release_leaves_the_new_holder_alone(target: &dyn Conforma
 /// A former holder's extend never extends the new holder's lock.
 pub async fn p06_stale_extend_leaves_the_new_holder_alone(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p06-stale-extend").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let stale = alice.acquire("k").await.expect("alice acquires");
     target.forget(&stale).await.expect("forget");
-    let current = bob
-        .acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
-        .await
-        .expect("bob acquires");
+    let current = fixture
+        .acquire_promptly(&bob, LONG_LEASE, "bob acquires")
+        .await;
     let extended = alice.backend().extend(stale.lease(), LONG_LEASE).await;
     assert!(
         matches!(extended, Err(LockError::NotHeld { .. })),
@@ -343,24 +323,21 @@ pub async fn p06_stale_extend_leaves_the_new_holder_alone(target: &dyn Conforman
 /// Dropping a guard releases the lock in the background, well before its lease ends.
 pub async fn p07_dropped_guard_is_released_promptly(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p07-drop").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     drop(alice.acquire("k").await.expect("alice acquires"));
-    bob.acquire_with("k", &fixture.options(LONG_LEASE).wait(PROMPTLY))
-        .await
-        .expect("the dropped guard's lock is free well before its lease ends");
+    fixture
+        .acquire_promptly(
+            &bob,
+            LONG_LEASE,
+            "the dropped guard's lock is free well before its lease ends",
+        )
+        .await;
 }
 
 /// A waiting acquire that is dropped leaves nothing that delays the next contender.
 pub async fn p07_cancelled_acquire_leaves_nothing_behind(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p07-cancel").await;
-    let (alice, bob, carol) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob, carol] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
     let (queued, in_line) = oneshot::channel();
     let options = fixture.options(LONG_LEASE);
@@ -384,10 +361,7 @@ pub async fn p07_cancelled_acquire_leaves_nothing_behind(target: &dyn Conformanc
 /// would run out.
 pub async fn p08_waiter_is_woken_by_release(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p08-woken").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
     let waiter = fixture.queued_waiter(&bob, "k").await;
     guard.release().await.expect("alice releases");
@@ -428,10 +402,7 @@ pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceT
 /// `acquire` with a wait limit gives up with `Timeout` within the limit plus a small bound.
 pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p09-timeout").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
     let wait = ms(400);
     let started = Instant::now();
@@ -454,10 +425,7 @@ pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn Conformanc
 /// `try_acquire` and a zero wait limit answer at once while another client holds the lock.
 pub async fn p09_try_acquire_never_waits(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p09-try").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
     let tried = within(PROMPTLY, bob.try_acquire("k"), "try_acquire").await;
     assert!(tried.expect("try").is_none());
@@ -478,11 +446,7 @@ pub async fn p10_waiters_are_served_in_arrival_order(target: &dyn ConformanceTar
     let holder = fixture.locker(LONG_LEASE).await;
     let fifo = holder.capabilities().fifo;
     let guard = holder.acquire("k").await.expect("holder acquires");
-    let clients = [
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    ];
+    let clients: [Locker; 3] = fixture.lockers(LONG_LEASE).await;
     let served = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for position in 0..8 {
@@ -523,10 +487,7 @@ pub async fn p10_waiters_are_served_in_arrival_order(target: &dyn ConformanceTar
 /// Locks on different keys never affect each other.
 pub async fn p11_locks_on_different_keys_are_independent(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p11-independent").await;
-    let (alice, bob) = (
-        fixture.locker(LONG_LEASE).await,
-        fixture.locker(LONG_LEASE).await,
-    );
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let a = alice.acquire("a").await.expect("alice acquires a");
     let b = bob
         .try_acquire("b")
@@ -701,6 +662,26 @@ impl<'t> Fixture<'t> {
             prefix: self.prefix.clone(),
             ..LockOptions::default()
         }
+    }
+
+    /// Takes `k` on `client`, failing the test with `what` unless it comes within
+    /// [`PROMPTLY`]: soon enough to show a release or expiry freed it, not a timer.
+    async fn acquire_promptly(&self, client: &Locker, lease: Duration, what: &str) -> LockGuard {
+        client
+            .acquire_with("k", &self.options(lease).wait(PROMPTLY))
+            .await
+            .unwrap_or_else(|error| panic!("{what}: {error}"))
+    }
+
+    /// `N` independent clients.
+    async fn lockers<const N: usize>(&self, lease: Duration) -> [Locker; N] {
+        let mut lockers = Vec::with_capacity(N);
+        for _ in 0..N {
+            lockers.push(self.locker(lease).await);
+        }
+        lockers
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("exactly N lockers"))
     }
 
     async fn locker(&self, lease: Duration) -> Locker {
