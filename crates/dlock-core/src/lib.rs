@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod backend_url;
 mod backoff;
 mod error;
 mod guard;
@@ -35,6 +36,7 @@ mod options;
 mod token;
 
 pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
+pub use backend_url::{redact_url, BackendUrl, HostPort};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;
