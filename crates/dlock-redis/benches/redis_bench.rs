@@ -26,13 +26,24 @@ fn main() {
         .expect("runtime");
     let server = RedisServer::start();
     let url = server.url();
+    let others = [RedisServer::start(), RedisServer::start()];
+    let redlock = format!(
+        "redis+redlock://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        server.port(),
+        others[0].port(),
+        others[1].port()
+    );
     runtime.block_on(async {
-        let rtt = uncontended(&url).await;
+        let rtt = uncontended(&url, &redlock).await;
+        println!("(one raw round trip: {rtt:.1} µs)");
         for clients in [8, 64] {
-            handoffs(&url, clients, rtt).await;
+            handoffs(&url, clients).await;
         }
         renewals(&url).await;
+        println!("== Redlock over 3 local instances");
+        handoffs(&redlock, 8).await;
     });
+    drop(others);
     drop(server);
 }
 
@@ -48,14 +59,23 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[index].as_secs_f64() * 1e6
 }
 
-/// Returns the median raw round trip (one command), in microseconds.
-async fn uncontended(url: &str) -> f64 {
+/// Times raw `SET NX PX` + `DEL` pairs, single-instance and Redlock acquire+release,
+/// interleaved round by round so that all three see the same machine load. Returns the median
+/// raw round trip (one command), in microseconds.
+async fn uncontended(url: &str, redlock: &str) -> f64 {
     let client = redis::Client::open(url).expect("client");
     let mut raw = client
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
-    let mut pairs = Vec::with_capacity(UNCONTENDED_ROUNDS);
+    let options = LockOptions::default().prefix("bench-uncontended");
+    let single = Locker::new(dlock_redis::connect(url).await.expect("connect"))
+        .with_options(options.clone())
+        .expect("options");
+    let quorum = Locker::new(dlock_redis::connect(redlock).await.expect("connect"))
+        .with_options(options)
+        .expect("options");
+    let (mut raws, mut singles, mut quorums) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..UNCONTENDED_ROUNDS + 200 {
         let started = Instant::now();
         let _: Option<String> = redis::cmd("SET")
@@ -72,29 +92,36 @@ async fn uncontended(url: &str) -> f64 {
             .query_async(&mut raw)
             .await
             .expect("DEL");
-        if round >= 200 {
-            pairs.push(started.elapsed());
-        }
-    }
-    let raw_pair = median(&mut pairs);
-
-    let locker = Locker::new(dlock_redis::connect(url).await.expect("connect"))
-        .with_options(LockOptions::default().prefix("bench-uncontended"))
-        .expect("options");
-    let mut locks = Vec::with_capacity(UNCONTENDED_ROUNDS);
-    for round in 0..UNCONTENDED_ROUNDS + 200 {
+        let raw_pair = started.elapsed();
         let started = Instant::now();
-        let guard = locker.acquire("k").await.expect("acquire");
+        let guard = single.acquire("k").await.expect("acquire");
         guard.release().await.expect("release");
+        let single_pair = started.elapsed();
+        let started = Instant::now();
+        let guard = quorum.acquire("k").await.expect("acquire");
+        guard.release().await.expect("release");
+        let quorum_pair = started.elapsed();
         if round >= 200 {
-            locks.push(started.elapsed());
+            raws.push(raw_pair);
+            singles.push(single_pair);
+            quorums.push(quorum_pair);
         }
     }
-    let lock_pair = median(&mut locks);
-    println!("== uncontended acquire+release ({UNCONTENDED_ROUNDS} rounds, medians)");
-    println!("raw SET NX PX + DEL:        {raw_pair:8.1} µs");
-    println!("dlock acquire + release:    {lock_pair:8.1} µs");
-    println!("ratio:                      {:8.2}×", lock_pair / raw_pair);
+    let (raw_pair, single_pair, quorum_pair) = (
+        median(&mut raws),
+        median(&mut singles),
+        median(&mut quorums),
+    );
+    println!("== uncontended acquire+release ({UNCONTENDED_ROUNDS} interleaved rounds, medians)");
+    println!("raw SET NX PX + DEL:              {raw_pair:8.1} µs");
+    println!(
+        "dlock acquire + release:          {single_pair:8.1} µs = {:.2}× raw",
+        single_pair / raw_pair
+    );
+    println!(
+        "Redlock (3 instances) acq + rel:  {quorum_pair:8.1} µs = {:.2}× raw",
+        quorum_pair / raw_pair
+    );
     raw_pair / 2.0
 }
 
@@ -108,8 +135,9 @@ struct Ledger {
     per_client: HashMap<usize, usize>,
 }
 
-async fn handoffs(url: &str, clients: usize, rtt_us: f64) {
-    let address = url.trim_start_matches("redis://").to_owned();
+async fn handoffs(url: &str, clients: usize) {
+    let addresses = addresses(url);
+    let rtt_us = round_trip(&addresses[0]).await;
     let options = LockOptions::default()
         .prefix(format!("bench-handoff-{clients}"))
         .lease(Duration::from_secs(10));
@@ -122,7 +150,7 @@ async fn handoffs(url: &str, clients: usize, rtt_us: f64) {
         );
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stats_before = command_stats(&address).await;
+    let stats_before = command_stats_all(&addresses).await;
     let stop_at = Instant::now() + HANDOFF_RUN;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -152,7 +180,7 @@ async fn handoffs(url: &str, clients: usize, rtt_us: f64) {
         task.await.expect("client task");
     }
     let elapsed = started.elapsed();
-    let stats_after = command_stats(&address).await;
+    let stats_after = command_stats_all(&addresses).await;
     let commands: u64 = stats_after
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
@@ -176,7 +204,7 @@ async fn handoffs(url: &str, clients: usize, rtt_us: f64) {
         ledger.acquisitions
     );
     println!(
-        "handoff latency (release started → next holder has it): p50 {p50:.1} µs = {:.2} round trips, p99 {p99:.1} µs",
+        "handoff latency (release started → next holder has it): p50 {p50:.1} µs = {:.2} round trips of {rtt_us:.1} µs, p99 {p99:.1} µs",
         p50 / rtt_us
     );
     println!(
@@ -255,6 +283,43 @@ async fn renewals(url: &str) {
     for guard in guards {
         guard.abandon();
     }
+}
+
+/// The median of 500 raw `PING`s to `address`, in microseconds, measured now so handoff
+/// latencies read against the load of the moment.
+async fn round_trip(address: &str) -> f64 {
+    let client = redis::Client::open(format!("redis://{address}")).expect("client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let mut samples = Vec::with_capacity(500);
+    for _ in 0..500 {
+        let started = Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .expect("PING");
+        samples.push(started.elapsed());
+    }
+    median(&mut samples)
+}
+
+/// `host:port` of every instance in a `redis://` or `redis+redlock://` URL.
+fn addresses(url: &str) -> Vec<String> {
+    let hosts = url.split_once("://").map_or(url, |(_, rest)| rest);
+    hosts.split(',').map(str::to_owned).collect()
+}
+
+/// `INFO commandstats` summed over several instances.
+async fn command_stats_all(addresses: &[String]) -> HashMap<String, u64> {
+    let mut total = HashMap::new();
+    for address in addresses {
+        for (name, calls) in command_stats(address).await {
+            *total.entry(name).or_default() += calls;
+        }
+    }
+    total
 }
 
 /// `INFO commandstats` as (command, calls).

@@ -410,6 +410,7 @@ impl LockBackend for RedisBackend {
                 });
             }
             let wait = remaining.unwrap_or(FOREVER);
+            let mut deaf = false;
             let attempt = inner
                 .attempt(
                     &names,
@@ -424,7 +425,11 @@ impl LockBackend for RedisBackend {
                     valid_until,
                     granted,
                 } => {
-                    place.left(&granted);
+                    if inner.fair() {
+                        // A fair grant took us out of the line; unfair (Redlock) waiters
+                        // leave every line when `place` drops.
+                        place.left(&granted);
+                    }
                     return Ok(acquired(names, owner, token, valid_until));
                 }
                 Attempt::Busy {
@@ -438,6 +443,7 @@ impl LockBackend for RedisBackend {
                         request.queued();
                     }
                     if split || !in_line.iter().any(|l| *l) {
+                        deaf = split;
                         jitter(SPLIT_RETRY)
                     } else if let Some(ttl) = first_for {
                         // First in line: look again when the holder's lease runs out, in
@@ -459,6 +465,7 @@ impl LockBackend for RedisBackend {
                         return Err(error);
                     }
                     tracing::debug!(%error, "acquire failed; retrying");
+                    deaf = true;
                     backoff.next_delay()
                 }
                 Attempt::Failed(error) => return Err(error),
@@ -467,7 +474,13 @@ impl LockBackend for RedisBackend {
             if let Some(deadline) = request.deadline {
                 wake_at = wake_at.min(deadline);
             }
-            place.wait(wake_at).await;
+            if deaf {
+                // After a split vote or a failure, wait out the jittered delay: our own give-back
+                // may have woken us, and retrying at once would split the vote again.
+                tokio::time::sleep_until(wake_at).await;
+            } else {
+                place.wait(wake_at).await;
+            }
         }
     }
 

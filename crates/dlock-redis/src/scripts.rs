@@ -48,6 +48,11 @@ end
 /// KEYS: lock, fence, queue, deadlines.
 /// ARGV: owner, lease ms, waiter id ('' for a try), waiter's wait ms, fair (1/0), channel
 /// prefix.
+///
+/// A free lock goes to the first live waiter in line (fair), or, unfair (Redlock), to any
+/// waiter already in line; a newcomer gets it only when nobody live waits. A fair grant takes
+/// the waiter out of the line; an unfair one leaves it in (a Redlock waiter that misses the
+/// majority keeps its place, and leaves every line itself once it holds the lock).
 /// Returns `{1, token}` when granted, `{0, holder's pttl, first in line (1/0)}` when not, and
 /// `{-1}` when the lock key holds another type.
 const ACQUIRE: &str = r"
@@ -59,21 +64,21 @@ if kind ~= 'none' and kind ~= 'string' then return {-1} end
 local now = nil
 if kind == 'none' then
   local my_turn, head = true, redis.call('LINDEX', queue, 0)
-  if fair then
-    while head and head ~= waiter do
-      now = now or server_ms()
-      if (not expired(deadlines, head, now))
-          and redis.call('PUBSUB', 'NUMSUB', channel_of(head, prefix))[2] > 0 then
-        my_turn = false
-        break
-      end
-      leave_line(queue, deadlines, head)
-      head = redis.call('LINDEX', queue, 0)
+  local member = head and (not fair) and waiter ~= ''
+      and redis.call('HEXISTS', deadlines, waiter) == 1
+  while head and head ~= waiter and not member do
+    now = now or server_ms()
+    if (not expired(deadlines, head, now))
+        and redis.call('PUBSUB', 'NUMSUB', channel_of(head, prefix))[2] > 0 then
+      my_turn = false
+      break
     end
+    leave_line(queue, deadlines, head)
+    head = redis.call('LINDEX', queue, 0)
   end
   if my_turn then
-    if head and waiter ~= '' then
-      -- Fair: we are first in line. Unfair: we may stand anywhere in it.
+    if fair and head then
+      -- We are first in line: step out of it.
       leave_line(queue, deadlines, waiter)
       head = redis.call('LINDEX', queue, 0)
     end
@@ -85,7 +90,7 @@ if kind == 'none' then
       redis.call('SET', fence, string.format('%.0f', token))
     end
     redis.call('SET', lock, owner, 'PX', lease)
-    if head then
+    if head and head ~= waiter then
       redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
     end
     return {1, token}
