@@ -242,6 +242,26 @@ mod across_processes {
         );
     }
 
+    /// SIGTERM to dlock reaches the command; the lock is released after it exits.
+    pub fn sigterm_reaches_the_command_then_the_lock_is_released(url: &str) {
+        let key = format!("cli-sigterm-{:016x}", rand_id());
+        let mut run = dlock()
+            .args(["run", "--url", url, "--key", &key, "--", "sh", "-c"])
+            .arg("trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.05; done")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(run.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let held = output(&["status", "--url", url, "--key", &key]);
+        assert_eq!(held.status.code(), Some(0), "held: {}", stderr(&held));
+        signal(&run, libc::SIGTERM);
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "got-term");
+        assert_eq!(wait(&mut run, Duration::from_secs(30)), Some(0));
+        let free = output(&["status", "--url", url, "--key", &key]);
+        assert_eq!(free.status.code(), Some(1), "free: {}", stderr(&free));
+    }
+
     /// An unreachable backend exits 69 with a clear message.
     pub fn unreachable_backend_exits_69(url: &str) {
         let output = output(&[
@@ -297,6 +317,13 @@ macro_rules! backend_tests {
             #[test]
             fn wait_zero_on_a_held_key_exits_75() {
                 across_processes::wait_zero_on_a_held_key_exits_75(&$shared().url);
+            }
+
+            #[test]
+            fn sigterm_reaches_the_command_then_the_lock_is_released() {
+                across_processes::sigterm_reaches_the_command_then_the_lock_is_released(
+                    &$shared().url,
+                );
             }
 
             #[test]
