@@ -137,3 +137,47 @@ async fn waiters_of_dead_clients_are_skipped() {
     let tried = alice.try_acquire("k").await.expect("try");
     assert!(tried.is_some(), "a dead waiter kept the free lock");
 }
+
+/// Redlock: no order among waiters, but a releasing holder that asks again does not take the
+/// lock from the waiter that was there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_releasing_holder_does_not_barge() {
+    let others = [
+        dlock_test_servers::RedisServer::start(),
+        dlock_test_servers::RedisServer::start(),
+    ];
+    let url = format!(
+        "redis+redlock://{},127.0.0.1:{},127.0.0.1:{}",
+        shared_redis().address,
+        others[0].port(),
+        others[1].port()
+    );
+    let opts = options("redlock-no-barging");
+    let connect = || async {
+        Locker::new(dlock_redis::connect(&url).await.expect("connect"))
+            .with_options(opts.clone())
+            .expect("options")
+    };
+    let (alice, bob) = (connect().await, connect().await);
+    for _ in 0..5 {
+        let guard = alice.acquire("k").await.expect("alice acquires");
+        let bobs = queued_waiter(&bob, &opts).await;
+        guard.release().await.expect("alice releases");
+        let alice_again = queued_waiter(&alice, &opts).await;
+        let bob_guard = timeout(PROMPTLY, bobs)
+            .await
+            .expect("bob served")
+            .unwrap()
+            .expect("bob");
+        assert!(!alice_again.is_finished(), "alice barged");
+        bob_guard.release().await.expect("bob releases");
+        timeout(PROMPTLY, alice_again)
+            .await
+            .expect("alice served next")
+            .unwrap()
+            .expect("alice")
+            .release()
+            .await
+            .expect("release");
+    }
+}

@@ -52,8 +52,12 @@ const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// client stopped listening (crashed, or its connection dropped) loses its place; so does a
 /// waiter whose wait limit passed.
 ///
-/// **Redlock** gives no order: the lock goes to whoever first gets a majority. Waiters queue
-/// on every instance to be woken (one per instance per release) and retry with jitter.
+/// **Redlock** promises no order among waiters (`fifo: false`): each instance lets any waiter
+/// already in its line take the free lock, and the first to win a majority has it. Newcomers
+/// and `try_acquire` still never take a free lock while someone live waits, so a releasing
+/// holder cannot barge. Each release wakes the first waiter of each instance (at most one per
+/// instance); a waiter that wins only a minority gives it back, keeps its place and retries
+/// after a random delay.
 ///
 /// ```no_run
 /// # #[tokio::main]
