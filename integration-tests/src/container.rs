@@ -6,21 +6,23 @@ use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{ContainerRequest, GenericImage, ImageExt};
 
+use crate::local::ContainerSpec;
 use crate::process::{at_exit, Cleanup};
 use crate::Endpoint;
 
-/// Starts `image` with `cmd` when a Docker engine answers, exposing `port`, and waits for
-/// `ready` on its output. `None` when there is no engine: the caller starts a local process.
-pub(crate) fn start(
-    image: &str,
-    port: u16,
-    cmd: &[&str],
-    ready: &str,
-    scheme: &str,
-) -> Option<Endpoint> {
+/// Starts the container `spec` describes when a Docker engine answers, and waits for its
+/// ready line. `None` when there is no engine: the caller starts a local process.
+pub(crate) fn start(spec: &ContainerSpec) -> Option<Endpoint> {
     if !docker_engine_answers() {
         return None;
     }
+    let ContainerSpec {
+        image,
+        port,
+        command: cmd,
+        ready_line: ready,
+        scheme,
+    } = *spec;
     let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
     let generic = GenericImage::new(name, tag)
         .with_exposed_port(port.tcp())

@@ -2,22 +2,17 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use tempfile::TempDir;
-
+use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
-use crate::{container, missing, Endpoint};
+use crate::Endpoint;
 
 /// A single-member etcd cluster on free loopback ports, with its own data directory (kept
 /// across [`ServerProcess::restart`], so locks survive a restart).
 #[derive(Debug)]
-pub struct EtcdServer {
-    process: ServerProcess,
-    port: u16,
-    dir: TempDir,
-}
+pub struct EtcdServer(LocalServer);
 
 impl EtcdServer {
     /// Starts a server.
@@ -29,14 +24,8 @@ impl EtcdServer {
     /// client URL scheme becomes `https`; pass `--cert-file`, `--key-file` for that.
     pub fn start_with(extra: &[&str]) -> EtcdServer {
         let binary = "/usr/bin/etcd";
-        if !Path::new(binary).exists() {
-            missing("etcd");
-        }
+        let dir = prepare(binary, "etcd", "etcd");
         let (port, peer) = (free_port(), free_port());
-        let dir = tempfile::Builder::new()
-            .prefix("dlock-etcd-")
-            .tempdir()
-            .expect("a temporary directory");
         let tls = extra.contains(&"--cert-file");
         let scheme = if tls { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{port}");
@@ -79,54 +68,37 @@ impl EtcdServer {
                 }
             },
         );
-        EtcdServer { process, port, dir }
-    }
-
-    /// The client port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `etcd://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("etcd://{}", self.address())
-    }
-
-    /// The process, to kill, pause or restart it.
-    pub fn process(&mut self) -> &mut ServerProcess {
-        &mut self.process
+        EtcdServer(LocalServer::new(process, port, dir, "etcd"))
     }
 
     pub(crate) fn start_shared() -> Endpoint {
-        let etcd_args = [
-            "etcd",
-            "--listen-client-urls",
-            "http://0.0.0.0:2379",
-            "--advertise-client-urls",
-            "http://127.0.0.1:2379",
-        ];
-        if let Some(endpoint) = container::start(
-            "quay.io/coreos/etcd:v3.5.17",
-            2379,
-            &etcd_args,
-            "ready to serve client requests",
-            "etcd",
-        ) {
-            return endpoint;
-        }
-        let server = Self::start();
-        let endpoint = Endpoint {
-            url: server.url(),
-            address: server.address(),
+        let container = ContainerSpec {
+            image: "quay.io/coreos/etcd:v3.5.17",
+            port: 2379,
+            command: &[
+                "etcd",
+                "--listen-client-urls",
+                "http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+            ],
+            ready_line: "ready to serve client requests",
+            scheme: "etcd",
         };
-        let EtcdServer { process, dir, .. } = server;
-        process.keep_until_exit(dir.keep());
-        endpoint
+        shared_server(container, || Self::start().0)
+    }
+}
+
+impl Deref for EtcdServer {
+    type Target = LocalServer;
+    fn deref(&self) -> &LocalServer {
+        &self.0
+    }
+}
+
+impl DerefMut for EtcdServer {
+    fn deref_mut(&mut self) -> &mut LocalServer {
+        &mut self.0
     }
 }
 

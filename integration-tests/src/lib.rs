@@ -19,11 +19,13 @@
 
 mod container;
 mod etcd;
+mod local;
 mod process;
 mod redis;
 mod zookeeper;
 
 pub use etcd::EtcdServer;
+pub use local::LocalServer;
 pub use process::{free_port, ServerProcess};
 pub use redis::RedisServer;
 pub use zookeeper::ZooKeeperServer;

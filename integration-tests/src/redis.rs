@@ -2,21 +2,16 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use tempfile::TempDir;
-
+use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
-use crate::{container, missing, Endpoint};
+use crate::Endpoint;
 
 /// A local `redis-server` on a free loopback port, without persistence.
 #[derive(Debug)]
-pub struct RedisServer {
-    process: ServerProcess,
-    port: u16,
-    dir: TempDir,
-}
+pub struct RedisServer(LocalServer);
 
 impl RedisServer {
     /// Starts a plain server.
@@ -28,14 +23,8 @@ impl RedisServer {
     /// With `--tls-port` among them, the free port is the TLS port and the plain port is off.
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let binary = "/usr/bin/redis-server";
-        if !Path::new(binary).exists() {
-            missing("redis-server");
-        }
+        let dir = prepare(binary, "redis-server", "redis");
         let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("dlock-redis-")
-            .tempdir()
-            .expect("a temporary directory");
         let tls = extra.contains(&"--tls-port");
         let mut args: Vec<String> = vec![
             "--bind".into(),
@@ -68,40 +57,31 @@ impl RedisServer {
             dir.path().join("redis.log"),
             move || answers_ping(port, tls),
         );
-        RedisServer { process, port, dir }
+        RedisServer(LocalServer::new(process, port, dir, "redis"))
     }
 
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// The process, to kill, pause or restart it.
-    pub fn process(&mut self) -> &mut ServerProcess {
-        &mut self.process
-    }
-
-    /// Keeps the server until the test binary exits and returns where to reach it: from a
-    /// container instead, when a Docker engine answers.
     pub(crate) fn start_shared() -> Endpoint {
-        if let Some(endpoint) =
-            container::start("redis:7", 6379, &[], "Ready to accept connections", "redis")
-        {
-            return endpoint;
-        }
-        let server = Self::start();
-        let endpoint = Endpoint {
-            url: server.url(),
-            address: format!("127.0.0.1:{}", server.port),
+        let container = ContainerSpec {
+            image: "redis:7",
+            port: 6379,
+            command: &[],
+            ready_line: "Ready to accept connections",
+            scheme: "redis",
         };
-        let RedisServer { process, dir, .. } = server;
-        process.keep_until_exit(dir.keep());
-        endpoint
+        shared_server(container, || Self::start().0)
+    }
+}
+
+impl Deref for RedisServer {
+    type Target = LocalServer;
+    fn deref(&self) -> &LocalServer {
+        &self.0
+    }
+}
+
+impl DerefMut for RedisServer {
+    fn deref_mut(&mut self) -> &mut LocalServer {
+        &mut self.0
     }
 }
 

@@ -2,13 +2,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use tempfile::TempDir;
-
+use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
-use crate::{container, missing, Endpoint};
+use crate::Endpoint;
 
 /// The tick that sets the session-timeout range: sessions may last 2 to 200 ticks
 /// (0.2 s to 20 s), so tests can use short sessions.
@@ -16,11 +15,7 @@ const TICK_MS: u64 = 100;
 
 /// A standalone ZooKeeper server on a free loopback port.
 #[derive(Debug)]
-pub struct ZooKeeperServer {
-    process: ServerProcess,
-    port: u16,
-    dir: TempDir,
-}
+pub struct ZooKeeperServer(LocalServer);
 
 impl ZooKeeperServer {
     /// Starts a server (the JVM takes a few seconds).
@@ -30,14 +25,12 @@ impl ZooKeeperServer {
 
     /// Starts a server with extra `zoo.cfg` lines (`key=value`).
     pub fn start_with(extra_config: &[&str]) -> ZooKeeperServer {
-        if !Path::new("/usr/share/java/zookeeper.jar").exists() {
-            missing("ZooKeeper (/usr/share/java/zookeeper.jar)");
-        }
+        let dir = prepare(
+            "/usr/share/java/zookeeper.jar",
+            "ZooKeeper (/usr/share/java/zookeeper.jar)",
+            "zookeeper",
+        );
         let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("dlock-zookeeper-")
-            .tempdir()
-            .expect("a temporary directory");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data directory");
         let mut config = format!(
@@ -79,48 +72,36 @@ impl ZooKeeperServer {
             dir.path().join("zookeeper.log"),
             move || four_letter_word(port, "ruok").as_deref() == Some("imok"),
         );
-        ZooKeeperServer { process, port, dir }
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `zookeeper://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("zookeeper://{}", self.address())
+        ZooKeeperServer(LocalServer::new(process, port, dir, "zookeeper"))
     }
 
     /// Sends a four-letter command (`ruok`, `cons`, `wchs`, `mntr`…) and returns the answer.
     pub fn command(&self, word: &str) -> Option<String> {
-        four_letter_word(self.port, word)
-    }
-
-    /// The process, to kill, pause or restart it.
-    pub fn process(&mut self) -> &mut ServerProcess {
-        &mut self.process
+        four_letter_word(self.port(), word)
     }
 
     pub(crate) fn start_shared() -> Endpoint {
-        if let Some(endpoint) =
-            container::start("zookeeper:3.8", 2181, &[], "binding to port", "zookeeper")
-        {
-            return endpoint;
-        }
-        let server = Self::start();
-        let endpoint = Endpoint {
-            url: server.url(),
-            address: server.address(),
+        let container = ContainerSpec {
+            image: "zookeeper:3.8",
+            port: 2181,
+            command: &[],
+            ready_line: "binding to port",
+            scheme: "zookeeper",
         };
-        let ZooKeeperServer { process, dir, .. } = server;
-        process.keep_until_exit(dir.keep());
-        endpoint
+        shared_server(container, || Self::start().0)
+    }
+}
+
+impl Deref for ZooKeeperServer {
+    type Target = LocalServer;
+    fn deref(&self) -> &LocalServer {
+        &self.0
+    }
+}
+
+impl DerefMut for ZooKeeperServer {
+    fn deref_mut(&mut self) -> &mut LocalServer {
+        &mut self.0
     }
 }
 

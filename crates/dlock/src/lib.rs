@@ -82,38 +82,24 @@ fn memory(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBack
     Err(parsed.feature_off("memory"))
 }
 
-#[cfg(feature = "redis")]
-async fn redis(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Ok(std::sync::Arc::new(
-        dlock_redis::connect(&parsed.backend_url).await?,
-    ))
+/// Defines the connect function of one backend: its crate's `connect` when the feature is on,
+/// an error naming the feature when it is off.
+macro_rules! server_backend {
+    ($name:ident, $feature:literal, $krate:ident) => {
+        #[cfg(feature = $feature)]
+        async fn $name(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
+            Ok(std::sync::Arc::new(
+                $krate::connect(&parsed.backend_url).await?,
+            ))
+        }
+
+        #[cfg(not(feature = $feature))]
+        async fn $name(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
+            Err(parsed.feature_off($feature))
+        }
+    };
 }
 
-#[cfg(not(feature = "redis"))]
-async fn redis(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Err(parsed.feature_off("redis"))
-}
-
-#[cfg(feature = "zookeeper")]
-async fn zookeeper(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Ok(std::sync::Arc::new(
-        dlock_zookeeper::connect(&parsed.backend_url).await?,
-    ))
-}
-
-#[cfg(not(feature = "zookeeper"))]
-async fn zookeeper(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Err(parsed.feature_off("zookeeper"))
-}
-
-#[cfg(feature = "etcd")]
-async fn etcd(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Ok(std::sync::Arc::new(
-        dlock_etcd::connect(&parsed.backend_url).await?,
-    ))
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn etcd(parsed: &url_options::ParsedUrl) -> Result<std::sync::Arc<dyn LockBackend>> {
-    Err(parsed.feature_off("etcd"))
-}
+server_backend!(redis, "redis", dlock_redis);
+server_backend!(zookeeper, "zookeeper", dlock_zookeeper);
+server_backend!(etcd, "etcd", dlock_etcd);
