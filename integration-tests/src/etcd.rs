@@ -2,10 +2,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
+use crate::local::{derefs_to_local_server, prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
 use crate::Endpoint;
 
@@ -89,18 +88,7 @@ impl EtcdServer {
     }
 }
 
-impl Deref for EtcdServer {
-    type Target = LocalServer;
-    fn deref(&self) -> &LocalServer {
-        &self.0
-    }
-}
-
-impl DerefMut for EtcdServer {
-    fn deref_mut(&mut self) -> &mut LocalServer {
-        &mut self.0
-    }
-}
+derefs_to_local_server!(EtcdServer);
 
 /// True when etcd's `/health` says it is healthy.
 fn is_healthy(port: u16) -> bool {

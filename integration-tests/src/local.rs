@@ -71,6 +71,25 @@ impl LocalServer {
     }
 }
 
+/// Lets a server type (a newtype over [`LocalServer`]) offer its port, URL and process.
+macro_rules! derefs_to_local_server {
+    ($server:ty) => {
+        impl std::ops::Deref for $server {
+            type Target = $crate::LocalServer;
+            fn deref(&self) -> &$crate::LocalServer {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $server {
+            fn deref_mut(&mut self) -> &mut $crate::LocalServer {
+                &mut self.0
+            }
+        }
+    };
+}
+pub(crate) use derefs_to_local_server;
+
 /// How to run a server in a container instead, when a Docker engine answers.
 #[derive(Clone, Copy)]
 pub(crate) struct ContainerSpec {

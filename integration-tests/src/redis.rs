@@ -2,10 +2,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
+use crate::local::{derefs_to_local_server, prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
 use crate::Endpoint;
 
@@ -72,18 +71,7 @@ impl RedisServer {
     }
 }
 
-impl Deref for RedisServer {
-    type Target = LocalServer;
-    fn deref(&self) -> &LocalServer {
-        &self.0
-    }
-}
-
-impl DerefMut for RedisServer {
-    fn deref_mut(&mut self) -> &mut LocalServer {
-        &mut self.0
-    }
-}
+derefs_to_local_server!(RedisServer);
 
 fn answers_ping(port: u16, tls: bool) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {

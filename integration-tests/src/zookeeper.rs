@@ -2,10 +2,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use crate::local::{prepare, shared_server, ContainerSpec, LocalServer};
+use crate::local::{derefs_to_local_server, prepare, shared_server, ContainerSpec, LocalServer};
 use crate::process::{free_port, ServerProcess};
 use crate::Endpoint;
 
@@ -92,18 +91,7 @@ impl ZooKeeperServer {
     }
 }
 
-impl Deref for ZooKeeperServer {
-    type Target = LocalServer;
-    fn deref(&self) -> &LocalServer {
-        &self.0
-    }
-}
-
-impl DerefMut for ZooKeeperServer {
-    fn deref_mut(&mut self) -> &mut LocalServer {
-        &mut self.0
-    }
-}
+derefs_to_local_server!(ZooKeeperServer);
 
 /// Sends a four-letter word to the server on `port` and reads the whole answer.
 pub fn four_letter_word(port: u16, word: &str) -> Option<String> {
