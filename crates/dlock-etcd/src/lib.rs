@@ -35,6 +35,10 @@ mod tls;
 pub use backend::EtcdBackend;
 pub use config::{Credentials, EtcdConfig, TlsFiles, DEFAULT_PORT};
 
+/// The `etcd-client` crate this backend is built on, whose types the [`fence`] helpers and
+/// [`EtcdBackend::client`] use.
+pub use etcd_client;
+
 use dlock_core::LockError;
 
 /// Connects to the etcd cluster of an `etcd://` or `etcds://` URL

@@ -1,0 +1,329 @@
+//! Fault tests of the etcd backend, each on its own etcd process: revoked leases, server
+//! stops shorter and longer than the lease, a killed lock holder, a deleted lock key, and a
+//! long line of waiters.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_core::{LockOptions, Locker, LossReason};
+use dlock_etcd::EtcdBackend;
+use dlock_test_servers::EtcdServer;
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
+
+/// Far above a healthy local round trip, far below any lease used here.
+const PROMPTLY: Duration = Duration::from_secs(5);
+/// What the backend states as its crash bound (whole-second leases, etcd's expiry loop).
+const CRASH_BOUND: Duration = Duration::from_secs(3);
+
+/// An independent client of `server` (its own session), with short request timeouts so
+/// outages show quickly.
+async fn client(server: &EtcdServer) -> EtcdBackend {
+    let url = format!("{}?timeout=1s&connect_timeout=1s", server.url());
+    dlock_etcd::connect(&url).await.expect("connect to etcd")
+}
+
+fn options(test: &str, lease: Duration) -> LockOptions {
+    LockOptions::default()
+        .lease(lease)
+        .prefix(format!("dlock-faults/{test}/{:016x}", rand_suffix()))
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}
+
+fn locker(backend: &EtcdBackend, options: &LockOptions) -> Locker {
+    Locker::new(backend.clone())
+        .with_options(options.clone())
+        .expect("valid options")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_lease_loses_every_guard_and_waiters_acquire() {
+    let server = EtcdServer::start();
+    let options = options("revoke", Duration::from_secs(3));
+    let holder_backend = client(&server).await;
+    let holder = locker(&holder_backend, &options);
+    let guards = [
+        holder.acquire("a").await.expect("acquire a"),
+        holder.acquire("b").await.expect("acquire b"),
+    ];
+    let waiter = locker(&client(&server).await, &options);
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let (waiter, options) = (waiter.clone(), options.clone());
+        tokio::spawn(async move { waiter.acquire_observed("a", &options, Some(queued)).await })
+    };
+    timeout(PROMPTLY, in_line)
+        .await
+        .expect("queued in time")
+        .expect("queued");
+
+    let sessions = holder_backend.session_lease_ids().await;
+    assert_eq!(sessions.len(), 1, "one lease per client");
+    let mut outsider = client(&server).await.client().clone();
+    outsider.lease_revoke(sessions[0]).await.expect("revoke");
+
+    for guard in &guards {
+        let reason = timeout(options.lease, guard.lost())
+            .await
+            .expect("the guard noticed the revoked lease within the lease");
+        assert!(
+            matches!(reason, LossReason::SessionEnded | LossReason::NotOwner),
+            "{reason:?}"
+        );
+        assert!(!guard.is_held());
+    }
+    let next = timeout(PROMPTLY, waiting)
+        .await
+        .expect("the waiter was woken by the revocation")
+        .expect("waiter task")
+        .expect("the waiter acquires");
+    assert!(next.fencing_token() > guards[0].fencing_token());
+    // The holder's client works on with a new session.
+    let again = holder
+        .acquire("b")
+        .await
+        .expect("a new session takes locks");
+    assert_ne!(holder_backend.session_lease_ids().await, sessions);
+    again.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_survive_a_restart_shorter_than_the_lease() {
+    let mut server = EtcdServer::start();
+    let lease = Duration::from_secs(8);
+    let options = options("short-stop", lease);
+    let holder = locker(&client(&server).await, &options);
+    let guard = holder.acquire("k").await.expect("acquire");
+    let token = guard.fencing_token();
+    let mut lost = Box::pin(guard.lost());
+
+    let stopped = Instant::now();
+    server.process().stop();
+    server.process().restart();
+    let outage = stopped.elapsed();
+    assert!(
+        outage < lease / 2,
+        "the restart took {outage:?}, too long for this test"
+    );
+
+    // Holding past the original lease is the point: renewals must resume after the restart.
+    tokio::time::sleep(lease).await;
+    assert!(
+        futures_now(&mut lost).is_none(),
+        "the lock was signalled lost"
+    );
+    assert!(guard.is_held());
+    let other = locker(&client(&server).await, &options);
+    assert!(other.try_acquire("k").await.expect("try").is_none());
+    assert_eq!(guard.fencing_token(), token);
+    guard.release().await.expect("release after the restart");
+    assert!(other.try_acquire("k").await.expect("try").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_signal_loss_when_the_server_is_gone_longer_than_the_lease() {
+    let mut server = EtcdServer::start();
+    let lease = Duration::from_secs(2);
+    let options = options("long-stop", lease);
+    let holder = locker(&client(&server).await, &options);
+    let guard = holder.acquire("k").await.expect("acquire");
+    server.process().stop();
+    let stopped = Instant::now();
+    let reason = timeout(lease + lease / 3 + PROMPTLY, guard.lost())
+        .await
+        .expect("the loss was signalled");
+    assert!(
+        matches!(reason, LossReason::LeaseExpired | LossReason::SessionEnded),
+        "{reason:?}"
+    );
+    assert!(stopped.elapsed() <= lease + lease / 3 + Duration::from_secs(1));
+    assert!(!guard.is_held());
+}
+
+/// Not a test on its own: the child process of `killed_holder_frees_the_lock_within_the_lease`.
+#[test]
+fn child_process_holding_a_lock() {
+    let Ok(url) = std::env::var("DLOCK_ETCD_CHILD_URL") else {
+        return;
+    };
+    let prefix = std::env::var("DLOCK_ETCD_CHILD_PREFIX").expect("prefix");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let options = LockOptions::default()
+            .lease(Duration::from_secs(2))
+            .prefix(prefix);
+        let backend = dlock_etcd::connect(&url).await.expect("connect");
+        let guard = locker(&backend, &options)
+            .acquire("k")
+            .await
+            .expect("acquire");
+        println!("HELD {}", guard.fencing_token());
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_holder_frees_the_lock_within_the_lease() {
+    let server = EtcdServer::start();
+    let lease = Duration::from_secs(2);
+    let options = options("kill", lease);
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_process_holding_a_lock",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DLOCK_ETCD_CHILD_URL", server.url())
+        .env("DLOCK_ETCD_CHILD_PREFIX", &options.prefix)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the holder process");
+    let stdout = child.stdout.take().expect("stdout");
+    // libtest prints the test name on the same line, so look for the marker anywhere.
+    let reader = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.ok()?;
+            if let Some((_, token)) = line.split_once("HELD ") {
+                return token.trim().parse::<u64>().ok();
+            }
+        }
+        None
+    });
+    let token = match timeout(PROMPTLY * 2, reader).await {
+        Ok(Ok(Some(token))) => token,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the holder process did not report holding the lock: {other:?}");
+        }
+    };
+    let other = locker(&client(&server).await, &options);
+    assert!(other.try_acquire("k").await.expect("try").is_none());
+
+    child.kill().expect("kill -9 the holder");
+    let killed = Instant::now();
+    child.wait().expect("reap the holder");
+    let limit = lease + CRASH_BOUND;
+    let next = other
+        .acquire_with("k", &options.clone().wait(limit + PROMPTLY))
+        .await
+        .expect("the killed holder's lock is freed");
+    let freed_after = killed.elapsed();
+    assert!(freed_after <= limit, "freed {freed_after:?} after the kill");
+    assert!(next.fencing_token().get() > token);
+    println!("lock freed {freed_after:?} after kill -9 (lease {lease:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_lock_key_is_noticed_by_its_guard() {
+    let server = EtcdServer::start();
+    let lease = Duration::from_secs(3);
+    let options = options("delete", lease);
+    let backend = client(&server).await;
+    let holder = locker(&backend, &options);
+    let guard = holder.acquire("k").await.expect("acquire");
+    let keep = holder.acquire("other").await.expect("acquire another");
+    let key = dlock_etcd::fence::lock_key(&guard).expect("lock key");
+    let mut outsider = client(&server).await.client().clone();
+    let deleted = Instant::now();
+    outsider.delete(key, None).await.expect("delete the key");
+    let reason = timeout(lease, guard.lost())
+        .await
+        .expect("the guard noticed within the lease");
+    assert_eq!(reason, LossReason::NotOwner);
+    assert!(deleted.elapsed() <= lease / 3 + Duration::from_secs(1));
+    assert!(keep.is_held(), "the other lock of the client is untouched");
+
+    // Fencing that etcd enforces: a write guarded by the lost lock is refused.
+    let txn = dlock_etcd::fence::fenced_txn(&guard, [])
+        .expect("txn")
+        .and_then([etcd_client_put("fenced/value")]);
+    let mut client = backend.client().clone();
+    assert!(!client.txn(txn).await.expect("txn").succeeded());
+    let txn = dlock_etcd::fence::fenced_txn(&keep, [])
+        .expect("txn")
+        .and_then([etcd_client_put("fenced/value")]);
+    assert!(client.txn(txn).await.expect("txn").succeeded());
+    keep.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_waiters_are_served_in_order_with_one_watch_event_per_handoff() {
+    const WAITERS: usize = 64;
+    let server = EtcdServer::start();
+    let options = options("line", Duration::from_secs(10));
+    let holder = locker(&client(&server).await, &options);
+    let guard = holder.acquire("k").await.expect("holder acquires");
+    let mut backends = Vec::new();
+    for _ in 0..8 {
+        backends.push(client(&server).await);
+    }
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for position in 0..WAITERS {
+        let waiter = locker(&backends[position % backends.len()], &options);
+        let (queued, in_line) = oneshot::channel();
+        let (served, options) = (Arc::clone(&served), options.clone());
+        tasks.push(tokio::spawn(async move {
+            let guard = waiter
+                .acquire_observed("k", &options, Some(queued))
+                .await
+                .expect("waiter acquires");
+            served.lock().unwrap().push(position);
+            guard.release().await.expect("waiter releases");
+        }));
+        timeout(PROMPTLY, in_line)
+            .await
+            .expect("queued in time")
+            .expect("queued");
+    }
+    let before: u64 = backends
+        .iter()
+        .map(EtcdBackend::watch_events_received)
+        .sum();
+    assert_eq!(before, 0, "nothing woke a waiter before the first release");
+    guard.release().await.expect("holder releases");
+    for task in tasks {
+        timeout(PROMPTLY * 4, task)
+            .await
+            .expect("the line drains")
+            .expect("task");
+    }
+    let served = served.lock().unwrap().clone();
+    assert_eq!(
+        served,
+        (0..WAITERS).collect::<Vec<_>>(),
+        "served in arrival order"
+    );
+    let events: u64 = backends
+        .iter()
+        .map(EtcdBackend::watch_events_received)
+        .sum();
+    println!("{events} watch events for {WAITERS} handoffs");
+    assert!(
+        events <= WAITERS as u64,
+        "{events} watch events for {WAITERS} handoffs: releases woke more than the next waiter"
+    );
+}
+
+fn etcd_client_put(key: &str) -> dlock_etcd::etcd_client::TxnOp {
+    dlock_etcd::etcd_client::TxnOp::put(key, "x", None)
+}
+
+/// The value of a future if it is ready now.
+fn futures_now<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(future).poll(&mut context) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
