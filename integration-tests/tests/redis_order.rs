@@ -181,3 +181,44 @@ async fn redlock_releasing_holder_does_not_barge() {
             .expect("release");
     }
 }
+
+/// A waiter that gives up just as a release hands it the lock gives the lock back at once,
+/// to the next in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_handed_to_a_leaving_waiter_goes_to_the_next() {
+    let opts = options("handed-to-leaver");
+    let (alice, bob, carol) = (
+        locker(&opts).await,
+        locker(&opts).await,
+        locker(&opts).await,
+    );
+    let backend = dlock_redis::connect(&shared_redis().url)
+        .await
+        .expect("connect");
+    let lock = backend.lock_key_name(&opts.prefix, &LockKey::new("k").unwrap());
+    let base = lock.strip_suffix(":lock").expect("layout");
+    let (queue, deadlines) = (format!("{base}:queue"), format!("{base}:deadlines"));
+    let address = &shared_redis().address;
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let bobs = queued_waiter(&bob, &opts).await;
+    let carols = queued_waiter(&carol, &opts).await;
+    // What a release does, without the message to bob: the lock is now bob's.
+    let bob_id = command(address, &["LPOP", &queue]).await.unwrap();
+    command(address, &["HDEL", &deadlines, &bob_id])
+        .await
+        .unwrap();
+    command(address, &["SET", &lock, &bob_id, "PX", "20000"])
+        .await
+        .unwrap();
+    guard.abandon();
+    // Bob gives up before he learns it.
+    bobs.abort();
+    assert!(bobs.await.is_err());
+    let carol_guard = timeout(PROMPTLY, carols)
+        .await
+        .expect("carol gets the lock bob gave back")
+        .unwrap()
+        .expect("carol");
+    assert!(carol_guard.is_held());
+    carol_guard.release().await.expect("release");
+}

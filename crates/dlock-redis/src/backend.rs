@@ -348,7 +348,7 @@ impl Inner {
         join_all(which.iter().enumerate().filter(|(_, w)| **w).map(|(index, _)| async move {
             match self.node(index).await {
                 Ok(node) => {
-                    if let Err(error) = node.release(names, owner).await {
+                    if let Err(error) = node.release(names, owner, self.fair()).await {
                         tracing::warn!(%error, "could not give back a partial Redlock grant");
                     }
                 }
@@ -400,8 +400,16 @@ impl LockBackend for RedisBackend {
             &request.options.prefix,
             request.key,
         );
-        let owner = inner.next_id();
-        let mut place = PlaceInLine::new(Arc::clone(inner), names.clone());
+        let lease = request.options.lease;
+        let mut place = PlaceInLine::new(Arc::clone(inner), names.clone(), lease);
+        // On a fair line the waiter's id is also the owner id a release hands the lock over
+        // under (and a waiter that leaves gives back a lock handed to it meanwhile). Redlock
+        // waiters stay in line while they hold the lock, so they own it under another id.
+        let owner = if inner.fair() {
+            place.id.clone()
+        } else {
+            inner.next_id()
+        };
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -415,13 +423,9 @@ impl LockBackend for RedisBackend {
             }
             let wait = remaining.unwrap_or(FOREVER);
             let mut deaf = false;
+            let sent = Instant::now();
             let attempt = inner
-                .attempt(
-                    &names,
-                    &owner,
-                    request.options.lease,
-                    Some((&place.id, wait)),
-                )
+                .attempt(&names, &owner, lease, Some((&place.id, wait)))
                 .await;
             let nap = match attempt {
                 Attempt::Granted {
@@ -482,8 +486,18 @@ impl LockBackend for RedisBackend {
                 // After a split vote or a failure, wait out the jittered delay: our own give-back
                 // may have woken us, and retrying at once would split the vote again.
                 tokio::time::sleep_until(wake_at).await;
-            } else {
-                place.wait(wake_at).await;
+                continue;
+            }
+            let Some(token) = place.wait(wake_at).await else {
+                continue;
+            };
+            // Handed over by a release (fair line, one instance). The lock was set after the
+            // server answered our last request, which we sent at `sent`: the lease runs at
+            // least until `sent + lease`. If that is too close, confirm with the script.
+            let valid_until = sent + lease;
+            if inner.fair() && valid_until > Instant::now() + lease / 2 {
+                place.left(&vec![true; inner.nodes.len()]);
+                return Ok(acquired(names, owner, token, valid_until));
             }
         }
     }
@@ -509,9 +523,10 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         let record = record(lease)?;
+        let fair = self.inner.fair();
         let replies = self
             .inner
-            .on_all(|node| async move { node.release(&record.names, &record.owner).await })
+            .on_all(|node| async move { node.release(&record.names, &record.owner, fair).await })
             .await;
         if replies.iter().any(|r| matches!(r, Ok(true))) {
             return Ok(());
@@ -642,8 +657,9 @@ struct PlaceInLine {
 }
 
 impl PlaceInLine {
-    fn new(inner: Arc<Inner>, names: LockNames) -> Self {
-        let id = inner.next_id();
+    fn new(inner: Arc<Inner>, names: LockNames, lease: Duration) -> Self {
+        // `<client>:<seq>:<lease ms>`: scripts read the channel and the lease from it.
+        let id = format!("{}:{}", inner.next_id(), lease.as_millis().max(1));
         let wakes = inner.waiters.register(&id);
         let in_line = vec![false; inner.nodes.len()];
         PlaceInLine {
@@ -669,21 +685,22 @@ impl PlaceInLine {
         }
     }
 
-    /// Sleeps until a wake-up message or `until`, whichever comes first.
-    async fn wait(&mut self, until: Instant) {
-        tokio::select! {
-            wake = self.wakes.recv() => {
-                if let Some(Wake::First(ttl)) = wake {
-                    // First in line now: wake again when the new holder's lease would end,
-                    // unless its release wakes us before.
-                    let at = (Instant::now() + ttl + Duration::from_millis(1)).min(until);
-                    tokio::select! {
-                        _ = self.wakes.recv() => {}
-                        _ = tokio::time::sleep_until(at) => {}
+    /// Sleeps until a wake-up message or `until`, whichever comes first; returns the token
+    /// if a release handed the lock over to this waiter.
+    async fn wait(&mut self, mut until: Instant) -> Option<u64> {
+        loop {
+            tokio::select! {
+                wake = self.wakes.recv() => match wake {
+                    Some(Wake::Granted(token)) => return Some(token),
+                    Some(Wake::First(ttl)) => {
+                        // First in line now: look again when the new holder's lease would
+                        // end, unless its release comes first.
+                        until = until.min(Instant::now() + ttl + Duration::from_millis(1));
                     }
-                }
+                    Some(Wake::Released | Wake::Reconnected) | None => return None,
+                },
+                _ = tokio::time::sleep_until(until) => return None,
             }
-            _ = tokio::time::sleep_until(until) => {}
         }
     }
 }
@@ -709,7 +726,7 @@ impl Drop for PlaceInLine {
                         let (inner, names, id) = (&inner, &names, &id);
                         async move {
                             let left = match inner.node(index).await {
-                                Ok(node) => node.leave(names, id).await,
+                                Ok(node) => node.leave(names, id, inner.fair()).await,
                                 Err(error) => Err(error),
                             };
                             if let Err(error) = left {

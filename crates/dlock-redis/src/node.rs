@@ -17,6 +17,8 @@ use crate::scripts::scripts;
 /// Why a waiter was woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
+    /// The holder released the lock and handed it to this waiter, with this token.
+    Granted(u64),
     /// The holder released the lock and this waiter is first in line.
     Released,
     /// This waiter is now first in line; the holder's lease runs this much longer.
@@ -86,12 +88,13 @@ impl Waiters {
     }
 }
 
-/// `<waiter> <r|h> <ms>` → (waiter, wake).
+/// `<waiter> <g|r|h> <token or ms>` → (waiter, wake).
 fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split(' ');
     let (waiter, kind, ms) = (parts.next()?, parts.next()?, parts.next()?);
     let wake = match kind {
+        "g" => Wake::Granted(ms.parse().ok()?),
         "r" => Wake::Released,
         "h" => Wake::First(Duration::from_millis(ms.parse().ok()?)),
         _ => return None,
@@ -179,15 +182,18 @@ impl Node {
         }
     }
 
-    /// Runs the release script: `Ok(true)` released, `Ok(false)` not ours.
-    pub(crate) async fn release(&self, names: &LockNames, owner: &str) -> Result<bool> {
+    /// Runs the release script: `Ok(true)` released, `Ok(false)` not ours. With a `fair`
+    /// line the lock goes straight to the first live waiter.
+    pub(crate) async fn release(&self, names: &LockNames, owner: &str, fair: bool) -> Result<bool> {
         let reply: i64 = scripts()
             .release
             .key(&names.lock)
+            .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
             .arg(owner)
             .arg(WAKE_CHANNEL_PREFIX)
+            .arg(if fair { 1 } else { 0 })
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| error(&self.endpoint, e))?;
@@ -236,15 +242,18 @@ impl Node {
         Ok(reply.into_iter().map(|flag| flag == 1).collect())
     }
 
-    /// Takes `waiter` out of the line, handing its turn on if it was first.
-    pub(crate) async fn leave(&self, names: &LockNames, waiter: &str) -> Result<()> {
+    /// Takes `waiter` out of the line, handing its turn on if it was first, and gives back
+    /// the lock if it was handed to `waiter` meanwhile.
+    pub(crate) async fn leave(&self, names: &LockNames, waiter: &str, fair: bool) -> Result<()> {
         let _: i64 = scripts()
             .leave
             .key(&names.lock)
+            .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
             .arg(waiter)
             .arg(WAKE_CHANNEL_PREFIX)
+            .arg(if fair { 1 } else { 0 })
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| error(&self.endpoint, e))?;

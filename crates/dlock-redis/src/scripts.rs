@@ -10,7 +10,8 @@ use redis::Script;
 
 /// Helpers shared by the scripts that look at the waiting line.
 ///
-/// A waiter id is `<client id>:<sequence>`; the client is subscribed to
+/// A waiter id is `<client id>:<sequence>:<lease ms>` (and the owner id it holds the lock
+/// under); the client is subscribed to
 /// `<wake channel prefix><client id>` for as long as it lives. An entry is alive while its
 /// deadline has not passed and its client still listens (a crashed client's entries are
 /// skipped at once, not after their deadline).
@@ -43,6 +44,52 @@ local function wake_first(queue, deadlines, prefix, kind, ms, now)
     leave_line(queue, deadlines, head)
   end
 end
+-- Bumps the fence counter. A counter the server lost (restart without persistence) starts
+-- again from the server's clock in microseconds, above every token it issued before.
+local function bump_fence(fence, now)
+  local token = redis.call('INCR', fence)
+  if token == 1 then
+    token = (now or server_ms()) * 1000
+    redis.call('SET', fence, string.format('%.0f', token))
+  end
+  return token
+end
+local function alive(deadlines, entry, prefix, now)
+  return (not expired(deadlines, entry, now))
+    and redis.call('PUBSUB', 'NUMSUB', channel_of(entry, prefix))[2] > 0
+end
+-- The lock is free and the line fair: give it to the first live waiter at once (its entry
+-- `<client>:<seq>:<lease ms>` is its owner id and says its lease), tell it its token, and
+-- tell the next one it is now first. Dead entries are dropped on the way.
+local function hand_over(lock, fence, queue, deadlines, prefix)
+  local now = server_ms()
+  while true do
+    local head = redis.call('LINDEX', queue, 0)
+    if not head then return end
+    local lease = tonumber(string.match(head, ':(%d+)$'))
+    if lease and lease > 0 and alive(deadlines, head, prefix, now) then
+      leave_line(queue, deadlines, head)
+      local token = bump_fence(fence, now)
+      redis.call('SET', lock, head, 'PX', lease)
+      redis.call('PUBLISH', channel_of(head, prefix), head .. ' g ' .. string.format('%.0f', token))
+      local next = redis.call('LINDEX', queue, 0)
+      if next then
+        redis.call('PUBLISH', channel_of(next, prefix), next .. ' h ' .. lease)
+      end
+      return
+    end
+    leave_line(queue, deadlines, head)
+  end
+end
+-- The lock is free: hand it over (fair) or wake the first live waiter to come and take it.
+local function lock_freed(lock, fence, queue, deadlines, prefix, fair)
+  if redis.call('LLEN', queue) == 0 then return end
+  if fair then
+    hand_over(lock, fence, queue, deadlines, prefix)
+  else
+    wake_first(queue, deadlines, prefix, 'r', 0, server_ms())
+  end
+end
 ";
 
 /// KEYS: lock, fence, queue, deadlines.
@@ -61,6 +108,11 @@ local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local wait_ms, fair, prefix = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
 local kind = redis.call('TYPE', lock).ok
 if kind ~= 'none' and kind ~= 'string' then return {-1} end
+if kind == 'string' and redis.call('GET', lock) == owner then
+  -- Handed over to us by a release (we may have missed the message): confirm it.
+  redis.call('PEXPIRE', lock, lease)
+  return {1, tonumber(redis.call('GET', fence) or '0')}
+end
 local now = nil
 if kind == 'none' then
   local my_turn, head = true, redis.call('LINDEX', queue, 0)
@@ -68,8 +120,7 @@ if kind == 'none' then
       and redis.call('HEXISTS', deadlines, waiter) == 1
   while head and head ~= waiter and not member do
     now = now or server_ms()
-    if (not expired(deadlines, head, now))
-        and redis.call('PUBSUB', 'NUMSUB', channel_of(head, prefix))[2] > 0 then
+    if alive(deadlines, head, prefix, now) then
       my_turn = false
       break
     end
@@ -82,13 +133,7 @@ if kind == 'none' then
       leave_line(queue, deadlines, waiter)
       head = redis.call('LINDEX', queue, 0)
     end
-    local token = redis.call('INCR', fence)
-    if token == 1 then
-      -- A counter the server lost (restart without persistence) starts again from the
-      -- server's clock in microseconds, above every token it issued before.
-      token = (now or server_ms()) * 1000
-      redis.call('SET', fence, string.format('%.0f', token))
-    end
+    local token = bump_fence(fence, now)
     redis.call('SET', lock, owner, 'PX', lease)
     if head and head ~= waiter then
       redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
@@ -109,17 +154,16 @@ local first = redis.call('LINDEX', queue, 0) == waiter
 return {0, redis.call('PTTL', lock), first and 1 or 0}
 ";
 
-/// KEYS: lock, queue, deadlines. ARGV: owner, channel prefix.
+/// KEYS: lock, fence, queue, deadlines. ARGV: owner, channel prefix, fair (1/0).
 /// Returns 1 when released, 0 when the lock is not ours, -1 when the key holds another type.
+/// A fair line gets the lock handed over to its first live waiter in the same step.
 const RELEASE: &str = r"
-local lock, queue, deadlines = KEYS[1], KEYS[2], KEYS[3]
+local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ok, holder = pcall(redis.call, 'GET', lock)
 if not ok then return -1 end
 if holder ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
-if redis.call('LLEN', queue) > 0 then
-  wake_first(queue, deadlines, ARGV[2], 'r', 0, server_ms())
-end
+lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1')
 return 1
 ";
 
@@ -149,19 +193,27 @@ end
 return renewed
 ";
 
-/// KEYS: lock, queue, deadlines. ARGV: waiter id, channel prefix.
-/// Leaves the line; if the leaver was first, hands its turn on.
+/// KEYS: lock, fence, queue, deadlines. ARGV: waiter id, channel prefix, fair (1/0).
+/// Leaves the line; if the leaver was first, hands its turn on; if the lock was handed over
+/// to it meanwhile, gives the lock back at once.
 const LEAVE: &str = r"
-local lock, queue, deadlines = KEYS[1], KEYS[2], KEYS[3]
-local was_first = redis.call('LINDEX', queue, 0) == ARGV[1]
-leave_line(queue, deadlines, ARGV[1])
+local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local waiter, prefix, fair = ARGV[1], ARGV[2], ARGV[3] == '1'
+local ok, holder = pcall(redis.call, 'GET', lock)
+if ok and holder == waiter then
+  redis.call('DEL', lock)
+  leave_line(queue, deadlines, waiter)
+  lock_freed(lock, fence, queue, deadlines, prefix, fair)
+  return 1
+end
+local was_first = redis.call('LINDEX', queue, 0) == waiter
+leave_line(queue, deadlines, waiter)
 if was_first then
-  local now = server_ms()
   local pttl = redis.call('PTTL', lock)
   if pttl == -2 then
-    wake_first(queue, deadlines, ARGV[2], 'r', 0, now)
+    lock_freed(lock, fence, queue, deadlines, prefix, fair)
   else
-    wake_first(queue, deadlines, ARGV[2], 'h', math.max(pttl, 0), now)
+    wake_first(queue, deadlines, prefix, 'h', math.max(pttl, 0), server_ms())
   end
 end
 return 1
