@@ -42,9 +42,12 @@ const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// * **Renewal** of every lock a client holds is one script call per instance per interval;
 ///   the reply names the keys that are no longer ours, and their guards are signalled lost.
 /// * **Waiting** (P8, P10): a waiter queues itself in a per-lock list in Redis (with a
-///   deadline, and skipped at once if its client stopped listening) and is woken by one
-///   message on its client's channel when the holder releases, or, if it is first in line, by
-///   its own timer at the holder's expiry. One release wakes one waiter.
+///   deadline, and skipped at once if its client stopped listening). On a single instance the
+///   release script hands the lock straight to the first live waiter and tells it, with its
+///   token, by one message on its client's channel; the waiter trusts the lease from the
+///   moment it last asked (or confirms with one more script call if that was long ago). The
+///   first in line also sets its own timer at the holder's expiry, for a holder that vanished.
+///   One release wakes one waiter.
 ///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script ran on the server. `try_acquire` never jumps the line, and a
