@@ -109,6 +109,49 @@ async fn server_killed_while_held_and_waited_for() {
     ));
 }
 
+/// A server that stops answering (SIGSTOP): the holder's guard signals loss on its own clock,
+/// calls fail with typed errors within their limits, and all is well once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_gives_errors_not_hangs() {
+    let mut server = RedisServer::start();
+    let lease = Duration::from_millis(900);
+    let opts = options("frozen", lease);
+    let (holder, other) = (
+        locker(&server.url(), &opts).await,
+        locker(&server.url(), &opts).await,
+    );
+    let guard = holder.acquire("k").await.expect("acquire");
+    server.process().pause();
+    timeout(lease + PROMPTLY, guard.lost())
+        .await
+        .expect("loss signalled on the holder's own clock");
+    let wait = Duration::from_millis(500);
+    let started = Instant::now();
+    let waited = other.acquire_with("k", &opts.clone().wait(wait)).await;
+    assert!(
+        matches!(
+            waited,
+            Err(LockError::Timeout { .. } | LockError::Connection { .. })
+        ),
+        "{waited:?}"
+    );
+    assert!(started.elapsed() <= wait + dlock_core::WAIT_LIMIT_GRACE + Duration::from_millis(100));
+    let tried = timeout(PROMPTLY, other.try_acquire("k"))
+        .await
+        .expect("try_acquire gives up within the response timeout");
+    assert!(
+        matches!(tried, Err(LockError::Connection { .. })),
+        "{tried:?}"
+    );
+    server.process().resume();
+    // The holder's lease has run out on the server too: the lock is free again.
+    let next = other
+        .acquire_with("k", &opts.clone().wait(PROMPTLY))
+        .await
+        .expect("acquire after the server answers again");
+    assert!(next.fencing_token() > guard.fencing_token());
+}
+
 /// Regression (Redisson-style watchdogs that re-create a lock after a restart): a holder whose
 /// server restarted empty learns it lost the lock and never re-acquires it silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

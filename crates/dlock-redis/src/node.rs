@@ -403,3 +403,34 @@ fn unexpected(script: &str, reply: &[i64]) -> LockError {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wake_up_messages() {
+        assert_eq!(
+            parse_wake(b"ab:1:500 g 1795726321896001"),
+            Some(("ab:1:500", Wake::Granted(1_795_726_321_896_001)))
+        );
+        assert_eq!(
+            parse_wake(b"ab:2:500 r 0"),
+            Some(("ab:2:500", Wake::Released))
+        );
+        assert_eq!(
+            parse_wake(b"ab:3:500 h 250"),
+            Some(("ab:3:500", Wake::First(Duration::from_millis(250))))
+        );
+        for odd in [
+            &b""[..],
+            b"x",
+            b"a q 1",
+            b"a g -1",
+            b"a h 1.5e3",
+            b"\xff r 0",
+        ] {
+            assert_eq!(parse_wake(odd), None, "{odd:?}");
+        }
+    }
+}
