@@ -170,8 +170,10 @@ enum Attempt {
     Granted {
         token: u64,
         valid_until: Instant,
-        /// Instances where the lock was granted (the waiter left their lines).
+        /// Instances where the lock was granted.
         granted: Vec<bool>,
+        /// Instances where the waiter stands in line (Redlock: those that said no).
+        in_line: Vec<bool>,
     },
     Busy {
         /// Instances where this waiter now stands in line.
@@ -298,6 +300,7 @@ impl Inner {
                         token,
                         valid_until,
                         granted,
+                        in_line,
                     }
                 }
                 Ok(_) => {}
@@ -435,7 +438,9 @@ impl LockBackend for RedisBackend {
                     token,
                     valid_until,
                     granted,
+                    in_line,
                 } => {
+                    place.joined(&in_line);
                     if inner.fair() {
                         // A fair grant took us out of the line; unfair (Redlock) waiters
                         // leave every line when `place` drops.
