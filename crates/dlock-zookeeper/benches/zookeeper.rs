@@ -1,1 +1,244 @@
-fn main() {}
+//! Numbers for the ZooKeeper backend, against one private local server, in one run:
+//!
+//! 1. uncontended acquire+release as a multiple of the raw operations it needs
+//!    (create + getChildren + delete on the plain client) and of one round trip;
+//! 2. handoffs with 8 and 64 contending clients: rate, latency, writes per handoff (from the
+//!    server's zxid), fairness;
+//! 3. one client holding 10,000 keys: time, memory, and what keeping them costs the server.
+//!
+//! `CARGO_TARGET_DIR=… cargo bench -p dlock-zookeeper --bench zookeeper`
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_core::{LockOptions, Locker};
+use dlock_test_servers::ZooKeeperServer;
+use dlock_zookeeper::zookeeper_client::{Acls, Client, CreateMode};
+use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
+use futures::future::join_all;
+use tokio::time::Instant;
+
+const ROUNDS: usize = 2_000;
+const CONTENTION_TIME: Duration = Duration::from_secs(4);
+const MANY_KEYS: usize = 10_000;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let server = ZooKeeperServer::start();
+    println!("ZooKeeper at {}", server.url());
+    uncontended(&server).await;
+    for clients in [8, 64] {
+        contention(&server, clients).await;
+    }
+    many_keys(&server).await;
+}
+
+async fn locker(server: &ZooKeeperServer, session: Duration, prefix: &str) -> Locker {
+    let config = ZooKeeperConfig::from_url(&server.url())
+        .expect("URL")
+        .session_timeout(session);
+    Locker::new(ZooKeeperBackend::connect(config).await.expect("connect"))
+        .with_options(LockOptions::default().lease(session).prefix(prefix))
+        .expect("options")
+}
+
+async fn uncontended(server: &ZooKeeperServer) {
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    raw.create(
+        "/raw",
+        b"",
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .ok();
+    // Warm up both paths (JIT, connections).
+    let locker = locker(server, Duration::from_secs(10), "bench-uncontended").await;
+    for _ in 0..200 {
+        raw.check_stat("/").await.expect("stat");
+        locker
+            .acquire("k")
+            .await
+            .expect("acquire")
+            .release()
+            .await
+            .expect("release");
+    }
+
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        raw.check_stat("/").await.expect("stat");
+    }
+    let round_trip = started.elapsed() / ROUNDS as u32;
+
+    let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let (_, sequence) = raw.create("/raw/n-", b"", &options).await.expect("create");
+        raw.list_children("/raw").await.expect("children");
+        raw.delete(&format!("/raw/n-{sequence}"), None)
+            .await
+            .expect("delete");
+    }
+    let raw_cycle = started.elapsed() / ROUNDS as u32;
+
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let guard = locker.acquire("k").await.expect("acquire");
+        guard.release().await.expect("release");
+    }
+    let locked = started.elapsed() / ROUNDS as u32;
+    println!("\n== uncontended acquire+release ({ROUNDS} rounds)");
+    println!("round trip (exists /):                 {round_trip:?}");
+    println!("raw create+getChildren+delete:         {raw_cycle:?}");
+    println!(
+        "dlock acquire+release:                 {locked:?} = {:.2} x raw ops = {:.2} round trips",
+        locked.as_secs_f64() / raw_cycle.as_secs_f64(),
+        locked.as_secs_f64() / round_trip.as_secs_f64()
+    );
+}
+
+async fn contention(server: &ZooKeeperServer, clients: usize) {
+    let prefix = format!("bench-contention-{clients}");
+    let mut lockers = Vec::new();
+    for _ in 0..clients {
+        lockers.push(locker(server, Duration::from_secs(20), &prefix).await);
+    }
+    // Warm-up round so every key node and session exists.
+    lockers[0]
+        .acquire("k")
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+    let zxid_before = zxid(server);
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let stop = Instant::now() + CONTENTION_TIME;
+    let mut tasks = Vec::new();
+    for locker in lockers {
+        let (released_at, handoffs) = (Arc::clone(&released_at), Arc::clone(&handoffs));
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0usize;
+            while Instant::now() < stop {
+                let guard = locker.acquire("k").await.expect("acquire");
+                if let Some(released) = released_at.lock().unwrap().take() {
+                    handoffs.lock().unwrap().push(released.elapsed());
+                }
+                count += 1;
+                *released_at.lock().unwrap() = Some(Instant::now());
+                guard.release().await.expect("release");
+            }
+            count
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.expect("client task"));
+    }
+    let elapsed = CONTENTION_TIME.as_secs_f64();
+    let writes = zxid(server) - zxid_before;
+    let total: usize = counts.iter().sum();
+    let mut handoffs = handoffs.lock().unwrap().clone();
+    handoffs.sort_unstable();
+    let even = total as f64 / clients as f64;
+    let (min, max) = (
+        *counts.iter().min().unwrap() as f64,
+        *counts.iter().max().unwrap() as f64,
+    );
+    println!("\n== {clients} clients contending for one key for {CONTENTION_TIME:?}");
+    println!(
+        "acquisitions: {total} = {:.0}/s; writes (zxids) per acquisition: {:.2}",
+        total as f64 / elapsed,
+        writes as f64 / total as f64
+    );
+    println!(
+        "handoff latency (release start -> next acquired): p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&handoffs, 0.50),
+        percentile(&handoffs, 0.99),
+        handoffs.last().copied().unwrap_or_default()
+    );
+    println!(
+        "per-client share: min {:.0}% max {:.0}% of even ({even:.1} each)",
+        100.0 * min / even,
+        100.0 * max / even
+    );
+}
+
+async fn many_keys(server: &ZooKeeperServer) {
+    let session = Duration::from_secs(6);
+    let locker = locker(server, session, "bench-many").await;
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let mut guards = Vec::with_capacity(MANY_KEYS);
+    for chunk in (0..MANY_KEYS).collect::<Vec<_>>().chunks(200) {
+        let tries = chunk.iter().map(|i| locker.try_acquire(format!("k{i}")));
+        for guard in join_all(tries).await {
+            guards.push(guard.expect("try").expect("free"));
+        }
+    }
+    let took = started.elapsed();
+    let rss_held = rss_kib();
+    let packets_before = packets_received(server);
+    let quiet = session * 2;
+    tokio::time::sleep(quiet).await;
+    let packets = packets_received(server) - packets_before;
+    assert!(guards.iter().all(|g| g.is_held()));
+    let started = Instant::now();
+    join_all(guards.into_iter().map(|g| g.release())).await;
+    let released = started.elapsed();
+    println!("\n== one client holding {MANY_KEYS} keys (session {session:?})");
+    println!(
+        "acquired in {took:?} ({:.0}/s), released in {released:?}",
+        MANY_KEYS as f64 / took.as_secs_f64()
+    );
+    println!(
+        "client memory: {} KiB more ({} bytes per held lock)",
+        rss_held.saturating_sub(rss_before),
+        rss_held.saturating_sub(rss_before) * 1024 / MANY_KEYS as u64
+    );
+    println!(
+        "keeping them for {quiet:?}: {packets} packets to the server (all clients), {:.1}/s",
+        packets as f64 / quiet.as_secs_f64()
+    );
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The server's last zxid: one per write.
+fn zxid(server: &ZooKeeperServer) -> u64 {
+    let answer = server.command("srvr").expect("srvr");
+    let hex = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Zxid: 0x"))
+        .expect("a Zxid line");
+    u64::from_str_radix(hex.trim(), 16).expect("hex zxid") & 0xffff_ffff
+}
+
+fn packets_received(server: &ZooKeeperServer) -> u64 {
+    let answer = server.command("mntr").expect("mntr");
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("zk_packets_received"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("zk_packets_received")
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -72,6 +72,15 @@ impl ZooKeeperBackend {
         self.shared.live().await.map(|session| session.id())
     }
 
+    /// The current session's id and password, or `None` if there is no live session right
+    /// now. Whoever has them can take the session over or close it: tests use this to end a
+    /// session "from outside". Keep them as secret as a password.
+    pub async fn session_info(&self) -> Option<zookeeper_client::SessionInfo> {
+        let session = self.shared.live().await?;
+        let client = session.client().ok()?;
+        Some(client.session().clone())
+    }
+
     /// How many times a waiter of this client was woken by the deletion of the node before
     /// its own (P8: one per release that concerns it, never a herd).
     pub fn wakeups(&self) -> u64 {
@@ -101,8 +110,20 @@ impl ZooKeeperBackend {
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
         let dir = paths::lock_dir(&request.options.prefix, request.key)?;
+        let mut backoff = retry_backoff();
         loop {
-            let session = self.shared.session().await?;
+            let session = match self.shared.session().await {
+                Ok(session) => session,
+                // A waiter keeps trying to reach the ensemble until its wait limit.
+                Err(error) if wait && is_connection_error(&error) => {
+                    tracing::warn!(%error, key = %request.key, "cannot open a ZooKeeper session; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = sleep_until(request.deadline) => return Err(error),
+                    }
+                }
+                Err(error) => return Err(error),
+            };
             match self.take_in(&session, &dir, request, wait).await {
                 Ok(Some(outcome)) => return Ok(outcome),
                 // The session ended or our node vanished: start over in a new place in line.

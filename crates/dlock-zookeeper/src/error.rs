@@ -25,5 +25,7 @@ pub(crate) fn is_connection(error: &Error) -> bool {
             | Error::SessionMoved
             | Error::ClientClosed
             | Error::Throttled
+            // The client's own failures: I/O errors, "no response from connection in …".
+            | Error::Custom(_)
     )
 }

@@ -1,0 +1,336 @@
+//! Fault tests of the ZooKeeper backend, each on its own ZooKeeper process: outages shorter
+//! and longer than the session, a session ended from outside, a holder process killed, and
+//! a long line of waiters.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_core::{LockError, LockGuard, LockOptions, Locker, LossReason};
+use dlock_test_servers::ZooKeeperServer;
+use dlock_zookeeper::zookeeper_client::Client;
+use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Generous bound for anything that should happen "soon" on a loaded machine.
+const SOON: Duration = Duration::from_secs(15);
+
+fn prefix(test: &str) -> String {
+    format!("dlock-faults/{test}/{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+async fn client(url: &str, session: Duration, prefix: &str) -> (Locker, ZooKeeperBackend) {
+    let config = ZooKeeperConfig::from_url(url)
+        .expect("valid URL")
+        .session_timeout(session);
+    let backend = ZooKeeperBackend::connect(config).await.expect("connect");
+    let options = LockOptions::default().lease(session).prefix(prefix);
+    let locker = Locker::new(backend.clone())
+        .with_options(options)
+        .expect("valid options");
+    (locker, backend)
+}
+
+async fn within<T>(limit: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("waited {limit:?} for {what}"))
+}
+
+fn is_pending(guard: &LockGuard) -> bool {
+    use std::future::Future;
+    let lost = guard.lost();
+    tokio::pin!(lost);
+    let waker = std::task::Waker::noop();
+    lost.as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+        .is_pending()
+}
+
+/// The server stops and comes back well within the session timeout: the session survives,
+/// the lock stays held, no guard is signalled, and the holder can still release it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_shorter_than_the_session_keeps_locks() {
+    let mut server = ZooKeeperServer::start();
+    let session = Duration::from_secs(20);
+    let prefix = prefix("short-outage");
+    let (holder, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let token = guard.fencing_token();
+
+    let stopped = Instant::now();
+    server.process().stop();
+    server.process().restart();
+    let outage = stopped.elapsed();
+    assert!(
+        outage < session / 2,
+        "the restart took {outage:?}: too slow for this test to mean anything"
+    );
+
+    let (other, _) = client(&server.url(), session, &prefix).await;
+    assert!(
+        other.try_acquire("k").await.expect("try").is_none(),
+        "the lock node did not survive the restart"
+    );
+    assert!(guard.is_held());
+    assert!(
+        is_pending(&guard),
+        "a guard was signalled during a short outage"
+    );
+    // Releasing goes through the holder's own session, which must have come back.
+    within(SOON, "the release", guard.release())
+        .await
+        .expect("the holder's session survived and releases");
+    let next = other
+        .acquire_with("k", &other.options().clone().wait(SOON))
+        .await
+        .expect("free after release");
+    assert!(next.fencing_token() > token);
+}
+
+/// The server stays away longer than the session timeout: the holder's guard is signalled
+/// lost on its own clock, and once the server is back the waiter gets the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_longer_than_the_session_loses_locks_then_waiters_acquire() {
+    let mut server = ZooKeeperServer::start();
+    let session = Duration::from_secs(2);
+    let prefix = prefix("long-outage");
+    let (holder, _) = client(&server.url(), session, &prefix).await;
+    let (waiter, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let token = guard.fencing_token();
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let waiter = waiter.clone();
+        let options = waiter.options().clone().wait(Duration::from_secs(60));
+        tokio::spawn(async move { waiter.acquire_observed("k", &options, Some(queued)).await })
+    };
+    within(SOON, "the waiter to queue", in_line)
+        .await
+        .expect("queued");
+
+    server.process().stop();
+    let stopped = Instant::now();
+    let reason = within(session + SOON, "the loss signal", guard.lost()).await;
+    let noticed = stopped.elapsed();
+    assert!(
+        matches!(reason, LossReason::LeaseExpired | LossReason::SessionEnded),
+        "{reason:?}"
+    );
+    assert!(
+        noticed <= session + session / 3 + Duration::from_secs(1),
+        "loss noticed after {noticed:?}"
+    );
+    assert!(!guard.is_held());
+    assert!(
+        !waiting.is_finished(),
+        "the waiter cannot get the lock while the server is down"
+    );
+
+    server.process().restart();
+    let next = within(SOON + session * 2, "the waiter to acquire", waiting)
+        .await
+        .expect("waiter task")
+        .expect("the waiter acquires once the old session is gone");
+    assert!(next.fencing_token() > token);
+    assert!(matches!(
+        guard.release().await,
+        Err(LockError::NotHeld { .. })
+    ));
+}
+
+/// Someone takes over the holder's session and closes it: the guard hears the session ended
+/// and the waiter gets the lock at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_closed_from_outside_passes_the_lock_on() {
+    let server = ZooKeeperServer::start();
+    let session = Duration::from_secs(10);
+    let prefix = prefix("closed-session");
+    let (holder, holder_backend) = client(&server.url(), session, &prefix).await;
+    let (waiter, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let waiter = waiter.clone();
+        let options = waiter.options().clone();
+        tokio::spawn(async move { waiter.acquire_observed("k", &options, Some(queued)).await })
+    };
+    within(SOON, "the waiter to queue", in_line)
+        .await
+        .expect("queued");
+
+    let info = holder_backend.session_info().await.expect("a live session");
+    let intruder = Client::connector()
+        .with_session_timeout(session)
+        .with_session(info)
+        .connect(&server.address())
+        .await
+        .expect("take the session over");
+    drop(intruder); // not detached: closes the session on the server
+    let started = Instant::now();
+    let reason = within(SOON, "the loss signal", guard.lost()).await;
+    // Which the holder hears first depends on the race between its reconnection and the
+    // close: its node's deletion, or the session's end.
+    assert!(
+        matches!(reason, LossReason::SessionEnded | LossReason::NotOwner),
+        "{reason:?}"
+    );
+    let next = within(SOON, "the waiter to acquire", waiting)
+        .await
+        .expect("waiter task")
+        .expect("waiter acquires");
+    assert!(next.fencing_token() > guard.fencing_token());
+    assert!(
+        started.elapsed() < session,
+        "the lock passed on only after {:?}, as if by expiry",
+        started.elapsed()
+    );
+    // The holder's client opens a new session for what comes next.
+    let again = holder
+        .try_acquire("other")
+        .await
+        .expect("a new session works");
+    assert!(again.is_some());
+}
+
+/// The environment variables that turn this test binary into a lock-holding child.
+const CHILD_URL: &str = "DLOCK_ZK_TEST_CHILD_URL";
+const CHILD_PREFIX: &str = "DLOCK_ZK_TEST_CHILD_PREFIX";
+
+/// Not a test of its own: the child process of
+/// `holder_process_killed_frees_the_lock_within_the_session`, holding a lock until killed.
+#[tokio::test]
+async fn child_process_holding_a_lock() {
+    let (Ok(url), Ok(prefix)) = (std::env::var(CHILD_URL), std::env::var(CHILD_PREFIX)) else {
+        return;
+    };
+    // Die with the parent: it holds our stdin, which closes when it exits.
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(0);
+    });
+    let (holder, _) = client(&url, Duration::from_secs(2), &prefix).await;
+    let guard = holder.acquire("k").await.expect("child acquires");
+    println!("HELD {}", guard.fencing_token());
+    std::future::pending::<()>().await;
+}
+
+/// A process holding a lock is killed with SIGKILL: the lock frees within the session
+/// timeout (plus the server's expiry tick).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_process_killed_frees_the_lock_within_the_session() {
+    let server = ZooKeeperServer::start();
+    let prefix = prefix("killed-holder");
+    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            "child_process_holding_a_lock",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, server.url())
+        .env(CHILD_PREFIX, &prefix)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the holder process");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let token: u64 = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // The harness may print the test's name on the same line first.
+            .find_map(|line| {
+                let (_, token) = line.split_once("HELD ")?;
+                Some(token.trim().parse().expect("a token"))
+            })
+            .expect("the child reports it holds the lock")
+    })
+    .await
+    .expect("reader");
+
+    let (waiter, _) = client(&server.url(), Duration::from_secs(10), &prefix).await;
+    assert!(waiter.try_acquire("k").await.expect("try").is_none());
+    child.kill().expect("SIGKILL the holder");
+    let killed = Instant::now();
+    child.wait().expect("reap the holder");
+    let session = Duration::from_secs(2);
+    let bound = session + waiter.capabilities().crash_release_bound;
+    let next = waiter
+        .acquire_with("k", &waiter.options().clone().wait(bound + SOON))
+        .await
+        .expect("the dead holder's lock frees");
+    let freed = killed.elapsed();
+    assert!(next.fencing_token().get() > token);
+    assert!(
+        freed <= bound + Duration::from_secs(1),
+        "freed after {freed:?}"
+    );
+}
+
+/// 64 waiters on one key, each its own client: served in arrival order, and each release
+/// wakes exactly one waiter (one watch event, one re-read of the line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_waiters_are_served_in_order_one_wakeup_per_release() {
+    const WAITERS: usize = 64;
+    let server = ZooKeeperServer::start();
+    let prefix = prefix("contention");
+    let session = Duration::from_secs(20);
+    let (holder, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("holder acquires");
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut backends = Vec::new();
+    let mut tasks = Vec::new();
+    for position in 0..WAITERS {
+        let (locker, backend) = client(&server.url(), session, &prefix).await;
+        backends.push(backend);
+        let (queued, in_line) = oneshot::channel();
+        let served = Arc::clone(&served);
+        tasks.push(tokio::spawn(async move {
+            let options = locker.options().clone();
+            let guard = locker
+                .acquire_observed("k", &options, Some(queued))
+                .await
+                .expect("waiter acquires");
+            served.lock().unwrap().push(position);
+            guard.release().await.expect("waiter releases");
+        }));
+        within(SOON, "a waiter to queue", in_line)
+            .await
+            .expect("queued");
+    }
+    guard.release().await.expect("holder releases");
+    for task in tasks {
+        within(SOON * 2, "the line to drain", task)
+            .await
+            .expect("waiter task");
+    }
+    let served = served.lock().unwrap().clone();
+    assert_eq!(
+        served,
+        (0..WAITERS).collect::<Vec<_>>(),
+        "not first come, first served"
+    );
+    for (position, backend) in backends.iter().enumerate() {
+        assert_eq!(
+            backend.wakeups(),
+            1,
+            "waiter {position} was woken {} times",
+            backend.wakeups()
+        );
+        assert_eq!(
+            backend.rechecks(),
+            1,
+            "waiter {position} re-read the line {} times",
+            backend.rechecks()
+        );
+    }
+}
