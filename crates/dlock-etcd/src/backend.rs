@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError,
+    AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
     LossReason, Renewal, Result, MAX_LEASE,
 };
 use etcd_client::{
@@ -294,10 +294,15 @@ impl LockBackend for EtcdBackend {
                 token_revision(lease),
             )])
             .and_then([TxnOp::delete(record.key.as_str(), None)]);
-        if self.txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(not_held(lease))
+        match self.txn(txn.clone()).await {
+            Ok(response) if response.succeeded() => Ok(()),
+            Ok(_) => Err(not_held(lease)),
+            Err(error) => {
+                // The key stays attached to a live session, so it would not expire: keep
+                // trying in the background while the session lives.
+                self.retry_release(txn, Arc::clone(&record.session));
+                Err(error)
+            }
         }
     }
 
@@ -329,6 +334,26 @@ impl LockBackend for EtcdBackend {
 }
 
 impl EtcdBackend {
+    /// Sends a failed release again, with backoff, until it goes through, the session ends
+    /// (its keys vanish with it) or about a minute has passed.
+    fn retry_release(&self, txn: Txn, session: Arc<Session>) {
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+            for _ in 0..20 {
+                tokio::time::sleep(backoff.next_delay()).await;
+                if session.ended().is_some() {
+                    return;
+                }
+                match backend.txn(txn.clone()).await {
+                    Ok(_) => return,
+                    Err(error) => tracing::debug!(%error, "release retry failed"),
+                }
+            }
+            tracing::warn!("gave up releasing a lock; it is freed when the client's session ends");
+        });
+    }
+
     /// The keys attached to the session's lease, or `None` if etcd says the lease is gone
     /// (the session is then ended).
     async fn attached_keys(&self, session: &Session) -> Result<Option<HashSet<Vec<u8>>>> {
