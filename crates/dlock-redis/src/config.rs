@@ -4,8 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dlock_core::{LockError, Result};
-use url::Url;
+use dlock_core::{BackendUrl, LockError, Result};
 
 /// How a [`RedisBackend`](crate::RedisBackend) reaches its server(s).
 ///
@@ -108,52 +107,31 @@ impl RedisConfig {
     ///
     /// Errors are [`LockError::InvalidUrl`] with any password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let invalid = |reason: String| LockError::InvalidUrl {
-            url: redact_url(url),
-            reason,
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("no `scheme://`".into()))?;
-        let (tls, redlock) = match scheme {
+        let parsed = BackendUrl::parse(url, 6379)?;
+        let (tls, redlock) = match parsed.scheme.as_str() {
             "redis" => (false, false),
             "rediss" => (true, false),
             "redis+redlock" => (false, true),
             "rediss+redlock" => (true, true),
-            other => return Err(invalid(format!("unknown scheme `{other}`"))),
+            other => return Err(parsed.invalid(format!("unknown scheme `{other}`"))),
         };
-        // The `url` crate does not take a comma-separated host list: parse the first host
-        // with it (userinfo, path, query) and split the authority ourselves.
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(userinfo), hosts),
-            None => (None, authority),
-        };
-        let mut endpoints = Vec::new();
-        for host in hosts.split(',') {
-            let parsed = Url::parse(&format!("redis://{host}"))
-                .map_err(|e| invalid(format!("bad host `{host}`: {e}")))?;
-            let name = parsed
-                .host_str()
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| invalid(format!("no host in `{host}`")))?;
-            let name = name
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            endpoints.push(Endpoint {
-                host: name,
-                port: parsed.port().unwrap_or(6379),
-            });
-        }
+        let endpoints: Vec<Endpoint> = parsed
+            .hosts
+            .iter()
+            .map(|host| Endpoint {
+                host: host
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port: host.port,
+            })
+            .collect();
         if !redlock && endpoints.len() != 1 {
-            return Err(invalid(
-                "several hosts need the `redis+redlock://` scheme".into(),
-            ));
+            return Err(parsed.invalid("several hosts need the `redis+redlock://` scheme"));
         }
         if redlock && (endpoints.len() < 3 || endpoints.len() % 2 == 0) {
-            return Err(invalid(format!(
+            return Err(parsed.invalid(format!(
                 "Redlock needs an odd number of instances, at least 3 (got {})",
                 endpoints.len()
             )));
@@ -163,52 +141,51 @@ impl RedisConfig {
             endpoints,
             redlock,
             tls,
+            username: parsed.user.clone(),
+            password: parsed.password.clone(),
             ..RedisConfig::single(first.host, first.port)
         };
-        let parsed = Url::parse(&format!("redis://{}@h{tail}", userinfo.unwrap_or_default()))
-            .map_err(|e| invalid(e.to_string()))?;
-        if userinfo.is_some() {
-            let user = decode(parsed.username()).map_err(&invalid)?;
-            config.username = Some(user).filter(|u| !u.is_empty());
-            config.password = parsed
-                .password()
-                .map(decode)
-                .transpose()
-                .map_err(&invalid)?;
-        }
-        match parsed.path().trim_matches('/') {
+        match parsed.path.trim_matches('/') {
             "" => {}
             db => {
                 config.db = db
                     .parse()
-                    .map_err(|_| invalid(format!("the database `{db}` is not a number")))?
+                    .map_err(|_| parsed.invalid(format!("the database `{db}` is not a number")))?
             }
         }
-        for (name, value) in parsed.query_pairs() {
-            let duration = || {
-                humantime::parse_duration(&value)
-                    .map_err(|e| invalid(format!("`{name}={value}`: {e}")))
-            };
-            match name.as_ref() {
-                "prefix" => config.namespace = value.into_owned(),
-                "connect_timeout" => config.connect_timeout = duration()?,
-                "response_timeout" => config.response_timeout = duration()?,
-                "retry_limit" => config.retry_limit = duration()?,
-                "tls_ca" => config.tls_ca = Some(PathBuf::from(value.into_owned())),
+        for (name, value) in &parsed.params {
+            match name.as_str() {
+                "prefix" => config.namespace = value.clone(),
+                "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
+                "response_timeout" => config.response_timeout = parsed.duration(name, value)?,
+                "retry_limit" => config.retry_limit = parsed.duration(name, value)?,
+                "tls_ca" => config.tls_ca = Some(PathBuf::from(value)),
                 "drift_factor" => {
                     config.drift_factor = value
                         .parse()
                         .ok()
                         .filter(|f: &f64| (0.0..0.5).contains(f))
                         .ok_or_else(|| {
-                            invalid(format!("`drift_factor={value}` is not in 0 ..< 0.5"))
+                            parsed.invalid(format!("`drift_factor={value}` is not in 0 ..< 0.5"))
                         })?
                 }
-                other => return Err(invalid(format!("unknown option `{other}`"))),
+                other => {
+                    return Err(parsed.unknown_param(
+                        other,
+                        &[
+                            "prefix",
+                            "connect_timeout",
+                            "response_timeout",
+                            "retry_limit",
+                            "tls_ca",
+                            "drift_factor",
+                        ],
+                    ))
+                }
             }
         }
         config.validate().map_err(|e| match e {
-            LockError::InvalidOptions { reason } => invalid(reason),
+            LockError::InvalidOptions { reason } => parsed.invalid(reason),
             other => other,
         })?;
         Ok(config)
@@ -255,30 +232,6 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
-/// `url` with the password of its userinfo replaced by `***`, for error messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{hosts}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-fn decode(text: &str) -> std::result::Result<String, String> {
-    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .ok_or_else(|| "bad percent-encoding in the user or password".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,12 +274,5 @@ mod tests {
             assert!(!error.to_string().contains("hunter2"), "{error}");
             assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
         }
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact_url("redis://:p@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
     }
 }
