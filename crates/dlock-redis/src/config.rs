@@ -130,7 +130,7 @@ impl RedisConfig {
         if !redlock && endpoints.len() != 1 {
             return Err(parsed.invalid("several hosts need the `redis+redlock://` scheme"));
         }
-        if redlock && (endpoints.len() < 3 || endpoints.len() % 2 == 0) {
+        if redlock && (endpoints.len() < 3 || endpoints.len().is_multiple_of(2)) {
             return Err(parsed.invalid(format!(
                 "Redlock needs an odd number of instances, at least 3 (got {})",
                 endpoints.len()
