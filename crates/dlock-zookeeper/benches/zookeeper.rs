@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use dlock_core::{LockOptions, Locker};
 use dlock_test_servers::ZooKeeperServer;
-use dlock_zookeeper::zookeeper_client::{Acls, Client, CreateMode};
+use dlock_zookeeper::zookeeper_client::{
+    Acls, Client, CreateMode, LockOptions as RecipeOptions, LockPrefix,
+};
 use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -27,6 +29,7 @@ async fn main() {
     let server = ZooKeeperServer::start();
     println!("ZooKeeper at {}", server.url());
     uncontended(&server).await;
+    recipe_contention(&server, 8).await;
     for clients in [8, 64] {
         contention(&server, clients).await;
     }
@@ -164,6 +167,58 @@ async fn contention(server: &ZooKeeperServer, clients: usize) {
         "per-client share: min {:.0}% max {:.0}% of even ({even:.1} each)",
         100.0 * min / even,
         100.0 * max / even
+    );
+}
+
+/// The baseline: `zookeeper-client`'s own lock recipe, same load, no fencing or loss signal.
+async fn recipe_contention(server: &ZooKeeperServer, clients: usize) {
+    let raw = Client::connect(&server.address())
+        .await
+        .expect("raw client");
+    raw.mkdir(
+        "/recipe/k",
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .expect("recipe dir");
+    let mut sessions = Vec::new();
+    for _ in 0..clients {
+        sessions.push(Client::connect(&server.address()).await.expect("client"));
+    }
+    let zxid_before = zxid(server);
+    let stop = Instant::now() + CONTENTION_TIME;
+    let mut tasks = Vec::new();
+    for client in sessions {
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0usize;
+            while Instant::now() < stop {
+                let prefix = LockPrefix::new_curator("/recipe/k", "lock-").expect("prefix");
+                let lock = client
+                    .lock(prefix, b"", RecipeOptions::new(Acls::anyone_all()))
+                    .await
+                    .expect("recipe lock");
+                count += 1;
+                let path = lock.lock_path().to_owned();
+                std::mem::forget(lock.into_owned());
+                client.delete(&path, None).await.expect("recipe unlock");
+            }
+            count
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.expect("client task"));
+    }
+    let total: usize = counts.iter().sum();
+    let writes = zxid(server) - zxid_before;
+    let even = total as f64 / clients as f64;
+    println!("\n== baseline: zookeeper-client's recipe, {clients} clients, {CONTENTION_TIME:?}");
+    println!(
+        "acquisitions: {total} = {:.0}/s; writes (zxids) per acquisition: {:.2}; share min {:.0}% max {:.0}% of even",
+        total as f64 / CONTENTION_TIME.as_secs_f64(),
+        writes as f64 / total as f64,
+        100.0 * *counts.iter().min().unwrap() as f64 / even,
+        100.0 * *counts.iter().max().unwrap() as f64 / even,
     );
 }
 
