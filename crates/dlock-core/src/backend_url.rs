@@ -76,7 +76,10 @@ impl BackendUrl {
                     Some((user, password)) => (user, Some(password)),
                     None => (userinfo, None),
                 };
-                let password = password.map(percent_decode).transpose().map_err(invalid)?;
+                // The decoder's message quotes its input: never let it quote a password.
+                let password = password.map(percent_decode).transpose().map_err(|_| {
+                    invalid("the password has a broken %-escape or is not UTF-8".into())
+                })?;
                 (Some(percent_decode(user).map_err(invalid)?), password)
             }
         };
