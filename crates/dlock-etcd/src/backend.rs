@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
-    LossReason, Renewal, Result, MAX_LEASE,
+    LockInfo, LockKey, LockOptions, LossReason, Renewal, Result, MAX_LEASE,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
@@ -304,6 +304,53 @@ impl LockBackend for EtcdBackend {
                 Err(error)
             }
         }
+    }
+
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        let dir = layout::queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key);
+        let mut kv = self.inner.client.kv_client();
+        let oldest_first = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(
+                etcd_client::SortTarget::Create,
+                etcd_client::SortOrder::Ascend,
+            )
+            .with_limit(1);
+        let (endpoint, timeout) = (&self.inner.endpoint, self.inner.config.request_timeout);
+        let queue = request(endpoint, timeout, kv.get(dir.as_str(), Some(oldest_first))).await?;
+        let Some(holder) = queue.kvs().first() else {
+            return Ok(LockInfo {
+                waiters: Some(0),
+                ..LockInfo::default()
+            });
+        };
+        let mut leases = self.inner.client.lease_client();
+        let remaining = request(endpoint, timeout, leases.time_to_live(holder.lease(), None))
+            .await?
+            .ttl();
+        Ok(LockInfo {
+            held: true,
+            fencing_token: u64::try_from(holder.create_revision())
+                .ok()
+                .map(FencingToken::new),
+            remaining_lease: u64::try_from(remaining).ok().map(Duration::from_secs),
+            waiters: usize::try_from(queue.count() - 1).ok(),
+        })
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        // A linearizable read: what a waiter's confirmation costs, the cheapest lock request.
+        let mut kv = self.inner.client.kv_client();
+        let started = Instant::now();
+        let probe = kv.get("dlock-ping", Some(GetOptions::new().with_count_only()));
+        request(
+            &self.inner.endpoint,
+            self.inner.config.request_timeout,
+            probe,
+        )
+        .await?;
+        Ok(started.elapsed())
     }
 
     async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {

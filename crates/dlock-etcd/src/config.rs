@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dlock_core::LockError;
+use dlock_core::{BackendUrl, LockError};
 
 /// The port etcd listens on for clients unless told otherwise.
 pub const DEFAULT_PORT: u16 = 2379;
@@ -91,10 +91,7 @@ impl EtcdConfig {
     /// Errors are [`LockError::InvalidUrl`], showing the URL with its password replaced
     /// by `***`.
     pub fn from_url(url: &str) -> Result<Self, LockError> {
-        parse(url).map_err(|reason| LockError::InvalidUrl {
-            url: redact(url),
-            reason,
-        })
+        parse(&BackendUrl::parse(url, DEFAULT_PORT)?)
     }
 
     /// The endpoints as one string, for error messages (never contains credentials).
@@ -125,84 +122,56 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// The URL with the password of its userinfo replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{hosts}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-fn parse(url: &str) -> Result<EtcdConfig, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or("expected etcd://host:port or etcds://host:port")?;
-    let tls = match scheme {
+fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
+    let tls = match url.scheme.as_str() {
         "etcd" => false,
         "etcds" => true,
-        other => return Err(format!("unknown scheme `{other}`: use etcd:// or etcds://")),
+        other => {
+            return Err(url.invalid(format!("unknown scheme `{other}`: use etcd:// or etcds://")))
+        }
     };
-    if rest.contains('#') {
-        return Err("a fragment (`#…`) means nothing here".into());
+    if !url.path.is_empty() && url.path != "/" {
+        return Err(url.invalid(format!(
+            "unexpected path `{}`: put a key namespace in `?prefix=`",
+            url.path
+        )));
     }
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = match before_query.find('/') {
-        Some(at) => before_query.split_at(at),
-        None => (before_query, ""),
-    };
-    if !path.is_empty() && path != "/" {
-        return Err(format!(
-            "unexpected path `{path}`: put a key namespace in `?prefix=`"
-        ));
-    }
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
     let mut config = EtcdConfig::new(Vec::<String>::new());
-    config.credentials = userinfo.map(parse_userinfo).transpose()?;
+    config.credentials = match (&url.user, &url.password) {
+        (None, None) => None,
+        (Some(user), Some(password)) => Some(Credentials {
+            user: user.clone(),
+            password: password.clone(),
+        }),
+        (None, Some(_)) => return Err(url.invalid("the user name is empty")),
+        (Some(_), None) => return Err(url.invalid("credentials must be user:password")),
+    };
     let http = if tls { "https" } else { "http" };
-    for host in hosts.split(',') {
-        config
-            .endpoints
-            .push(format!("{http}://{}", parse_host(host)?));
-    }
+    config.endpoints = url.hosts.iter().map(|h| format!("{http}://{h}")).collect();
     let mut tls_files = TlsFiles::default();
-    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        let value = value.into_owned();
-        match name.as_ref() {
+    for (name, value) in &url.params {
+        match name.as_str() {
             "prefix" | "namespace" => {
                 if value.chars().any(char::is_control) {
-                    return Err("the prefix contains a control character".into());
+                    return Err(url.invalid("the prefix contains a control character"));
                 }
-                config.namespace = Some(value.trim_matches('/').to_owned()).filter(|p| !p.is_empty());
+                config.namespace =
+                    Some(value.trim_matches('/').to_owned()).filter(|p| !p.is_empty());
             }
-            "timeout" => config.request_timeout = parse_duration(&name, &value)?,
-            "connect_timeout" => config.connect_timeout = parse_duration(&name, &value)?,
+            "timeout" => config.request_timeout = url.duration(name, value)?,
+            "connect_timeout" => config.connect_timeout = url.duration(name, value)?,
             "ca" | "cert" | "key" | "domain" if !tls => {
-                return Err(format!("`{name}` needs TLS: use etcds://"));
+                return Err(url.invalid(format!("`{name}` needs TLS: use etcds://")));
             }
             "ca" => tls_files.ca = Some(value.into()),
             "cert" => tls_files.cert = Some(value.into()),
             "key" => tls_files.key = Some(value.into()),
-            "domain" => tls_files.domain = Some(value),
-            other => {
-                return Err(format!(
-                    "unknown option `{other}` (known: prefix, timeout, connect_timeout, ca, cert, key, domain)"
-                ))
-            }
+            "domain" => tls_files.domain = Some(value.clone()),
+            other => return Err(url.unknown_param(other, KNOWN_PARAMS)),
         }
     }
     if tls_files.cert.is_some() != tls_files.key.is_some() {
-        return Err("a client certificate needs both `cert` and `key`".into());
+        return Err(url.invalid("a client certificate needs both `cert` and `key`"));
     }
     if tls {
         config.tls = Some(tls_files);
@@ -210,79 +179,15 @@ fn parse(url: &str) -> Result<EtcdConfig, String> {
     Ok(config)
 }
 
-fn parse_userinfo(userinfo: &str) -> Result<Credentials, String> {
-    let (user, password) = userinfo
-        .split_once(':')
-        .ok_or("credentials must be user:password")?;
-    let user = percent_decode(user).ok_or("the user name is not valid percent-encoded UTF-8")?;
-    let password =
-        percent_decode(password).ok_or("the password is not valid percent-encoded UTF-8")?;
-    if user.is_empty() {
-        return Err("the user name is empty".into());
-    }
-    Ok(Credentials { user, password })
-}
-
-fn parse_host(host: &str) -> Result<String, String> {
-    if host.is_empty() {
-        return Err("a host is missing".into());
-    }
-    let (name, port) = match host.rsplit_once(':') {
-        // `[::1]` alone has colons but no port.
-        Some((name, port)) if !port.ends_with(']') => (name, Some(port)),
-        _ => (host, None),
-    };
-    if name.is_empty() {
-        return Err(format!("`{host}` has no host name"));
-    }
-    let valid_name = if let Some(inner) = name.strip_prefix('[') {
-        inner
-            .strip_suffix(']')
-            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
-    } else {
-        name.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
-    };
-    if !valid_name {
-        return Err(format!("`{name}` is not a valid host name"));
-    }
-    let port = match port {
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{port}` is not a valid port"))?,
-        None => DEFAULT_PORT,
-    };
-    Ok(format!("{name}:{port}"))
-}
-
-fn parse_duration(name: &str, value: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(value)
-        .map_err(|e| format!("`{name}={value}` is not a duration such as 500ms or 2s: {e}"))?;
-    if duration.is_zero() {
-        return Err(format!("`{name}` must be longer than zero"));
-    }
-    Ok(duration)
-}
-
-/// Decodes `%XX` escapes; `None` for a broken escape or bytes that are not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
+const KNOWN_PARAMS: &[&str] = &[
+    "prefix",
+    "timeout",
+    "connect_timeout",
+    "ca",
+    "cert",
+    "key",
+    "domain",
+];
 
 #[cfg(test)]
 mod tests {
@@ -348,11 +253,5 @@ mod tests {
         let tls = config.tls.unwrap();
         assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!(tls.domain.as_deref(), Some("etcd.local"));
-    }
-
-    #[test]
-    fn redaction_keeps_the_user_and_hides_the_password() {
-        assert_eq!(redact("etcd://me:pw@h:1/?x=1"), "etcd://me:***@h:1/?x=1");
-        assert_eq!(redact("etcd://h:1"), "etcd://h:1");
     }
 }
