@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{LockOptions, Locker, LossReason};
+use dlock_core::{LockBackend, LockOptions, Locker, LossReason};
 use dlock_etcd::EtcdBackend;
 use dlock_test_servers::EtcdServer;
 use tokio::sync::oneshot;
@@ -327,4 +327,47 @@ fn futures_now<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Outp
         std::task::Poll::Ready(value) => Some(value),
         std::task::Poll::Pending => None,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_reports_holder_token_lease_and_waiters() {
+    let server = EtcdServer::start();
+    let options = options("inspect", Duration::from_secs(10));
+    let backend = client(&server).await;
+    let key = dlock_core::LockKey::new("k").expect("key");
+    let free = backend.inspect(&key, &options).await.expect("inspect");
+    assert!(!free.held);
+    assert_eq!(free.waiters, Some(0));
+    assert!(backend.ping().await.expect("ping") < PROMPTLY);
+
+    let holder = locker(&backend, &options);
+    let guard = holder.acquire("k").await.expect("acquire");
+    let waiter = locker(&client(&server).await, &options);
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let (waiter, options) = (waiter.clone(), options.clone());
+        tokio::spawn(async move { waiter.acquire_observed("k", &options, Some(queued)).await })
+    };
+    timeout(PROMPTLY, in_line)
+        .await
+        .expect("queued in time")
+        .expect("queued");
+    let held = backend.inspect(&key, &options).await.expect("inspect");
+    assert!(held.held);
+    assert_eq!(held.fencing_token, Some(guard.fencing_token()));
+    assert_eq!(held.waiters, Some(1));
+    let remaining = held.remaining_lease.expect("remaining lease");
+    assert!(
+        remaining > Duration::ZERO && remaining <= options.lease,
+        "{remaining:?}"
+    );
+    guard.release().await.expect("release");
+    timeout(PROMPTLY, waiting)
+        .await
+        .expect("handoff")
+        .expect("task")
+        .expect("waiter acquires")
+        .release()
+        .await
+        .expect("release");
 }
