@@ -96,11 +96,12 @@ async fn outage_shorter_than_the_session_keeps_locks() {
 }
 
 /// The server stays away longer than the session timeout: the holder's guard is signalled
-/// lost on its own clock, and once the server is back the waiter gets the lock.
+/// lost on its own clock, and once the server is back the waiter gets the lock, without
+/// waiting for the server to expire the holder's old session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_longer_than_the_session_loses_locks_then_waiters_acquire() {
     let mut server = ZooKeeperServer::start();
-    let session = Duration::from_secs(2);
+    let session = Duration::from_secs(6);
     let prefix = prefix("long-outage");
     let (holder, _) = client(&server.url(), session, &prefix).await;
     let (waiter, _) = client(&server.url(), session, &prefix).await;
@@ -135,11 +136,19 @@ async fn outage_longer_than_the_session_loses_locks_then_waiters_acquire() {
     );
 
     server.process().restart();
+    let restarted = Instant::now();
     let next = within(SOON + session * 2, "the waiter to acquire", waiting)
         .await
         .expect("waiter task")
         .expect("the waiter acquires once the old session is gone");
     assert!(next.fencing_token() > token);
+    // The holder's client closes its given-up session once the server is back, rather than
+    // leaving the server to expire it a whole session timeout after its restart.
+    let after = restarted.elapsed();
+    assert!(
+        after < session,
+        "the waiter got the lock {after:?} after the restart"
+    );
     assert!(matches!(
         guard.release().await,
         Err(LockError::NotHeld { .. })

@@ -15,7 +15,7 @@ use std::time::Duration;
 use dlock_core::{Backoff, LockError, LossReason, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use zookeeper_client::{Acls, Client, CreateMode, SessionState};
+use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 
 use crate::config::ZooKeeperConfig;
 use crate::error::zk_error;
@@ -32,6 +32,14 @@ pub(crate) struct Session {
     last_contact: Mutex<Instant>,
     /// `Some(reason)` once retired.
     retired: watch::Sender<Option<LossReason>>,
+    /// How to reach the session again to close it, once it was given up on.
+    closer: Mutex<Option<Closer>>,
+}
+
+/// The session's credentials and where to use them.
+struct Closer {
+    config: ZooKeeperConfig,
+    info: SessionInfo,
 }
 
 impl Session {
@@ -89,6 +97,7 @@ impl Session {
             }
         };
         let states = client.state_watcher();
+        let client_info = client.session().clone();
         let session = Arc::new(Session {
             id: client.session_id().0,
             timeout: client.session_timeout(),
@@ -97,6 +106,10 @@ impl Session {
             authenticated,
             last_contact: Mutex::new(started),
             retired: watch::Sender::new(None),
+            closer: Mutex::new(Some(Closer {
+                config: config.clone(),
+                info: client_info,
+            })),
         });
         tokio::spawn(supervise(Arc::downgrade(&session), states));
         Ok(session)
@@ -175,6 +188,17 @@ impl Session {
         drop(lock(&self.client).take());
     }
 
+    /// Retires the session and closes it on the server as soon as a server answers, so its
+    /// nodes go at once rather than when the server expires it: for a session given up on
+    /// while the server may still keep it (its locks are already signalled lost).
+    pub(crate) fn retire_and_close(&self, reason: LossReason) {
+        self.retire(reason);
+        let closer = lock(&self.closer).take();
+        if let (Some(closer), Ok(runtime)) = (closer, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(close_abandoned(closer, self.timeout));
+        }
+    }
+
     fn ended(&self) -> LockError {
         LockError::connection(
             self.endpoint.clone(),
@@ -208,6 +232,33 @@ fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
     match &config.auth {
         Some(auth) => connector.with_auth("digest", &auth.credentials()),
         None => connector,
+    }
+}
+
+/// Attaches to an abandoned session and closes it (a client that is not detached closes its
+/// session when dropped). Gives up after two session timeouts: by then the server has
+/// expired it on its own.
+async fn close_abandoned(closer: Closer, timeout: Duration) {
+    let give_up = Instant::now() + timeout * 2;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let hosts = closer.config.hosts.join(",");
+    while Instant::now() < give_up {
+        let mut connector = Client::connector()
+            .with_session_timeout(timeout)
+            .with_fail_eagerly()
+            .with_session(closer.info.clone());
+        if let Some(auth) = &closer.config.auth {
+            connector = connector.with_auth("digest", &auth.credentials());
+        }
+        match tokio::time::timeout(timeout, connector.connect(&hosts)).await {
+            Ok(Ok(client)) => {
+                tracing::info!(session = %closer.info.id(), "closed an abandoned ZooKeeper session");
+                drop(client);
+                return;
+            }
+            Ok(Err(zookeeper_client::Error::SessionExpired)) => return,
+            _ => tokio::time::sleep(backoff.next_delay()).await,
+        }
     }
 }
 
@@ -267,7 +318,7 @@ async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWa
                             if !matches!(states.peek_state(), SessionState::SyncConnected | SessionState::ConnectedReadOnly)
                                 && Instant::now() >= session.deadline()
                             {
-                                session.retire(LossReason::LeaseExpired);
+                                session.retire_and_close(LossReason::LeaseExpired);
                                 return;
                             }
                         }
