@@ -422,6 +422,17 @@ impl Shared {
     }
 }
 
+impl Drop for Shared {
+    /// The last clone of the backend is gone, and with it every guard (guards keep their
+    /// backend alive): close the session so whatever it still owns goes at once. A session
+    /// given up by [`ZooKeeperBackend::abandon_session`] is left to expire, as after a crash.
+    fn drop(&mut self) {
+        if let Some(session) = self.current.get_mut().take() {
+            session.close();
+        }
+    }
+}
+
 /// The backend's record of a held lock.
 struct HeldNode {
     session: Arc<Session>,

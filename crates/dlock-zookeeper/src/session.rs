@@ -174,6 +174,27 @@ impl Session {
     /// retirement), its connection is dropped without closing the session, so the server
     /// removes its nodes when the session expires.
     pub(crate) fn retire(&self, reason: LossReason) {
+        if self.stop(reason) {
+            tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
+        }
+    }
+
+    /// Retires the session and closes it on the server as soon as a server answers, so its
+    /// nodes go at once rather than when the server expires it: for a session given up on
+    /// while the server may still keep it (its locks are already signalled lost).
+    pub(crate) fn retire_and_close(&self, reason: LossReason) {
+        self.retire(reason);
+        self.close_in_background();
+    }
+
+    /// Ends the session because its client is done with it (the backend was dropped).
+    pub(crate) fn close(&self) {
+        self.stop(LossReason::SessionEnded);
+        self.close_in_background();
+    }
+
+    /// Marks the session retired and drops its client; true if this call did it.
+    fn stop(&self, reason: LossReason) -> bool {
         let changed = self.retired.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
@@ -182,17 +203,11 @@ impl Session {
                 false
             }
         });
-        if changed {
-            tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
-        }
         drop(lock(&self.client).take());
+        changed
     }
 
-    /// Retires the session and closes it on the server as soon as a server answers, so its
-    /// nodes go at once rather than when the server expires it: for a session given up on
-    /// while the server may still keep it (its locks are already signalled lost).
-    pub(crate) fn retire_and_close(&self, reason: LossReason) {
-        self.retire(reason);
+    fn close_in_background(&self) {
         let closer = lock(&self.closer).take();
         if let (Some(closer), Ok(runtime)) = (closer, tokio::runtime::Handle::try_current()) {
             runtime.spawn(close_abandoned(closer, self.timeout));
@@ -226,8 +241,8 @@ fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
     let connector = Client::connector()
         .with_session_timeout(config.session_timeout)
         .with_fail_eagerly()
-        // Dropping the client must not close the session: only an explicit release or the
-        // server's expiry ends a lock, as with a crashed process.
+        // Dropping the client must not close the session: the backend decides (it closes on
+        // purpose when dropped or given up on, and a simulated crash must not close).
         .with_detached();
     match &config.auth {
         Some(auth) => connector.with_auth("digest", &auth.credentials()),
@@ -235,7 +250,7 @@ fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
     }
 }
 
-/// Attaches to an abandoned session and closes it (a client that is not detached closes its
+/// Attaches to a session this process is done with and closes it (a client that is not detached closes its
 /// session when dropped). Gives up after two session timeouts: by then the server has
 /// expired it on its own.
 async fn close_abandoned(closer: Closer, timeout: Duration) {
@@ -252,7 +267,7 @@ async fn close_abandoned(closer: Closer, timeout: Duration) {
         }
         match tokio::time::timeout(timeout, connector.connect(&hosts)).await {
             Ok(Ok(client)) => {
-                tracing::info!(session = %closer.info.id(), "closed an abandoned ZooKeeper session");
+                tracing::debug!(session = %closer.info.id(), "closed a ZooKeeper session");
                 drop(client);
                 return;
             }
