@@ -55,11 +55,19 @@ impl Keepalive {
         let now = Instant::now();
         let period = renewal_period(&lease, now);
         let mut registry = lock(&self.state);
+        // Join the next batch if it comes within one period: a little early is harmless,
+        // and a client taking locks one after another then still renews them in one call.
+        let next_batch = registry
+            .entries
+            .values()
+            .map(|entry| entry.next_renewal)
+            .filter(|at| *at <= now + period)
+            .min();
         registry.entries.insert(
             lease.id(),
             Entry {
                 lease,
-                next_renewal: now + period,
+                next_renewal: next_batch.unwrap_or(now + period),
                 period,
             },
         );

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use dlock_core::{LockError, Result};
+use dlock_core::{BackendUrl, LockError, Result};
 
 /// The session timeout asked for when the URL does not say: the default lease of
 /// [`LockOptions`](dlock_core::LockOptions), so a default lock and a default session agree.
@@ -103,85 +103,38 @@ impl ZooKeeperConfig {
     ///
     /// Bad URLs give [`LockError::InvalidUrl`] with the password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
-        let redacted = redact(url);
-        let invalid = |reason: String| LockError::InvalidUrl {
-            url: redacted.clone(),
-            reason,
-        };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            invalid("expected zookeeper://host:port[,host:port…][/chroot]".into())
-        })?;
-        if !scheme.eq_ignore_ascii_case("zookeeper") && !scheme.eq_ignore_ascii_case("zk") {
-            return Err(invalid(format!(
-                "the scheme is `{scheme}`, expected `zookeeper` or `zk`"
+        let parsed = BackendUrl::parse(url, DEFAULT_PORT)?;
+        if parsed.scheme != "zookeeper" && parsed.scheme != "zk" {
+            return Err(parsed.invalid(format!(
+                "the scheme is `{}`, expected `zookeeper` or `zk`",
+                parsed.scheme
             )));
         }
-        if rest.contains('#') {
-            return Err(invalid("a fragment (#…) means nothing here".into()));
-        }
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (userinfo, location) = match location.rsplit_once('@') {
-            Some((userinfo, location)) => (Some(userinfo), location),
-            None => (None, location),
-        };
-        let (hosts, chroot) = match location.find('/') {
-            Some(slash) => (&location[..slash], Some(&location[slash..])),
-            None => (location, None),
-        };
-        let mut config = ZooKeeperConfig::new(
-            hosts
-                .split(',')
-                .map(host_and_port)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(invalid)?,
-        );
-        config.chroot = chroot
-            .map(parse_chroot)
-            .transpose()
-            .map_err(invalid)?
-            .flatten();
-        if let Some(userinfo) = userinfo {
-            let (user, password) = userinfo.split_once(':').ok_or_else(|| {
-                invalid("digest authentication needs user:password before the @".into())
+        let mut config = ZooKeeperConfig::new(parsed.hosts.iter().map(ToString::to_string));
+        config.chroot = parse_chroot(&parsed.path).map_err(|reason| parsed.invalid(reason))?;
+        if let Some(user) = &parsed.user {
+            let password = parsed.password.clone().ok_or_else(|| {
+                parsed.invalid("digest authentication needs user:password before the @")
             })?;
-            let user = percent_decode(user).map_err(invalid)?;
-            if user.is_empty() {
-                return Err(invalid("the user name is empty".into()));
-            }
             if user.contains(':') {
-                return Err(invalid("the user name contains `:`".into()));
+                return Err(parsed.invalid("the user name contains `:`"));
             }
-            config.auth = Some(DigestAuth::new(
-                user,
-                percent_decode(password).map_err(invalid)?,
-            ));
+            config.auth = Some(DigestAuth::new(user.clone(), password));
+        } else if parsed.password.is_some() {
+            return Err(parsed.invalid("the user name is empty"));
         }
-        let mut seen = std::collections::HashSet::new();
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            if !seen.insert(name.to_string()) {
-                return Err(invalid(format!("query parameter `{name}` is given twice")));
-            }
-            let duration = || {
-                humantime::parse_duration(&value).map_err(|error| {
-                    invalid(format!(
-                        "`{name}={value}` is not a duration like 10s: {error}"
-                    ))
-                })
-            };
-            match name.as_ref() {
-                "session_timeout" => config.session_timeout = duration()?,
-                "connect_timeout" => config.connect_timeout = duration()?,
+        for (name, value) in &parsed.params {
+            match name.as_str() {
+                "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
+                "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 other => {
-                    return Err(invalid(format!(
-                        "unknown query parameter `{other}` (the zookeeper backend reads \
-                         session_timeout and connect_timeout)"
-                    )))
+                    return Err(parsed.unknown_param(other, &["session_timeout", "connect_timeout"]))
                 }
             }
         }
         config
             .validate()
-            .map_err(|error| invalid(error.to_string()))?;
+            .map_err(|error| parsed.invalid(error.to_string()))?;
         Ok(config)
     }
 
@@ -225,56 +178,12 @@ impl fmt::Debug for ZooKeeperConfig {
     }
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((userinfo, _)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let after = &rest[userinfo.len()..];
-            format!("{scheme}://{user}:***{after}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-fn host_and_port(host: &str) -> std::result::Result<String, String> {
-    if host.is_empty() {
-        return Err("a host is empty (expected host:port[,host:port…])".into());
-    }
-    // `[::1]:2181` keeps its brackets; a bare IPv6 address has no port.
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port))
-            if !name.ends_with(':') && (!name.contains(':') || name.ends_with(']')) =>
-        {
-            (name, Some(port))
-        }
-        _ => (host, None),
-    };
-    if name.is_empty() || name.contains(['@', ' ', '/']) {
-        return Err(format!("`{host}` is not a host name"));
-    }
-    let port = match port {
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("`{port}` in `{host}` is not a port number"))?,
-        None => DEFAULT_PORT,
-    };
-    Ok(format!("{name}:{port}"))
-}
-
-/// `/a/b` checked as a ZooKeeper path; `/` alone means no chroot.
+/// `/a/b` (already decoded) checked as a ZooKeeper path; `/` alone means no chroot.
 fn parse_chroot(path: &str) -> std::result::Result<Option<String>, String> {
-    let path = path.trim_end_matches('/');
-    if path.is_empty() {
+    let decoded = path.trim_end_matches('/');
+    if decoded.is_empty() {
         return Ok(None);
     }
-    let decoded = percent_decode(path)?;
     for segment in decoded[1..].split('/') {
         if segment.is_empty() || segment == "." || segment == ".." {
             return Err(format!(
@@ -287,27 +196,7 @@ fn parse_chroot(path: &str) -> std::result::Result<Option<String>, String> {
             ));
         }
     }
-    Ok(Some(decoded))
-}
-
-fn percent_decode(text: &str) -> std::result::Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .ok_or_else(|| "a `%` is not followed by two hex digits".to_owned())?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "percent-encoding that is not UTF-8".to_owned())
+    Ok(Some(decoded.to_owned()))
 }
 
 #[cfg(test)]
@@ -359,11 +248,5 @@ mod tests {
     fn ipv6_hosts_keep_their_brackets() {
         let config = ZooKeeperConfig::from_url("zookeeper://[::1]:2181,[::1]").unwrap();
         assert_eq!(config.hosts, ["[::1]:2181", "[::1]:2181"]);
-    }
-
-    #[test]
-    fn redaction_hides_only_the_password() {
-        assert_eq!(redact("zk://u:pw@h:1/x?y=z"), "zk://u:***@h:1/x?y=z");
-        assert_eq!(redact("zk://h:1/x"), "zk://h:1/x");
     }
 }
