@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-servers.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace --no-fail-fast
