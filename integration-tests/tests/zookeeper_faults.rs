@@ -176,15 +176,29 @@ async fn session_closed_from_outside_passes_the_lock_on() {
         .expect("queued");
 
     let info = holder_backend.session_info().await.expect("a live session");
-    let intruder = Client::connector()
-        .with_session_timeout(session)
-        .with_session(info)
-        .connect(&server.address())
-        .await
-        .expect("take the session over");
-    drop(intruder); // not detached: closes the session on the server
-    let started = Instant::now();
-    let reason = within(SOON, "the loss signal", guard.lost()).await;
+    // The holder's client reconnects the moment the server moves its session away, so a
+    // takeover can lose that race (its connect times out, or its close reaches a connection
+    // that no longer owns the session). Try again until the holder hears of it, as
+    // Curator's KillSession does.
+    let lost = guard.lost();
+    tokio::pin!(lost);
+    let mut outcome = None;
+    let mut started = Instant::now();
+    for _attempt in 0..10 {
+        let takeover = Client::connector()
+            .with_session_timeout(session)
+            .with_connection_timeout(Duration::from_secs(2))
+            .with_session(info.clone())
+            .connect(&server.address())
+            .await;
+        started = Instant::now();
+        drop(takeover); // not detached: closes the session on the server
+        if let Ok(reason) = tokio::time::timeout(Duration::from_secs(3), &mut lost).await {
+            outcome = Some(reason);
+            break;
+        }
+    }
+    let reason = outcome.expect("the holder heard its session end");
     // Which the holder hears first depends on the race between its reconnection and the
     // close: its node's deletion, or the session's end.
     assert!(
