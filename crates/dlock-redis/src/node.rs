@@ -185,18 +185,7 @@ impl Node {
     /// Runs the release script: `Ok(true)` released, `Ok(false)` not ours. With a `fair`
     /// line the lock goes straight to the first live waiter.
     pub(crate) async fn release(&self, names: &LockNames, owner: &str, fair: bool) -> Result<bool> {
-        let reply: i64 = scripts()
-            .release
-            .key(&names.lock)
-            .key(&names.fence)
-            .key(&names.queue)
-            .key(&names.deadlines)
-            .arg(owner)
-            .arg(WAKE_CHANNEL_PREFIX)
-            .arg(if fair { 1 } else { 0 })
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| error(&self.endpoint, e))?;
+        let reply = self.hand_on(&scripts().release, names, owner, fair).await?;
         owned(reply, names, "release")
     }
 
@@ -245,19 +234,30 @@ impl Node {
     /// Takes `waiter` out of the line, handing its turn on if it was first, and gives back
     /// the lock if it was handed to `waiter` meanwhile.
     pub(crate) async fn leave(&self, names: &LockNames, waiter: &str, fair: bool) -> Result<()> {
-        let _: i64 = scripts()
-            .leave
+        self.hand_on(&scripts().leave, names, waiter, fair).await?;
+        Ok(())
+    }
+
+    /// Runs a script that takes `member` out of the lock (release) or the line (leave) and
+    /// hands the turn to the next live waiter: both see every key of the lock.
+    async fn hand_on(
+        &self,
+        script: &redis::Script,
+        names: &LockNames,
+        member: &str,
+        fair: bool,
+    ) -> Result<i64> {
+        script
             .key(&names.lock)
             .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
-            .arg(waiter)
+            .arg(member)
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(if fair { 1 } else { 0 })
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
-        Ok(())
+            .map_err(|e| error(&self.endpoint, e))
     }
 
     /// Raises the fence counter to at least `token`.
