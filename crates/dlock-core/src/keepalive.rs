@@ -20,6 +20,12 @@ use crate::lease::{lock, Lease, LossReason, Status};
 /// when the client holds nothing.
 pub(crate) struct Keepalive {
     backend: Arc<dyn LockBackend>,
+    /// The backend's lease is its session ([`Capabilities::session_lease`]): every lock is
+    /// checked against the session whatever its keepalive option, since the session, not
+    /// the option, decides how long it lives.
+    ///
+    /// [`Capabilities::session_lease`]: crate::Capabilities::session_lease
+    session_lease: bool,
     state: Mutex<Registry>,
     wake: Notify,
 }
@@ -35,11 +41,14 @@ struct Entry {
     next_renewal: Instant,
     /// The time between renewals, as last computed by [`renewal_period`].
     period: Duration,
+    /// Whether this lease is renewed at all (else only its deadline is watched).
+    renewed: bool,
 }
 
 impl Keepalive {
     pub(crate) fn new(backend: Arc<dyn LockBackend>) -> Arc<Self> {
         Arc::new(Keepalive {
+            session_lease: backend.capabilities().session_lease,
             backend,
             state: Mutex::new(Registry::default()),
             wake: Notify::new(),
@@ -50,10 +59,12 @@ impl Keepalive {
         &self.backend
     }
 
-    /// Starts watching `lease`; renews it if its options ask for keepalive.
+    /// Starts watching `lease`; renews it if its options ask for keepalive or the backend's
+    /// lease is its session.
     pub(crate) fn register(self: &Arc<Self>, lease: Arc<Lease>) {
         let now = Instant::now();
         let period = renewal_period(&lease, now);
+        let renewed = lease.options().keepalive || self.session_lease;
         let mut registry = lock(&self.state);
         // Join the next batch if it comes within one period: a little early is harmless,
         // and a client taking locks one after another then still renews them in one call.
@@ -69,6 +80,7 @@ impl Keepalive {
                 lease,
                 next_renewal: next_batch.unwrap_or(now + period),
                 period,
+                renewed,
             },
         );
         if !registry.running {
@@ -142,7 +154,7 @@ impl Keepalive {
             .values()
             .map(|entry| {
                 let deadline = entry.lease.valid_until();
-                if entry.lease.options().keepalive {
+                if entry.renewed {
                     deadline.min(entry.next_renewal)
                 } else {
                     deadline
@@ -219,7 +231,7 @@ const MIN_PERIOD: Duration = Duration::from_millis(5);
 
 /// Due now, or within half a period: renewing a little early lets leases share one call.
 fn is_due(entry: &Entry, now: Instant) -> bool {
-    entry.lease.options().keepalive
+    entry.renewed
         && matches!(entry.lease.state().status(), Status::Held)
         && entry.next_renewal <= now + entry.period / 2
 }

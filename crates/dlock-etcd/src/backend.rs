@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
-    LockInfo, LockKey, LockOptions, LossReason, Renewal, Result, MAX_LEASE,
+    LockInfo, LockKey, LockOptions, LossReason, Renewal, Result,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
@@ -184,13 +184,8 @@ impl EtcdBackend {
     ) -> Result<Acquired> {
         let token = u64::try_from(revision)
             .map_err(|_| LockError::protocol(BACKEND, format!("negative revision {revision}")))?;
-        // With keepalive off the session still holds the lock; its own heartbeat tells the
-        // guard if it ends, so the core's clock must not expire it.
-        let valid_until = if request.options.keepalive {
-            session.valid_until()
-        } else {
-            Instant::now() + MAX_LEASE
-        };
+        // The core checks session locks against the session whatever their keepalive option.
+        let valid_until = session.valid_until();
         session.register(request.loss.clone());
         Ok(Acquired {
             token: FencingToken::new(token),

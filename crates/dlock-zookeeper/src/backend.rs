@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError,
-    LockOptions, LossNotifier, LossReason, Renewal, Result, MAX_LEASE,
+    LossNotifier, LossReason, Renewal, Result,
 };
 use tokio::time::Instant;
 use zookeeper_client::{Error, EventType, OneshotWatcher};
@@ -252,7 +252,7 @@ impl ZooKeeperBackend {
         ));
         Ok(Some(Some(Acquired {
             token: FencingToken::new(token),
-            valid_until: valid_until(session, request.options),
+            valid_until: session.deadline(),
             record: Box::new(held),
         })))
     }
@@ -304,7 +304,7 @@ impl LockBackend for ZooKeeperBackend {
                 if stat.czxid == held.czxid && stat.ephemeral_owner == held.session.id() =>
             {
                 held.session.answered(sent);
-                Ok(valid_until(&held.session, lease.options()))
+                Ok(held.session.deadline())
             }
             Ok(_) => {
                 held.state.store(LOST, Ordering::Release);
@@ -374,7 +374,7 @@ impl LockBackend for ZooKeeperBackend {
                         Renewal::Lost(LossReason::NotOwner)
                     }
                     None => Renewal::Renewed {
-                        valid_until: valid_until(&held.session, lease.options()),
+                        valid_until: held.session.deadline(),
                     },
                 })
             })
@@ -469,20 +469,6 @@ async fn watch_held(
         .is_ok()
     {
         loss.notify_lost(reason);
-    }
-}
-
-/// Until when a lock taken with `options` is surely held, on this process's clock.
-///
-/// With keepalive renewing often enough (at most a third of the session timeout, the
-/// default when the lease is the session timeout), that is the session's deadline. Otherwise
-/// the session alone holds the lock and this backend signals its loss itself, the moment
-/// the session ends or its deadline passes: the core's clock is then set out of the way.
-fn valid_until(session: &Session, options: &LockOptions) -> Instant {
-    if options.keepalive && options.effective_keepalive_interval() <= session.timeout() / 3 {
-        session.deadline()
-    } else {
-        Instant::now() + MAX_LEASE
     }
 }
 
