@@ -28,9 +28,11 @@ const SAFETY_NET: Duration = Duration::from_secs(10);
 const SPLIT_RETRY: Duration = Duration::from_millis(40);
 /// How long a Redlock instance that could not be connected to is left alone.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
-/// A waiting `acquire` without a wait limit stays in line this long before it must refresh
-/// its entry (it does so every time it wakes, and the safety net wakes it far more often).
-const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a line entry counts without being refreshed. A live waiter refreshes its entry
+/// every time it asks again, at least once per `SAFETY_NET`; an entry whose waiter is gone but
+/// whose connection Redis still believes open (its host crashed: TCP keepalive takes minutes)
+/// holds the line no longer than this.
+const ENTRY_TTL: Duration = Duration::from_secs(30);
 
 /// Distributed locks in Redis: a single instance (`redis://`, `rediss://`) or Redlock over
 /// independent instances (`redis+redlock://a,b,c`).
@@ -172,8 +174,6 @@ enum Attempt {
         valid_until: Instant,
         /// Instances where the lock was granted.
         granted: Vec<bool>,
-        /// Instances where the waiter stands in line (Redlock: those that said no).
-        in_line: Vec<bool>,
     },
     Busy {
         /// Instances where this waiter now stands in line.
@@ -265,7 +265,7 @@ impl Inner {
         names: &LockNames,
         owner: &str,
         lease: Duration,
-        waiter: Option<(&str, Duration)>,
+        waiter: Option<(&str, Duration, u64)>,
     ) -> Attempt {
         let started = Instant::now();
         let fair = self.fair();
@@ -282,8 +282,9 @@ impl Inner {
                 Ok(AcquireReply::Granted(token)) => tokens[index] = Some(token),
                 Ok(AcquireReply::Waiting { holder_ttl, first }) => {
                     in_line[index] = waiter.is_some();
-                    if first {
-                        let ttl = holder_ttl.unwrap_or(Duration::ZERO);
+                    // A lock without expiry (not ours, or tampered with) is freed only by a
+                    // release, which wakes us: no timer for it.
+                    if let (true, Some(ttl)) = (first, holder_ttl) {
                         first_for = Some(first_for.map_or(ttl, |f| f.min(ttl)));
                     }
                 }
@@ -300,7 +301,6 @@ impl Inner {
                         token,
                         valid_until,
                         granted,
-                        in_line,
                     }
                 }
                 Ok(_) => {}
@@ -416,6 +416,16 @@ impl LockBackend for RedisBackend {
         } else {
             inner.next_id()
         };
+        // A free lock is taken without joining a line or listening for wake-ups, so the
+        // uncontended path costs one script call; a waiter joins the line from its next call
+        // on (first come, first served counts from the join).
+        match inner.attempt(&names, &owner, lease, None).await {
+            Attempt::Granted {
+                token, valid_until, ..
+            } => return Ok(acquired(names, owner, token, valid_until)),
+            Attempt::Failed(error) if !error.is_transient() => return Err(error),
+            Attempt::Busy { .. } | Attempt::Failed(_) => {}
+        }
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -427,20 +437,29 @@ impl LockBackend for RedisBackend {
                     waited: request.options.wait.unwrap_or_default(),
                 });
             }
-            let wait = remaining.unwrap_or(FOREVER);
+            // Our entry counts until our wait limit, but never longer than `ENTRY_TTL`: we ask
+            // again (and so refresh it) well before that.
+            let entry_ttl = remaining.unwrap_or(ENTRY_TTL).min(ENTRY_TTL);
             let mut deaf = false;
-            let sent = Instant::now();
-            let attempt = inner
-                .attempt(&names, &owner, lease, Some((&place.id, wait)))
-                .await;
+            let attempt = match place.listen().await {
+                Ok(()) => {
+                    // From the moment the request may reach a server we may stand in its
+                    // line, even if we never see the answer (cancelled, connection lost).
+                    let number = place.next_attempt();
+                    let sent = Instant::now();
+                    let waiter = Some((place.id.as_str(), entry_ttl, number));
+                    let attempt = inner.attempt(&names, &owner, lease, waiter).await;
+                    (attempt, sent)
+                }
+                Err(error) => (Attempt::Failed(error), Instant::now()),
+            };
+            let (attempt, sent) = attempt;
             let nap = match attempt {
                 Attempt::Granted {
                     token,
                     valid_until,
                     granted,
-                    in_line,
                 } => {
-                    place.joined(&in_line);
                     if inner.fair() {
                         // A fair grant took us out of the line; unfair (Redlock) waiters
                         // leave every line when `place` drops.
@@ -454,7 +473,6 @@ impl LockBackend for RedisBackend {
                     split,
                 } => {
                     failing_since = None;
-                    place.joined(&in_line);
                     if in_line.iter().any(|l| *l) {
                         request.queued();
                     }
@@ -463,15 +481,13 @@ impl LockBackend for RedisBackend {
                         jitter(SPLIT_RETRY)
                     } else if let Some(ttl) = first_for {
                         // First in line: look again when the holder's lease runs out, in
-                        // case it vanished without releasing.
-                        ttl + Duration::from_millis(1)
+                        // case it vanished without releasing (and refresh the entry anyway).
+                        (ttl + Duration::from_millis(1)).min(jitter(SAFETY_NET))
                     } else {
                         jitter(SAFETY_NET)
                     }
                 }
                 Attempt::Failed(error) if error.is_transient() => {
-                    // We may or may not stand in line: leave every line when we give up.
-                    place.joined(&vec![true; inner.nodes.len()]);
                     let since = *failing_since.get_or_insert(now);
                     if now.duration_since(since) >= inner.config.retry_limit
                         || request
@@ -499,9 +515,10 @@ impl LockBackend for RedisBackend {
             let Some(token) = place.wait(wake_at).await else {
                 continue;
             };
-            // Handed over by a release (fair line, one instance). The lock was set after the
-            // server answered our last request, which we sent at `sent`: the lease runs at
-            // least until `sent + lease`. If that is too close, confirm with the script.
+            // Handed over by a release (fair line, one instance) in answer to the request we
+            // sent at `sent` (the grant names it): the lock was set after the server answered
+            // that request, so the lease runs at least until `sent + lease`. If that is too
+            // close (or past: we may have been paused), confirm with the script.
             let valid_until = sent + lease;
             if inner.fair() && valid_until > Instant::now() + lease / 2 {
                 place.left(&vec![true; inner.nodes.len()]);
@@ -653,14 +670,19 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
-/// A waiter's place in the lines of one lock: its id, its wake-ups, and on which instances
-/// it stands in line. Dropping it (the acquire returned or was cancelled) leaves every line
-/// it still stands in, handing the turn on if it was first (P7).
+/// A waiter's place in the lines of one lock: its id, its wake-ups, the number of its latest
+/// request, where it listens and where it may stand in line. Dropping it (the acquire returned
+/// or was cancelled at any await point) leaves every line it may stand in, handing the turn
+/// on if it was first (P7), and stops listening, which makes any entry left behind (a leave
+/// that could not reach the server) dead at once.
 struct PlaceInLine {
     inner: Arc<Inner>,
     names: LockNames,
     id: String,
     wakes: mpsc::UnboundedReceiver<Wake>,
+    /// The number of the latest request; grants name the request they answer.
+    attempt: u64,
+    listening: Vec<bool>,
     in_line: Vec<bool>,
 }
 
@@ -669,20 +691,53 @@ impl PlaceInLine {
         // `<client>:<seq>:<lease ms>`: scripts read the channel and the lease from it.
         let id = format!("{}:{}", inner.next_id(), lease.as_millis().max(1));
         let wakes = inner.waiters.register(&id);
-        let in_line = vec![false; inner.nodes.len()];
+        let count = inner.nodes.len();
         PlaceInLine {
             inner,
             names,
             id,
             wakes,
-            in_line,
+            attempt: 0,
+            listening: vec![false; count],
+            in_line: vec![false; count],
         }
     }
 
-    fn joined(&mut self, where_: &[bool]) {
-        for (mine, joined) in self.in_line.iter_mut().zip(where_) {
-            *mine |= *joined;
+    /// Listens for this waiter's wake-ups on every instance not listened on yet; enough when
+    /// a quorum listens (an instance where it does not counts its entry dead, as if it were
+    /// down).
+    async fn listen(&mut self) -> Result<()> {
+        let (inner, id) = (&self.inner, &self.id);
+        let missing: Vec<usize> = (0..self.listening.len())
+            .filter(|&index| !self.listening[index])
+            .collect();
+        let outcomes = join_all(
+            missing
+                .iter()
+                .map(|&index| async move { inner.node(index).await?.listen(id).await }),
+        )
+        .await;
+        let mut first_error = None;
+        for (index, outcome) in missing.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => self.listening[index] = true,
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
         }
+        let listening = self.listening.iter().filter(|l| **l).count();
+        match first_error {
+            Some(error) if listening < self.inner.config.quorum() => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Numbers the next request, which may put this waiter in line on every instance.
+    fn next_attempt(&mut self) -> u64 {
+        self.attempt += 1;
+        self.in_line = vec![true; self.in_line.len()];
+        self.attempt
     }
 
     fn left(&mut self, where_: &[bool]) {
@@ -694,17 +749,26 @@ impl PlaceInLine {
     }
 
     /// Sleeps until a wake-up message or `until`, whichever comes first; returns the token
-    /// if a release handed the lock over to this waiter.
+    /// if a release handed the lock over to this waiter in answer to its latest request.
     async fn wait(&mut self, mut until: Instant) -> Option<u64> {
         loop {
             tokio::select! {
+                biased;
                 wake = self.wakes.recv() => match wake {
-                    Some(Wake::Granted(token)) => return Some(token),
-                    Some(Wake::First(ttl)) => {
+                    Some(Wake::Granted { token, attempt }) if attempt == self.attempt => {
+                        return Some(token)
+                    }
+                    Some(Wake::Granted { attempt, .. }) => {
+                        // Left over from an earlier request: that grant ran out or was
+                        // confirmed before our latest request, which found the lock not ours.
+                        tracing::debug!(attempt, latest = self.attempt, "ignoring a stale grant");
+                    }
+                    Some(Wake::First(Some(ttl))) => {
                         // First in line now: look again when the new holder's lease would
                         // end, unless its release comes first.
                         until = until.min(Instant::now() + ttl + Duration::from_millis(1));
                     }
+                    Some(Wake::First(None)) => {}
                     Some(Wake::Released | Wake::Reconnected) | None => return None,
                 },
                 _ = tokio::time::sleep_until(until) => return None,
@@ -716,7 +780,7 @@ impl PlaceInLine {
 impl Drop for PlaceInLine {
     fn drop(&mut self) {
         self.inner.waiters.unregister(&self.id);
-        if !self.in_line.iter().any(|l| *l) {
+        if !self.in_line.iter().chain(&self.listening).any(|l| *l) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -724,26 +788,37 @@ impl Drop for PlaceInLine {
         };
         let (inner, names, id) = (Arc::clone(&self.inner), self.names.clone(), self.id.clone());
         let in_line = std::mem::take(&mut self.in_line);
+        let listening = std::mem::take(&mut self.listening);
         runtime.spawn(async move {
-            join_all(
-                in_line
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| **l)
-                    .map(|(index, _)| {
-                        let (inner, names, id) = (&inner, &names, &id);
-                        async move {
-                            let left = match inner.node(index).await {
-                                Ok(node) => node.leave(names, id, inner.fair()).await,
-                                Err(error) => Err(error),
-                            };
-                            if let Err(error) = left {
-                                // The entry's deadline, or its client going away, removes it later.
-                                tracing::debug!(%error, "could not leave a waiting line");
-                            }
+            join_all((0..in_line.len()).map(|index| {
+                let (inner, names, id) = (&inner, &names, &id);
+                let (in_line, listening) = (in_line[index], listening[index]);
+                async move {
+                    if !in_line && !listening {
+                        return;
+                    }
+                    let node = match inner.node(index).await {
+                        Ok(node) => node,
+                        Err(error) => {
+                            // The connection is gone, and with it what listened: our entries
+                            // there are dead already.
+                            tracing::debug!(%error, "could not leave a waiting line");
+                            return;
                         }
-                    }),
-            )
+                    };
+                    if in_line {
+                        if let Err(error) = node.leave(names, id, inner.fair()).await {
+                            // Stopping to listen below makes the entry dead all the same.
+                            tracing::debug!(%error, "could not leave a waiting line");
+                        }
+                    }
+                    if listening {
+                        if let Err(error) = node.stop_listening(id).await {
+                            tracing::debug!(%error, "could not stop listening for a waiter");
+                        }
+                    }
+                }
+            }))
             .await;
         });
     }

@@ -8,7 +8,8 @@ use dlock_core::LockKey;
 pub(crate) struct LockNames {
     /// The lock itself: a string holding the owner id, with the lease as its expiry.
     pub(crate) lock: String,
-    /// The fence counter: bumped by every acquisition, never expires.
+    /// The fence counter: bumped by every acquisition; it expires a few seconds after the
+    /// lock does (tokens then restart from the server clock, see `scripts`).
     pub(crate) fence: String,
     /// The waiting line: a list of waiter ids, oldest first.
     pub(crate) queue: String,
@@ -38,13 +39,15 @@ impl LockNames {
     }
 }
 
-/// The pub/sub channel every waiter of one client is woken on; scripts derive it from a
-/// waiter id (`<client id>:<sequence>`), so this prefix is passed to them.
+/// The prefix of the pub/sub channel a waiter is woken on (`<prefix><waiter id>`); scripts
+/// derive the channel from a waiter id, so this prefix is passed to them. Whether the channel
+/// has a listener is how scripts tell a live waiter from one that is gone.
 pub(crate) const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
 
-/// The wake channel of the client with id `client_id`.
-pub(crate) fn wake_channel(client_id: &str) -> String {
-    format!("{WAKE_CHANNEL_PREFIX}{client_id}")
+/// The wake channel of `listener` (a waiter id; a client id for the client-wide channel each
+/// connection also listens on).
+pub(crate) fn wake_channel(listener: &str) -> String {
+    format!("{WAKE_CHANNEL_PREFIX}{listener}")
 }
 
 fn escape(text: &str) -> String {

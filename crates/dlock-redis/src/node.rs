@@ -17,12 +17,19 @@ use crate::scripts::scripts;
 /// Why a waiter was woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
-    /// The holder released the lock and handed it to this waiter, with this token.
-    Granted(u64),
+    /// The holder released the lock and handed it to this waiter, with this token, in answer
+    /// to the waiter's request with this number.
+    Granted {
+        /// The fencing token.
+        token: u64,
+        /// The number of the waiter's request the hand-over found in the line.
+        attempt: u64,
+    },
     /// The holder released the lock and this waiter is first in line.
     Released,
-    /// This waiter is now first in line; the holder's lease runs this much longer.
-    First(Duration),
+    /// This waiter is now first in line; the holder's lease runs this much longer (`None`:
+    /// the lock key has no expiry, so only a release frees it).
+    First(Option<Duration>),
     /// A connection dropped: messages may have been missed, look again.
     Reconnected,
 }
@@ -88,17 +95,26 @@ impl Waiters {
     }
 }
 
-/// `<waiter> <g|r|h> <token or ms>` → (waiter, wake).
+/// `<waiter> g <token> <attempt>`, `<waiter> r 0`, `<waiter> h <ms or -1>` → (waiter, wake).
 fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split(' ');
-    let (waiter, kind, ms) = (parts.next()?, parts.next()?, parts.next()?);
+    let (waiter, kind, value) = (parts.next()?, parts.next()?, parts.next()?);
     let wake = match kind {
-        "g" => Wake::Granted(ms.parse().ok()?),
+        "g" => Wake::Granted {
+            token: value.parse().ok()?,
+            attempt: parts.next()?.parse().ok()?,
+        },
         "r" => Wake::Released,
-        "h" => Wake::First(Duration::from_millis(ms.parse().ok()?)),
+        "h" => match value.parse::<i64>().ok()? {
+            -1 => Wake::First(None),
+            ms => Wake::First(Some(Duration::from_millis(u64::try_from(ms).ok()?))),
+        },
         _ => return None,
     };
+    if parts.next().is_some() {
+        return None;
+    }
     Some((waiter, wake))
 }
 
@@ -146,16 +162,17 @@ impl Node {
         })
     }
 
-    /// Runs the acquire script. `waiter` is `(id, how long it waits)`; `None` only tries.
+    /// Runs the acquire script. `waiter` is `(id, how long its entry counts, the number of
+    /// this request)`; `None` only tries.
     pub(crate) async fn acquire(
         &self,
         names: &LockNames,
         owner: &str,
         lease: Duration,
-        waiter: Option<(&str, Duration)>,
+        waiter: Option<(&str, Duration, u64)>,
         fair: bool,
     ) -> Result<AcquireReply> {
-        let (waiter_id, wait) = waiter.unwrap_or(("", Duration::ZERO));
+        let (waiter_id, wait, attempt) = waiter.unwrap_or(("", Duration::ZERO, 0));
         let reply: Vec<i64> = scripts()
             .acquire
             .key(&names.lock)
@@ -168,6 +185,7 @@ impl Node {
             .arg(millis(wait).max(1))
             .arg(if fair { 1 } else { 0 })
             .arg(WAKE_CHANNEL_PREFIX)
+            .arg(attempt)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| error(&self.endpoint, e))?;
@@ -199,6 +217,7 @@ impl Node {
         let reply: i64 = scripts()
             .extend
             .key(&names.lock)
+            .key(&names.fence)
             .arg(owner)
             .arg(millis(ttl))
             .invoke_async(&mut self.connection.clone())
@@ -212,7 +231,11 @@ impl Node {
         let script = &scripts().renew;
         let mut invocation = script.prepare_invoke();
         for (names, owner, ttl) in locks {
-            invocation.key(&names.lock).arg(*owner).arg(millis(*ttl));
+            invocation
+                .key(&names.lock)
+                .key(&names.fence)
+                .arg(*owner)
+                .arg(millis(*ttl));
         }
         let reply: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
@@ -236,6 +259,27 @@ impl Node {
     pub(crate) async fn leave(&self, names: &LockNames, waiter: &str, fair: bool) -> Result<()> {
         self.hand_on(&scripts().leave, names, waiter, fair).await?;
         Ok(())
+    }
+
+    /// Starts listening for the wake-ups of `waiter`: scripts count a waiter in line as alive
+    /// only while its channel has a listener, so this must answer before the waiter joins a
+    /// line. The connection listens again by itself after a reconnect.
+    pub(crate) async fn listen(&self, waiter: &str) -> Result<()> {
+        self.connection
+            .clone()
+            .subscribe(wake_channel(waiter))
+            .await
+            .map_err(|e| error(&self.endpoint, e))
+    }
+
+    /// Stops listening for `waiter`: from now on its entries, wherever they still are, are
+    /// dead.
+    pub(crate) async fn stop_listening(&self, waiter: &str) -> Result<()> {
+        self.connection
+            .clone()
+            .unsubscribe(wake_channel(waiter))
+            .await
+            .map_err(|e| error(&self.endpoint, e))
     }
 
     /// Runs a script that takes `member` out of the lock (release) or the line (leave) and
@@ -265,6 +309,7 @@ impl Node {
         let _: i64 = scripts()
             .raise_fence
             .key(&names.fence)
+            .key(&names.lock)
             .arg(token)
             .invoke_async(&mut self.connection.clone())
             .await
@@ -411,8 +456,14 @@ mod tests {
     #[test]
     fn parses_wake_up_messages() {
         assert_eq!(
-            parse_wake(b"ab:1:500 g 1795726321896001"),
-            Some(("ab:1:500", Wake::Granted(1_795_726_321_896_001)))
+            parse_wake(b"ab:1:500 g 1795726321896001 7"),
+            Some((
+                "ab:1:500",
+                Wake::Granted {
+                    token: 1_795_726_321_896_001,
+                    attempt: 7
+                }
+            ))
         );
         assert_eq!(
             parse_wake(b"ab:2:500 r 0"),
@@ -420,7 +471,11 @@ mod tests {
         );
         assert_eq!(
             parse_wake(b"ab:3:500 h 250"),
-            Some(("ab:3:500", Wake::First(Duration::from_millis(250))))
+            Some(("ab:3:500", Wake::First(Some(Duration::from_millis(250)))))
+        );
+        assert_eq!(
+            parse_wake(b"ab:3:500 h -1"),
+            Some(("ab:3:500", Wake::First(None)))
         );
         for odd in [
             &b""[..],
@@ -428,6 +483,9 @@ mod tests {
             b"a q 1",
             b"a g -1",
             b"a h 1.5e3",
+            b"a h -2",
+            b"a g 5",
+            b"a g 5 1 x",
             b"\xff r 0",
         ] {
             assert_eq!(parse_wake(odd), None, "{odd:?}");

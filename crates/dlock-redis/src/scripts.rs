@@ -8,31 +8,57 @@ use std::sync::OnceLock;
 
 use redis::Script;
 
-/// Helpers shared by the scripts that look at the waiting line.
+/// How long a fence counter outlives its lock (released, expired, given back). Within this
+/// time a new acquisition continues the counter; after it, tokens restart from the server
+/// clock, which is then past every token the counter issued, unless the clock stepped back by
+/// more than this (or, on Redlock, instance clocks are further apart than this).
+pub(crate) const FENCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Helpers shared by the scripts that look at the waiting line or bump the fence counter.
 ///
 /// A waiter id is `<client id>:<sequence>:<lease ms>` (and the owner id it holds the lock
-/// under); the client is subscribed to
-/// `<wake channel prefix><client id>` for as long as it lives. An entry is alive while its
-/// deadline has not passed and its client still listens (a crashed client's entries are
-/// skipped at once, not after their deadline).
+/// under on a single instance); the waiter listens on `<wake channel prefix><waiter id>` for
+/// as long as it waits, and only then. Its entry in the deadlines hash is
+/// `<deadline ms>/<attempt>`: the server time after which it no longer counts, and the number
+/// of the waiter's latest request, which a grant message repeats so the waiter can tell a
+/// grant of its current request from one left over from an earlier one. An entry is alive
+/// while its deadline has not passed and its waiter still listens, so an entry whose waiter
+/// is gone (crashed, cancelled, served before a restart reloaded the line) is skipped at once.
+///
+/// **Fencing tokens** are `max(counter + 1, server time in ms × 1000)`: the counter orders
+/// acquisitions within one millisecond, the clock keeps tokens growing when the counter went
+/// back (a restart that reloaded an older snapshot, AOF that lost its tail, a promoted replica
+/// behind its primary) or went away (evicted, or expired: it lives only while its lock does,
+/// plus [`FENCE_GRACE`]). A key is acquired far fewer than 1000 times a millisecond, so every
+/// token is below the next millisecond's floor, and tokens grow as long as the clock of the
+/// server that issues the next token reads later than the clock did when the lost tokens were
+/// issued (the server clock does not step back by more than a restart or failover takes).
 const LINE: &str = r"
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function channel_of(entry, prefix)
-  return prefix .. string.match(entry, '^[^:]*')
+  return prefix .. entry
 end
 local function leave_line(queue, deadlines, entry)
   redis.call('LREM', queue, 1, entry)
   redis.call('HDEL', deadlines, entry)
 end
+-- The entry's deadline (nil when it has none) and the number of its latest request.
+local function entry_of(deadlines, entry)
+  local value = redis.call('HGET', deadlines, entry)
+  if not value then return nil, '0' end
+  local deadline = string.match(value, '^%d+')
+  return deadline and tonumber(deadline), string.match(value, '/(%d+)$') or '0'
+end
 local function expired(deadlines, entry, now)
-  local deadline = redis.call('HGET', deadlines, entry)
-  return (not deadline) or tonumber(deadline) <= now
+  local deadline = entry_of(deadlines, entry)
+  return (not deadline) or deadline <= now
 end
 -- Wakes the first live waiter with `kind` (r: the lock is free, h: you are first, the lease
--- runs `ms` more), dropping dead entries on the way. One message per call: no herd.
+-- runs `ms` more, -1 for a lock without expiry), dropping dead entries on the way. One
+-- message per call: no herd.
 local function wake_first(queue, deadlines, prefix, kind, ms, now)
   while true do
     local head = redis.call('LINDEX', queue, 0)
@@ -44,41 +70,53 @@ local function wake_first(queue, deadlines, prefix, kind, ms, now)
     leave_line(queue, deadlines, head)
   end
 end
--- Bumps the fence counter. A counter the server lost (restart without persistence) starts
--- again from the server's clock in microseconds, above every token it issued before.
-local function bump_fence(fence, now)
+-- The next fencing token of the lock; the counter lives as long as a lease of `lease` ms
+-- taken now, plus the grace.
+local function bump_fence(fence, now, lease)
+  local floor = now * 1000
   local token = redis.call('INCR', fence)
-  if token == 1 then
-    token = (now or server_ms()) * 1000
-    redis.call('SET', fence, string.format('%.0f', token))
+  if token < floor then
+    token = floor
+    redis.call('SET', fence, string.format('%.0f', token), 'PX', lease + FENCE_GRACE)
+  else
+    redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
   end
   return token
+end
+-- The lock is gone (released, given back): its counter is needed only until the clock has
+-- passed the tokens it issued.
+local function fence_after_lock(fence)
+  redis.call('PEXPIRE', fence, FENCE_GRACE)
 end
 local function alive(deadlines, entry, prefix, now)
   return (not expired(deadlines, entry, now))
     and redis.call('PUBSUB', 'NUMSUB', channel_of(entry, prefix))[2] > 0
 end
 -- The lock is free and the line fair: give it to the first live waiter at once (its entry
--- `<client>:<seq>:<lease ms>` is its owner id and says its lease), tell it its token, and
--- tell the next one it is now first. Dead entries are dropped on the way.
+-- `<client>:<seq>:<lease ms>` is its owner id and says its lease), tell it its token and
+-- which of its requests the grant answers, and tell the next one it is now first. Dead
+-- entries are dropped on the way; a waiter that stopped listening is found by the grant
+-- reaching nobody (the lock is set only when the grant reached it).
 local function hand_over(lock, fence, queue, deadlines, prefix)
   local now = server_ms()
   while true do
     local head = redis.call('LINDEX', queue, 0)
     if not head then return end
     local lease = tonumber(string.match(head, ':(%d+)$'))
-    if lease and lease > 0 and alive(deadlines, head, prefix, now) then
-      leave_line(queue, deadlines, head)
-      local token = bump_fence(fence, now)
-      redis.call('SET', lock, head, 'PX', lease)
-      redis.call('PUBLISH', channel_of(head, prefix), head .. ' g ' .. string.format('%.0f', token))
-      local next = redis.call('LINDEX', queue, 0)
-      if next then
-        redis.call('PUBLISH', channel_of(next, prefix), next .. ' h ' .. lease)
-      end
-      return
-    end
+    local deadline, attempt = entry_of(deadlines, head)
     leave_line(queue, deadlines, head)
+    if lease and lease > 0 and deadline and deadline > now then
+      local token = bump_fence(fence, now, lease)
+      local message = head .. ' g ' .. string.format('%.0f', token) .. ' ' .. attempt
+      if redis.call('PUBLISH', channel_of(head, prefix), message) > 0 then
+        redis.call('SET', lock, head, 'PX', lease)
+        local next = redis.call('LINDEX', queue, 0)
+        if next then
+          redis.call('PUBLISH', channel_of(next, prefix), next .. ' h ' .. lease)
+        end
+        return
+      end
+    end
   end
 end
 -- The lock is free: hand it over (fair) or wake the first live waiter to come and take it.
@@ -93,33 +131,39 @@ end
 ";
 
 /// KEYS: lock, fence, queue, deadlines.
-/// ARGV: owner, lease ms, waiter id ('' for a try), waiter's wait ms, fair (1/0), channel
-/// prefix.
+/// ARGV: owner, lease ms, waiter id ('' for a try), how long the entry counts (ms), fair
+/// (1/0), channel prefix, the number of this request of the waiter.
 ///
 /// A free lock goes to the first live waiter in line (fair), or, unfair (Redlock), to any
 /// waiter already in line; a newcomer gets it only when nobody live waits. A fair grant takes
 /// the waiter out of the line; an unfair one leaves it in (a Redlock waiter that misses the
-/// majority keeps its place, and leaves every line itself once it holds the lock).
+/// majority keeps its place, and leaves every line itself once it holds the lock). A lock
+/// already handed to `owner` is confirmed (with a fresh token if its counter is gone).
 /// Returns `{1, token}` when granted, `{0, holder's pttl, first in line (1/0)}` when not, and
 /// `{-1}` when the lock key holds another type.
 const ACQUIRE: &str = r"
 local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local wait_ms, fair, prefix = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local wait_ms, fair, prefix, attempt = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6], ARGV[7]
 local kind = redis.call('TYPE', lock).ok
 if kind ~= 'none' and kind ~= 'string' then return {-1} end
+local now = server_ms()
 if kind == 'string' and redis.call('GET', lock) == owner then
   -- Handed over to us by a release (we may have missed the message): confirm it.
   redis.call('PEXPIRE', lock, lease)
-  return {1, tonumber(redis.call('GET', fence) or '0')}
+  local token = tonumber(redis.call('GET', fence) or '0')
+  if token > 0 then
+    redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
+  else
+    token = bump_fence(fence, now, lease)
+  end
+  return {1, token}
 end
-local now = nil
 if kind == 'none' then
   local my_turn, head = true, redis.call('LINDEX', queue, 0)
   local member = head and (not fair) and waiter ~= ''
       and redis.call('HEXISTS', deadlines, waiter) == 1
   while head and head ~= waiter and not member do
-    now = now or server_ms()
     if alive(deadlines, head, prefix, now) then
       my_turn = false
       break
@@ -133,7 +177,7 @@ if kind == 'none' then
       leave_line(queue, deadlines, waiter)
       head = redis.call('LINDEX', queue, 0)
     end
-    local token = bump_fence(fence, now)
+    local token = bump_fence(fence, now, lease)
     redis.call('SET', lock, owner, 'PX', lease)
     if head and head ~= waiter then
       redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
@@ -142,16 +186,21 @@ if kind == 'none' then
   end
 end
 if waiter == '' then return {0, redis.call('PTTL', lock), 0} end
-now = now or server_ms()
 if not redis.call('HGET', deadlines, waiter) then
   redis.call('RPUSH', queue, waiter)
 end
-redis.call('HSET', deadlines, waiter, now + wait_ms)
+redis.call('HSET', deadlines, waiter, string.format('%.0f/%s', now + wait_ms, attempt))
 local keep = math.max(wait_ms, redis.call('PTTL', queue))
 redis.call('PEXPIRE', queue, keep)
 redis.call('PEXPIRE', deadlines, keep)
-local first = redis.call('LINDEX', queue, 0) == waiter
-return {0, redis.call('PTTL', lock), first and 1 or 0}
+-- Dead entries before us (crashed or cancelled waiters, a line reloaded after a restart)
+-- must not keep us from being first, whose timer takes over a lock nobody releases.
+local head = redis.call('LINDEX', queue, 0)
+while head ~= waiter and not alive(deadlines, head, prefix, now) do
+  leave_line(queue, deadlines, head)
+  head = redis.call('LINDEX', queue, 0)
+end
+return {0, redis.call('PTTL', lock), head == waiter and 1 or 0}
 ";
 
 /// KEYS: lock, fence, queue, deadlines. ARGV: owner, channel prefix, fair (1/0).
@@ -163,28 +212,33 @@ local ok, holder = pcall(redis.call, 'GET', lock)
 if not ok then return -1 end
 if holder ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
+fence_after_lock(fence)
 lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1')
 return 1
 ";
 
-/// KEYS: lock. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for a key of
-/// another type.
+/// KEYS: lock, fence. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for a key
+/// of another type. The fence counter lives as long as the lock, plus [`FENCE_GRACE`].
 const EXTEND: &str = r"
 local ok, holder = pcall(redis.call, 'GET', KEYS[1])
 if not ok then return -1 end
 if holder ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + FENCE_GRACE)
 return 1
 ";
 
-/// KEYS: every lock to renew. ARGV: owner and ms for each, in pairs.
-/// Returns one 1 (renewed) or 0 (no longer ours) per key.
+/// KEYS: each lock to renew and its fence counter, in pairs. ARGV: owner and ms for each,
+/// in pairs. Returns one 1 (renewed) or 0 (no longer ours) per lock. The counter lives as
+/// long as the lock, plus [`FENCE_GRACE`].
 const RENEW: &str = r"
 local renewed = {}
-for i, lock in ipairs(KEYS) do
+for i = 1, #KEYS / 2 do
+  local lock, fence = KEYS[2 * i - 1], KEYS[2 * i]
   local ok, holder = pcall(redis.call, 'GET', lock)
   if ok and holder == ARGV[2 * i - 1] then
     redis.call('PEXPIRE', lock, ARGV[2 * i])
+    redis.call('PEXPIRE', fence, tonumber(ARGV[2 * i]) + FENCE_GRACE)
     renewed[i] = 1
   else
     renewed[i] = 0
@@ -202,6 +256,7 @@ local waiter, prefix, fair = ARGV[1], ARGV[2], ARGV[3] == '1'
 local ok, holder = pcall(redis.call, 'GET', lock)
 if ok and holder == waiter then
   redis.call('DEL', lock)
+  fence_after_lock(fence)
   leave_line(queue, deadlines, waiter)
   lock_freed(lock, fence, queue, deadlines, prefix, fair)
   return 1
@@ -213,16 +268,20 @@ if was_first then
   if pttl == -2 then
     lock_freed(lock, fence, queue, deadlines, prefix, fair)
   else
-    wake_first(queue, deadlines, prefix, 'h', math.max(pttl, 0), server_ms())
+    wake_first(queue, deadlines, prefix, 'h', pttl, server_ms())
   end
 end
 return 1
 ";
 
-/// KEYS: fence. ARGV: token. Raises the counter to at least the token (Redlock).
+/// KEYS: fence, lock. ARGV: token. Raises the counter to at least the token (Redlock); the
+/// counter then lives as long as the lock, plus [`FENCE_GRACE`].
 const RAISE_FENCE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+if current < tonumber(ARGV[1]) then
+  local keep = math.max(redis.call('PTTL', KEYS[2]), 0) + FENCE_GRACE
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', keep)
+end
 return 1
 ";
 
@@ -248,14 +307,16 @@ pub(crate) struct Scripts {
 pub(crate) fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| {
-        let with_line = |body: &str| Script::new(&format!("{LINE}\n{body}"));
+        let grace = format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
+        let with_line = |body: &str| Script::new(&format!("{grace}{LINE}\n{body}"));
+        let with_grace = |body: &str| Script::new(&format!("{grace}{body}"));
         Scripts {
             acquire: with_line(ACQUIRE),
             release: with_line(RELEASE),
-            extend: Script::new(EXTEND),
-            renew: Script::new(RENEW),
+            extend: with_grace(EXTEND),
+            renew: with_grace(RENEW),
             leave: with_line(LEAVE),
-            raise_fence: Script::new(RAISE_FENCE),
+            raise_fence: with_grace(RAISE_FENCE),
             inspect: Script::new(INSPECT),
         }
     })
