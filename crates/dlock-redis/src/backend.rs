@@ -38,24 +38,28 @@ const ENTRY_TTL: Duration = Duration::from_secs(30);
 /// independent instances (`redis+redlock://a,b,c`).
 ///
 /// * **Acquire** is one Lua script: set the key to a fresh owner id with the lease if it is
-///   free (and nobody waits before us), and bump the key's fence counter in the same step;
-///   the counter's value is the fencing token.
+///   free (and nobody waits before us), and bump the key's fence counter in the same step:
+///   the token is `max(counter + 1, server time in ms × 1000)`, so it keeps growing when the
+///   counter was rolled back or lost (see the crate docs for the clock assumption).
 /// * **Release and extend** check the owner id on the server first (P6).
 /// * **Renewal** of every lock a client holds is one script call per instance per interval;
 ///   the reply names the keys that are no longer ours, and their guards are signalled lost.
-/// * **Waiting** (P8, P10): a waiter queues itself in a per-lock list in Redis (with a
-///   deadline, and skipped at once if its client stopped listening). On a single instance the
-///   release script hands the lock straight to the first live waiter and tells it, with its
-///   token, by one message on its client's channel; the waiter trusts the lease from the
-///   moment it last asked (or confirms with one more script call if that was long ago). The
-///   first in line also sets its own timer at the holder's expiry, for a holder that vanished.
-///   One release wakes one waiter.
+/// * **Waiting** (P8, P10): a waiter that finds the lock taken listens on its own channel and
+///   queues itself in a per-lock list in Redis, with a deadline it refreshes whenever it asks
+///   again (at least every 10 s; an entry counts 30 s at most), and skipped at once when its
+///   waiter no longer listens (crashed, cancelled, or served before a restart reloaded the
+///   line). On a single instance the release script hands the lock straight to the first live
+///   waiter and tells it, with its token and the number of the request it answers, by one
+///   message on its channel; the waiter ignores a grant of an earlier request, and trusts the
+///   lease from the moment it sent the request (or confirms with one more script call if that
+///   was long ago). The first in line also sets its own timer at the holder's expiry, for a
+///   holder that vanished. One release wakes one waiter.
 ///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
-/// moment their acquire script ran on the server. `try_acquire` never jumps the line, and a
-/// holder that releases and asks again queues behind the waiters (no barging). A waiter whose
-/// client stopped listening (crashed, or its connection dropped) loses its place; so does a
-/// waiter whose wait limit passed.
+/// moment their acquire script joined the line (a waiter first tries without joining).
+/// `try_acquire` never jumps the line, and a holder that releases and asks again queues
+/// behind the waiters (no barging). A waiter that stopped listening (crashed, cancelled, or
+/// its connection dropped) loses its place; so does a waiter whose entry's deadline passed.
 ///
 /// **Redlock** promises no order among waiters (`fifo: false`): each instance lets any waiter
 /// already in its line take the free lock, and the first to win a majority has it. Newcomers

@@ -19,24 +19,61 @@
 //!
 //! # Layout in Redis
 //! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock` (the
-//! owner id, expiring with the lease), `…:fence` (the fence counter, never expiring),
-//! `…:queue` and `…:deadlines` (the waiting line). They share one hash tag, so every script
-//! touches one Redis Cluster slot, except the batched renewal, which takes every key a client
-//! holds (on a cluster it would have to be split per slot; this crate talks to single
-//! instances and Redlock quorums only). Each client listens on `dlock:wake:<client id>`.
+//! owner id, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
+//! `…:deadlines` (the waiting line). They share one hash tag, so every script touches one
+//! Redis Cluster slot, except the batched renewal, which takes every key a client holds (on a
+//! cluster it would have to be split per slot; this crate talks to single instances and
+//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits.
+//!
+//! **What a lock name costs after release: nothing, a few seconds later.** The fence counter
+//! expires 5 s after the lock does (released, or its lease ran out), and the line's keys
+//! expire with the last entry's deadline (at most 30 s after its waiter last asked, or its
+//! wait limit if sooner); an application locking one name per order or per user does not grow
+//! Redis. While held, a lock costs four small keys at most.
+//!
+//! # Fencing tokens
+//! A token is `max(counter + 1, server time in ms × 1000)`, computed in the acquire script
+//! (Redis 7 replicates script effects, so reading `TIME` there is allowed). The counter orders
+//! acquisitions within one millisecond (a key is acquired far fewer than 1000 times a
+//! millisecond); the clock keeps tokens growing when the counter is gone or went back — a
+//! restart that reloaded an older RDB snapshot, AOF `everysec` that lost its last second, a
+//! replica promoted after a failover that had not seen the last writes, an evicted or expired
+//! counter. **Assumption:** the clock of the server that issues a token never reads earlier
+//! than the clock of the server that issued an earlier token for the same key did then, give
+//! or take the time in between: the server clock does not step back by more than a restart
+//! takes (and, after a failover, the replica's clock is not behind the old primary's by more
+//! than the failover takes; on Redlock, instance clocks agree within 5 s, the time a counter
+//! outlives its lock). Redlock takes the highest token of the granting majority. A lock
+//! handed to a waiter whose counter is gone is confirmed with a fresh token, never 0.
+//!
+//! # Waiting
+//! A waiter first tries (one script call; a free lock costs nothing more), then listens on its
+//! own channel and joins the line with a numbered request; it asks again at least every 10 s,
+//! which keeps its entry alive (an entry counts for 30 s at most without being refreshed).
+//! An entry counts as alive only while its waiter listens, so the entries of waiters that are
+//! gone — crashed, cancelled at any await point, or served before a restart reloaded an older
+//! line — are skipped at once; a waiter whose host crashed but whose connection Redis still
+//! believes open (until TCP keepalive, minutes) holds the line at most 30 s. The release
+//! script hands the lock to the first live waiter and names the request it answers: a waiter
+//! accepts only a grant of its latest request and trusts the lease from the moment it sent
+//! that request (a grant noticed late, after a pause, is confirmed with the server first).
 //!
 //! # Assumptions
-//! * **Single instance.** Mutual exclusion holds while the server keeps its data. Without
-//!   persistence a restart forgets every lock: holders then learn at their next renewal that
-//!   the lock is gone (their guards signal loss; nothing is re-acquired silently). A fence
-//!   counter the server lost restarts from the server clock in microseconds, so tokens keep
-//!   growing across restarts as long as the server clock does not go back.
+//! * **Single instance.** Mutual exclusion holds while the server keeps its data. A restart
+//!   that loses data forgets locks (or brings back an older state): holders then learn at
+//!   their next renewal that the lock is gone (their guards signal loss; nothing is
+//!   re-acquired silently), a second holder is possible, and fencing tokens still grow (see
+//!   above), so fenced writes stay safe. To keep exclusion across restarts, run Redis with
+//!   `appendonly yes` and `appendfsync always`; with the defaults (RDB snapshots, or AOF
+//!   `everysec`), a restart may lose the last writes, and exclusion then rests on fencing.
+//!   A restart that reloads an older waiting line stalls nobody: the entries of waiters that
+//!   no longer listen are skipped.
 //! * **Redlock.** A majority of N independent instances must grant the lock within its
 //!   lease; the lock is trusted for `lease − elapsed − drift`, where drift is
 //!   `lease × drift_factor` plus 2 ms. It assumes bounded clock drift and no process pause longer than what is left of
 //!   the lease: a holder paused past its lease (GC, SIGSTOP) may still believe it holds the
 //!   lock when another client already does. Fencing tokens cover exactly that case: the token
-//!   is the highest fence counter in the granting majority, and the instances behind are
+//!   is the highest token issued by the granting majority, and the instances behind are
 //!   raised to it before the lock is returned, so any later majority (which overlaps this
 //!   one) issues a greater token and storage that checks tokens rejects the paused holder's
 //!   writes. Instances that restart without persistence weaken Redlock's majority argument

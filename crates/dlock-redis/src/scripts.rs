@@ -29,7 +29,7 @@ pub(crate) const FENCE_GRACE: std::time::Duration = std::time::Duration::from_se
 /// acquisitions within one millisecond, the clock keeps tokens growing when the counter went
 /// back (a restart that reloaded an older snapshot, AOF that lost its tail, a promoted replica
 /// behind its primary) or went away (evicted, or expired: it lives only while its lock does,
-/// plus [`FENCE_GRACE`]). A key is acquired far fewer than 1000 times a millisecond, so every
+/// plus `FENCE_GRACE`). A key is acquired far fewer than 1000 times a millisecond, so every
 /// token is below the next millisecond's floor, and tokens grow as long as the clock of the
 /// server that issues the next token reads later than the clock did when the lost tokens were
 /// issued (the server clock does not step back by more than a restart or failover takes).
@@ -218,7 +218,7 @@ return 1
 ";
 
 /// KEYS: lock, fence. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for a key
-/// of another type. The fence counter lives as long as the lock, plus [`FENCE_GRACE`].
+/// of another type. The fence counter lives as long as the lock, plus `FENCE_GRACE`.
 const EXTEND: &str = r"
 local ok, holder = pcall(redis.call, 'GET', KEYS[1])
 if not ok then return -1 end
@@ -230,7 +230,7 @@ return 1
 
 /// KEYS: each lock to renew and its fence counter, in pairs. ARGV: owner and ms for each,
 /// in pairs. Returns one 1 (renewed) or 0 (no longer ours) per lock. The counter lives as
-/// long as the lock, plus [`FENCE_GRACE`].
+/// long as the lock, plus `FENCE_GRACE`.
 const RENEW: &str = r"
 local renewed = {}
 for i = 1, #KEYS / 2 do
@@ -275,7 +275,7 @@ return 1
 ";
 
 /// KEYS: fence, lock. ARGV: token. Raises the counter to at least the token (Redlock); the
-/// counter then lives as long as the lock, plus [`FENCE_GRACE`].
+/// counter then lives as long as the lock, plus `FENCE_GRACE`.
 const RAISE_FENCE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current < tonumber(ARGV[1]) then

@@ -8,19 +8,22 @@
 //! | | memory | Redis (single) | Redlock | ZooKeeper | etcd |
 //! |---|---|---|---|---|---|
 //! | exclusion holds while | the process lives | the server keeps its data (no failover to a replica that missed the write) | a majority of instances keep their data, clocks drift little, pauses are short | the ensemble has a quorum | the cluster has a quorum |
-//! | fencing token | a process-wide counter | a per-key counter bumped in the acquire script; if the server lost it, it restarts from the server clock (µs) | the highest counter of the granting majority, raised on the others | the lock node's creation zxid | the lock key's create revision; `dlock_etcd::fence` makes your own etcd writes conditional on it |
+//! | fencing token | a process-wide counter | `max(per-key counter + 1, server clock in ms × 1000)` in the acquire script, so tokens keep growing when the server lost or rolled back the counter (restart, reload, failover), as long as its clock does not step back by more than the restart takes | the same on each instance; the highest of the granting majority, raised on the others | the lock node's creation zxid | the lock key's create revision; `dlock_etcd::fence` makes your own etcd writes conditional on it |
 //! | lease | per lock (`lease`) | per lock (`lease`, PEXPIRE) | per lock, minus elapsed time and drift | the client's session timeout (`?session_timeout=`, default 30 s) | one etcd lease per client and lease length (whole seconds, ≥ etcd's minimum TTL) |
 //! | renewal cost | none | one script call per client per interval, however many locks | one per instance per interval | the session heartbeat, nothing per lock | the lease keepalive stream, plus one check of the lease's keys per interval |
 //! | waiters woken by | an in-process notification | the release script hands the lock to the first live waiter and publishes to its own channel | a message on the waiter's own channel, per instance | a watch on the predecessor node | a watch on the predecessor key |
 //! | order for a contended key | FIFO | FIFO (a line kept in Redis; a releasing holder queues behind the waiters) | no order promised, but no barging | FIFO (sequence) | FIFO (create revision) |
 //! | server unreachable | — | held locks are signalled lost when their lease runs out unrenewed; waiters retry, then report `Connection` | fine while a majority answers | locks survive a disconnection shorter than the session; after that, lost on the client's own clock | locks survive an outage shorter than the TTL; after that, lost |
-//! | server restart | — | a restart without persistence forgets every lock: fencing tokens keep growing, so fenced writes stay safe | one instance restarting is covered by the majority | sessions survive a restart shorter than their timeout | the lease survives a restart shorter than its TTL (same data dir) |
+//! | server restart | — | a restart that loses writes (no persistence, RDB snapshots, AOF `everysec`; a failover to a lagging replica) forgets or rolls back locks: fencing tokens keep growing, so fenced writes stay safe, and a reloaded waiting line stalls nobody (gone waiters' entries are skipped). Configure `appendonly yes` + `appendfsync always` to keep exclusion itself across restarts | one instance restarting is covered by the majority | sessions survive a restart shorter than their timeout | the lease survives a restart shorter than its TTL (same data dir) |
+//! | a lock name after release costs | nothing | nothing a few seconds later: the fence counter expires 5 s after the lock, an idle line's keys go with its last entry | the same on each instance | nothing once the server removes the empty container node | nothing (the key is deleted; its revisions until compaction) |
 //!
 //! ## When to choose which
 //! - **memory**: unit tests of code that takes locks, single-process tools, examples.
 //! - **Redis**: you already run Redis and want the fastest locks (a handoff takes about three
-//!   round trips); accept that a failover or a restart without persistence can hand a lock
-//!   out twice, and let fencing tokens catch it.
+//!   round trips); accept that a failover or a restart that loses writes (the defaults: RDB
+//!   snapshots, or AOF `everysec`) can hand a lock out twice, and let fencing tokens catch it
+//!   — or run Redis with `appendfsync always`. Tokens rely on the server clock not stepping
+//!   back by more than a restart takes.
 //! - **Redlock**: several independent Redis instances and no single point of failure; it
 //!   relies on bounded clock drift and short process pauses, so fence the writes anyway.
 //! - **ZooKeeper** or **etcd**: correctness first, consensus-backed, FIFO and watch-based; the
