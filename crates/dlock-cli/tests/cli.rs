@@ -298,6 +298,24 @@ mod across_processes {
     }
 }
 
+/// Issue 9 item 6: a command that ends after the lock was lost, before dlock noticed (here the
+/// server forgot every key while the command ran, and the next renewal is far off), did not
+/// run under the lock throughout: dlock exits 70, not with the command's 0.
+#[cfg(feature = "redis")]
+#[test]
+fn a_lock_lost_before_the_command_ends_exits_70() {
+    let server = dlock_test_servers::RedisServer::start();
+    let key = format!("cli-unnoticed-{:016x}", rand_id());
+    let flush = format!("redis-cli -p {} FLUSHALL >/dev/null", server.port());
+    let output = dlock()
+        .args(["run", "--url", &server.url(), "--key", &key, "--ttl", "30s"])
+        .args(["--", "sh", "-c", &flush])
+        .output()
+        .expect("dlock runs");
+    assert_eq!(output.status.code(), Some(70), "{}", stderr(&output));
+    assert!(stderr(&output).contains("lost"), "{}", stderr(&output));
+}
+
 /// The tests of [`across_processes`] for one backend, on the harness's real servers.
 macro_rules! backend_tests {
     ($module:ident, feature = $feature:literal, shared = $shared:path,
