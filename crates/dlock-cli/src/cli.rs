@@ -36,10 +36,12 @@ pub struct RunArgs {
     /// The lock's key.
     #[arg(long)]
     pub key: String,
-    /// Lease length, renewed in the background while COMMAND runs.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-    /// How long to wait for the lock; 0 tries once; default: wait forever.
+    /// Lease length, renewed in the background while COMMAND runs [default: the URL's
+    /// `lease`, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How long to wait for the lock; 0 tries once [default: the URL's `wait`, else wait
+    /// forever].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
     /// After the lock is lost: SIGTERM to COMMAND, then SIGKILL after this.

@@ -21,8 +21,14 @@ pub async fn run(args: RunArgs) -> u8 {
         Ok(locker) => locker,
         Err(error) => return exit::report(&error),
     };
-    let mut options = locker.options().clone().lease(args.ttl);
-    options.wait = args.wait;
+    // The URL's options stand unless the user gave the flag: a default must not override them.
+    let mut options = locker.options().clone();
+    if let Some(ttl) = args.ttl {
+        options.lease = ttl;
+    }
+    if let Some(wait) = args.wait {
+        options.wait = Some(wait);
+    }
     if let Err(error) = options.validate() {
         return exit::report(&error);
     }

@@ -316,6 +316,69 @@ fn a_lock_lost_before_the_command_ends_exits_70() {
     assert!(stderr(&output).contains("lost"), "{}", stderr(&output));
 }
 
+/// Issue 11: the URL's `lease` and `wait` hold unless the user gave `--ttl` or `--wait`; the
+/// command's defaults never override them. The child asks `dlock status` for the remaining
+/// lease, and a second run with `?wait=` in its URL gives up instead of waiting forever.
+#[cfg(feature = "redis")]
+#[test]
+fn url_options_hold_unless_a_flag_is_given() {
+    let url = &dlock_test_servers::shared_redis().url;
+    let key = format!("cli-url-options-{:016x}", rand_id());
+    let dlock_path = env!("CARGO_BIN_EXE_dlock");
+    let with_lease = format!("{url}?lease=5s");
+    let probe = format!(
+        "{dlock_path} status --url '{url}' --key {key} --json; echo ready; read line || true"
+    );
+    let mut holder = dlock()
+        .args([
+            "run",
+            "--url",
+            &with_lease,
+            "--key",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            &probe,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dlock runs");
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    let status = lines.next().expect("a line").expect("utf-8");
+    let remaining: u64 = status
+        .split("\"remaining_lease_ms\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no remaining lease in {status}"));
+    assert!(
+        remaining <= 5_000,
+        "the URL's 5 s lease was overridden: {status}"
+    );
+    assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+
+    let with_wait = format!("{url}?wait=300ms");
+    let tried = output(&["run", "--url", &with_wait, "--key", &key, "--", "true"]);
+    assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+    let flag_wins = output(&[
+        "run",
+        "--url",
+        &with_lease,
+        "--key",
+        &key,
+        "--wait",
+        "0",
+        "--",
+        "true",
+    ]);
+    assert_eq!(flag_wins.status.code(), Some(75), "{}", stderr(&flag_wins));
+
+    drop(holder.stdin.take());
+    assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+}
+
 /// The tests of [`across_processes`] for one backend, on the harness's real servers.
 macro_rules! backend_tests {
     ($module:ident, feature = $feature:literal, shared = $shared:path,
