@@ -1,4 +1,4 @@
-//! The command line, exactly as `CLI.md` describes it.
+//! The command line, exactly as `crates/dlock-cli/CLI.md` describes it.
 
 use std::time::Duration;
 

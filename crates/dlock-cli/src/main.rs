@@ -1,6 +1,6 @@
 //! `dlock`: run a command under a distributed lock, inspect a lock, benchmark a backend.
 //!
-//! The interface is the project's `CLI.md`; scripts depend on its options and exit codes.
+//! The interface is `crates/dlock-cli/CLI.md`; scripts depend on its options and exit codes.
 #![deny(missing_docs)]
 
 mod bench;

@@ -161,7 +161,7 @@ fn bench_on_memory_reports_json() {
     }
 }
 
-/// Checks, for one backend URL, what CLI.md promises across processes.
+/// Checks, for one backend URL, what `crates/dlock-cli/CLI.md` promises across processes.
 #[allow(dead_code)] // used by the backend tests below, each behind its feature
 mod across_processes {
     use dlock_test_servers::ServerProcess;
