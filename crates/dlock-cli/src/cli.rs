@@ -25,6 +25,18 @@ pub enum Command {
     Status(StatusArgs),
     /// Measure a backend: latency, handoffs and throughput under contention.
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `dlock completions bash > /etc/bash_completion.d/dlock`).
+    Completions(CompletionsArgs),
+    /// Print the man page, in roff (e.g. `dlock manpage > /usr/local/share/man/man1/dlock.1`).
+    Manpage,
+}
+
+/// `dlock completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `dlock run`.

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod docs;
 mod exit;
 mod run;
 mod status;
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::status(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Completions(args) => docs::completions(args.shell),
+            Command::Manpage => docs::manpage(),
         }
     });
     // Background releases of dropped guards get a moment to reach the server.

@@ -298,6 +298,26 @@ mod across_processes {
     }
 }
 
+/// The completions and the man page come from the same definition as the options.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let bash = output(&["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0), "{}", stderr(&bash));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("--ttl") && script.contains("status"),
+        "{script}"
+    );
+    let man = output(&["manpage"]);
+    assert_eq!(man.status.code(), Some(0), "{}", stderr(&man));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH dlock"),
+        "{page}"
+    );
+    assert_eq!(output(&["completions", "tcsh"]).status.code(), Some(64));
+}
+
 /// Issue 9 item 6: a command that ends after the lock was lost, before dlock noticed (here the
 /// server forgot every key while the command ran, and the next renewal is far off), did not
 /// run under the lock throughout: dlock exits 70, not with the command's 0.
