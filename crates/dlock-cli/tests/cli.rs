@@ -298,6 +298,68 @@ mod across_processes {
     }
 }
 
+/// Issue 11: one URL names one lock through `dlock::connect`, the backend crate's own
+/// `connect` and `dlock --url`: a lock taken through the first is held for the other two.
+#[allow(dead_code)] // unused when no server backend feature is on
+fn one_url_is_one_lock_everywhere<B, F>(base: &str, backend_connect: impl Fn(String) -> F)
+where
+    B: dlock::LockBackend,
+    F: std::future::Future<Output = Result<B, dlock::LockError>>,
+{
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let key = format!("url-identity-{:016x}", rand_id());
+    let url = format!("{base}?prefix=identity-{:08x}&lease=20s", rand_id() as u32);
+    runtime.block_on(async {
+        let facade = dlock::connect(&url).await.expect("the facade connects");
+        let guard = facade.acquire(key.as_str()).await.expect("acquired");
+        let backend = backend_connect(url.clone())
+            .await
+            .expect("the crate connects");
+        let direct = dlock::Locker::new(backend);
+        assert!(
+            direct
+                .try_acquire(key.as_str())
+                .await
+                .expect("asked")
+                .is_none(),
+            "the backend crate's connect reads {url} as another lock"
+        );
+        let status = output(&["status", "--url", &url, "--key", &key]);
+        assert_eq!(
+            status.status.code(),
+            Some(0),
+            "dlock --url: {}",
+            stderr(&status)
+        );
+        guard.release().await.expect("released");
+    });
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_url_is_one_lock_everywhere() {
+    one_url_is_one_lock_everywhere(&dlock_test_servers::shared_redis().url, |url| async move {
+        dlock::redis::connect(&url).await
+    });
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn zookeeper_url_is_one_lock_everywhere() {
+    one_url_is_one_lock_everywhere(
+        &dlock_test_servers::shared_zookeeper().url,
+        |url| async move { dlock::zookeeper::connect(&url).await },
+    );
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_url_is_one_lock_everywhere() {
+    one_url_is_one_lock_everywhere(&dlock_test_servers::shared_etcd().url, |url| async move {
+        dlock::etcd::connect(&url).await
+    });
+}
+
 /// The completions and the man page come from the same definition as the options.
 #[test]
 fn completions_and_man_page_are_generated() {

@@ -43,7 +43,7 @@ pub mod contract {
 }
 
 pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
-pub use backend_url::{redact_url, BackendUrl, HostPort};
+pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;
