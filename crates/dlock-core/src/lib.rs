@@ -33,6 +33,7 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+pub mod support;
 mod token;
 
 /// The lock contract every backend keeps, property by property (P1 … P12): what the
