@@ -439,3 +439,68 @@ async fn line_entries_have_bounded_deadlines() {
         .unwrap()
         .expect("acquire");
 }
+
+/// Issue 9, item 6: a waiter frozen whole (its runtime blocked, as SIGSTOP would) while the
+/// lock is handed to it, until its lease has run out and another client holds the lock, must
+/// not return the lock it was handed once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_paused_past_its_lease_does_not_take_what_it_was_handed() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(500);
+    let opts = options("paused-waiter", lease);
+    let url = server.url();
+    let (_, holder) = client(&url, &opts).await;
+    let (_, other) = client(&url, &opts).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let pause = lease * 3;
+    // Past the pause, with room for the other client to be served meanwhile.
+    let wait = pause + Duration::from_secs(2);
+    let (queued, in_line) = oneshot::channel();
+    let (freeze, frozen_at) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (frozen, is_frozen) = oneshot::channel();
+    let waiter_opts = opts.clone().wait(wait);
+    let waiter_url = url.clone();
+    let waiter = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (_, waiter) = client(&waiter_url, &waiter_opts).await;
+            let acquiring = tokio::spawn(async move {
+                waiter
+                    .acquire_observed("k", &waiter_opts, Some(queued))
+                    .await
+                    .map(|guard| guard.fencing_token())
+            });
+            let mut frozen_at = frozen_at;
+            frozen_at.recv().await;
+            frozen.send(()).unwrap();
+            std::thread::sleep(pause);
+            acquiring.await.unwrap()
+        })
+    });
+    timeout(PROMPTLY, in_line)
+        .await
+        .expect("the waiter queued in time")
+        .unwrap();
+    freeze.send(()).unwrap();
+    is_frozen.await.unwrap();
+    guard
+        .release()
+        .await
+        .expect("release: the lock goes to the frozen waiter");
+    let others = other
+        .acquire_with("k", &opts.clone().wait(PROMPTLY))
+        .await
+        .expect("the other client gets the lock once the frozen waiter's lease ran out");
+    let waited = tokio::task::spawn_blocking(move || waiter.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(waited, Err(LockError::Timeout { .. })),
+        "the paused waiter returned {waited:?} while the other client held the lock"
+    );
+    assert!(others.is_held());
+    others.release().await.expect("release");
+}
