@@ -147,7 +147,6 @@ local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local wait_ms, fair, prefix, attempt = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6], ARGV[7]
 local kind = redis.call('TYPE', lock).ok
 if kind ~= 'none' and kind ~= 'string' then return {-1} end
-local now = server_ms()
 if kind == 'string' and redis.call('GET', lock) == owner then
   -- Handed over to us by a release (we may have missed the message): confirm it.
   redis.call('PEXPIRE', lock, lease)
@@ -155,11 +154,14 @@ if kind == 'string' and redis.call('GET', lock) == owner then
   if token > 0 then
     redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
   else
-    token = bump_fence(fence, now, lease)
+    token = bump_fence(fence, server_ms(), lease)
   end
   return {1, token}
 end
+-- Read only when needed: a try on a held lock does without.
+local now = nil
 if kind == 'none' then
+  now = server_ms()
   local my_turn, head = true, redis.call('LINDEX', queue, 0)
   local member = head and (not fair) and waiter ~= ''
       and redis.call('HEXISTS', deadlines, waiter) == 1
@@ -186,6 +188,7 @@ if kind == 'none' then
   end
 end
 if waiter == '' then return {0, redis.call('PTTL', lock), 0} end
+now = now or server_ms()
 if not redis.call('HGET', deadlines, waiter) then
   redis.call('RPUSH', queue, waiter)
 end
