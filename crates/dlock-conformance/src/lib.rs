@@ -46,6 +46,7 @@
 //! declared instead: nothing is skipped silently.
 #![deny(missing_docs)]
 
+pub mod bench;
 mod counting;
 pub mod suite;
 
