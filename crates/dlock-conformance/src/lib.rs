@@ -49,6 +49,8 @@
 mod counting;
 pub mod suite;
 
+pub use counting::RequestCounting;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +83,33 @@ pub trait ConformanceTarget: Send + Sync {
         guard.abandon();
         drop(locker);
     }
+
+    /// How many requests the clients this target connected have sent to the server so far,
+    /// if the target can count them: a counting proxy in front of the server, or a
+    /// [`RequestCounting`] wrapper around an in-process one. Only differences are read, so
+    /// the count may start anywhere; it must only cover this target's own clients, so that
+    /// tests running in parallel do not disturb it.
+    ///
+    /// The tests of request costs (P4 batched renewal, P8 one wake-up per release) need it.
+    /// The default, `None`, says the target cannot count: those tests then say so and check
+    /// only what the core sees.
+    fn server_requests(&self) -> Option<u64> {
+        None
+    }
+
+    /// Stops the heartbeat of `client`'s session as a hung process would, without ending the
+    /// session or releasing anything, and keeps its guards alive; returns whether it could.
+    ///
+    /// Only backends whose lease is the session ([`Capabilities::session_lease`]) need it:
+    /// it lets a test watch a session run out while the old guard is still around (P5).
+    /// Backends with a lease per lock are tested with keepalive turned off instead. The
+    /// default, `false`, makes that test say it has nothing more to check.
+    ///
+    /// [`Capabilities::session_lease`]: dlock_core::Capabilities::session_lease
+    async fn stop_heartbeats(&self, client: &Locker) -> bool {
+        let _ = client;
+        false
+    }
 }
 
 /// Expands to one `#[test]` per property of the lock contract, each running against the
@@ -97,22 +126,28 @@ macro_rules! conformance_tests {
             p02_tokens_grow_across_clients,
             p02_tokens_grow_across_client_restarts,
             p02_new_holder_after_loss_gets_a_greater_token,
-            p03_crashed_holder_frees_the_lock_within_the_lease,
+            p03_crashed_holder_frees_the_lock_within_the_declared_bound,
             p04_keepalive_holds_the_lock_beyond_its_lease,
             p04_renewal_is_batched_per_client,
             p04_without_keepalive_the_lease_runs_out,
             p05_forgotten_lock_is_signalled,
             p05_extend_after_loss_is_not_held,
             p05_lost_future_stays_pending_while_held,
+            p05_valid_until_is_no_later_than_the_servers_expiry,
+            p05_extend_to_a_shorter_lease_moves_the_deadline,
+            p05_losing_one_of_many_locks_signals_only_that_one,
             p06_release_twice_is_not_held,
             p06_stale_release_leaves_the_new_holder_alone,
             p06_stale_extend_leaves_the_new_holder_alone,
             p07_dropped_guard_is_released_promptly,
             p07_cancelled_acquire_leaves_nothing_behind,
+            p07_acquire_cancelled_in_its_first_round_trips_leaves_nothing_behind,
             p08_waiter_is_woken_by_release,
             p08_each_release_hands_over_to_one_waiter,
+            p08_handover_takes_a_few_round_trips,
             p09_acquire_times_out_within_its_wait_limit,
             p09_try_acquire_never_waits,
+            p09_backend_acquire_honours_its_deadline,
             p10_waiters_are_served_in_arrival_order,
             p11_locks_on_different_keys_are_independent,
             p11_one_client_holds_many_locks,
@@ -121,6 +156,9 @@ macro_rules! conformance_tests {
             p12_unreachable_server_is_a_connection_error,
             p12_distinct_keys_never_collide,
             p12_prefixes_isolate_namespaces,
+            p12_prefix_and_key_never_run_together,
+            p12_inspect_reports_what_the_server_holds,
+            p12_ping_times_a_round_trip,
         );
     };
     (@each $target:expr; $($name:ident),* $(,)?) => {
