@@ -195,6 +195,7 @@ pub async fn p03_crashed_holder_frees_the_lock_within_the_declared_bound(
             )
         });
     let freed = crashed.elapsed();
+    measured("p03 crash to free, beyond the lease", freed.saturating_sub(lease));
     assert!(next.fencing_token() > token);
     assert!(
         freed <= limit,
@@ -249,6 +250,7 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
     match requests_before.zip(requests_after) {
         Some((before, after)) => {
             let requests = after - before;
+            measured("p04 requests per interval, 50 locks", requests / (intervals as u64 + 2));
             assert!(
                 requests <= REQUESTS_PER_INTERVAL * (intervals as u64 + 2),
                 "{requests} requests to the server for 50 locks over {intervals} renewal \
@@ -502,6 +504,7 @@ pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceT
         return;
     }
     let (alone, crowded) = (median(&mut alone), median(&mut crowded));
+    measured("p08 requests per handover, alone / crowded", (alone, crowded));
     assert!(
         crowded <= alone + HERD_ALLOWANCE,
         "a release with {} or more waiters in line cost {crowded} requests to the server, \
@@ -551,6 +554,7 @@ pub async fn p09_try_acquire_never_waits(target: &dyn ConformanceTarget) {
         .acquire_with("k", &fixture.options(LONG_LEASE).wait(Duration::ZERO))
         .await;
     let took = started.elapsed();
+    measured("p09 try and zero wait", took);
     assert!(
         Instant::now() < releases_at,
         "try_acquire and a zero wait took {took:?}: they waited for the holder, who releases \
@@ -1040,12 +1044,14 @@ pub async fn p05_losing_one_of_many_locks_signals_only_that_one(target: &dyn Con
     let interval = fixture.options(lease).effective_keepalive_interval();
     let bound = interval + lease / 3 + SIGNAL_SLACK;
     target.forget(&guards[LOST]).await.expect("forget");
+    let forgotten = Instant::now();
     within(
         bound,
         guards[LOST].lost(),
         "the forgotten lock's loss signal",
     )
     .await;
+    measured("p05 forget to loss signal", forgotten.elapsed());
     assert!(!guards[LOST].is_held());
     // Renewals after the loss must leave the others alone: watch two more of them.
     tokio::time::sleep(interval * 2).await;
@@ -1080,6 +1086,7 @@ pub async fn p07_acquire_cancelled_in_its_first_round_trips_leaves_nothing_behin
     }
     let released = Instant::now();
     guard.release().await.expect("alice releases");
+    let _measure = Measure("p07 release to grant after early cancels", released);
     carol
         .acquire_with("k", &options.clone().wait(HANDOVER_LIMIT))
         .await
@@ -1118,6 +1125,8 @@ pub async fn p08_handover_takes_a_few_round_trips(target: &dyn ConformanceTarget
         }
     }
     let handover = median(&mut handovers);
+    measured("p08 handovers", &handovers);
+    measured("p08 round trips", &round_trips);
     if !capabilities.server_wakeup {
         eprintln!(
             "p08_handover_takes_a_few_round_trips: the backend declares it polls; the median \
@@ -1296,6 +1305,20 @@ async fn first_finished(
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
+}
+
+/// Prints a measured value; `cargo test -- --nocapture` shows them, to set the bounds by.
+fn measured(what: &str, value: impl std::fmt::Debug) {
+    eprintln!("measured: {what}: {value:?}");
+}
+
+/// Prints the time since its start when dropped.
+struct Measure(&'static str, Instant);
+
+impl Drop for Measure {
+    fn drop(&mut self) {
+        measured(self.0, self.1.elapsed());
+    }
 }
 
 /// The median of `samples` (the upper one of an even count).
