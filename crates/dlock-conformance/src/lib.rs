@@ -44,6 +44,58 @@
 //! against one server and in any order. A backend that cannot keep a property declares it in
 //! its [`Capabilities`](dlock_core::Capabilities), and the test then checks the weaker promise
 //! declared instead: nothing is skipped silently.
+//!
+//! Two optional hooks let the suite check more. [`ConformanceTarget::server_requests`]
+//! counts the requests your clients send (a counting TCP proxy per target in front of the
+//! server does it for any protocol; [`RequestCounting`] for an in-process server): without
+//! it the cost tests (P4 batched renewal, P8 one wake-up per release) check only what the
+//! core sees, and say so. [`ConformanceTarget::stop_heartbeats`] lets a session backend's
+//! test watch a session run out under a live guard (P5). A test that has nothing to check
+//! for a backend (no `inspect`, no `ping`, no hook) prints why and passes.
+//!
+//! # What a passing run proves
+//!
+//! On one healthy server (or one healthy Redlock quorum) reached over loopback, with every
+//! client on one machine and one clock:
+//!
+//! - **Exclusion and fencing** (P1, P2): contending clients never overlap, tokens grow, also
+//!   across client restarts and after a loss.
+//! - **The holder's view is never later than the server's** (P5): `valid_until` is at most
+//!   the send time plus the lease, a guard whose lock another client took already says it
+//!   is not held, an `extend` to a shorter lease moves the deadline back, and a lock the
+//!   server forgot is signalled lost, alone among the client's others, within a renewal
+//!   interval plus lease/3.
+//! - **Liveness with declared bounds** (P3, P7, P9): a crashed holder's lock is free within
+//!   the lease plus the declared `crash_release_bound` plus a small measured slack; dropped
+//!   guards and acquires cancelled at any poll (in line, or still in their first round
+//!   trips) leave nothing that delays the next client; the backend's own `acquire` returns
+//!   `Timeout` at its deadline and `try_acquire` never waits for the holder.
+//! - **Costs** (P4, P8, P11): the server wakes waiters (a handover takes a few of the
+//!   backend's own round trips, in the median), one waiter per release (requests counted),
+//!   renewal of many locks costs O(1) requests per interval, one client holds 1,000 locks.
+//! - **Names** (P12): keys that differ in case, slashes, percent- or plus-like spellings,
+//!   Unicode normalisation, whitespace or only after a long common start are distinct
+//!   locks, a prefix never runs into its key, bad input is a typed error, an unreachable
+//!   server a connection error; `inspect` and `ping` tell the truth.
+//!
+//! `tests/catches_broken_backends.rs` keeps the suite honest: for each of these checks, an
+//! in-memory backend with one deliberate flaw must fail it.
+//!
+//! # What it cannot prove
+//!
+//! - **Safety under faults.** Network partitions, process pauses (GC, `SIGSTOP`), server
+//!   restarts and failovers, lost or delayed replies, clock jumps and drift between machines
+//!   are not exercised: the suite runs against a healthy server on loopback. The fault tests
+//!   in `integration-tests` (`*_faults.rs`) cover those, per backend.
+//! - **Durability.** Whether a lock or the fencing counter survives a server crash depends
+//!   on the server's persistence, which the suite does not configure or test.
+//! - **Absence of rare races.** Passing shows the properties held in the interleavings that
+//!   happened; timing-dependent bugs (like a cancellation landing at one particular point
+//!   of a round trip) may need many runs, or the fault harness, to show.
+//! - **Performance.** Bounds are correctness limits with generous slack for a loaded CI
+//!   machine, not latency targets; the benchmarks measure speed.
+//! - **Multi-node deployments** (replicated ZooKeeper or etcd, Redis with replicas): only
+//!   one server, or independent Redlock instances, are used.
 #![deny(missing_docs)]
 
 mod counting;

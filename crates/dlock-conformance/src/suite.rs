@@ -1,8 +1,10 @@
 //! The tests themselves, one public function per property; [`conformance_tests!`](crate::conformance_tests)
 //! turns each into a `#[test]`.
 //!
-//! Timing bounds here are correctness limits from the contract (a wait limit, a lease), set
-//! generously so a loaded CI machine does not fail them; speed is measured by benchmarks.
+//! Timing bounds here are limits from the contract (a wait limit, a lease, a declared bound)
+//! plus a slack measured on a loaded 2-core machine against every backend; each constant
+//! says what was measured. Tests print what they measure (`measured: …` lines, shown with
+//! `cargo test -- --nocapture`), so a backend author can see how close a run came.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,36 +26,46 @@ const PROMPTLY: Duration = Duration::from_secs(5);
 /// The lease of tests that never wait for one to run out.
 const LONG_LEASE: Duration = Duration::from_secs(20);
 /// What the crash and expiry tests allow on top of a lease and the declared
-/// `crash_release_bound`: a waiter's wake-up and grant (a few round trips, ~1 ms on loopback)
-/// and scheduling on a loaded 2-core machine, where tens of milliseconds of delay are common.
-/// Measured: TODO.
-const CRASH_SLACK: Duration = Duration::from_millis(500);
+/// `crash_release_bound`: the waiter's wake-up and grant. Measured on a loaded 2-core machine
+/// (six agents building and testing), from the crash to the next grant, beyond the lease:
+/// 1–3 ms on Redis and Redlock, 16–490 ms on etcd (its lessor checks expiry every 500 ms),
+/// 0.2–0.55 s on ZooKeeper, always inside the declared bound. 250 ms covers scheduling stalls
+/// of that machine and still catches a backend that frees a second later than it declares.
+const CRASH_SLACK: Duration = Duration::from_millis(250);
 /// What the loss tests allow on top of a renewal interval and lease/3: one renewal round
-/// trip and scheduling on a loaded machine. Measured: TODO.
-const SIGNAL_SLACK: Duration = Duration::from_millis(500);
+/// trip and scheduling. Measured from the forget to the signal: < 1 ms on ZooKeeper (a
+/// watch), ~0.2 s on Redis and ~0.55 s on etcd (the next renewal), all well inside the
+/// interval alone; 300 ms absorbs a stalled keepalive task on a loaded machine.
+const SIGNAL_SLACK: Duration = Duration::from_millis(300);
 /// A handover may take this many median round trips (`ping`) of the backend: a release, a
-/// server push, a grant, and the retries a backend may make, with room for scheduling.
-/// Measured: TODO.
+/// server push, a grant, and the retries a backend may make. Measured medians: 2–5 round
+/// trips on Redis, Redlock and etcd (0.5–5 ms); twice the worst leaves room for a busy
+/// server.
 const HANDOVER_ROUND_TRIPS: u32 = 10;
 /// Added to [`HANDOVER_ROUND_TRIPS`]: a handover also waits for tasks to be scheduled,
-/// which takes milliseconds on a loaded machine. A backend that polls every few hundred
+/// which takes milliseconds on a loaded machine, and a backend that cannot `ping` is held to
+/// this alone (ZooKeeper: median 1.4 ms). A backend that polls every few hundred
 /// milliseconds has a median handover of half its period, well above this.
 const HANDOVER_FLOOR: Duration = Duration::from_millis(50);
 /// How soon after a release the next client must get the lock when nothing stands in its
-/// way: a healthy handover takes milliseconds; a second covers a loaded machine and is far
-/// below the lease (or queue-entry expiry) an orphan would linger for.
+/// way: measured 1–7 ms; a second covers a loaded machine and is far below the lease (or
+/// queue-entry expiry) an orphan would linger for.
 const HANDOVER_LIMIT: Duration = Duration::from_secs(1);
-/// How long after a release the herd test waits for other waiters' wake-ups to show.
+/// How long after a release the herd test waits for other waiters' wake-ups to show: they
+/// would come within a round trip or two of the winner's grant (~1 ms here); 100 ms covers
+/// scheduling.
 const HERD_WINDOW: Duration = Duration::from_millis(100);
 /// Requests a crowded handover may cost above a lone one: a session heartbeat or two that
-/// happen to fall in the window.
+/// happen to fall in the window. Measured (median, alone / crowded): Redis 1/1, Redlock 9/9,
+/// ZooKeeper 4/2, etcd 6/6; a herd of five or more woken waiters adds at least five.
 const HERD_ALLOWANCE: u64 = 2;
 /// Requests to the server per renewal interval a client holding 50 locks may make: a few
 /// for batched renewals (one per Redlock instance, a session heartbeat), far below one per
-/// lock.
+/// lock. Measured: at most 2 on every backend.
 const REQUESTS_PER_INTERVAL: u64 = 10;
 /// How long the holder in the `try_acquire` test keeps the lock: far above the milliseconds
-/// a try takes on a loaded machine, far below the seconds a try that waits would take.
+/// a try takes on a loaded machine (measured 1–14 ms), far below the seconds a try that
+/// waits would take.
 const TRY_HOLD: Duration = Duration::from_secs(1);
 /// The most polls after which the early-cancellation test drops an acquire.
 const CANCEL_POLLS: usize = 6;
@@ -195,7 +207,10 @@ pub async fn p03_crashed_holder_frees_the_lock_within_the_declared_bound(
             )
         });
     let freed = crashed.elapsed();
-    measured("p03 crash to free, beyond the lease", freed.saturating_sub(lease));
+    measured(
+        "p03 crash to free, beyond the lease",
+        freed.saturating_sub(lease),
+    );
     assert!(next.fencing_token() > token);
     assert!(
         freed <= limit,
@@ -250,7 +265,10 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
     match requests_before.zip(requests_after) {
         Some((before, after)) => {
             let requests = after - before;
-            measured("p04 requests per interval, 50 locks", requests / (intervals as u64 + 2));
+            measured(
+                "p04 requests per interval, 50 locks",
+                requests / (intervals as u64 + 2),
+            );
             assert!(
                 requests <= REQUESTS_PER_INTERVAL * (intervals as u64 + 2),
                 "{requests} requests to the server for 50 locks over {intervals} renewal \
@@ -504,7 +522,10 @@ pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceT
         return;
     }
     let (alone, crowded) = (median(&mut alone), median(&mut crowded));
-    measured("p08 requests per handover, alone / crowded", (alone, crowded));
+    measured(
+        "p08 requests per handover, alone / crowded",
+        (alone, crowded),
+    );
     assert!(
         crowded <= alone + HERD_ALLOWANCE,
         "a release with {} or more waiters in line cost {crowded} requests to the server, \
