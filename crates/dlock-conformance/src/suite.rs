@@ -56,8 +56,9 @@ const HANDOVER_LIMIT: Duration = Duration::from_secs(1);
 /// scheduling.
 const HERD_WINDOW: Duration = Duration::from_millis(100);
 /// Requests a crowded handover may cost above a lone one: a session heartbeat or two that
-/// happen to fall in the window. Measured (median, alone / crowded): Redis 1/1, Redlock 9/9,
-/// ZooKeeper 4/2, etcd 6/6; a herd of five or more woken waiters adds at least five.
+/// happen to fall in the window. Measured (cheapest of four, 3 / 9 waiters): Redis 1/1,
+/// Redlock 9/9 (single rounds up to 25 when the instances' votes split), ZooKeeper 3/3,
+/// etcd 8/7; a herd adds six.
 const HERD_ALLOWANCE: u64 = 2;
 /// Requests to the server per renewal interval a client holding 50 locks may make: a few
 /// for batched renewals (one per Redlock instance, a session heartbeat), far below one per
@@ -462,75 +463,33 @@ pub async fn p08_waiter_is_woken_by_release(target: &dyn ConformanceTarget) {
 }
 
 /// Each release hands the lock to exactly one waiter; the others keep waiting, and are not
-/// even woken: a release costs as many requests to the server with eight waiters in line as
-/// with one (P8, no herd).
+/// even woken: a release costs as many requests to the server with nine waiters in line as
+/// with three (P8, no herd).
+///
+/// Three, not one: a backend may wake up to a fixed number of waiters by design (Redlock
+/// wakes at most one per instance, so up to three here), which is O(1); a herd grows with
+/// the line.
 pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceTarget) {
-    const WAITERS: usize = 8;
-    const ROUNDS: usize = 3;
+    const FEW: usize = 3;
+    const MANY: usize = 9;
     let fixture = Fixture::new(target, "p08-one").await;
-    let holder = fixture.locker(LONG_LEASE).await;
-    // What one handover costs with a single waiter: the baseline.
-    let single = fixture.locker(LONG_LEASE).await;
-    let mut current = holder.acquire("k").await.expect("holder acquires");
-    let mut alone = Vec::new();
-    for _ in 0..ROUNDS {
-        let waiter = fixture.queued_waiter(&single, "k").await;
-        let before = target.server_requests();
-        current.release().await.expect("release");
-        current = within(PROMPTLY, waiter, "a handover")
-            .await
-            .expect("waiter task")
-            .expect("the waiter acquires");
-        // Wake-ups of other waiters would arrive within a round trip of the winner's grant;
-        // the window is ~100 loopback round trips, ample on a loaded machine.
-        tokio::time::sleep(HERD_WINDOW).await;
-        alone.extend(before.zip(target.server_requests()).map(|(b, a)| a - b));
-    }
-    let mut waiters = Vec::new();
-    for _ in 0..WAITERS {
-        let client = fixture.locker(LONG_LEASE).await;
-        waiters.push(Some(fixture.queued_waiter(&client, "k").await));
-    }
-    let mut crowded = Vec::new();
-    for round in 0..ROUNDS {
-        let before = target.server_requests();
-        current.release().await.expect("release");
-        let (winner, acquired) = within(PROMPTLY, first_finished(&mut waiters), "a handover").await;
-        current = acquired.expect("the woken waiter acquires");
-        tokio::time::sleep(HERD_WINDOW).await;
-        crowded.extend(before.zip(target.server_requests()).map(|(b, a)| a - b));
-        waiters[winner] = None;
-        let still_waiting = waiters.iter().filter(|w| w.is_some()).count();
-        assert_eq!(
-            still_waiting,
-            WAITERS - 1 - round,
-            "one release woke several waiters"
-        );
-        for waiter in waiters.iter_mut().flatten() {
-            assert!(
-                !waiter.is_finished(),
-                "a second waiter acquired a held lock"
-            );
-        }
-    }
-    current.release().await.expect("release");
-    if alone.len() < ROUNDS || crowded.len() < ROUNDS {
+    let few = handover_costs(&fixture, FEW).await;
+    let many = handover_costs(&fixture, MANY).await;
+    if few.is_empty() || many.is_empty() {
         eprintln!(
             "p08_each_release_hands_over_to_one_waiter: the target cannot count requests to \
              the server, so wake-ups of waiters that did not win were not checked"
         );
         return;
     }
-    let (alone, crowded) = (median(&mut alone), median(&mut crowded));
-    measured(
-        "p08 requests per handover, alone / crowded",
-        (alone, crowded),
-    );
+    // The cheapest handover of each: a herd costs every round, while what else may fall in
+    // a window (a heartbeat, a Redlock split vote and its retry) costs only some.
+    let (few, many) = (least(&few), least(&many));
+    measured("p08 requests per handover, 3 / 9 waiters", (few, many));
     assert!(
-        crowded <= alone + HERD_ALLOWANCE,
-        "a release with {} or more waiters in line cost {crowded} requests to the server, \
-         with one waiter {alone}: a release wakes every waiter",
-        WAITERS - ROUNDS + 1
+        many <= few + HERD_ALLOWANCE,
+        "a release with {MANY} waiters in line cost {many} requests to the server, with {FEW} \
+         {few}: a release wakes every waiter"
     );
 }
 
@@ -1261,6 +1220,58 @@ impl<'t> Fixture<'t> {
     }
 }
 
+/// Hands key `k` over four times with `waiters` clients always in line (each releasing
+/// holder queues again), checking that each release grants exactly one of them, and returns
+/// the requests to the server each handover cost (empty if the target cannot count them).
+async fn handover_costs(fixture: &Fixture<'_>, waiters: usize) -> Vec<u64> {
+    const ROUNDS: usize = 4;
+    let key = format!("k{waiters}");
+    let clients: Vec<Locker> = {
+        let mut clients = Vec::new();
+        for _ in 0..=waiters {
+            clients.push(fixture.locker(LONG_LEASE).await);
+        }
+        clients
+    };
+    let mut current = clients[0]
+        .acquire(key.as_str())
+        .await
+        .expect("holder acquires");
+    let mut holder = 0;
+    let mut line: Vec<Option<_>> = vec![None];
+    for client in &clients[1..] {
+        line.push(Some(fixture.queued_waiter(client, &key).await));
+    }
+    let mut costs = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = fixture.target.server_requests();
+        current.release().await.expect("release");
+        let (winner, acquired) = within(PROMPTLY, first_finished(&mut line), "a handover").await;
+        current = acquired.expect("the woken waiter acquires");
+        // Wake-ups of other waiters would arrive within a round trip or two of the grant.
+        tokio::time::sleep(HERD_WINDOW).await;
+        costs.extend(
+            before
+                .zip(fixture.target.server_requests())
+                .map(|(b, a)| a - b),
+        );
+        line[winner] = None;
+        for waiter in line.iter_mut().flatten() {
+            assert!(
+                !waiter.is_finished(),
+                "one release let a second waiter acquire"
+            );
+        }
+        line[holder] = Some(fixture.queued_waiter(&clients[holder], &key).await);
+        holder = winner;
+    }
+    for waiter in line.into_iter().flatten() {
+        waiter.abort();
+    }
+    current.release().await.expect("release");
+    costs
+}
+
 /// Checks, inside a critical section, that nobody else is inside and tokens grow.
 #[derive(Default)]
 struct CriticalSection {
@@ -1340,6 +1351,11 @@ impl Drop for Measure {
     fn drop(&mut self) {
         measured(self.0, self.1.elapsed());
     }
+}
+
+/// The smallest of `samples`, which are not empty.
+fn least(samples: &[u64]) -> u64 {
+    samples.iter().copied().min().unwrap_or_default()
 }
 
 /// The median of `samples` (the upper one of an even count).
