@@ -185,7 +185,8 @@ pub async fn p02_new_holder_after_loss_gets_a_greater_token(target: &dyn Conform
 }
 
 /// A holder that crashes without releasing frees the lock within one lease plus the
-/// `crash_release_bound` the backend declares, plus [`CRASH_SLACK`] and nothing more (P3).
+/// `crash_release_bound` the backend declares, plus a small measured slack and nothing more
+/// (P3).
 ///
 /// The clock starts at the crash, not at the acquisition: renewals before the crash may
 /// legitimately push the server's expiry up to one lease past it.
@@ -522,7 +523,7 @@ pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn Conformanc
 }
 
 /// `try_acquire` and a zero wait limit answer at once while another client holds the lock:
-/// long before that holder releases it, [`TRY_HOLD`] after taking it.
+/// long before that holder releases it, a second after taking it.
 pub async fn p09_try_acquire_never_waits(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p09-try").await;
     let [alice, bob] = fixture.lockers(LONG_LEASE).await;
