@@ -43,8 +43,10 @@
 //! Every test uses its own random key prefix and its own clients, so tests run in parallel
 //! against one server and in any order. Most of them wait on timers (leases running out), so
 //! more test threads than cores pay off: on a 2-core machine `cargo test -- --test-threads 8`
-//! runs the Redis, ZooKeeper and etcd suites in 4–7 s instead of 11–17 s. A backend that cannot keep a property declares it in
-//! its [`Capabilities`](dlock_core::Capabilities), and the test then checks the weaker promise
+//! runs the Redis, ZooKeeper and etcd suites in 4–7 s instead of 11–17 s.
+//!
+//! A backend that cannot keep a property declares it in its
+//! [`Capabilities`](dlock_core::Capabilities), and the test then checks the weaker promise
 //! declared instead: nothing is skipped silently.
 //!
 //! Two optional hooks let the suite check more. [`ConformanceTarget::server_requests`]
