@@ -106,6 +106,13 @@ pub mod bench;
 mod counting;
 pub mod suite;
 
+/// Writing a backend, from nothing to the facade and the command: the repository's
+/// `crates/dlock-conformance/GUIDE.md`, whose example backend
+/// (`tests/guide_backend.rs`) passes this suite.
+pub mod guide {
+    #![doc = include_str!("../GUIDE.md")]
+}
+
 pub use counting::RequestCounting;
 
 use std::sync::Arc;
