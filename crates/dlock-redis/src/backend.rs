@@ -117,10 +117,10 @@ impl RedisBackend {
         let mut grace_until: Option<Instant> = None;
         loop {
             let next = match grace_until {
-                Some(until) => match tokio::time::timeout_at(until, reports.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => None,
-                },
+                // Out of time: the rest join later.
+                Some(until) => tokio::time::timeout_at(until, reports.recv())
+                    .await
+                    .unwrap_or_default(),
                 None => reports.recv().await,
             };
             let Some(outcome) = next else { break };
