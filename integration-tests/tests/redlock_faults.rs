@@ -43,7 +43,7 @@ impl Trio {
     }
 
     fn url(&self) -> String {
-        let hosts: Vec<String> = self.servers.iter().map(|s| address(s)).collect();
+        let hosts: Vec<String> = self.servers.iter().map(address).collect();
         format!("redis+redlock://{}", hosts.join(","))
     }
 
