@@ -28,8 +28,12 @@
 //! (e.g. `5s`; absent = wait forever) and `keepalive_interval`.
 //!
 //! The guarantees of each backend, what fences it, and what happens when its server fails are
-//! compared in the [`backends`] page.
+//! compared in the [`backends`] page; the contract they all keep is the [`contract`] page.
+//!
+//! # Features
+#![doc = document_features::document_features!()]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backends;
 mod url_options;
@@ -37,10 +41,13 @@ mod url_options;
 pub use dlock_core::*;
 
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use dlock_etcd as etcd;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use dlock_redis as redis;
 #[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use dlock_zookeeper as zookeeper;
 
 /// Connects to the backend `url` names and returns a [`Locker`] whose default options come
