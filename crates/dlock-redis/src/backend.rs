@@ -64,7 +64,8 @@ const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// and `try_acquire` still never take a free lock while someone live waits, so a releasing
 /// holder cannot barge. Each release wakes the first waiter of each instance (at most one per
 /// instance); a waiter that wins only a minority gives it back, keeps its place and retries
-/// after a random delay.
+/// after a random delay. Every Redlock call goes on with the majority that answers: an
+/// instance that is down, slow or frozen holds up nothing (see the crate's assumptions).
 ///
 /// ```no_run
 /// # #[tokio::main]
