@@ -213,8 +213,8 @@ async fn regression_frozen_minority_keeps_the_lock_and_excludes_others() {
 }
 
 /// (d) The frozen instance comes back: things keep working on all three, and what it was
-/// sent while frozen (an acquire, renewals, the release) leaves no key behind longer than
-/// its lease.
+/// sent while frozen (acquires, renewals, a waiter's place in line, releases) leaves no key
+/// behind longer than its lease, and no line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_resumed_instance_keeps_no_stale_key() {
     let mut trio = Trio::start();
@@ -222,28 +222,48 @@ async fn regression_resumed_instance_keeps_no_stale_key() {
     let opts = options("resume", lease);
     let client = locker(&trio.url(), &opts).await;
     let name = trio.lock_key(&opts, "k").await;
+    let line = name.replace(":lock", ":queue");
+    assert_ne!(line, name);
     trio.pause(0);
 
     let guard = client.acquire("k").await.expect("acquire");
+    // A waiter queues meanwhile (on the frozen instance too, once it runs again), gets the
+    // lock after the release, and leaves every line. It shares the holder's client, so the
+    // frozen instance gets both clients' commands on one connection, in the order they were
+    // sent: the waiter surely finds the lock held there and queues.
+    let waiter = {
+        let (client, opts) = (client.clone(), opts.clone().wait(Duration::from_secs(30)));
+        tokio::spawn(async move { client.acquire_with("k", &opts).await })
+    };
     tokio::time::sleep(lease).await;
     assert!(guard.is_held());
     guard.release().await.expect("release");
+    let next = timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .expect("the waiter gets the lock");
+    next.release().await.expect("release");
     trio.resume(0);
 
-    // The frozen instance runs the acquire, the renewals and the release in the order they
-    // were sent: the key goes at once, and in any case no later than one lease.
+    // The frozen instance runs the acquires, the renewals, the waiter's place in line, its
+    // leaving and the releases in the order they were sent: the lock key goes at once
+    // (in any case no later than one lease), and the line too (it would otherwise stay for
+    // the waiter's 30 s wait limit).
     let frozen = address(&trio.servers[0]);
     let deadline = Instant::now() + lease + PROMPTLY;
-    loop {
-        let exists = command(&frozen, &["EXISTS", &name]).await.expect("EXISTS");
-        if exists == "0" {
-            break;
+    for (what, key) in [("lock key", &name), ("waiting line", &line)] {
+        loop {
+            let exists = command(&frozen, &["EXISTS", key]).await.expect("EXISTS");
+            if exists == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the resumed instance keeps a stale {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed instance keeps a stale key"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // All three answer again: a lock is taken on every instance.

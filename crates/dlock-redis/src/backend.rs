@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -340,14 +341,23 @@ impl Inner {
         for index in (0..count).filter(|i| asked[*i]) {
             match self.node_now(index) {
                 Ok(node) => {
-                    let (sender, endpoint) = (sender.clone(), self.config.endpoints[index].clone());
-                    let call = call(node);
-                    tokio::spawn(async move {
-                        let reply = tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
-                            Err(LockError::connection(endpoint.to_string(), "no answer"))
-                        });
-                        let _ = sender.send((index, reply));
-                    });
+                    let endpoint = self.config.endpoints[index].to_string();
+                    let no_answer = move |_| Err(LockError::connection(endpoint, "no answer"));
+                    let mut call = Box::pin(tokio::time::timeout(bound, call(node)));
+                    // Polled once here, the command is on the instance's connection before
+                    // this returns: what is sent to one instance reaches it in the order it
+                    // was issued (a give-back behind its acquire), however tasks are run.
+                    match futures::poll!(call.as_mut()) {
+                        Poll::Ready(reply) => {
+                            replies[index] = Some(reply.unwrap_or_else(no_answer))
+                        }
+                        Poll::Pending => {
+                            let sender = sender.clone();
+                            tokio::spawn(async move {
+                                let _ = sender.send((index, call.await.unwrap_or_else(no_answer)));
+                            });
+                        }
+                    }
                 }
                 Err(error) => replies[index] = Some(Err(error)),
             }
