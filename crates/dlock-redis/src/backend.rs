@@ -739,8 +739,11 @@ impl LockBackend for RedisBackend {
                 async move { node.extend(&names, &owner, ttl).await }
             }
         };
+        // A majority that answers after the lease ran out on this side extends nothing the
+        // holder can still use.
+        let deadline = Some(lease.valid_until().max(started));
         let replies = inner
-            .on_quorum(None, None, call, |replies| {
+            .on_quorum(None, deadline, call, |replies| {
                 let extended = replies
                     .iter()
                     .filter(|r| matches!(r, Some(Ok(true))))
