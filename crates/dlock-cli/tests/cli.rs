@@ -271,6 +271,42 @@ mod across_processes {
         assert!(stderr(&output).contains("reach"), "{}", stderr(&output));
     }
 
+    /// Issue 11: one URL names one lock through `dlock::connect`, the backend crate's own
+    /// `connect` and `dlock --url`: a lock taken through the first is held for the other two.
+    pub fn one_url_is_one_lock_everywhere<B, F>(base: &str, backend_connect: impl Fn(String) -> F)
+    where
+        B: dlock::LockBackend,
+        F: std::future::Future<Output = Result<B, dlock::LockError>>,
+    {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let key = format!("url-identity-{:016x}", rand_id());
+        let url = format!("{base}?prefix=identity-{:08x}&lease=20s", rand_id() as u32);
+        runtime.block_on(async {
+            let facade = dlock::connect(&url).await.expect("the facade connects");
+            let guard = facade.acquire(key.as_str()).await.expect("acquired");
+            let backend = backend_connect(url.clone())
+                .await
+                .expect("the crate connects");
+            let direct = dlock::Locker::new(backend);
+            assert!(
+                direct
+                    .try_acquire(key.as_str())
+                    .await
+                    .expect("asked")
+                    .is_none(),
+                "the backend crate's connect reads {url} as another lock"
+            );
+            let status = output(&["status", "--url", &url, "--key", &key]);
+            assert_eq!(
+                status.status.code(),
+                Some(0),
+                "dlock --url: {}",
+                stderr(&status)
+            );
+            guard.release().await.expect("released");
+        });
+    }
+
     /// A command still running when its lock is lost (the server froze past the lease) is
     /// terminated and dlock exits 70.
     pub fn lost_lock_terminates_the_command_with_70(url: &str, ttl: &str, server: &ServerProcess) {
@@ -403,7 +439,7 @@ fn url_options_hold_unless_a_flag_is_given() {
 macro_rules! backend_tests {
     ($module:ident, feature = $feature:literal, shared = $shared:path,
      unreachable = $unreachable:literal, private = $private:path, url_suffix = $suffix:literal,
-     ttl = $ttl:literal) => {
+     ttl = $ttl:literal, connect = $connect:path) => {
         #[cfg(feature = $feature)]
         mod $module {
             use dlock_test_servers::free_port;
@@ -433,6 +469,14 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn one_url_is_one_lock_everywhere() {
+                across_processes::one_url_is_one_lock_everywhere(
+                    &$shared().url,
+                    |url| async move { $connect(&url).await },
+                );
+            }
+
+            #[test]
             fn lost_lock_terminates_the_command_with_70() {
                 let mut server = $private();
                 let url = format!("{}{}", server.url(), $suffix);
@@ -453,7 +497,8 @@ backend_tests!(
     unreachable = "redis://127.0.0.1:{}",
     private = dlock_test_servers::RedisServer::start,
     url_suffix = "",
-    ttl = "1s"
+    ttl = "1s",
+    connect = dlock::redis::connect
 );
 backend_tests!(
     zookeeper,
@@ -462,7 +507,8 @@ backend_tests!(
     unreachable = "zookeeper://127.0.0.1:{}?connect_timeout=2s",
     private = dlock_test_servers::ZooKeeperServer::start,
     url_suffix = "?session_timeout=2s",
-    ttl = "2s"
+    ttl = "2s",
+    connect = dlock::zookeeper::connect
 );
 backend_tests!(
     etcd,
@@ -471,7 +517,8 @@ backend_tests!(
     unreachable = "etcd://127.0.0.1:{}?connect_timeout=2s",
     private = dlock_test_servers::EtcdServer::start,
     url_suffix = "",
-    ttl = "2s"
+    ttl = "2s",
+    connect = dlock::etcd::connect
 );
 
 /// Regression (issue 9): Redlock over three instances, one frozen with SIGSTOP (it accepts

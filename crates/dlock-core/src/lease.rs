@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKey;
 use crate::options::LockOptions;
+pub(crate) use crate::support::lock;
 use crate::token::FencingToken;
 
 /// Why a guard stopped holding its lock without being released.
@@ -245,12 +246,4 @@ impl LeaseState {
             }
         })
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: the data it guards stays consistent because
-/// every critical section in this crate is a plain assignment.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

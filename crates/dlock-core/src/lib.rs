@@ -33,6 +33,7 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+pub mod support;
 mod token;
 
 /// The lock contract every backend keeps, property by property (P1 … P12): what the
@@ -43,7 +44,7 @@ pub mod contract {
 }
 
 pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
-pub use backend_url::{redact_url, BackendUrl, HostPort};
+pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;

@@ -75,7 +75,10 @@ async fn shortened_lease_rearms_the_keepalive() {
 /// deadline past the shortened one: the server may have applied them in either order.
 #[tokio::test(start_paused = true)]
 async fn renewal_in_flight_does_not_undo_a_shortening() {
-    let backend = SlowRenew::new(MemoryBackend::new(), Duration::from_millis(300));
+    let backend = Faulty::new(
+        MemoryBackend::new(),
+        Fault::SlowRenewAnswer(Duration::from_millis(300)),
+    );
     let locker = Locker::new(backend.clone());
     let mut opts = options(900, true);
     opts.keepalive_interval = Some(Duration::from_millis(100));
@@ -98,7 +101,7 @@ async fn renewal_in_flight_does_not_undo_a_shortening() {
 #[tokio::test(start_paused = true)]
 async fn lock_expired_on_the_holders_clock_is_released_on_the_server() {
     let server = MemoryServer::new();
-    let backend = FailingRenew::new(server.client());
+    let backend = Faulty::new(server.client(), Fault::RenewCutOff);
     let alice = Locker::new(backend.clone());
     let guard = alice
         .acquire_with("stuck", &options(300, true))
@@ -119,7 +122,7 @@ async fn lock_expired_on_the_holders_clock_is_released_on_the_server() {
 #[tokio::test(start_paused = true)]
 async fn stale_grant_is_never_handed_out() {
     let server = MemoryServer::new();
-    let backend = StaleFirstGrant::new(server.client());
+    let backend = Faulty::new(server.client(), Fault::StaleFirstGrant);
     let locker = Locker::new(backend.clone());
     let guard = locker
         .acquire_with("stale", &options(1_000, true).wait(Duration::from_secs(5)))
@@ -143,7 +146,7 @@ async fn stale_grant_is_never_handed_out() {
 #[tokio::test(start_paused = true)]
 async fn stale_grant_is_not_returned_by_try_acquire() {
     let server = MemoryServer::new();
-    let backend = StaleFirstGrant::new(server.client());
+    let backend = Faulty::new(server.client(), Fault::StaleFirstGrant);
     let locker = Locker::new(backend.clone());
     let first = locker
         .try_acquire_with("stale-try", &options(1_000, true))
@@ -154,139 +157,56 @@ async fn stale_grant_is_not_returned_by_try_acquire() {
     assert!(locker.try_acquire("stale-try").await.unwrap().is_some());
 }
 
-/// A memory client whose `renew` is applied at once but answered late; it notes whether an
-/// `extend` was answered while a renewal was in flight.
-#[derive(Debug, Clone)]
-struct SlowRenew {
+/// A memory client with one fault switched on, counting what it is asked.
+#[derive(Debug, Clone, Default)]
+struct Faulty {
     inner: MemoryBackend,
-    delay: Duration,
-    in_flight: Arc<tokio::sync::Notify>,
+    fault: Fault,
+    acquires: Arc<AtomicUsize>,
+    releases: Arc<AtomicUsize>,
+    released: Arc<tokio::sync::Notify>,
+    renewal_in_flight: Arc<tokio::sync::Notify>,
     renewing: Arc<AtomicBool>,
     crossed: Arc<AtomicBool>,
 }
 
-impl SlowRenew {
-    fn new(inner: MemoryBackend, delay: Duration) -> Self {
-        SlowRenew {
+#[derive(Debug, Clone, Copy, Default)]
+enum Fault {
+    #[default]
+    None,
+    /// `renew` is applied at once, but its answer comes this much later.
+    SlowRenewAnswer(Duration),
+    /// `renew` never reaches the server, which keeps the lock.
+    RenewCutOff,
+    /// The first grant arrives already stale (valid until a moment in the past).
+    StaleFirstGrant,
+}
+
+impl Faulty {
+    fn new(inner: MemoryBackend, fault: Fault) -> Self {
+        Faulty {
             inner,
-            delay,
-            in_flight: Arc::new(tokio::sync::Notify::new()),
-            renewing: Arc::default(),
-            crossed: Arc::default(),
+            fault,
+            ..Faulty::default()
         }
     }
 
     async fn wait_for_renewal_in_flight(&self) {
-        self.in_flight.notified().await;
+        self.renewal_in_flight.notified().await;
     }
 
+    /// Whether an `extend` was answered while a renewal was in flight.
     fn extend_crossed_a_renewal(&self) -> bool {
         self.crossed.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl LockBackend for SlowRenew {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(
-        &self,
-        request: AcquireRequest<'_>,
-    ) -> Result<Option<Acquired>, LockError> {
-        self.inner.try_acquire(request).await
-    }
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired, LockError> {
-        self.inner.acquire(request).await
-    }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant, LockError> {
-        let at = self.inner.extend(lease, ttl).await?;
-        if self.renewing.load(Ordering::SeqCst) {
-            self.crossed.store(true, Ordering::SeqCst);
-        }
-        Ok(at)
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.inner.release(lease).await
-    }
-    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>, LockError> {
-        let renewals = self.inner.renew(leases).await;
-        self.renewing.store(true, Ordering::SeqCst);
-        self.in_flight.notify_one();
-        tokio::time::sleep(self.delay).await;
-        self.renewing.store(false, Ordering::SeqCst);
-        renewals
-    }
-}
-
-/// A client whose renewals never reach the server (as with a paused or cut-off holder), while
-/// the server keeps the lock: releases are counted.
-#[derive(Debug, Clone)]
-struct FailingRenew {
-    inner: MemoryBackend,
-    released: Arc<tokio::sync::Notify>,
-}
-
-impl FailingRenew {
-    fn new(inner: MemoryBackend) -> Self {
-        FailingRenew {
-            inner,
-            released: Arc::new(tokio::sync::Notify::new()),
-        }
     }
 
     async fn released(&self) {
         self.released.notified().await;
     }
-}
 
-#[async_trait]
-impl LockBackend for FailingRenew {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(
-        &self,
-        request: AcquireRequest<'_>,
-    ) -> Result<Option<Acquired>, LockError> {
-        self.inner.try_acquire(request).await
-    }
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired, LockError> {
-        self.inner.acquire(request).await
-    }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant, LockError> {
-        self.inner.extend(lease, ttl).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
-        self.released.notify_one();
-        // The lease already ran out on the memory server's clock; what matters is the call.
-        let _ = self.inner.release(lease).await;
-        Ok(())
-    }
-    async fn renew(&self, _leases: &[&Lease]) -> Result<Vec<Renewal>, LockError> {
-        Err(LockError::protocol("test", "renewals are cut off"))
-    }
-}
-
-/// A client whose first grant arrives already stale (valid until a moment in the past).
-#[derive(Debug, Clone)]
-struct StaleFirstGrant {
-    inner: MemoryBackend,
-    acquires: Arc<AtomicUsize>,
-    releases: Arc<AtomicUsize>,
-}
-
-impl StaleFirstGrant {
-    fn new(inner: MemoryBackend) -> Self {
-        StaleFirstGrant {
-            inner,
-            acquires: Arc::default(),
-            releases: Arc::default(),
-        }
-    }
-
-    fn stale(&self, mut acquired: Acquired) -> Acquired {
-        if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
+    fn granted(&self, mut acquired: Acquired) -> Acquired {
+        let first = self.acquires.fetch_add(1, Ordering::SeqCst) == 0;
+        if first && matches!(self.fault, Fault::StaleFirstGrant) {
             acquired.valid_until = Instant::now() - Duration::from_millis(1);
         }
         acquired
@@ -294,7 +214,7 @@ impl StaleFirstGrant {
 }
 
 #[async_trait]
-impl LockBackend for StaleFirstGrant {
+impl LockBackend for Faulty {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -306,17 +226,36 @@ impl LockBackend for StaleFirstGrant {
             .inner
             .try_acquire(request)
             .await?
-            .map(|a| self.stale(a)))
+            .map(|a| self.granted(a)))
     }
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired, LockError> {
         let acquired = self.inner.acquire(request).await?;
-        Ok(self.stale(acquired))
+        Ok(self.granted(acquired))
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant, LockError> {
-        self.inner.extend(lease, ttl).await
+        let at = self.inner.extend(lease, ttl).await?;
+        if self.renewing.load(Ordering::SeqCst) {
+            self.crossed.store(true, Ordering::SeqCst);
+        }
+        Ok(at)
     }
     async fn release(&self, lease: &Lease) -> Result<(), LockError> {
         self.releases.fetch_add(1, Ordering::SeqCst);
+        self.released.notify_one();
         self.inner.release(lease).await
+    }
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>, LockError> {
+        match self.fault {
+            Fault::RenewCutOff => Err(LockError::protocol("test", "renewals are cut off")),
+            Fault::SlowRenewAnswer(delay) => {
+                let renewals = self.inner.renew(leases).await;
+                self.renewing.store(true, Ordering::SeqCst);
+                self.renewal_in_flight.notify_one();
+                tokio::time::sleep(delay).await;
+                self.renewing.store(false, Ordering::SeqCst);
+                renewals
+            }
+            _ => self.inner.renew(leases).await,
+        }
     }
 }
