@@ -149,6 +149,27 @@ async fn regression_frozen_minority_connect_and_acquire_are_prompt() {
         "release took {:?}",
         started.elapsed()
     );
+
+    // Once it runs again, the instance the second client never reached joins it: a lock
+    // then lands there too. Its connection attempts time out after 4 s and are retried a
+    // second later; 15 s leaves room for a loaded machine.
+    trio.resume(2);
+    let name = trio.lock_key(&opts, "k").await;
+    let resumed = address(&trio.servers[2]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let guard = after.acquire("k").await.expect("acquire");
+        let there = command(&resumed, &["GET", &name]).await.expect("GET");
+        guard.release().await.expect("release");
+        if !there.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed instance never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// (b, c) A holder keeps its lock through several leases while one instance is frozen: no
