@@ -528,26 +528,34 @@ impl Inner {
     /// one instance with this one) issues a greater token.
     async fn settle_token(&self, names: &LockNames, tokens: &[Option<u64>]) -> Result<u64> {
         let highest = tokens.iter().flatten().copied().max().unwrap_or(0);
-        let behind: Vec<usize> = tokens
+        let behind: Vec<bool> = tokens
             .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_some_and(|t| t < highest))
-            .map(|(i, _)| i)
+            .map(|t| t.is_some_and(|t| t < highest))
             .collect();
-        if behind.is_empty() {
+        if !behind.contains(&true) {
             return Ok(highest);
         }
-        let raised = join_all(behind.iter().map(|&index| async move {
-            self.node(index).await?.raise_fence(names, highest).await
-        }))
-        .await;
-        let at_highest = tokens.iter().flatten().filter(|t| **t == highest).count()
-            + raised.iter().filter(|r| r.is_ok()).count();
-        if at_highest >= self.config.quorum() {
+        let already = tokens.iter().flatten().filter(|t| **t == highest).count();
+        let quorum = self.config.quorum();
+        let names = names.clone();
+        let call = move |node: Node| {
+            let names = names.clone();
+            async move { node.raise_fence(&names, highest).await }
+        };
+        // Done once a majority is at the highest value; the other raises go on in the
+        // background (an instance that froze since it granted must not hold the lock up).
+        let raised = self
+            .on_quorum(Some(&behind), None, call, |replies| {
+                already + replies.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= quorum
+            })
+            .await;
+        let at_highest = already + raised.iter().filter(|r| matches!(r, Some(Ok(())))).count();
+        if at_highest >= quorum {
             return Ok(highest);
         }
         Err(raised
             .into_iter()
+            .flatten()
             .find_map(Result::err)
             .unwrap_or_else(|| LockError::protocol("redis", "could not raise the fence counters")))
     }
