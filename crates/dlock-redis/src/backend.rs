@@ -444,12 +444,11 @@ impl Inner {
                     .iter()
                     .filter(|r| matches!(r, Some(Ok(AcquireReply::Granted(_)))))
                     .count();
-                let not_granted = replies
-                    .iter()
-                    .filter(|r| r.is_some())
-                    .count()
-                    .saturating_sub(granted);
-                granted >= quorum || count - not_granted < quorum
+                let answered = replies.iter().filter(|r| r.is_some()).count();
+                let ok = replies.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+                // Out of reach of a majority: settled once a majority has really answered
+                // (else the instances still to answer decide between busy and failed).
+                granted >= quorum || (ok >= quorum && count - (answered - granted) < quorum)
             })
             .await;
         let mut tokens = vec![None; replies.len()];
