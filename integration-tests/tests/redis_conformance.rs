@@ -98,6 +98,7 @@ mod redlock_frozen_minority {
     /// outside skips the frozen one, which would never answer).
     type Instances = (String, Vec<String>);
 
+    /// Started, and the middle one frozen, on first use.
     fn instances() -> &'static Instances {
         static TRIO: OnceLock<(Vec<RedisServer>, Instances)> = OnceLock::new();
         &TRIO
