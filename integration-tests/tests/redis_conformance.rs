@@ -116,9 +116,9 @@ mod redlock {
 mod redlock_frozen_minority {
     use super::*;
 
-    /// The URL of all three, and the addresses of the two that answer (tampering from
-    /// outside skips the frozen one, which would never answer).
-    type Instances = (String, Vec<String>);
+    /// The addresses of all three, and of the two that answer (tampering from outside
+    /// skips the frozen one, which would never answer).
+    type Instances = (Vec<String>, Vec<String>);
 
     /// Started, and the middle one frozen, on first use.
     fn instances() -> &'static Instances {
@@ -131,15 +131,16 @@ mod redlock_frozen_minority {
                     .map(|s| format!("127.0.0.1:{}", s.port()))
                     .collect();
                 servers[1].process().pause();
-                let url = format!("redis+redlock://{}", addresses.join(","));
                 let live = vec![addresses[0].clone(), addresses[2].clone()];
-                (servers, (url, live))
+                (servers, (addresses, live))
             })
             .1
     }
 
     dlock_conformance::conformance_tests!(async {
-        let (url, addresses) = instances().clone();
-        RedisTarget { url, addresses }
+        let (all, live) = instances().clone();
+        let mut target = RedisTarget::new(all).await;
+        target.addresses = live;
+        target
     });
 }
