@@ -646,10 +646,16 @@ impl LockBackend for RedisBackend {
         } else {
             inner.next_id()
         };
+        place.owner.clone_from(&owner);
         // A free lock is taken without joining a line or listening for wake-ups, so the
         // uncontended path costs one script call; a waiter joins the line from its next call
         // on (first come, first served counts from the join).
-        match inner.attempt(&names, &owner, lease, None).await {
+        place.may_hold = true;
+        let tried = inner.attempt(&names, &owner, lease, None).await;
+        // Answered: a grant is returned, a partial one was given back; after a failure the
+        // request may still be applied.
+        place.may_hold = matches!(tried, Attempt::Failed(_));
+        match tried {
             Attempt::Granted {
                 token, valid_until, ..
             } => return Ok(acquired(names, owner, token, valid_until)),
@@ -679,6 +685,7 @@ impl LockBackend for RedisBackend {
                     let sent = Instant::now();
                     let waiter = Some((place.id.as_str(), entry_ttl, number));
                     let attempt = inner.attempt(&names, &owner, lease, waiter).await;
+                    place.may_hold = matches!(attempt, Attempt::Failed(_));
                     (attempt, sent)
                 }
                 Err(error) => (Attempt::Failed(error), Instant::now()),
@@ -989,6 +996,11 @@ struct PlaceInLine {
     /// Instances asked to (the answer may still come): where `Drop` stops listening.
     asked_to_listen: Vec<bool>,
     in_line: Vec<bool>,
+    /// The owner id requests take the lock under.
+    owner: String,
+    /// A request is on its way: it may still grant the lock under `owner` (on any instance)
+    /// after this waiter is gone, so `Drop` gives it back.
+    may_hold: bool,
 }
 
 impl PlaceInLine {
@@ -1006,6 +1018,8 @@ impl PlaceInLine {
             listening: vec![false; count],
             asked_to_listen: vec![false; count],
             in_line: vec![false; count],
+            owner: String::new(),
+            may_hold: false,
         }
     }
 
@@ -1013,10 +1027,14 @@ impl PlaceInLine {
     /// a quorum listens (an instance where it does not counts its entry dead, as if it were
     /// down). Like every Redlock call, it goes on with the majority that answers.
     async fn listen(&mut self) -> Result<()> {
-        let missing: Vec<bool> = self.listening.iter().map(|l| !l).collect();
-        if !missing.contains(&true) {
+        let quorum = self.inner.config.quorum();
+        let already = self.listening.iter().filter(|l| **l).count();
+        if already >= quorum {
+            // Enough: an instance that did not answer (down, frozen) is not asked again, so
+            // it cannot hold up every request.
             return Ok(());
         }
+        let missing: Vec<bool> = self.listening.iter().map(|l| !l).collect();
         for (asked, missing) in self.asked_to_listen.iter_mut().zip(&missing) {
             *asked |= *missing;
         }
@@ -1027,7 +1045,9 @@ impl PlaceInLine {
         };
         let replies = self
             .inner
-            .on_quorum(Some(&missing), None, call, |_| false)
+            .on_quorum(Some(&missing), None, call, |replies| {
+                already + replies.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= quorum
+            })
             .await;
         let mut first_error = None;
         for (index, reply) in replies.into_iter().enumerate() {
@@ -1042,8 +1062,8 @@ impl PlaceInLine {
         }
         let listening = self.listening.iter().filter(|l| **l).count();
         match first_error {
-            Some(error) if listening < self.inner.config.quorum() => Err(error),
-            None if listening < self.inner.config.quorum() => Err(LockError::connection(
+            Some(error) if listening < quorum => Err(error),
+            None if listening < quorum => Err(LockError::connection(
                 self.inner.config.endpoints[0].to_string(),
                 "too few instances answered in time",
             )),
@@ -1051,10 +1071,12 @@ impl PlaceInLine {
         }
     }
 
-    /// Numbers the next request, which may put this waiter in line on every instance.
+    /// Numbers the next request, which may put this waiter in line on every instance, or
+    /// grant it the lock there.
     fn next_attempt(&mut self) -> u64 {
         self.attempt += 1;
         self.in_line = vec![true; self.in_line.len()];
+        self.may_hold = true;
         self.attempt
     }
 
@@ -1098,21 +1120,23 @@ impl PlaceInLine {
 impl Drop for PlaceInLine {
     fn drop(&mut self) {
         self.inner.waiters.unregister(&self.id);
-        if !self.in_line.iter().chain(&self.asked_to_listen).any(|l| *l) {
+        let may_hold = self.may_hold;
+        if !may_hold && !self.in_line.iter().chain(&self.asked_to_listen).any(|l| *l) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let (inner, names, id) = (Arc::clone(&self.inner), self.names.clone(), self.id.clone());
+        let owner = std::mem::take(&mut self.owner);
         let in_line = std::mem::take(&mut self.in_line);
         let listening = std::mem::take(&mut self.asked_to_listen);
         runtime.spawn(async move {
             join_all((0..in_line.len()).map(|index| {
-                let (inner, names, id) = (&inner, &names, &id);
+                let (inner, names, id, owner) = (&inner, &names, &id, &owner);
                 let (in_line, listening) = (in_line[index], listening[index]);
                 async move {
-                    if !in_line && !listening {
+                    if !may_hold && !in_line && !listening {
                         return;
                     }
                     let node = match inner.node(index).await {
@@ -1124,6 +1148,14 @@ impl Drop for PlaceInLine {
                             return;
                         }
                     };
+                    // Sent after the request on the same connection, so it runs after it
+                    // on the server.
+                    if may_hold && !owner.is_empty() {
+                        if let Err(error) = node.release(names, owner, inner.fair()).await {
+                            // The lease bounds a grant we could not give back.
+                            tracing::debug!(%error, "could not give back a cancelled grant");
+                        }
+                    }
                     if in_line {
                         if let Err(error) = node.leave(names, id, inner.fair()).await {
                             // Stopping to listen below makes the entry dead all the same.
