@@ -57,6 +57,10 @@
 //! script hands the lock to the first live waiter and names the request it answers: a waiter
 //! accepts only a grant of its latest request and trusts the lease from the moment it sent
 //! that request (a grant noticed late, after a pause, is confirmed with the server first).
+//! An `acquire` dropped at any await point leaves the line, stops listening and gives back a
+//! grant its last request may still receive (the clean-up is sent on the same connections,
+//! after that request). On Redlock a waiter needs a majority of instances listening; an
+//! instance that did not answer (down, frozen) is not asked again during that wait.
 //!
 //! # Assumptions
 //! * **Single instance.** Mutual exclusion holds while the server keeps its data. A restart
