@@ -1,16 +1,19 @@
 //! Fault tests of the ZooKeeper backend, each on its own ZooKeeper process: outages shorter
 //! and longer than the session, a session ended from outside, a holder process killed, and
-//! a long line of waiters.
+//! a long line of waiters, locks lost on the holder's clock while the server kept them.
+
+mod session_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{LockError, LockGuard, LockOptions, Locker, LossReason};
+use dlock_core::{LockBackend, LockError, LockGuard, LockOptions, Locker, LossReason};
 use dlock_test_servers::ZooKeeperServer;
 use dlock_zookeeper::zookeeper_client::Client;
 use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
+use session_support::{elsewhere, jump_clock, FrozenRenewals};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -356,4 +359,115 @@ async fn sixty_four_waiters_are_served_in_order_one_wakeup_per_release() {
             backend.rechecks()
         );
     }
+}
+
+/// Issue 9, item 5: the holder's keepalive declares the lock lost on its own clock
+/// (`LeaseExpired`) while its session lives on the server. What the server still holds for
+/// the lock must go at once: a waiter gets the lock, and the holder's own re-acquire is not
+/// stuck behind its dead node, long before the holder's session would ever end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dlock-core to release a lease its keepalive declares LeaseExpired (issue 9)"]
+async fn lock_lost_on_the_holders_clock_is_removed_from_the_server() {
+    let server = ZooKeeperServer::start();
+    let session = Duration::from_secs(4);
+    let prefix = prefix("lost-on-holder-clock");
+    let config = ZooKeeperConfig::from_url(&server.url())
+        .expect("valid URL")
+        .session_timeout(session);
+    let backend = ZooKeeperBackend::connect(config).await.expect("connect");
+    let frozen = FrozenRenewals::new(backend.clone());
+    let holder = Locker::from_backend(Arc::clone(&frozen) as Arc<dyn LockBackend>)
+        .with_options(LockOptions::default().lease(session).prefix(&prefix))
+        .expect("valid options");
+    let (other, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    frozen.freeze();
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let other = other.clone();
+        let options = other.options().clone().wait(Duration::from_secs(60));
+        tokio::spawn(async move { other.acquire_observed("k", &options, Some(queued)).await })
+    };
+    within(SOON, "the waiter to queue", in_line)
+        .await
+        .expect("queued");
+
+    let reason = within(session + SOON, "the loss signal", guard.lost()).await;
+    assert_eq!(reason, LossReason::LeaseExpired);
+    assert!(!guard.is_held());
+    let again = {
+        let holder = holder.clone();
+        let options = holder.options().clone().wait(Duration::from_secs(60));
+        tokio::spawn(async move { holder.acquire_with("k", &options).await })
+    };
+    // The session itself lives on forever here: one session timeout is far below "never",
+    // and far above the few round trips the removal takes on a loaded machine.
+    let next = within(session, "the waiter to acquire after the loss", waiting)
+        .await
+        .expect("waiter task")
+        .expect("the waiter acquires");
+    let token = next.fencing_token();
+    assert!(token > guard.fencing_token());
+    next.release().await.expect("the waiter releases");
+    let mine = within(session, "the holder to acquire again", again)
+        .await
+        .expect("holder task")
+        .expect("the holder acquires again");
+    assert!(mine.fencing_token() > token);
+}
+
+/// Issue 9, item 5, the session's side: the holder's clock jumps past its session's deadline
+/// (as after a SIGSTOP longer than the session) while the server saw no silence and keeps
+/// the session. The client gives the session up on its own clock, so it must end it on the
+/// server too: the waiter gets the lock at once, and the holder acquires again.
+#[tokio::test(flavor = "current_thread")]
+async fn clock_jump_past_the_session_ends_it_on_the_server() {
+    let server = ZooKeeperServer::start();
+    let session = Duration::from_secs(4);
+    let prefix = prefix("clock-jump");
+    let (holder, _holder_backend) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let (queued, in_line) = oneshot::channel();
+    // The waiter runs on a runtime of its own, whose clock does not jump.
+    let waiting = {
+        let (url, prefix) = (server.url(), prefix.clone());
+        elsewhere().spawn(async move {
+            let (other, _backend) = client(&url, session, &prefix).await;
+            let options = other.options().clone().wait(Duration::from_secs(60));
+            let next = other.acquire_observed("k", &options, Some(queued)).await?;
+            let acquired = std::time::Instant::now();
+            let token = next.fencing_token();
+            next.release().await?;
+            Ok::<_, LockError>((acquired, token))
+        })
+    };
+    within(SOON, "the waiter to queue", in_line)
+        .await
+        .expect("queued");
+
+    jump_clock(session + Duration::from_secs(1));
+    let reason = within(SOON, "the loss signal", guard.lost()).await;
+    let lost = std::time::Instant::now();
+    assert!(
+        matches!(reason, LossReason::LeaseExpired | LossReason::SessionEnded),
+        "{reason:?}"
+    );
+    // As above: the server would keep the session for as long as the holder lives.
+    let (acquired, token) = within(session, "the waiter to acquire after the loss", waiting)
+        .await
+        .expect("waiter task")
+        .expect("the waiter acquires");
+    assert!(token > guard.fencing_token());
+    println!(
+        "the waiter acquired {:?} after the holder's loss",
+        acquired.saturating_duration_since(lost)
+    );
+    let mine = within(
+        SOON,
+        "the holder to acquire again",
+        holder.acquire_with("k", &holder.options().clone().wait(SOON)),
+    )
+    .await
+    .expect("the holder acquires again");
+    assert!(mine.fencing_token() > token);
 }
