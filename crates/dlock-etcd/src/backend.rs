@@ -78,9 +78,15 @@ impl EtcdBackend {
     /// and checks that a member answers.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         let endpoint = config.endpoint_list();
+        // Every request, and above all every waiter's watch, requires the member to have a
+        // leader: a member cut off from the quorum then fails the request, and ends an open
+        // watch (etcd's leader monitor), instead of answering from its stale copy or keeping
+        // a watch that can never see the holder's key go. The waiter then looks at the queue
+        // again, through a member that has a leader if the endpoints list one.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), config.request_timeout);
+            .with_keep_alive(Duration::from_secs(10), config.request_timeout)
+            .with_require_leader(true);
         if let Some(credentials) = &config.credentials {
             options = options.with_user(credentials.user.clone(), credentials.password.clone());
         }
