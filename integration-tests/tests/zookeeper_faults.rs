@@ -471,3 +471,58 @@ async fn clock_jump_past_the_session_ends_it_on_the_server() {
     .expect("the holder acquires again");
     assert!(mine.fencing_token() > token);
 }
+
+/// Issue 9, suspected: a waiter's wait limit passes while the server is down, so its
+/// `withdraw` (the deletion of its node) cannot reach the server before the core cuts the
+/// acquire off at the limit plus its grace. The node must still go once the server is back,
+/// not stay in line for as long as the waiter's client (and so its session) lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdraw_cut_off_during_a_server_restart_leaves_nothing_behind() {
+    let mut server = ZooKeeperServer::start();
+    // Long enough that no session ends during the restart: only the withdraw can free the line.
+    let session = Duration::from_secs(30);
+    let prefix = prefix("withdraw-restart");
+    let (holder, _) = client(&server.url(), session, &prefix).await;
+    let (waiter, _waiter_backend) = client(&server.url(), session, &prefix).await;
+    let (third, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let token = guard.fencing_token();
+    let wait = Duration::from_secs(2);
+    let (queued, in_line) = oneshot::channel();
+    let waiting = {
+        let waiter = waiter.clone();
+        let options = waiter.options().clone().wait(wait);
+        tokio::spawn(async move { waiter.acquire_observed("k", &options, Some(queued)).await })
+    };
+    within(SOON, "the waiter to queue", in_line)
+        .await
+        .expect("queued");
+
+    server.process().stop();
+    let outcome = within(
+        wait + dlock_core::WAIT_LIMIT_GRACE + SOON,
+        "the waiter to give up",
+        waiting,
+    )
+    .await
+    .expect("waiter task");
+    assert!(
+        matches!(outcome, Err(LockError::Timeout { .. })),
+        "{outcome:?}"
+    );
+    server.process().restart();
+
+    within(SOON, "the release", guard.release())
+        .await
+        .expect("the holder's session survived the restart and releases");
+    // The waiter's session lives on: with its node left behind, the third client would wait
+    // forever. SOON covers the clients' reconnection after the restart on a loaded machine.
+    let next = within(
+        SOON,
+        "the third client to acquire",
+        third.acquire_with("k", &third.options().clone().wait(SOON * 2)),
+    )
+    .await
+    .expect("nothing of the waiter's is left in line");
+    assert!(next.fencing_token() > token);
+}

@@ -96,6 +96,11 @@ impl Attempt {
 
     /// Leaves the line now, waiting for the server (bounded), so whoever comes next does not
     /// see this node.
+    ///
+    /// The removal runs as a task of its own: if this future is dropped before it is done (the
+    /// core cuts an acquire off at its wait limit plus a grace, which a server restart can
+    /// outlast), the removal goes on in the background instead of leaving the node in line
+    /// until the session ends.
     pub(crate) async fn withdraw(mut self) {
         self.kept = true;
         let (session, dir, name, node) = (
@@ -104,7 +109,7 @@ impl Attempt {
             std::mem::take(&mut self.name),
             self.node.take(),
         );
-        remove(session, dir, name, node).await;
+        let _ = tokio::spawn(remove(session, dir, name, node)).await;
     }
 
     /// Looks for this attempt's node by its unique id, retrying while the connection is down.
