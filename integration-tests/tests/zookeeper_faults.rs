@@ -13,7 +13,7 @@ use dlock_core::{LockBackend, LockError, LockGuard, LockOptions, Locker, LossRea
 use dlock_test_servers::ZooKeeperServer;
 use dlock_zookeeper::zookeeper_client::Client;
 use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
-use session_support::{elsewhere, jump_clock, FrozenRenewals};
+use session_support::{elsewhere, jump_clock, FrozenRenewals, ReplyDropper};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -525,4 +525,36 @@ async fn withdraw_cut_off_during_a_server_restart_leaves_nothing_behind() {
     .await
     .expect("nothing of the waiter's is left in line");
     assert!(next.fencing_token() > token);
+}
+
+/// Issue 9, suspected: the holder's delete of its node is done by the server, but the
+/// answer is lost with the connection. The retried delete finds no node, which is the
+/// release having worked, not `NotHeld`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_whose_answer_was_lost_succeeds() {
+    let server = ZooKeeperServer::start();
+    let proxy = ReplyDropper::start(server.address()).await;
+    let session = Duration::from_secs(20);
+    let prefix = prefix("lost-delete-answer");
+    let (holder, _) = client(&format!("zk://{}", proxy.address()), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let node = ZooKeeperBackend::node_path(guard.lease())
+        .expect("a ZooKeeper lease")
+        .to_owned();
+    let observer = Client::connect(&server.address()).await.expect("observer");
+    let (stat, deleted) = observer
+        .check_and_watch_stat(&node)
+        .await
+        .expect("watch the lock node");
+    assert!(stat.is_some());
+
+    proxy.drop_replies(true);
+    let releasing = tokio::spawn(guard.release());
+    within(SOON, "the server to delete the node", deleted.changed()).await;
+    proxy.drop_replies(false);
+    proxy.cut();
+    let released = within(SOON, "the release to return", releasing)
+        .await
+        .expect("release task");
+    assert!(released.is_ok(), "{released:?}");
 }

@@ -1,13 +1,17 @@
 //! Faults shared by the session backends' fault tests (ZooKeeper, etcd): a lock lost on the
 //! holder's clock while the server still keeps its session.
 //!
-//! Both are made in-process and deterministic, instead of stopping a holder process with
+//! Also a proxy that loses one server reply on purpose. Each test binary uses part of this.
+//!
+//! The faults are made in-process and deterministic, instead of stopping a holder process with
 //! SIGSTOP for a fraction of its lease (whether such a pause makes the holder's clock run out
 //! before the server's depends on when the last renewal happened, which a test cannot pick).
 
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -116,4 +120,95 @@ pub fn elsewhere() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("a runtime for the other clients")
     })
+}
+
+/// A TCP proxy on a free loopback port in front of one server, which can drop what the
+/// server sends (while passing on what the client sends) and cut every connection: a request
+/// done by the server whose answer is lost with the connection.
+pub struct ReplyDropper {
+    port: u16,
+    dropping: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepting: tokio::task::AbortHandle,
+}
+
+impl ReplyDropper {
+    /// Starts forwarding to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> ReplyDropper {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let dropping = Arc::new(AtomicBool::new(false));
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let accepting = {
+            let (dropping, links) = (Arc::clone(&dropping), Arc::clone(&links));
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let link =
+                        tokio::spawn(forward(client, upstream.clone(), Arc::clone(&dropping)));
+                    links.lock().unwrap().push(link.abort_handle());
+                }
+            })
+            .abort_handle()
+        };
+        ReplyDropper {
+            port,
+            dropping,
+            links,
+            accepting,
+        }
+    }
+
+    /// `127.0.0.1:PORT` of the proxy.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, what the server sends is dropped (`true`) or passed on (`false`).
+    pub fn drop_replies(&self, dropping: bool) {
+        self.dropping.store(dropping, Ordering::SeqCst);
+    }
+
+    /// Closes every open connection through the proxy (new ones are still accepted).
+    pub fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for ReplyDropper {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+async fn forward(client: tokio::net::TcpStream, upstream: String, dropping: Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::io::copy(&mut client_read, &mut server_write);
+    let replies = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if !dropping.load(Ordering::SeqCst)
+                && client_write.write_all(&buffer[..read]).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = replies => {}
+    }
 }
