@@ -1,5 +1,5 @@
 //! The conformance suite of **dlock**: one test per property of the lock contract
-//! (`SEMANTICS.md`, P1 … P12), run unchanged against every backend.
+//! ([`dlock_core::contract`], P1 … P12), run unchanged against every backend.
 //!
 //! # Proving a new backend
 //!
