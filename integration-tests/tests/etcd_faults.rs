@@ -382,7 +382,6 @@ async fn inspect_reports_holder_token_lease_and_waiters() {
 /// must go at once: a waiter gets the lock, and the holder's own re-acquire is not stuck
 /// behind its dead key, long before the lease would ever end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs dlock-core to release a lease its keepalive declares LeaseExpired (issue 9)"]
 async fn lock_lost_on_the_holders_clock_is_removed_from_the_server() {
     let server = EtcdServer::start();
     let lease = Duration::from_secs(5);

@@ -366,7 +366,6 @@ async fn sixty_four_waiters_are_served_in_order_one_wakeup_per_release() {
 /// the lock must go at once: a waiter gets the lock, and the holder's own re-acquire is not
 /// stuck behind its dead node, long before the holder's session would ever end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs dlock-core to release a lease its keepalive declares LeaseExpired (issue 9)"]
 async fn lock_lost_on_the_holders_clock_is_removed_from_the_server() {
     let server = ZooKeeperServer::start();
     let session = Duration::from_secs(4);
