@@ -449,7 +449,11 @@ impl EtcdBackend {
             ),
         )
         .await?;
-        if answer.ttl() <= 0 {
+        // etcd answers -1 for a lease it does not have. A live lease with less than a second
+        // left is answered 0 (whole seconds, rounded down): it is still there, with its keys,
+        // and the heartbeat may be renewing it right now (after a pause, say). Taking that for
+        // "gone" would stop the heartbeat and keep the keys until etcd expires the lease.
+        if answer.ttl() < 0 {
             session.end(LossReason::SessionEnded);
             return Ok(None);
         }

@@ -212,3 +212,169 @@ async fn forward(client: tokio::net::TcpStream, upstream: String, dropping: Arc<
         _ = replies => {}
     }
 }
+
+/// A lock-holding child process (this test binary run again in a child mode), which the test
+/// stops and continues with SIGSTOP and SIGCONT and reads line by line. Killed when dropped;
+/// it also exits when the test process does (its stdin closes).
+pub struct HolderChild {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl HolderChild {
+    /// Runs the test `test` of this binary as a child, with `env` set.
+    pub fn spawn(test: &str, env: &[(&str, &str)]) -> HolderChild {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        command
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().expect("start the holder process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        HolderChild { child, lines }
+    }
+
+    /// The text after the next line's `marker` (libtest may print the test's name first on
+    /// the same line), skipping lines without markers; panics after `limit`.
+    pub async fn next_report(&mut self, markers: &[&str], limit: Duration) -> (String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("the holder process said none of {markers:?} in {limit:?}")
+                })
+                .unwrap_or_else(|| {
+                    panic!("the holder process ended before saying any of {markers:?}")
+                });
+            for marker in markers {
+                if let Some((_, rest)) = line.split_once(marker) {
+                    return ((*marker).to_owned(), rest.trim().to_owned());
+                }
+            }
+        }
+    }
+
+    /// SIGSTOP: the whole holder process stops, its connections stay open.
+    pub fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with the pid of our own child, which we have not reaped yet.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+impl Drop for HolderChild {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side of [`check_paused_holder`]: takes `k`, says `HELD <token>`, and waits up
+/// to `keep` (on its own clock, which runs on through the pause) for a loss signal. On
+/// `LOST`, it acquires again and says `AGAIN <token>` (or `FAILED <error>`); without one, it
+/// says `KEPT` and releases. Then it says `DONE` and lives on (its session with it).
+pub async fn hold_through_a_pause(holder: &dlock_core::Locker, keep: Duration) {
+    let guard = holder.acquire("k").await.expect("the child acquires");
+    println!("HELD {}", guard.fencing_token());
+    match tokio::time::timeout(keep, guard.lost()).await {
+        Ok(reason) => {
+            println!("LOST {reason:?}");
+            let options = holder.options().clone().wait(Duration::from_secs(30));
+            match holder.acquire_with("k", &options).await {
+                Ok(again) => {
+                    println!("AGAIN {}", again.fencing_token());
+                    let _ = again.release().await;
+                }
+                Err(error) => println!("FAILED {error}"),
+            }
+        }
+        Err(_) => {
+            println!("KEPT");
+            let _ = guard.release().await;
+        }
+    }
+    println!("DONE");
+    std::future::pending::<()>().await;
+}
+
+/// Issue 9, item 5, as it was found: the holder process is stopped (SIGSTOP) `pause_after`
+/// its acquisition for `pause_for`, while `other` waits in line. Whether the holder's guard
+/// says the lock was lost depends on when its last renewal happened; either way the lock
+/// must not stay taken by nobody: `other` acquires within `bound` of the holder waking, and
+/// a holder that heard of its loss acquires again. Returns what the holder said.
+pub async fn check_paused_holder(
+    mut child: HolderChild,
+    other: dlock_core::Locker,
+    pause_after: Duration,
+    pause_for: Duration,
+    bound: Duration,
+) -> String {
+    let reports = Duration::from_secs(30);
+    let (_, token) = child.next_report(&["HELD "], reports).await;
+    let held_at = Instant::now();
+    let held: u64 = token.parse().expect("a token");
+    let (queued, in_line) = tokio::sync::oneshot::channel();
+    let waiting = {
+        let options = other.options().clone().wait(Duration::from_secs(60));
+        tokio::spawn(async move { other.acquire_observed("k", &options, Some(queued)).await })
+    };
+    tokio::time::timeout(reports, in_line)
+        .await
+        .expect("the other client queues in time")
+        .expect("queued");
+    // Sleeping here is the fault itself, not synchronisation.
+    tokio::time::sleep_until(held_at + pause_after).await;
+    child.stop();
+    tokio::time::sleep(pause_for).await;
+    child.resume();
+    let resumed = Instant::now();
+    let Ok(next) = tokio::time::timeout(bound, waiting).await else {
+        let mut said = Vec::new();
+        while let Ok(line) = child.lines.try_recv() {
+            said.push(line);
+        }
+        panic!("the lock stayed taken {bound:?} after the holder woke; the holder said {said:?}");
+    };
+    let next = next
+        .expect("other task")
+        .expect("the other client acquires");
+    let waited = resumed.elapsed();
+    assert!(next.fencing_token().get() > held);
+    next.release().await.expect("the other client releases");
+    let (outcome, reason) = child.next_report(&["LOST ", "KEPT"], reports).await;
+    if outcome == "LOST " {
+        let (again, detail) = child.next_report(&["AGAIN ", "FAILED "], reports).await;
+        assert_eq!(
+            again, "AGAIN ",
+            "the holder could not acquire again: {detail}"
+        );
+    }
+    format!("holder {outcome}{reason}; the other client acquired {waited:?} after it woke")
+}
