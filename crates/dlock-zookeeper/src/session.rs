@@ -193,7 +193,8 @@ impl Session {
 
     /// Stops using this session: locks taken in it are signalled lost (their watchers see the
     /// retirement), its connection is dropped without closing the session, so the server
-    /// removes its nodes when the session expires.
+    /// removes its nodes only when the session expires. On its own only for a simulated
+    /// crash; a session given up on is also closed ([`Session::retire_and_close`]).
     pub(crate) fn retire(&self, reason: LossReason) {
         if self.stop(reason) {
             tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
@@ -319,8 +320,12 @@ async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWa
                 return;
             }
             match states.peek_state() {
+                // The client library also ends up here when it gives up reconnecting (a
+                // connect that timed out counts as `Expired`, other failures as `Closed`),
+                // while the server may keep the session: close it there once a server
+                // answers (a no-op for a session the server did expire).
                 SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                    session.retire(LossReason::SessionEnded);
+                    session.retire_and_close(LossReason::SessionEnded);
                     return;
                 }
                 SessionState::Disconnected => (None, session.deadline(), None),
