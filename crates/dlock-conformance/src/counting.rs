@@ -1,12 +1,82 @@
-//! A backend wrapper that counts calls, so tests can check how the core uses a backend.
+//! Backend wrappers that count and watch calls, so tests can check how the core uses a
+//! backend and how a backend uses its server.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dlock_core::{AcquireRequest, Acquired, Capabilities, Lease, LockBackend, Renewal, Result};
+use dlock_core::{
+    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockInfo, LockKey, LockOptions,
+    Renewal, Result,
+};
 use tokio::time::Instant;
+
+/// A client that counts every call into `inner` as one request to the server, for targets
+/// whose backend makes exactly one request per call (an in-process server, say) and so can
+/// implement [`ConformanceTarget::server_requests`](crate::ConformanceTarget::server_requests)
+/// without a proxy. Wrap every client of one target around the same counter.
+#[derive(Debug)]
+pub struct RequestCounting {
+    inner: Arc<dyn LockBackend>,
+    requests: Arc<AtomicU64>,
+}
+
+impl RequestCounting {
+    /// `inner`, counting each of its calls in `requests`.
+    pub fn wrap(inner: Arc<dyn LockBackend>, requests: &Arc<AtomicU64>) -> Arc<dyn LockBackend> {
+        Arc::new(RequestCounting {
+            inner,
+            requests: Arc::clone(requests),
+        })
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl LockBackend for RequestCounting {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        self.count();
+        self.inner.try_acquire(request).await
+    }
+
+    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        self.count();
+        self.inner.acquire(request).await
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
+        self.count();
+        self.inner.extend(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.count();
+        self.inner.release(lease).await
+    }
+
+    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        self.count();
+        self.inner.renew(leases).await
+    }
+
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        self.count();
+        self.inner.inspect(key, options).await
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        self.count();
+        self.inner.ping().await
+    }
+}
 
 /// Delegates to `inner` and counts `renew` and `extend` calls.
 #[derive(Debug)]

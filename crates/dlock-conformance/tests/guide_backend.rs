@@ -313,7 +313,6 @@ impl ConformanceTarget for TableTarget {
         Ok(())
     }
 
-    #[cfg(any())] // arrives with the strengthened suite
     fn server_requests(&self) -> Option<u64> {
         Some(self.server.requests.load(Ordering::Relaxed))
     }
