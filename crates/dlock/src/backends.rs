@@ -58,6 +58,44 @@
 //! comes first, and held locks are signalled lost when their validity passes. Restarted instances must keep their data (`appendfsync always`) or stay
 //! down for one lease.
 //!
+//! ## ZooKeeper under faults
+//! The lease is the session: `?session_timeout=` (bounded by the server's `minSessionTimeout`
+//! and `maxSessionTimeout`). Make it longer than the worst pause (GC, swap, SIGSTOP) plus
+//! network blip the holder must survive, and as short as the crash release you can wait for.
+//! - **Holder paused, clock jump, starved event loop** (shorter than the server's session
+//!   expiry): if the guard's deadline ran out meanwhile, the guard is signalled lost
+//!   (`LeaseExpired`) and, on waking, the client deletes the lock node and, if the session's
+//!   own deadline passed too, closes the session on the server; nothing new is ever queued in a
+//!   session given up on. Waiters and the holder's own re-acquire go on at once (P3, P5).
+//!   If the server expired the session first, its nodes are gone and the next holder's zxid
+//!   token is greater: writes fenced with the token stay safe (P1 via P2).
+//! - **Server outage**: shorter than the session, locks are kept; longer, they are signalled
+//!   lost on the client's clock within the session timeout plus a third, and the old session
+//!   is closed as soon as a server answers, so waiters acquire right after the restart.
+//! - **Holder killed**: its locks go when the server expires the session (session timeout plus
+//!   the server's tick). A session closed or expired from outside: the guard hears it at once.
+//! - **Lost replies**: a create whose answer was lost is looked for by its unique name after a
+//!   `sync` (a follower the client reconnects to may lag), never made twice; a delete whose
+//!   answer was lost counts as released; a waiter's withdrawal cut off by its wait limit during
+//!   a restart goes on in the background.
+//!
+//! ## etcd under faults
+//! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's
+//! minimum TTL). List every member in the URL, so a client can go round one that fails.
+//! - **Holder paused, clock jump, keepalive and lease heartbeat out of step**: when the
+//!   guard's deadline runs out on the holder's clock, the guard is signalled lost and the
+//!   client deletes the lock key (owner-checked by its create revision); a lease past its
+//!   validity on the client's clock is revoked and never used again. Waiters and the holder's
+//!   own re-acquire go on at once (P3, P5). If etcd expired the lease first, the next holder's
+//!   revision is greater, and `dlock_etcd::fence` refuses the stale holder's writes.
+//! - **Lease gone on the server before the client noticed** (expired during a pause, revoked):
+//!   `acquire` and `try_acquire` start a new session at once instead of failing.
+//! - **Member cut off from the quorum**: every request and watch requires a leader, so the
+//!   member fails them (etcd ends open watches when it loses its leader) and waiters look
+//!   again through a member that has one, instead of waiting until their lease ends.
+//! - **Server outage**: shorter than the TTL, locks are kept; longer, they are signalled lost.
+//!   **Holder killed**: its keys go when etcd expires the lease (the TTL plus up to 3 s).
+//!
 //! Whatever the backend, pass [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)
 //! to the storage the lock protects, and race long work against
 //! [`LockGuard::lost`](crate::LockGuard::lost).
