@@ -504,3 +504,83 @@ async fn a_waiter_paused_past_its_lease_does_not_take_what_it_was_handed() {
     assert!(others.is_held());
     others.release().await.expect("release");
 }
+
+/// Suspected (issue 9): the waiter of a host that crashed leaves a connection Redis believes
+/// open (until TCP keepalive, minutes), so its entry looks alive. A waiter frozen whole (its
+/// runtime blocked: connection open, subscription alive, nothing answered) stands first in
+/// line; the holder crashes. Its entry holds the line only until its own deadline (here its
+/// 2 s wait limit), then the next waiter gets the lock at its next look (its safety net, at
+/// most 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_waiter_holds_the_line_only_until_its_entry_deadline() {
+    frozen_first_waiter(Some(Duration::from_secs(2))).await;
+}
+
+/// The same for a frozen waiter without a wait limit, whose entry used to count for 30 days:
+/// it counts 30 s at most. Long (about 40 s): `cargo test … -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes about 40 s"]
+async fn a_frozen_waiter_without_wait_limit_holds_the_line_at_most_30_s() {
+    frozen_first_waiter(None).await;
+}
+
+async fn frozen_first_waiter(wait: Option<Duration>) {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(500);
+    let opts = options("half-open", lease);
+    let url = server.url();
+    let (_, holder) = client(&url, &opts).await;
+    let (_, next) = client(&url, &opts).await;
+    let guard = holder
+        .acquire_with("k", &opts.clone().keepalive(false))
+        .await
+        .expect("acquire");
+    // The frozen waiter's entry counts this long at most (30 s without a wait limit).
+    let entry_deadline = wait.unwrap_or(Duration::from_secs(30));
+    let (queued, in_line) = oneshot::channel();
+    let (freeze, frozen_at) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (frozen, is_frozen) = oneshot::channel();
+    let mut waiter_opts = opts.clone();
+    waiter_opts.wait = wait;
+    // Frozen longer than the whole test: as good as gone, but its connection stays open.
+    let freeze_for = entry_deadline + Duration::from_secs(30);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (_, waiter) = client(&url, &waiter_opts).await;
+            let _acquiring = tokio::spawn(async move {
+                waiter
+                    .acquire_observed("k", &waiter_opts, Some(queued))
+                    .await
+                    .map(|guard| guard.fencing_token())
+            });
+            let mut frozen_at = frozen_at;
+            frozen_at.recv().await;
+            frozen.send(()).unwrap();
+            std::thread::sleep(freeze_for);
+        })
+    });
+    timeout(PROMPTLY, in_line)
+        .await
+        .expect("the waiter queued in time")
+        .unwrap();
+    freeze.send(()).unwrap();
+    is_frozen.await.unwrap();
+    let started = Instant::now();
+    guard.abandon();
+    // The frozen entry's deadline, plus the next waiter's safety net (10 s), plus slack for a
+    // loaded machine.
+    let limit = entry_deadline + Duration::from_secs(10) + PROMPTLY;
+    let got = next
+        .acquire_with("k", &opts.clone().wait(limit))
+        .await
+        .expect("the next waiter gets the lock once the frozen entry's deadline passed");
+    assert!(
+        started.elapsed() >= lease,
+        "the holder's lease ran out first"
+    );
+    got.release().await.expect("release");
+}
