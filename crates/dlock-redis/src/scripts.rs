@@ -199,7 +199,7 @@ redis.call('PEXPIRE', deadlines, keep)
 -- Dead entries before us (crashed or cancelled waiters, a line reloaded after a restart)
 -- must not keep us from being first, whose timer takes over a lock nobody releases.
 local head = redis.call('LINDEX', queue, 0)
-while head ~= waiter and not alive(deadlines, head, prefix, now) do
+while head and head ~= waiter and not alive(deadlines, head, prefix, now) do
   leave_line(queue, deadlines, head)
   head = redis.call('LINDEX', queue, 0)
 end
