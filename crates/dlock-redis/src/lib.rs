@@ -53,7 +53,8 @@
 //! An entry counts as alive only while its waiter listens, so the entries of waiters that are
 //! gone — crashed, cancelled at any await point, or served before a restart reloaded an older
 //! line — are skipped at once; a waiter whose host crashed but whose connection Redis still
-//! believes open (until TCP keepalive, minutes) holds the line at most 30 s. The release
+//! believes open (until TCP keepalive, minutes) holds the line at most 30 s (the waiter
+//! behind it looks again when that entry runs out). The release
 //! script hands the lock to the first live waiter and names the request it answers: a waiter
 //! accepts only a grant of its latest request and trusts the lease from the moment it sent
 //! that request (a grant noticed late, after a pause, is confirmed with the server first).

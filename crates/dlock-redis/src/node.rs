@@ -41,9 +41,11 @@ pub(crate) enum AcquireReply {
     Granted(u64),
     /// Held by someone else (or another waiter's turn).
     Waiting {
-        /// The holder's remaining lease, if the key has one.
+        /// The holder's remaining lease, if the key has one; with `first`, when to look
+        /// again at the latest.
         holder_ttl: Option<Duration>,
-        /// This waiter is first in line.
+        /// This waiter is first in line, or second behind a head whose entry runs out before
+        /// it could take the lock (`holder_ttl` is then that entry's time left).
         first: bool,
     },
 }

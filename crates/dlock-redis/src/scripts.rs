@@ -139,8 +139,10 @@ end
 /// the waiter out of the line; an unfair one leaves it in (a Redlock waiter that misses the
 /// majority keeps its place, and leaves every line itself once it holds the lock). A lock
 /// already handed to `owner` is confirmed (with a fresh token if its counter is gone).
-/// Returns `{1, token}` when granted, `{0, holder's pttl, first in line (1/0)}` when not, and
-/// `{-1}` when the lock key holds another type.
+/// Returns `{1, token}` when granted, `{0, ms, 1}` when the waiter should look again in `ms`
+/// at the latest (it is first: the holder's pttl; or second behind a head whose entry runs
+/// out first: that entry's time left), `{0, holder's pttl, 0}` otherwise, and `{-1}` when the
+/// lock key holds another type.
 const ACQUIRE: &str = r"
 local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -203,7 +205,18 @@ while head and head ~= waiter and not alive(deadlines, head, prefix, now) do
   leave_line(queue, deadlines, head)
   head = redis.call('LINDEX', queue, 0)
 end
-return {0, redis.call('PTTL', lock), head == waiter and 1 or 0}
+local pttl = redis.call('PTTL', lock)
+if head == waiter then return {0, pttl, 1} end
+-- Second behind a head that will not have taken the lock before its own entry runs out:
+-- look again then (as the first in line would), so a head that seems to listen but is gone
+-- (a frozen process, a crashed host's open connection) holds the line no longer than that.
+if head and redis.call('LINDEX', queue, 1) == waiter then
+  local deadline = entry_of(deadlines, head)
+  if deadline and (pttl == -2 or (pttl >= 0 and pttl < deadline - now)) then
+    return {0, deadline - now, 1}
+  end
+end
+return {0, pttl, 0}
 ";
 
 /// KEYS: lock, fence, queue, deadlines. ARGV: owner, channel prefix, fair (1/0).
