@@ -394,6 +394,18 @@ impl LockBackend for ZooKeeperBackend {
             })
             .collect()
     }
+
+    /// One `exists` of the root: a read served by the server the session is connected to.
+    async fn ping(&self) -> Result<Duration> {
+        let session = self.shared.session().await?;
+        let client = session.client()?;
+        let started = Instant::now();
+        client
+            .check_stat("/")
+            .await
+            .map_err(|error| crate::error::zk_error(session.endpoint(), error))?;
+        Ok(started.elapsed())
+    }
 }
 
 impl fmt::Debug for ZooKeeperBackend {
