@@ -126,6 +126,8 @@ impl EtcdBackend {
 
     /// How many watch events this client's waiters have received: one per handoff when
     /// only the next waiter is woken.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn watch_events_received(&self) -> u64 {
         self.inner.watch_events.load(Ordering::Relaxed)
     }
@@ -143,6 +145,8 @@ impl EtcdBackend {
     /// Stops keeping this client's leases alive without revoking them, as a crashed process
     /// would: etcd frees its locks when the leases run out. Locks taken later use a new
     /// lease. Meant for tests.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn abandon_sessions(&self) {
         let mut sessions = self.inner.sessions.lock().await;
         for (_, session) in sessions.drain() {

@@ -22,6 +22,7 @@
 //! Building needs `protoc` and the protobuf well-known types (Debian: `protobuf-compiler`
 //! and `libprotobuf-dev`) for `etcd-client`'s generated code.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod config;

@@ -183,6 +183,7 @@ impl Session {
 
     /// Stops the heartbeat without revoking the lease, as a crashed process would: etcd
     /// frees everything when the lease runs out.
+    #[cfg(feature = "testing")]
     pub(crate) fn abandon(&self) {
         self.abandoned.store(true, Ordering::SeqCst);
         self.heartbeat.abort();

@@ -75,6 +75,8 @@ impl ZooKeeperBackend {
     /// The current session's id and password, or `None` if there is no live session right
     /// now. Whoever has them can take the session over or close it: tests use this to end a
     /// session "from outside". Keep them as secret as a password.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn session_info(&self) -> Option<zookeeper_client::SessionInfo> {
         let session = self.shared.live().await?;
         let client = session.client().ok()?;
@@ -83,11 +85,15 @@ impl ZooKeeperBackend {
 
     /// How many times a waiter of this client was woken by the deletion of the node before
     /// its own (P8: one per release that concerns it, never a herd).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn wakeups(&self) -> u64 {
         self.shared.wakeups.load(Ordering::Relaxed)
     }
 
     /// How many times a waiter of this client read its key's line again after a wake-up.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn rechecks(&self) -> u64 {
         self.shared.rechecks.load(Ordering::Relaxed)
     }
@@ -96,6 +102,8 @@ impl ZooKeeperBackend {
     /// session, as a crashed process would: the server removes its locks when the session
     /// times out. The guards of those locks are signalled lost; the next call opens a new
     /// session. Fault tests use this.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn abandon_session(&self) {
         if let Some(session) = self.shared.current.lock().await.take() {
             session.retire(LossReason::SessionEnded);
@@ -393,6 +401,18 @@ impl LockBackend for ZooKeeperBackend {
                 })
             })
             .collect()
+    }
+
+    /// One `exists` of the root: a read served by the server the session is connected to.
+    async fn ping(&self) -> Result<Duration> {
+        let session = self.shared.session().await?;
+        let client = session.client()?;
+        let started = Instant::now();
+        client
+            .check_stat("/")
+            .await
+            .map_err(|error| crate::error::zk_error(session.endpoint(), error))?;
+        Ok(started.elapsed())
     }
 }
 

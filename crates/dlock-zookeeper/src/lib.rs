@@ -47,6 +47,7 @@
 //! (alias `zk://`). With credentials, the client authenticates with the `digest` scheme and
 //! creates its nodes with `CREATOR_ALL_ACL`. The password never appears in errors or `Debug`.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attempt;
 mod backend;
