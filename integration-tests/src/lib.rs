@@ -17,16 +17,20 @@
 //! binary; the kernel kills them if it dies and an exit hook removes their files.
 #![deny(missing_docs)]
 
+mod cancel;
 mod container;
 mod etcd;
 mod local;
 mod process;
+mod proxy;
 mod redis;
 mod zookeeper;
 
+pub use cancel::{cancel_at_poll, count_polls};
 pub use etcd::EtcdServer;
 pub use local::LocalServer;
 pub use process::{free_port, ServerProcess};
+pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
 pub use zookeeper::ZooKeeperServer;
 
