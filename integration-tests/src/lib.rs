@@ -18,20 +18,30 @@
 #![deny(missing_docs)]
 
 mod cancel;
+mod checker;
 mod container;
 mod etcd;
+mod history;
+mod leftovers;
 mod local;
+mod nemesis;
 mod process;
 mod proxy;
 mod redis;
+mod workload;
 mod zookeeper;
 
 pub use cancel::{cancel_at_poll, count_polls};
+pub use checker::{check, Acquisition, CheckConfig, Report};
 pub use etcd::EtcdServer;
+pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEMESIS};
+pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};
 pub use local::LocalServer;
+pub use nemesis::{ClientSpec, WorkloadRun};
 pub use process::{free_port, ServerProcess};
 pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
+pub use workload::{connect_and_run, fenced_write, run_client, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
 
 use std::sync::OnceLock;
