@@ -36,7 +36,7 @@ pub struct ClientSpec {
     pub hold: Duration,
     /// The wait limit of each acquire.
     pub wait: Duration,
-    /// Rounds per client (`None` with a duration: run until it passes).
+    /// Rounds per client; `None` (and no duration) runs until [`WorkloadRun::stop`].
     pub iterations: Option<u64>,
     /// How long to run.
     pub duration: Option<Duration>,
@@ -94,6 +94,8 @@ impl WorkloadRun {
             .arg(self.register_path())
             .args(["--hold", &format!("{}ms", spec.hold.as_millis())])
             .args(["--wait", &format!("{}ms", spec.wait.as_millis())])
+            .arg("--stop-file")
+            .arg(self.dir.path().join("stop"))
             .arg("--stay")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -224,6 +226,11 @@ impl WorkloadRun {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Tells every client to stop after its current round (they then go idle).
+    pub fn stop(&self) {
+        std::fs::write(self.dir.path().join("stop"), b"").expect("the stop file");
     }
 
     /// Waits until every live client reported idle (done, still connected), up to `limit`;

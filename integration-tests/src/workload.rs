@@ -35,6 +35,8 @@ pub struct WorkloadConfig {
     pub iterations: Option<u64>,
     /// …or after this long, whichever comes first.
     pub duration: Option<Duration>,
+    /// …or once this file exists.
+    pub stop_file: Option<PathBuf>,
 }
 
 impl WorkloadConfig {
@@ -50,6 +52,7 @@ impl WorkloadConfig {
             wait: Duration::from_secs(30),
             iterations: Some(20),
             duration: None,
+            stop_file: None,
         }
     }
 }
@@ -73,8 +76,9 @@ pub async fn connect_and_run(config: &WorkloadConfig, history: &HistoryWriter) -
     run_client(&locker, config, history).await
 }
 
-/// Loops acquire → enter → hold → fenced write → exit → release until the configured
-/// rounds or time are done; returns how many acquisitions it made.
+/// Loops acquire → enter → hold → fenced write (skipped if the guard says the lock was lost)
+/// → exit → release until the configured rounds, time or stop file say stop; returns how
+/// many acquisitions it made.
 pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &HistoryWriter) -> u64 {
     let client = config.client.as_str();
     let started = Instant::now();
@@ -83,6 +87,7 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
     loop {
         if config.iterations.is_some_and(|n| acquisitions >= n)
             || config.duration.is_some_and(|d| started.elapsed() >= d)
+            || config.stop_file.as_ref().is_some_and(|file| file.exists())
         {
             return acquisitions;
         }
@@ -101,16 +106,25 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
         history.record(client, EventKind::Acquired, Some(token), "");
         history.record(client, EventKind::Enter, Some(token), "");
         tokio::time::sleep(config.hold).await;
-        let kind = match fenced_write(&config.register, token) {
-            Ok(true) => EventKind::WriteOk,
-            Ok(false) => EventKind::WriteRefused,
-            Err(error) => {
-                history.record(client, EventKind::Failed, Some(token), &error.to_string());
-                EventKind::WriteRefused
-            }
+        // As an application would: write only while the guard says the lock is ours, and
+        // let fencing catch what the guard cannot know.
+        let held = guard.is_held();
+        if held {
+            let kind = match fenced_write(&config.register, token) {
+                Ok(true) => EventKind::WriteOk,
+                Ok(false) => EventKind::WriteRefused,
+                Err(error) => {
+                    history.record(client, EventKind::Failed, Some(token), &error.to_string());
+                    EventKind::WriteRefused
+                }
+            };
+            history.record(client, kind, Some(token), "");
+        }
+        let held = if held && guard.is_held() {
+            "held"
+        } else {
+            "lost"
         };
-        history.record(client, kind, Some(token), "");
-        let held = if guard.is_held() { "held" } else { "lost" };
         history.record(client, EventKind::Exit, Some(token), held);
         let released = match guard.release().await {
             Ok(()) => "ok".to_owned(),

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! dlock-workload --url URL --key KEY --client NAME --history FILE --register FILE
-//!                [--hold 20ms] [--wait 30s] [--iterations N] [--duration 60s] [--stay]
+//!                [--hold 20ms] [--wait 30s] [--iterations N] [--duration 60s] [--stop-file PATH] [--stay]
 //! ```
 
 use std::io::Read;
@@ -112,7 +112,8 @@ fn parse(args: Vec<String>) -> Result<(WorkloadConfig, PathBuf, bool), String> {
     if let Some(d) = take("duration") {
         config.duration = Some(duration(d)?);
     }
-    if config.iterations.is_none() && config.duration.is_none() {
+    config.stop_file = take("stop-file").map(PathBuf::from);
+    if config.iterations.is_none() && config.duration.is_none() && config.stop_file.is_none() {
         config.iterations = Some(20);
     }
     if let Some(unknown) = values.keys().next() {
