@@ -1,5 +1,6 @@
 //! The conformance suite against a real etcd (one server shared by this test binary).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +9,38 @@ use dlock_core::{LockBackend, LockError, LockGuard, Locker};
 use dlock_etcd::EtcdBackend;
 use dlock_test_servers::{free_port, shared_etcd};
 
-/// Clients of the shared etcd; each `connect` is a new client with its own session.
+mod conformance_support;
+
+use conformance_support::CountingProxy;
+
+/// Clients of the shared etcd; each `connect` is a new client with its own session, reached
+/// through a counting proxy of this target's own.
 struct EtcdTarget {
+    /// The server itself, for what tests do "from outside".
     url: String,
+    /// The server through the proxy, for the clients under test.
+    proxied_url: String,
+    proxy: CountingProxy,
+}
+
+impl EtcdTarget {
+    async fn new(url: &str, address: &str) -> EtcdTarget {
+        let proxy = CountingProxy::start(address, &Arc::new(AtomicU64::new(0))).await;
+        EtcdTarget {
+            url: url.to_owned(),
+            proxied_url: url.replace(address, &proxy.address),
+            proxy,
+        }
+    }
+
+    async fn abandon_sessions(locker: &Locker) {
+        let backend = locker.backend();
+        (&**backend as &dyn std::any::Any)
+            .downcast_ref::<EtcdBackend>()
+            .expect("an etcd backend")
+            .abandon_sessions()
+            .await;
+    }
 }
 
 #[async_trait]
@@ -22,7 +52,7 @@ impl ConformanceTarget for EtcdTarget {
 
     async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
         // The session's lease length follows each lock's `lease` option.
-        Ok(Arc::new(dlock_etcd::connect(&self.url).await?))
+        Ok(Arc::new(dlock_etcd::connect(&self.proxied_url).await?))
     }
 
     async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
@@ -46,18 +76,19 @@ impl ConformanceTarget for EtcdTarget {
     }
 
     async fn crash(&self, locker: Locker, guard: LockGuard) {
-        let backend = locker.backend();
-        let etcd = (&**backend as &dyn std::any::Any)
-            .downcast_ref::<EtcdBackend>()
-            .expect("an etcd backend");
-        etcd.abandon_sessions().await;
+        EtcdTarget::abandon_sessions(&locker).await;
         guard.abandon();
         drop(locker);
     }
+
+    fn server_requests(&self) -> Option<u64> {
+        Some(self.proxy.requests())
+    }
+
+    async fn stop_heartbeats(&self, client: &Locker) -> bool {
+        EtcdTarget::abandon_sessions(client).await;
+        true
+    }
 }
 
-dlock_conformance::conformance_tests!(async {
-    EtcdTarget {
-        url: shared_etcd().url.clone(),
-    }
-});
+dlock_conformance::conformance_tests!(EtcdTarget::new(&shared_etcd().url, &shared_etcd().address));

@@ -1,6 +1,7 @@
 //! The conformance suite against a real `redis-server`: a single instance, and Redlock over
 //! three independent instances.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -9,14 +10,43 @@ use dlock_core::{LockBackend, LockError, LockGuard};
 use dlock_redis::RedisBackend;
 use dlock_test_servers::{free_port, shared_redis, RedisServer};
 
+mod conformance_support;
 mod redis_support;
 
-/// Clients of one or more Redis instances (one URL per instance).
+use conformance_support::CountingProxy;
+
+/// Clients of one or more Redis instances (one URL per instance), each reached through a
+/// counting proxy of this target's own.
 struct RedisTarget {
-    /// `redis://…` of a single instance, or `redis+redlock://a,b,c`.
+    /// `redis://…` of a single instance, or `redis+redlock://a,b,c`, through the proxies.
     url: String,
     /// `host:port` of every instance, to tamper with keys from outside.
     addresses: Vec<String>,
+    /// Requests sent through the proxies.
+    requests: Arc<AtomicU64>,
+    _proxies: Vec<CountingProxy>,
+}
+
+impl RedisTarget {
+    /// A target for the instances at `addresses`: Redlock over them if there are several.
+    async fn new(addresses: Vec<String>) -> RedisTarget {
+        let requests = Arc::default();
+        let mut proxies = Vec::new();
+        for address in &addresses {
+            proxies.push(CountingProxy::start(address, &requests).await);
+        }
+        let proxied: Vec<&str> = proxies.iter().map(|p| p.address.as_str()).collect();
+        let url = match proxied.as_slice() {
+            [single] => format!("redis://{single}"),
+            several => format!("redis+redlock://{}", several.join(",")),
+        };
+        RedisTarget {
+            url,
+            addresses,
+            requests,
+            _proxies: proxies,
+        }
+    }
 }
 
 #[async_trait]
@@ -50,18 +80,16 @@ impl ConformanceTarget for RedisTarget {
         drop::<RedisBackend>(backend);
         Ok(())
     }
+
+    fn server_requests(&self) -> Option<u64> {
+        Some(self.requests.load(Ordering::Relaxed))
+    }
 }
 
 mod single {
     use super::*;
 
-    dlock_conformance::conformance_tests!(async {
-        let shared = shared_redis();
-        RedisTarget {
-            url: shared.url.clone(),
-            addresses: vec![shared.address.clone()],
-        }
-    });
+    dlock_conformance::conformance_tests!(RedisTarget::new(vec![shared_redis().address.clone()]));
 }
 
 mod redlock {
@@ -80,11 +108,5 @@ mod redlock {
             .1
     }
 
-    dlock_conformance::conformance_tests!(async {
-        let addresses = instances().clone();
-        RedisTarget {
-            url: format!("redis+redlock://{}", addresses.join(",")),
-            addresses,
-        }
-    });
+    dlock_conformance::conformance_tests!(RedisTarget::new(instances().clone()));
 }

@@ -1,6 +1,7 @@
 //! The conformance suite against a real ZooKeeper server (one per test binary).
 
 use std::any::Any;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,14 +10,33 @@ use dlock_core::{LockBackend, LockError, LockGuard, Locker};
 use dlock_test_servers::shared_zookeeper;
 use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
 
-/// Clients are separate sessions on the shared server.
+mod conformance_support;
+
+use conformance_support::CountingProxy;
+
+/// Clients are separate sessions on the shared server, reached through a counting proxy of
+/// this target's own.
 struct ZooKeeperTarget {
+    /// The server itself, for what tests do "from outside".
     url: &'static str,
+    /// The server through the proxy, for the clients under test.
+    proxied_url: String,
+    proxy: CountingProxy,
 }
 
 impl ZooKeeperTarget {
+    async fn new(url: &'static str) -> ZooKeeperTarget {
+        let address = url.trim_start_matches("zookeeper://");
+        let proxy = CountingProxy::start(address, &Arc::new(AtomicU64::new(0))).await;
+        ZooKeeperTarget {
+            url,
+            proxied_url: format!("zookeeper://{}", proxy.address),
+            proxy,
+        }
+    }
+
     fn config(&self, lease: Duration) -> ZooKeeperConfig {
-        ZooKeeperConfig::from_url(self.url)
+        ZooKeeperConfig::from_url(&self.proxied_url)
             .expect("the harness gives a valid URL")
             .session_timeout(lease)
     }
@@ -65,6 +85,20 @@ impl ConformanceTarget for ZooKeeperTarget {
             .await;
         drop(locker);
     }
+
+    fn server_requests(&self) -> Option<u64> {
+        Some(self.proxy.requests())
+    }
+
+    async fn stop_heartbeats(&self, client: &Locker) -> bool {
+        let backend: &dyn Any = client.backend().as_ref();
+        backend
+            .downcast_ref::<ZooKeeperBackend>()
+            .expect("a zookeeper backend")
+            .abandon_session()
+            .await;
+        true
+    }
 }
 
 /// A plain client of the server, for what tests do "from outside".
@@ -75,8 +109,4 @@ async fn zookeeper_admin(url: &str) -> dlock_zookeeper::zookeeper_client::Client
         .expect("an admin session")
 }
 
-dlock_conformance::conformance_tests!(async {
-    ZooKeeperTarget {
-        url: &shared_zookeeper().url,
-    }
-});
+dlock_conformance::conformance_tests!(ZooKeeperTarget::new(&shared_zookeeper().url));

@@ -1,4 +1,4 @@
-//! The command line, exactly as `CLI.md` describes it.
+//! The command line, exactly as `crates/dlock-cli/CLI.md` describes it.
 
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ pub enum Command {
     Status(StatusArgs),
     /// Measure a backend: latency, handoffs and throughput under contention.
     Bench(BenchArgs),
+    /// Print a shell completion script (e.g. `dlock completions bash > /etc/bash_completion.d/dlock`).
+    Completions(CompletionsArgs),
+    /// Print the man page, in roff (e.g. `dlock manpage > /usr/local/share/man/man1/dlock.1`).
+    Manpage,
+}
+
+/// `dlock completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `dlock run`.
@@ -36,10 +48,12 @@ pub struct RunArgs {
     /// The lock's key.
     #[arg(long)]
     pub key: String,
-    /// Lease length, renewed in the background while COMMAND runs.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-    /// How long to wait for the lock; 0 tries once; default: wait forever.
+    /// Lease length, renewed in the background while COMMAND runs [default: the URL's
+    /// `lease`, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How long to wait for the lock; 0 tries once [default: the URL's `wait`, else wait
+    /// forever].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
     /// After the lock is lost: SIGTERM to COMMAND, then SIGKILL after this.

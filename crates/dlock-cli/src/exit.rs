@@ -1,4 +1,4 @@
-//! Exit codes (BSD sysexits, as `CLI.md` fixes them) and how errors map to them.
+//! Exit codes (BSD sysexits, as `crates/dlock-cli/CLI.md` fixes them) and how errors map to them.
 
 use std::process::ExitCode;
 

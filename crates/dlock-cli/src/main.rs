@@ -1,10 +1,11 @@
 //! `dlock`: run a command under a distributed lock, inspect a lock, benchmark a backend.
 //!
-//! The interface is the project's `CLI.md`; scripts depend on its options and exit codes.
+//! The interface is `crates/dlock-cli/CLI.md`; scripts depend on its options and exit codes.
 #![deny(missing_docs)]
 
 mod bench;
 mod cli;
+mod docs;
 mod exit;
 mod run;
 mod status;
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::status(args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Completions(args) => docs::completions(args.shell),
+            Command::Manpage => docs::manpage(),
         }
     });
     // Background releases of dropped guards get a moment to reach the server.

@@ -4,7 +4,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use dlock::{LockGuard, Locker};
+use dlock::{LockError, LockGuard, Locker};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -21,8 +21,14 @@ pub async fn run(args: RunArgs) -> u8 {
         Ok(locker) => locker,
         Err(error) => return exit::report(&error),
     };
-    let mut options = locker.options().clone().lease(args.ttl);
-    options.wait = args.wait;
+    // The URL's options stand unless the user gave the flag: a default must not override them.
+    let mut options = locker.options().clone();
+    if let Some(ttl) = args.ttl {
+        options.lease = ttl;
+    }
+    if let Some(wait) = args.wait {
+        options.wait = Some(wait);
+    }
     if let Err(error) = options.validate() {
         return exit::report(&error);
     }
@@ -64,7 +70,7 @@ pub async fn run(args: RunArgs) -> u8 {
         Ok(child) => child,
         Err(error) => {
             eprintln!("dlock: cannot run {:?}: {error}", args.command[0]);
-            release(&locker, guard).await;
+            let _ = release(&locker, guard).await;
             return exit::NOT_FOUND;
         }
     };
@@ -93,6 +99,10 @@ async fn supervise(
     loop {
         tokio::select! {
             status = child.wait() => {
+                // Read before releasing: a lease that ran out while the command finished (a
+                // paused dlock, renewals cut off) means the command did not run under the lock
+                // throughout, whatever its own status.
+                let held_throughout = guard.is_held();
                 let code = match status {
                     Ok(status) => code_of(status),
                     Err(error) => {
@@ -100,7 +110,12 @@ async fn supervise(
                         exit::SOFTWARE
                     }
                 };
-                release(locker, guard).await;
+                let key = guard.key().to_string();
+                let released = release(locker, guard).await;
+                if !held_throughout || matches!(released, Err(LockError::NotHeld { .. })) {
+                    eprintln!("dlock: lock `{key}` was lost before the command ended");
+                    return exit::SOFTWARE;
+                }
                 return code;
             }
             _ = interrupt.recv() => send(&child, libc::SIGINT),
@@ -134,12 +149,17 @@ fn send(child: &Child, signal: libc::c_int) {
     }
 }
 
-async fn release(locker: &Locker, guard: LockGuard) {
+async fn release(locker: &Locker, guard: LockGuard) -> Result<(), LockError> {
     let key = guard.key().to_string();
-    if let Err(error) = guard.release().await {
-        eprintln!("dlock: releasing `{key}` failed: {error}; it frees itself when its lease ends");
+    let released = guard.release().await;
+    match &released {
+        Ok(()) => tracing::info!(key, held = locker.held_count(), "lock released"),
+        Err(LockError::NotHeld { .. }) => {}
+        Err(error) => eprintln!(
+            "dlock: releasing `{key}` failed: {error}; it frees itself when its lease ends"
+        ),
     }
-    tracing::info!(key, held = locker.held_count(), "lock released");
+    released
 }
 
 /// The child's exit code, or 128 + the signal that ended it.

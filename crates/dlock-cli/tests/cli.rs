@@ -161,7 +161,7 @@ fn bench_on_memory_reports_json() {
     }
 }
 
-/// Checks, for one backend URL, what CLI.md promises across processes.
+/// Checks, for one backend URL, what `crates/dlock-cli/CLI.md` promises across processes.
 #[allow(dead_code)] // used by the backend tests below, each behind its feature
 mod across_processes {
     use dlock_test_servers::ServerProcess;
@@ -271,6 +271,42 @@ mod across_processes {
         assert!(stderr(&output).contains("reach"), "{}", stderr(&output));
     }
 
+    /// Issue 11: one URL names one lock through `dlock::connect`, the backend crate's own
+    /// `connect` and `dlock --url`: a lock taken through the first is held for the other two.
+    pub fn one_url_is_one_lock_everywhere<B, F>(base: &str, backend_connect: impl Fn(String) -> F)
+    where
+        B: dlock::LockBackend,
+        F: std::future::Future<Output = Result<B, dlock::LockError>>,
+    {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let key = format!("url-identity-{:016x}", rand_id());
+        let url = format!("{base}?prefix=identity-{:08x}&lease=20s", rand_id() as u32);
+        runtime.block_on(async {
+            let facade = dlock::connect(&url).await.expect("the facade connects");
+            let guard = facade.acquire(key.as_str()).await.expect("acquired");
+            let backend = backend_connect(url.clone())
+                .await
+                .expect("the crate connects");
+            let direct = dlock::Locker::new(backend);
+            assert!(
+                direct
+                    .try_acquire(key.as_str())
+                    .await
+                    .expect("asked")
+                    .is_none(),
+                "the backend crate's connect reads {url} as another lock"
+            );
+            let status = output(&["status", "--url", &url, "--key", &key]);
+            assert_eq!(
+                status.status.code(),
+                Some(0),
+                "dlock --url: {}",
+                stderr(&status)
+            );
+            guard.release().await.expect("released");
+        });
+    }
+
     /// A command still running when its lock is lost (the server froze past the lease) is
     /// terminated and dlock exits 70.
     pub fn lost_lock_terminates_the_command_with_70(url: &str, ttl: &str, server: &ServerProcess) {
@@ -298,11 +334,112 @@ mod across_processes {
     }
 }
 
+/// The completions and the man page come from the same definition as the options.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let bash = output(&["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0), "{}", stderr(&bash));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("--ttl") && script.contains("status"),
+        "{script}"
+    );
+    let man = output(&["manpage"]);
+    assert_eq!(man.status.code(), Some(0), "{}", stderr(&man));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH dlock"),
+        "{page}"
+    );
+    assert_eq!(output(&["completions", "tcsh"]).status.code(), Some(64));
+}
+
+/// Issue 9 item 6: a command that ends after the lock was lost, before dlock noticed (here the
+/// server forgot every key while the command ran, and the next renewal is far off), did not
+/// run under the lock throughout: dlock exits 70, not with the command's 0.
+#[cfg(feature = "redis")]
+#[test]
+fn a_lock_lost_before_the_command_ends_exits_70() {
+    let server = dlock_test_servers::RedisServer::start();
+    let key = format!("cli-unnoticed-{:016x}", rand_id());
+    let flush = format!("redis-cli -p {} FLUSHALL >/dev/null", server.port());
+    let output = dlock()
+        .args(["run", "--url", &server.url(), "--key", &key, "--ttl", "30s"])
+        .args(["--", "sh", "-c", &flush])
+        .output()
+        .expect("dlock runs");
+    assert_eq!(output.status.code(), Some(70), "{}", stderr(&output));
+    assert!(stderr(&output).contains("lost"), "{}", stderr(&output));
+}
+
+/// Issue 11: the URL's `lease` and `wait` hold unless the user gave `--ttl` or `--wait`; the
+/// command's defaults never override them. The child asks `dlock status` for the remaining
+/// lease, and a second run with `?wait=` in its URL gives up instead of waiting forever.
+#[cfg(feature = "redis")]
+#[test]
+fn url_options_hold_unless_a_flag_is_given() {
+    let url = &dlock_test_servers::shared_redis().url;
+    let key = format!("cli-url-options-{:016x}", rand_id());
+    let dlock_path = env!("CARGO_BIN_EXE_dlock");
+    let with_lease = format!("{url}?lease=5s");
+    let probe = format!(
+        "{dlock_path} status --url '{url}' --key {key} --json; echo ready; read line || true"
+    );
+    let mut holder = dlock()
+        .args([
+            "run",
+            "--url",
+            &with_lease,
+            "--key",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            &probe,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dlock runs");
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    let status = lines.next().expect("a line").expect("utf-8");
+    let remaining: u64 = status
+        .split("\"remaining_lease_ms\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no remaining lease in {status}"));
+    assert!(
+        remaining <= 5_000,
+        "the URL's 5 s lease was overridden: {status}"
+    );
+    assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+
+    let with_wait = format!("{url}?wait=300ms");
+    let tried = output(&["run", "--url", &with_wait, "--key", &key, "--", "true"]);
+    assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+    let flag_wins = output(&[
+        "run",
+        "--url",
+        &with_lease,
+        "--key",
+        &key,
+        "--wait",
+        "0",
+        "--",
+        "true",
+    ]);
+    assert_eq!(flag_wins.status.code(), Some(75), "{}", stderr(&flag_wins));
+
+    drop(holder.stdin.take());
+    assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+}
+
 /// The tests of [`across_processes`] for one backend, on the harness's real servers.
 macro_rules! backend_tests {
     ($module:ident, feature = $feature:literal, shared = $shared:path,
      unreachable = $unreachable:literal, private = $private:path, url_suffix = $suffix:literal,
-     ttl = $ttl:literal) => {
+     ttl = $ttl:literal, connect = $connect:path) => {
         #[cfg(feature = $feature)]
         mod $module {
             use dlock_test_servers::free_port;
@@ -332,6 +469,14 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn one_url_is_one_lock_everywhere() {
+                across_processes::one_url_is_one_lock_everywhere(
+                    &$shared().url,
+                    |url| async move { $connect(&url).await },
+                );
+            }
+
+            #[test]
             fn lost_lock_terminates_the_command_with_70() {
                 let mut server = $private();
                 let url = format!("{}{}", server.url(), $suffix);
@@ -352,7 +497,8 @@ backend_tests!(
     unreachable = "redis://127.0.0.1:{}",
     private = dlock_test_servers::RedisServer::start,
     url_suffix = "",
-    ttl = "1s"
+    ttl = "1s",
+    connect = dlock::redis::connect
 );
 backend_tests!(
     zookeeper,
@@ -361,7 +507,8 @@ backend_tests!(
     unreachable = "zookeeper://127.0.0.1:{}?connect_timeout=2s",
     private = dlock_test_servers::ZooKeeperServer::start,
     url_suffix = "?session_timeout=2s",
-    ttl = "2s"
+    ttl = "2s",
+    connect = dlock::zookeeper::connect
 );
 backend_tests!(
     etcd,
@@ -370,7 +517,8 @@ backend_tests!(
     unreachable = "etcd://127.0.0.1:{}?connect_timeout=2s",
     private = dlock_test_servers::EtcdServer::start,
     url_suffix = "",
-    ttl = "2s"
+    ttl = "2s",
+    connect = dlock::etcd::connect
 );
 
 fn rand_id() -> u64 {

@@ -1,19 +1,23 @@
 //! The tests themselves, one public function per property; [`conformance_tests!`](crate::conformance_tests)
 //! turns each into a `#[test]`.
 //!
-//! Timing bounds here are correctness limits from the contract (a wait limit, a lease), set
-//! generously so a loaded CI machine does not fail them; speed is measured by benchmarks.
+//! Timing bounds here are limits from the contract (a wait limit, a lease, a declared bound)
+//! plus a slack measured on a loaded 2-core machine against every backend; each constant
+//! says what was measured. Tests print what they measure (`measured: …` lines, shown with
+//! `cargo test -- --nocapture`), so a backend author can see how close a run came.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{FencingToken, LockError, LockGuard, LockOptions, Locker, WAIT_LIMIT_GRACE};
+use dlock_core::{
+    FencingToken, LockError, LockGuard, LockKey, LockOptions, Locker, WAIT_LIMIT_GRACE,
+};
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::counting::CountingBackend;
+use crate::counting::{CountingBackend, DeadlineWitness};
 use crate::ConformanceTarget;
 
 /// What "promptly" means in these tests: far above a healthy round trip, far below the
@@ -21,6 +25,59 @@ use crate::ConformanceTarget;
 const PROMPTLY: Duration = Duration::from_secs(5);
 /// The lease of tests that never wait for one to run out.
 const LONG_LEASE: Duration = Duration::from_secs(20);
+/// What the crash and expiry tests allow on top of a lease and the declared
+/// `crash_release_bound`: the waiter's wake-up and grant. Measured on a loaded 2-core machine
+/// (six agents building and testing), from the crash to the next grant, beyond the lease:
+/// 1–3 ms on Redis and Redlock, 16–490 ms on etcd (its lessor checks expiry every 500 ms),
+/// 0.2–0.55 s on ZooKeeper, always inside the declared bound. 250 ms covers scheduling stalls
+/// of that machine and still catches a backend that frees a second later than it declares.
+const CRASH_SLACK: Duration = Duration::from_millis(250);
+/// What the loss tests allow on top of a renewal interval and lease/3: one renewal round
+/// trip and scheduling. Measured from the forget to the signal: < 1 ms on ZooKeeper (a
+/// watch), ~0.2 s on Redis and ~0.55 s on etcd (the next renewal), all well inside the
+/// interval alone; 300 ms absorbs a stalled keepalive task on a loaded machine.
+const SIGNAL_SLACK: Duration = Duration::from_millis(300);
+/// A handover may take this many median round trips (`ping`) of the backend: a release, a
+/// server push, a grant, and the retries a backend may make. Measured medians: 2–5 round
+/// trips on Redis, Redlock and etcd (0.5–5 ms); twice the worst leaves room for a busy
+/// server.
+const HANDOVER_ROUND_TRIPS: u32 = 10;
+/// Added to [`HANDOVER_ROUND_TRIPS`]: a handover also waits for tasks to be scheduled,
+/// which takes milliseconds on a loaded machine, and a backend that cannot `ping` is held to
+/// this alone (ZooKeeper: median 1.4 ms). A backend that polls every few hundred
+/// milliseconds has a median handover of half its period, well above this.
+const HANDOVER_FLOOR: Duration = Duration::from_millis(50);
+/// How soon after a release the next client must get the lock when nothing stands in its
+/// way: measured 1–7 ms; a second covers a loaded machine and is far below the lease (or
+/// queue-entry expiry) an orphan would linger for.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(1);
+/// How long after a release the herd test waits for other waiters' wake-ups to show: they
+/// would come within a round trip or two of the winner's grant (~1 ms here); 100 ms covers
+/// scheduling.
+const HERD_WINDOW: Duration = Duration::from_millis(100);
+/// Requests a crowded handover may cost above a lone one: a session heartbeat or two that
+/// happen to fall in the window. Measured (cheapest of four, 3 / 9 waiters): Redis 1/1,
+/// Redlock 9/9 (single rounds up to 25 when the instances' votes split), ZooKeeper 3/3,
+/// etcd 8/7; a herd adds six.
+const HERD_ALLOWANCE: u64 = 2;
+/// Requests to the server per renewal interval a client holding 50 locks may make: a few
+/// for batched renewals (one per Redlock instance, a session heartbeat), far below one per
+/// lock. Measured: at most 2 on every backend.
+const REQUESTS_PER_INTERVAL: u64 = 10;
+/// How long the holder in the `try_acquire` test keeps the lock: far above the milliseconds
+/// a try takes on a loaded machine (measured 1–14 ms), far below the seconds a try that
+/// waits would take.
+const TRY_HOLD: Duration = Duration::from_secs(1);
+/// How many times the early-cancellation test sweeps through the polls. Where a drop lands
+/// in a round trip varies; against Redis's cancelled-waiter bug (issue 9) one sweep failed
+/// about half the runs, three sweeps fail every Redlock run and about half the
+/// single-instance ones, at ~0.1 s each.
+const CANCEL_SWEEPS: usize = 3;
+/// The most polls after which the early-cancellation test drops an acquire.
+const CANCEL_POLLS: usize = 6;
+/// How long the early-cancellation test waits for an acquire's next wake-up before it
+/// counts it as waiting in line (loopback round trips take well under a millisecond).
+const CANCEL_IDLE: Duration = Duration::from_millis(100);
 
 /// Several clients, several tasks each, hammering one key: nobody is ever inside the critical
 /// section together, and tokens grow in the order holders enter it.
@@ -127,27 +184,46 @@ pub async fn p02_new_holder_after_loss_gets_a_greater_token(target: &dyn Conform
     assert!(new.fencing_token() > old.fencing_token());
 }
 
-/// A holder that crashes without releasing frees the lock within one lease plus the bound
-/// the backend states.
-pub async fn p03_crashed_holder_frees_the_lock_within_the_lease(target: &dyn ConformanceTarget) {
+/// A holder that crashes without releasing frees the lock within one lease plus the
+/// `crash_release_bound` the backend declares, plus a small measured slack and nothing more
+/// (P3).
+///
+/// The clock starts at the crash, not at the acquisition: renewals before the crash may
+/// legitimately push the server's expiry up to one lease past it.
+pub async fn p03_crashed_holder_frees_the_lock_within_the_declared_bound(
+    target: &dyn ConformanceTarget,
+) {
     let fixture = Fixture::new(target, "p03-crash").await;
     let lease = target.short_lease();
     let holder = fixture.locker(lease).await;
     let bound = holder.capabilities().crash_release_bound;
     let guard = holder.acquire("k").await.expect("acquire");
     let token = guard.fencing_token();
-    target.crash(holder, guard).await;
+    // Connected before the crash, so that connecting is not counted against the bound.
     let waiter = fixture.locker(LONG_LEASE).await;
-    let limit = lease + bound + PROMPTLY;
-    let started = Instant::now();
+    let crashed = Instant::now();
+    target.crash(holder, guard).await;
+    let limit = lease + bound + CRASH_SLACK;
     let next = waiter
         .acquire_with("k", &fixture.options(LONG_LEASE).wait(limit))
         .await
         .unwrap_or_else(|e| {
-            panic!("the crashed holder's lock was not freed within {limit:?}: {e}")
+            panic!(
+                "the crashed holder's lock was not freed within the lease {lease:?} + the \
+                 declared crash_release_bound {bound:?} + {CRASH_SLACK:?}: {e}"
+            )
         });
+    let freed = crashed.elapsed();
+    measured(
+        "p03 crash to free, beyond the lease",
+        freed.saturating_sub(lease),
+    );
     assert!(next.fencing_token() > token);
-    assert!(started.elapsed() <= limit + WAIT_LIMIT_GRACE);
+    assert!(
+        freed <= limit,
+        "freed {freed:?} after the crash: later than the lease {lease:?} + the declared \
+         crash_release_bound {bound:?} + {CRASH_SLACK:?}"
+    );
 }
 
 /// A live holder keeps its lock for several leases without doing anything.
@@ -177,7 +253,9 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
     }
     let started = Instant::now();
     let renewals_before = counting.renew_calls.load(Ordering::Relaxed);
+    let requests_before = target.server_requests();
     tokio::time::sleep(lease * 2).await;
+    let requests_after = target.server_requests();
     let intervals = (started.elapsed().as_secs_f64()
         / fixture
             .options(lease)
@@ -191,6 +269,24 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
         "{renewals} renew calls for 50 locks over {intervals} intervals: renewal is not batched"
     );
     assert_eq!(counting.extend_calls.load(Ordering::Relaxed), 0);
+    match requests_before.zip(requests_after) {
+        Some((before, after)) => {
+            let requests = after - before;
+            measured(
+                "p04 requests per interval, 50 locks",
+                requests / (intervals as u64 + 2),
+            );
+            assert!(
+                requests <= REQUESTS_PER_INTERVAL * (intervals as u64 + 2),
+                "{requests} requests to the server for 50 locks over {intervals} renewal \
+                 intervals: the backend does not batch its renewals"
+            );
+        }
+        None => eprintln!(
+            "p04_renewal_is_batched_per_client: the target cannot count requests to the \
+             server, so only the core's calls into the backend were checked"
+        ),
+    }
     for guard in guards {
         guard.release().await.expect("release");
     }
@@ -372,32 +468,35 @@ pub async fn p08_waiter_is_woken_by_release(target: &dyn ConformanceTarget) {
         .expect("bob acquires");
 }
 
-/// Each release hands the lock to exactly one waiter; the others keep waiting.
+/// Each release hands the lock to exactly one waiter; the others keep waiting, and are not
+/// even woken: a release costs as many requests to the server with nine waiters in line as
+/// with three (P8, no herd).
+///
+/// Three, not one: a backend may wake up to a fixed number of waiters by design (Redlock
+/// wakes at most one per instance, so up to three here), which is O(1); a herd grows with
+/// the line.
 pub async fn p08_each_release_hands_over_to_one_waiter(target: &dyn ConformanceTarget) {
+    const FEW: usize = 3;
+    const MANY: usize = 9;
     let fixture = Fixture::new(target, "p08-one").await;
-    let holder = fixture.locker(LONG_LEASE).await;
-    let guard = holder.acquire("k").await.expect("holder acquires");
-    let mut waiters = Vec::new();
-    for _ in 0..3 {
-        let client = fixture.locker(LONG_LEASE).await;
-        waiters.push(Some(fixture.queued_waiter(&client, "k").await));
+    let few = handover_costs(&fixture, FEW).await;
+    let many = handover_costs(&fixture, MANY).await;
+    if few.is_empty() || many.is_empty() {
+        eprintln!(
+            "p08_each_release_hands_over_to_one_waiter: the target cannot count requests to \
+             the server, so wake-ups of waiters that did not win were not checked"
+        );
+        return;
     }
-    let mut current = guard;
-    for round in 0..3 {
-        current.release().await.expect("release");
-        let (winner, acquired) = within(PROMPTLY, first_finished(&mut waiters), "a handover").await;
-        current = acquired.expect("the woken waiter acquires");
-        waiters[winner] = None;
-        let still_waiting = waiters.iter().filter(|w| w.is_some()).count();
-        assert_eq!(still_waiting, 2 - round, "one release woke several waiters");
-        for waiter in waiters.iter_mut().flatten() {
-            assert!(
-                !waiter.is_finished(),
-                "a second waiter acquired a held lock"
-            );
-        }
-    }
-    current.release().await.expect("release");
+    // The cheapest handover of each: a herd costs every round, while what else may fall in
+    // a window (a heartbeat, a Redlock split vote and its retry) costs only some.
+    let (few, many) = (least(&few), least(&many));
+    measured("p08 requests per handover, 3 / 9 waiters", (few, many));
+    assert!(
+        many <= few + HERD_ALLOWANCE,
+        "a release with {MANY} waiters in line cost {many} requests to the server, with {FEW} \
+         {few}: a release wakes every waiter"
+    );
 }
 
 /// `acquire` with a wait limit gives up with `Timeout` within the limit plus a small bound.
@@ -423,20 +522,65 @@ pub async fn p09_acquire_times_out_within_its_wait_limit(target: &dyn Conformanc
     guard.release().await.expect("release");
 }
 
-/// `try_acquire` and a zero wait limit answer at once while another client holds the lock.
+/// `try_acquire` and a zero wait limit answer at once while another client holds the lock:
+/// long before that holder releases it, a second after taking it.
 pub async fn p09_try_acquire_never_waits(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p09-try").await;
     let [alice, bob] = fixture.lockers(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
-    let tried = within(PROMPTLY, bob.try_acquire("k"), "try_acquire").await;
-    assert!(tried.expect("try").is_none());
-    let zero = within(
-        PROMPTLY,
-        bob.acquire_with("k", &fixture.options(LONG_LEASE).wait(Duration::ZERO)),
-        "acquire with a zero wait",
-    )
-    .await;
+    let releases_at = Instant::now() + TRY_HOLD;
+    let holder = tokio::spawn(async move {
+        // The holder's behaviour, not synchronisation: it keeps the lock for TRY_HOLD.
+        tokio::time::sleep_until(releases_at).await;
+        guard.release().await.expect("release");
+    });
+    let started = Instant::now();
+    let tried = bob.try_acquire("k").await.expect("try");
+    let zero = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(Duration::ZERO))
+        .await;
+    let took = started.elapsed();
+    measured("p09 try and zero wait", took);
+    assert!(
+        Instant::now() < releases_at,
+        "try_acquire and a zero wait took {took:?}: they waited for the holder, who releases \
+         {TRY_HOLD:?} after taking the lock"
+    );
+    assert!(tried.is_none(), "try_acquire took a held lock");
     assert!(matches!(zero, Err(LockError::Timeout { .. })), "{zero:?}");
+    // Dropping the holder's guard with its task releases the lock in the background.
+    holder.abort();
+}
+
+/// The backend's own `acquire`, given a deadline, returns `Timeout` by itself within the
+/// contract's grace, without the `Locker`'s safety net cutting it off (P9).
+pub async fn p09_backend_acquire_honours_its_deadline(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p09-backend-deadline").await;
+    let alice = fixture.locker(LONG_LEASE).await;
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let witness = DeadlineWitness::new(target.connect(LONG_LEASE).await.expect("connect"));
+    let bob = Locker::from_backend(witness.clone())
+        .with_options(fixture.options(LONG_LEASE))
+        .expect("options");
+    let wait = ms(400);
+    let outcome = bob
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(wait))
+        .await;
+    assert!(
+        matches!(outcome, Err(LockError::Timeout { .. })),
+        "{outcome:?}"
+    );
+    let ended = *witness.ended.lock().unwrap();
+    match ended {
+        Some(end) => {
+            assert!(end.timed_out, "the backend's acquire ended without Timeout");
+            assert!(end.after >= wait, "gave up after {:?}", end.after);
+        }
+        None => panic!(
+            "the backend's acquire did not return by its deadline ({wait:?}) plus \
+             {WAIT_LIMIT_GRACE:?}: only the Locker's safety net stopped it"
+        ),
+    }
     guard.release().await.expect("release");
 }
 
@@ -607,9 +751,12 @@ pub async fn p12_unreachable_server_is_a_connection_error(target: &dyn Conforman
 pub async fn p12_distinct_keys_never_collide(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p12-collide").await;
     let locker = fixture.locker(LONG_LEASE).await;
+    let long = "x".repeat(500);
     let keys = [
+        // Spellings a store or an escaping could confuse.
         "a/b".to_owned(),
         "a%2Fb".to_owned(),
+        "a%2fb".to_owned(),
         "a_b".to_owned(),
         "a:b".to_owned(),
         "a{b}".to_owned(),
@@ -618,7 +765,42 @@ pub async fn p12_distinct_keys_never_collide(target: &dyn ConformanceTarget) {
         "zookeeper".to_owned(),
         "ünïcödé 🔒".to_owned(),
         "k".repeat(512),
+        // Case.
+        "key".to_owned(),
+        "Key".to_owned(),
+        "KEY".to_owned(),
+        // Slashes.
+        "ab".to_owned(),
+        "a//b".to_owned(),
+        "/ab".to_owned(),
+        "ab/".to_owned(),
+        // Percent-like.
+        "A".to_owned(),
+        "%41".to_owned(),
+        "a%b".to_owned(),
+        "a%25b".to_owned(),
+        // Plus-like and spaces.
+        "a+b".to_owned(),
+        "a b".to_owned(),
+        "a%20b".to_owned(),
+        "a%2Bb".to_owned(),
+        // Unicode normalisation: precomposed é (NFC) and e + combining acute (NFD).
+        "caf\u{e9}".to_owned(),
+        "cafe\u{301}".to_owned(),
+        // Trailing and leading whitespace.
+        "k".to_owned(),
+        "k ".to_owned(),
+        "k  ".to_owned(),
+        " k".to_owned(),
+        // A long common start, beyond any truncation or short hash.
+        format!("{long}a"),
+        format!("{long}b"),
+        format!("{long}/b"),
     ];
+    let mut unique = keys.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "the test's keys are distinct");
     let mut guards = Vec::new();
     for key in &keys {
         let guard = locker.try_acquire(key.as_str()).await.expect("try");
@@ -640,6 +822,327 @@ pub async fn p12_prefixes_isolate_namespaces(target: &dyn ConformanceTarget) {
     let (a, b) = (a.expect("free"), b.expect("another prefix, another lock"));
     a.release().await.expect("release");
     b.release().await.expect("release");
+}
+
+/// The prefix and the key are mapped together one-to-one: no (prefix, key) pair runs into
+/// another (`P` + `x/k` against `P/x` + `k`, and likewise for other separators), so all of
+/// these are distinct locks that one client holds at once (P12).
+pub async fn p12_prefix_and_key_never_run_together(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-run-together").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    let base = fixture.options(LONG_LEASE);
+    let p = base.prefix.clone();
+    let mut pairs = vec![
+        (p.clone(), "k".to_owned()),
+        (format!("{p}/other"), "k".to_owned()),
+    ];
+    for separator in ["/", ":", ".", "-", "_", "|", "%2F", "\\", "+", " ", "//"] {
+        pairs.push((p.clone(), format!("x{separator}k")));
+        pairs.push((format!("{p}{separator}x"), "k".to_owned()));
+    }
+    pairs.push((format!("{p}/"), "k".to_owned()));
+    pairs.push((p.clone(), "/k".to_owned()));
+    let mut guards = Vec::new();
+    for (prefix, key) in &pairs {
+        let options = base.clone().prefix(prefix.as_str());
+        let guard = locker
+            .try_acquire_with(key.as_str(), &options)
+            .await
+            .expect("try");
+        guards.push(guard.unwrap_or_else(|| {
+            panic!("prefix {prefix:?} with key {key:?} collided with an earlier pair")
+        }));
+    }
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+}
+
+/// `inspect` reads the server's view: a free lock is free, a held one held with the
+/// holder's token, and free again once released. A backend that declares it unsupported has
+/// nothing to check.
+pub async fn p12_inspect_reports_what_the_server_holds(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-inspect").await;
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
+    let key = LockKey::new("k").expect("a valid key");
+    let options = fixture.options(LONG_LEASE);
+    match bob.backend().inspect(&key, &options).await {
+        Err(LockError::Unsupported { backend, .. }) => {
+            eprintln!(
+                "p12_inspect_reports_what_the_server_holds: {backend} declares inspect \
+                 unsupported, so there is nothing to check"
+            );
+            return;
+        }
+        Err(other) => panic!("inspecting a free lock failed: {other}"),
+        Ok(info) => assert!(!info.held, "a free lock inspected as held: {info:?}"),
+    }
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let info = bob
+        .backend()
+        .inspect(&key, &options)
+        .await
+        .expect("inspect a held lock");
+    assert!(info.held, "a held lock inspected as free: {info:?}");
+    if let Some(token) = info.fencing_token {
+        assert_eq!(token, guard.fencing_token(), "inspect names another token");
+    }
+    if let Some(remaining) = info.remaining_lease {
+        assert!(
+            remaining <= LONG_LEASE,
+            "{remaining:?} left of a {LONG_LEASE:?} lease"
+        );
+    }
+    guard.release().await.expect("release");
+    let info = bob
+        .backend()
+        .inspect(&key, &options)
+        .await
+        .expect("inspect a released lock");
+    assert!(!info.held, "a released lock inspected as held: {info:?}");
+}
+
+/// `ping` answers with a round trip from a reachable server, and fails, promptly, with an
+/// unreachable one. A backend that declares it unsupported has nothing to check.
+pub async fn p12_ping_times_a_round_trip(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p12-ping").await;
+    let locker = fixture.locker(LONG_LEASE).await;
+    match within(PROMPTLY, locker.backend().ping(), "ping").await {
+        Err(LockError::Unsupported { backend, .. }) => {
+            eprintln!(
+                "p12_ping_times_a_round_trip: {backend} declares ping unsupported, so there \
+                 is nothing to check"
+            );
+            return;
+        }
+        Err(other) => panic!("ping of a reachable server failed: {other}"),
+        Ok(rtt) => assert!(rtt < PROMPTLY, "a round trip of {rtt:?}"),
+    }
+    let unreachable = match within(PROMPTLY, target.connect_unreachable(), "connect").await {
+        Err(LockError::Connection { .. }) => return,
+        Err(other) => panic!("expected a connection error, got {other:?}"),
+        Ok(backend) => backend,
+    };
+    let pinged = within(PROMPTLY, unreachable.ping(), "ping an unreachable server").await;
+    assert!(
+        pinged.is_err(),
+        "ping of an unreachable server answered {pinged:?}: it never asked the server"
+    );
+}
+
+/// The holder's view of validity is never later than the server's: right after an acquire
+/// `valid_until` is at most the send time plus the lease, and once another client holds the
+/// expired lock the old guard already says it is not held (P5).
+pub async fn p05_valid_until_is_no_later_than_the_servers_expiry(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p05-valid-until").await;
+    let lease = target.short_lease();
+    let holder = fixture.locker(lease).await;
+    let capabilities = holder.capabilities();
+    let options = fixture.options(lease).keepalive(false);
+    let guard = holder.acquire_with("k", &options).await.expect("acquire");
+    // The backend sent its request at some moment before the acquire returned: the return
+    // is the closest bound on the send time the test can see from outside.
+    let returned = Instant::now();
+    let valid_until = guard.lease().valid_until();
+    assert!(
+        valid_until <= returned + lease,
+        "valid_until is {:?} past the send time plus the lease {lease:?}",
+        valid_until - (returned + lease)
+    );
+    if capabilities.session_lease && !target.stop_heartbeats(&holder).await {
+        eprintln!(
+            "p05_valid_until_is_no_later_than_the_servers_expiry: the target cannot stop a \
+             session's heartbeats, so only valid_until after acquiring was checked"
+        );
+        return;
+    }
+    let other = fixture.locker(LONG_LEASE).await;
+    let limit = lease + capabilities.crash_release_bound + CRASH_SLACK;
+    let next = other
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(limit))
+        .await
+        .unwrap_or_else(|e| panic!("the expired lock was not free within {limit:?}: {e}"));
+    let still = guard
+        .lease()
+        .valid_until()
+        .saturating_duration_since(Instant::now());
+    assert!(
+        !guard.is_held(),
+        "another client holds the lock while the old guard still says it holds it for {still:?}"
+    );
+    next.release().await.expect("release");
+}
+
+/// `extend` to a shorter lease moves the guard's deadline back with the server's: the guard
+/// never says held while another client can take the lock (P5). Session backends, whose
+/// locks live as long as the session, may keep the lock; then nobody else gets it either.
+pub async fn p05_extend_to_a_shorter_lease_moves_the_deadline(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p05-shorten").await;
+    let short = target.short_lease();
+    let holder = fixture.locker(LONG_LEASE).await;
+    let capabilities = holder.capabilities();
+    let options = fixture.options(LONG_LEASE).keepalive(false);
+    let guard = holder.acquire_with("k", &options).await.expect("acquire");
+    let other = fixture.locker(LONG_LEASE).await;
+    guard.extend(short).await.expect("extend a held lock");
+    // The closest bound on the extension's send time the test can see (see above).
+    let sent = Instant::now();
+    if capabilities.session_lease {
+        // Letting the shorter lease run out is the point here.
+        tokio::time::sleep(short + CRASH_SLACK).await;
+        let tried = other.try_acquire("k").await.expect("try");
+        assert!(
+            !(tried.is_some() && guard.is_held()),
+            "another client took the lock while the shortened guard says it is held"
+        );
+        return;
+    }
+    let valid_until = guard.lease().valid_until();
+    assert!(
+        valid_until <= sent + short,
+        "after extend({short:?}) the guard's valid_until is still {:?} past the send time \
+         plus the new lease",
+        valid_until - (sent + short)
+    );
+    let limit = short + capabilities.crash_release_bound + CRASH_SLACK;
+    let next = other
+        .acquire_with("k", &fixture.options(LONG_LEASE).wait(limit))
+        .await
+        .unwrap_or_else(|e| panic!("the shortened lease did not run out within {limit:?}: {e}"));
+    assert!(
+        !guard.is_held(),
+        "another client holds the lock while the shortened guard says it holds it"
+    );
+    next.release().await.expect("release");
+}
+
+/// One client holds several locks and the server forgets one: exactly that one is signalled
+/// lost, within a renewal interval plus lease/3, and the others stay held (P5, P11).
+pub async fn p05_losing_one_of_many_locks_signals_only_that_one(target: &dyn ConformanceTarget) {
+    const LOCKS: usize = 6;
+    const LOST: usize = 2;
+    let fixture = Fixture::new(target, "p05-one-of-many").await;
+    let lease = target.short_lease();
+    let holder = fixture.locker(lease).await;
+    let mut guards = Vec::new();
+    for i in 0..LOCKS {
+        guards.push(holder.acquire(format!("k{i}")).await.expect("acquire"));
+    }
+    let interval = fixture.options(lease).effective_keepalive_interval();
+    let bound = interval + lease / 3 + SIGNAL_SLACK;
+    target.forget(&guards[LOST]).await.expect("forget");
+    let forgotten = Instant::now();
+    within(
+        bound,
+        guards[LOST].lost(),
+        "the forgotten lock's loss signal",
+    )
+    .await;
+    measured("p05 forget to loss signal", forgotten.elapsed());
+    assert!(!guards[LOST].is_held());
+    // Renewals after the loss must leave the others alone: watch two more of them.
+    tokio::time::sleep(interval * 2).await;
+    for (i, guard) in guards.iter().enumerate().filter(|(i, _)| *i != LOST) {
+        assert!(guard.is_held(), "k{i} was lost with k{LOST}");
+        assert!(guard.lost().now_or_never().is_none(), "k{i} signalled lost");
+    }
+    let other = fixture.locker(lease).await;
+    assert!(other.try_acquire("k0").await.expect("try").is_none());
+    for (i, guard) in guards.into_iter().enumerate() {
+        if i != LOST {
+            guard.release().await.expect("release");
+        }
+    }
+}
+
+/// An acquire dropped at its first, second, third… poll, while another client holds the key
+/// (so during its first round trips, before it stands in line), leaves nothing behind: the
+/// next client gets the lock promptly once the holder releases it (P7).
+pub async fn p07_acquire_cancelled_in_its_first_round_trips_leaves_nothing_behind(
+    target: &dyn ConformanceTarget,
+) {
+    let fixture = Fixture::new(target, "p07-cancel-early").await;
+    let [alice, bob, carol] = fixture.lockers(LONG_LEASE).await;
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let options = fixture.options(LONG_LEASE);
+    // Several sweeps: where in its round trips a drop lands varies from run to run.
+    for _sweep in 0..CANCEL_SWEEPS {
+        for polls in 1..=CANCEL_POLLS {
+            match cancel_after_polls(bob.acquire_with("k", &options), polls).await {
+                Cancelled::Finished(outcome) => {
+                    panic!("bob's acquire of a held lock finished at poll {polls}: {outcome:?}")
+                }
+                Cancelled::AtPoll => {}
+                // It stood in line before this poll: later polls would find it there too.
+                Cancelled::WhileIdle => break,
+            }
+        }
+    }
+    let released = Instant::now();
+    guard.release().await.expect("alice releases");
+    let _measure = Measure("p07 release to grant after early cancels", released);
+    carol
+        .acquire_with("k", &options.clone().wait(HANDOVER_LIMIT))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a cancelled acquire left something behind: carol did not get the released \
+                 lock within {HANDOVER_LIMIT:?} ({:?} since the release): {e}",
+                released.elapsed()
+            )
+        });
+}
+
+/// The time from a release to the next waiter's grant is a few of the backend's own round
+/// trips (`ping`), in the median over several rounds, not a polling period (P8).
+pub async fn p08_handover_takes_a_few_round_trips(target: &dyn ConformanceTarget) {
+    const ROUNDS: usize = 7;
+    let fixture = Fixture::new(target, "p08-handover").await;
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
+    let capabilities = alice.capabilities();
+    let mut handovers = Vec::new();
+    let mut round_trips = Vec::new();
+    for _ in 0..ROUNDS {
+        let guard = alice.acquire("k").await.expect("alice acquires");
+        let waiter = fixture.timed_waiter(&bob, "k").await;
+        let released = Instant::now();
+        guard.release().await.expect("alice releases");
+        let (next, acquired) = within(PROMPTLY, waiter, "bob to be woken")
+            .await
+            .expect("bob's task");
+        handovers.push(acquired - released);
+        next.release().await.expect("bob releases");
+        match bob.backend().ping().await {
+            Ok(rtt) => round_trips.push(rtt),
+            Err(LockError::Unsupported { .. }) => {}
+            Err(other) => panic!("ping failed: {other}"),
+        }
+    }
+    let handover = median(&mut handovers);
+    measured("p08 handovers", &handovers);
+    measured("p08 round trips", &round_trips);
+    if !capabilities.server_wakeup {
+        eprintln!(
+            "p08_handover_takes_a_few_round_trips: the backend declares it polls; the median \
+             handover was {handover:?}"
+        );
+        return;
+    }
+    let rtt = if round_trips.is_empty() {
+        eprintln!(
+            "p08_handover_takes_a_few_round_trips: the backend cannot ping, so the handover \
+             is held to {HANDOVER_FLOOR:?} alone"
+        );
+        Duration::ZERO
+    } else {
+        median(&mut round_trips)
+    };
+    let limit = rtt * HANDOVER_ROUND_TRIPS + HANDOVER_FLOOR;
+    assert!(
+        handover <= limit,
+        "the median release-to-grant time is {handover:?} against a median round trip of \
+         {rtt:?} (limit {limit:?}): the waiter is not woken by the server"
+    );
 }
 
 /// Per-test clients and a key prefix no other test uses.
@@ -692,6 +1195,28 @@ impl<'t> Fixture<'t> {
             .expect("valid options")
     }
 
+    /// Like [`Fixture::queued_waiter`], with the instant the grant arrived, taken in the
+    /// task itself so that scheduling the joiner does not count.
+    async fn timed_waiter(
+        &self,
+        client: &Locker,
+        key: &str,
+    ) -> tokio::task::JoinHandle<(LockGuard, Instant)> {
+        let (queued, in_line) = oneshot::channel();
+        let (client, key, options) = (client.clone(), key.to_owned(), self.options(LONG_LEASE));
+        let task = tokio::spawn(async move {
+            let guard = client
+                .acquire_observed(key, &options, Some(queued))
+                .await
+                .expect("the waiter acquires");
+            (guard, Instant::now())
+        });
+        within(PROMPTLY, in_line, "the waiter to queue")
+            .await
+            .expect("the waiter reported it queued");
+        task
+    }
+
     /// A task waiting for `key` on `client`, returned once it stands in line.
     async fn queued_waiter(
         &self,
@@ -707,6 +1232,58 @@ impl<'t> Fixture<'t> {
             .expect("the waiter reported it queued");
         task
     }
+}
+
+/// Hands key `k` over four times with `waiters` clients always in line (each releasing
+/// holder queues again), checking that each release grants exactly one of them, and returns
+/// the requests to the server each handover cost (empty if the target cannot count them).
+async fn handover_costs(fixture: &Fixture<'_>, waiters: usize) -> Vec<u64> {
+    const ROUNDS: usize = 4;
+    let key = format!("k{waiters}");
+    let clients: Vec<Locker> = {
+        let mut clients = Vec::new();
+        for _ in 0..=waiters {
+            clients.push(fixture.locker(LONG_LEASE).await);
+        }
+        clients
+    };
+    let mut current = clients[0]
+        .acquire(key.as_str())
+        .await
+        .expect("holder acquires");
+    let mut holder = 0;
+    let mut line: Vec<Option<_>> = vec![None];
+    for client in &clients[1..] {
+        line.push(Some(fixture.queued_waiter(client, &key).await));
+    }
+    let mut costs = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = fixture.target.server_requests();
+        current.release().await.expect("release");
+        let (winner, acquired) = within(PROMPTLY, first_finished(&mut line), "a handover").await;
+        current = acquired.expect("the woken waiter acquires");
+        // Wake-ups of other waiters would arrive within a round trip or two of the grant.
+        tokio::time::sleep(HERD_WINDOW).await;
+        costs.extend(
+            before
+                .zip(fixture.target.server_requests())
+                .map(|(b, a)| a - b),
+        );
+        line[winner] = None;
+        for waiter in line.iter_mut().flatten() {
+            assert!(
+                !waiter.is_finished(),
+                "one release let a second waiter acquire"
+            );
+        }
+        line[holder] = Some(fixture.queued_waiter(&clients[holder], &key).await);
+        holder = winner;
+    }
+    for waiter in line.into_iter().flatten() {
+        waiter.abort();
+    }
+    current.release().await.expect("release");
+    costs
 }
 
 /// Checks, inside a critical section, that nobody else is inside and tokens grow.
@@ -774,4 +1351,63 @@ async fn first_finished(
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
+}
+
+/// Prints a measured value; `cargo test -- --nocapture` shows them, to set the bounds by.
+fn measured(what: &str, value: impl std::fmt::Debug) {
+    eprintln!("measured: {what}: {value:?}");
+}
+
+/// Prints the time since its start when dropped.
+struct Measure(&'static str, Instant);
+
+impl Drop for Measure {
+    fn drop(&mut self) {
+        measured(self.0, self.1.elapsed());
+    }
+}
+
+/// The smallest of `samples`, which are not empty.
+fn least(samples: &[u64]) -> u64 {
+    samples.iter().copied().min().unwrap_or_default()
+}
+
+/// The median of `samples` (the upper one of an even count).
+fn median<T: Ord + Copy>(samples: &mut [T]) -> T {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// How [`cancel_after_polls`] ended.
+enum Cancelled<T> {
+    /// The future finished before it was dropped.
+    Finished(T),
+    /// Dropped right after the poll asked for.
+    AtPoll,
+    /// Dropped before that poll: no wake-up came for [`CANCEL_IDLE`], so it was waiting.
+    WhileIdle,
+}
+
+/// Polls `future` until it has been polled `polls` times (each after a wake-up, as the
+/// runtime would) and then drops it. Gives up waiting for the next wake-up after
+/// [`CANCEL_IDLE`]: the future then waits in line, and is dropped there.
+async fn cancel_after_polls<F: std::future::Future>(
+    future: F,
+    polls: usize,
+) -> Cancelled<F::Output> {
+    let mut future = Box::pin(future);
+    let mut polled = 0;
+    let polling = std::future::poll_fn(|cx| {
+        polled += 1;
+        match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => std::task::Poll::Ready(Cancelled::Finished(output)),
+            std::task::Poll::Pending if polled >= polls => {
+                std::task::Poll::Ready(Cancelled::AtPoll)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    });
+    tokio::time::timeout(CANCEL_IDLE, polling)
+        .await
+        .unwrap_or(Cancelled::WhileIdle)
 }

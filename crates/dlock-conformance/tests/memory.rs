@@ -1,14 +1,17 @@
 //! The conformance suite against the in-memory reference backend.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlock_conformance::{async_trait, ConformanceTarget};
+use dlock_conformance::{async_trait, ConformanceTarget, RequestCounting};
 use dlock_core::{LockBackend, LockError, LockGuard, MemoryServer};
 
 /// Every test gets a fresh in-memory server; clients are separate `MemoryBackend`s on it.
 struct MemoryTarget {
     server: Arc<MemoryServer>,
+    /// Every call into a client is one request to the in-process server.
+    requests: Arc<AtomicU64>,
 }
 
 #[async_trait]
@@ -18,7 +21,10 @@ impl ConformanceTarget for MemoryTarget {
     }
 
     async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
-        Ok(Arc::new(self.server.client()))
+        Ok(RequestCounting::wrap(
+            Arc::new(self.server.client()),
+            &self.requests,
+        ))
     }
 
     async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
@@ -32,10 +38,15 @@ impl ConformanceTarget for MemoryTarget {
             .forget(&guard.lease().options().prefix, guard.key());
         Ok(())
     }
+
+    fn server_requests(&self) -> Option<u64> {
+        Some(self.requests.load(Ordering::Relaxed))
+    }
 }
 
 dlock_conformance::conformance_tests!(async {
     MemoryTarget {
         server: MemoryServer::new(),
+        requests: Arc::default(),
     }
 });

@@ -5,6 +5,14 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{LockError, Result};
+use crate::options::LockOptions;
+
+/// The query parameters that are lock options, the same for every backend: read once by
+/// [`BackendUrl::lock_options`], skipped by backends ([`BackendUrl::backend_params`]).
+/// (`prefix` is not among them: it names the client's key namespace, which each backend
+/// reads, so one URL names the same server keys through every entry point.)
+pub const LOCK_OPTION_PARAMS: &[&str] =
+    &["lease", "ttl", "wait", "keepalive", "keepalive_interval"];
 
 /// A backend URL split into its parts, percent-decoded, with the password kept out of every
 /// message ([`BackendUrl::redacted`]).
@@ -51,6 +59,16 @@ impl BackendUrl {
     /// Takes `url` apart, giving hosts without a port `default_port`. Fragments, empty
     /// hosts, bad ports, broken escapes and repeated parameters are [`LockError::InvalidUrl`].
     pub fn parse(url: &str, default_port: u16) -> Result<Self> {
+        let parsed = Self::parse_any(url, default_port)?;
+        if parsed.hosts.is_empty() {
+            return Err(parsed.invalid("a host is missing (expected host[:port][,host[:port]…])"));
+        }
+        Ok(parsed)
+    }
+
+    /// Like [`BackendUrl::parse`], but a URL without hosts (`memory://?lease=5s`) is accepted
+    /// with an empty host list.
+    pub fn parse_any(url: &str, default_port: u16) -> Result<Self> {
         let redacted = redact_url(url);
         let invalid = |reason: String| LockError::InvalidUrl {
             url: redacted.clone(),
@@ -83,11 +101,15 @@ impl BackendUrl {
                 (Some(percent_decode(user).map_err(invalid)?), password)
             }
         };
-        let hosts = hosts
-            .split(',')
-            .map(|host| HostPort::parse(host, default_port))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+        let hosts = if hosts.is_empty() && userinfo.is_none() {
+            Vec::new()
+        } else {
+            hosts
+                .split(',')
+                .map(|host| HostPort::parse(host, default_port))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(invalid)?
+        };
         let mut params: Vec<(String, String)> = Vec::new();
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             if params.iter().any(|(seen, _)| *seen == name) {
@@ -119,6 +141,58 @@ impl BackendUrl {
         }
     }
 
+    /// The query parameters that are the backend's own: all but [`LOCK_OPTION_PARAMS`].
+    pub fn backend_params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params
+            .iter()
+            .filter(|(name, _)| !LOCK_OPTION_PARAMS.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    /// The lock options in the query ([`LOCK_OPTION_PARAMS`]) on top of the defaults,
+    /// checked: `lease` (alias `ttl`), `wait` (`0` tries once), `keepalive` (`true`/`false`)
+    /// and `keepalive_interval`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dlock_core::BackendUrl;
+    ///
+    /// let url = BackendUrl::parse("redis://h?lease=5s&wait=0s&prefix=app", 6379).unwrap();
+    /// let options = url.lock_options().unwrap();
+    /// assert_eq!(options.lease, Duration::from_secs(5));
+    /// assert_eq!(options.wait, Some(Duration::ZERO));
+    /// // `prefix` is the backend's key namespace, not the lock options' prefix.
+    /// assert_eq!(options.prefix, dlock_core::LockOptions::default().prefix);
+    /// ```
+    pub fn lock_options(&self) -> Result<LockOptions> {
+        let mut options = LockOptions::default();
+        for (name, value) in &self.params {
+            match name.as_str() {
+                "lease" | "ttl" => options.lease = self.duration(name, value)?,
+                "wait" => options.wait = Some(self.duration_or_zero(name, value)?),
+                "keepalive_interval" => {
+                    options.keepalive_interval = Some(self.duration(name, value)?)
+                }
+                "keepalive" => {
+                    options.keepalive = match value.as_str() {
+                        "true" | "on" | "1" => true,
+                        "false" | "off" | "0" => false,
+                        other => {
+                            return Err(self.invalid(format!(
+                                "keepalive must be true or false, not `{other}`"
+                            )))
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        options
+            .validate()
+            .map_err(|error| self.invalid(error.to_string()))?;
+        Ok(options)
+    }
+
     /// A query value read as a duration (`500ms`, `10s`, `2m`), which must not be zero.
     pub fn duration(&self, name: &str, value: &str) -> Result<Duration> {
         match humantime::parse_duration(value) {
@@ -128,6 +202,15 @@ impl BackendUrl {
                 "`{name}={value}` is not a duration like 500ms, 10s or 2m: {error}"
             ))),
         }
+    }
+
+    /// A query value read as a duration, zero included.
+    fn duration_or_zero(&self, name: &str, value: &str) -> Result<Duration> {
+        humantime::parse_duration(value).map_err(|error| {
+            self.invalid(format!(
+                "`{name}={value}` is not a duration like 500ms, 10s or 2m: {error}"
+            ))
+        })
     }
 
     /// The error for a query parameter this backend does not know, listing those it does.
@@ -276,6 +359,31 @@ mod tests {
         ] {
             assert!(
                 matches!(BackendUrl::parse(bad, 1), Err(LockError::InvalidUrl { .. })),
+                "{bad} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_options_are_read_once_and_backends_see_the_rest() {
+        let url = BackendUrl::parse_any("memory://?ttl=7s&keepalive=off&x=1", 1).unwrap();
+        assert!(url.hosts.is_empty());
+        let options = url.lock_options().unwrap();
+        assert_eq!(options.lease, Duration::from_secs(7));
+        assert!(!options.keepalive);
+        assert_eq!(url.backend_params().collect::<Vec<_>>(), [("x", "1")]);
+        for bad in [
+            "memory://?lease=forever",
+            "memory://?lease=0s",
+            "memory://?wait=1s&wait=2s",
+            "memory://?keepalive=maybe",
+            "memory://?keepalive_interval=0s",
+            "memory://?lease=1s&keepalive_interval=2s",
+            "memory://#frag",
+        ] {
+            let outcome = BackendUrl::parse_any(bad, 1).and_then(|url| url.lock_options());
+            assert!(
+                matches!(outcome, Err(LockError::InvalidUrl { .. })),
                 "{bad} must be rejected"
             );
         }

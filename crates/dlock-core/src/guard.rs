@@ -81,8 +81,11 @@ impl LockGuard {
         }
     }
 
-    /// Sets the remaining lease to `ttl` now, on the server. With keepalive on, the next
-    /// renewal sets it back to the lease length.
+    /// Sets the remaining lease to `ttl` now, on the server, shorter or longer than what is
+    /// left. The guard's deadline follows (so [`LockGuard::is_held`] turns false and
+    /// [`LockGuard::lost`] resolves when a shortened lease runs out). With keepalive on, the
+    /// keepalive is re-armed to renew before the new deadline, and that renewal sets the lease
+    /// back to its length.
     ///
     /// Returns [`LockError::NotHeld`] (and marks the guard lost) if the lock is no longer
     /// ours.
@@ -97,7 +100,8 @@ impl LockGuard {
         }
         match self.keepalive.backend().extend(&self.lease, ttl).await {
             Ok(valid_until) => {
-                self.lease.renewed_until(valid_until);
+                self.lease.extended_until(valid_until);
+                self.keepalive.rearm(&self.lease);
                 Ok(())
             }
             Err(LockError::NotHeld { key }) => {

@@ -91,6 +91,17 @@ impl Keepalive {
         self.wake.notify_one();
     }
 
+    /// Schedules `lease` again from its current deadline, which an `extend` just moved (maybe
+    /// closer than the renewal planned for the old one).
+    pub(crate) fn rearm(&self, lease: &Lease) {
+        let now = Instant::now();
+        if let Some(entry) = lock(&self.state).entries.get_mut(&lease.id()) {
+            entry.period = renewal_period(lease, now);
+            entry.next_renewal = now + entry.period;
+        }
+        self.wake.notify_one();
+    }
+
     /// Stops watching a lease (it was released or abandoned).
     pub(crate) fn unregister(&self, lease: &Lease) {
         lock(&self.state).entries.remove(&lease.id());
@@ -126,7 +137,9 @@ impl Keepalive {
                 let lease = &entry.lease;
                 match lease.state().status() {
                     Status::Held if now >= lease.valid_until() => {
-                        lease.state().mark_lost(LossReason::LeaseExpired);
+                        if lease.state().mark_lost(LossReason::LeaseExpired) {
+                            self.clean_up(Arc::clone(lease));
+                        }
                         false
                     }
                     Status::Held | Status::Releasing => true,
@@ -163,8 +176,29 @@ impl Keepalive {
             .min()
     }
 
+    /// Removes from the server what it may still hold for a lease that ran out on this
+    /// process's clock: a session or lease the server still counts as alive (a holder paused
+    /// past its lease, renewals cut off) would otherwise keep the lock taken by nobody, with
+    /// every waiter behind it. The release is owner-checked, so it touches nothing of a new
+    /// holder's.
+    fn clean_up(&self, lease: Arc<Lease>) {
+        let backend = Arc::clone(&self.backend);
+        tokio::spawn(async move {
+            match backend.release(&lease).await {
+                Ok(()) => {
+                    tracing::debug!(key = %lease.key(), "removed a lost lock from the server")
+                }
+                Err(crate::LockError::NotHeld { .. }) => {}
+                Err(error) => {
+                    tracing::debug!(key = %lease.key(), %error, "could not remove a lost lock from the server")
+                }
+            }
+        });
+    }
+
     async fn renew(&self, due: &[Arc<Lease>]) {
         let sent = Instant::now();
+        let extensions: Vec<u64> = due.iter().map(|lease| lease.extensions()).collect();
         let earliest_deadline = due.iter().map(|lease| lease.valid_until()).min();
         let leases: Vec<&Lease> = due.iter().map(Arc::as_ref).collect();
         let outcome = match earliest_deadline {
@@ -181,10 +215,10 @@ impl Keepalive {
         let mut registry = lock(&self.state);
         match outcome {
             Ok(renewals) if renewals.len() == due.len() => {
-                for (lease, renewal) in due.iter().zip(renewals) {
+                for ((lease, renewal), extensions) in due.iter().zip(renewals).zip(extensions) {
                     match renewal {
                         Renewal::Renewed { valid_until } => {
-                            lease.renewed_until(valid_until);
+                            lease.renewed_until(valid_until, extensions);
                             if let Some(entry) = registry.entries.get_mut(&lease.id()) {
                                 entry.period = renewal_period(lease, sent);
                                 entry.next_renewal = sent + entry.period;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKey;
 use crate::options::LockOptions;
+pub(crate) use crate::support::lock;
 use crate::token::FencingToken;
 
 /// Why a guard stopped holding its lock without being released.
@@ -111,7 +112,7 @@ impl Lease {
 
     /// Until when the lock is known to be held, on this process's clock.
     pub fn valid_until(&self) -> Instant {
-        *lock(&self.state.valid_until)
+        lock(&self.state.validity).until
     }
 
     /// True while the lock is held and its lease has not run out on this process's clock.
@@ -126,7 +127,7 @@ impl Lease {
         state: Arc<LeaseState>,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        *lock(&state.valid_until) = acquired.valid_until;
+        lock(&state.validity).until = acquired.valid_until;
         Lease {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
@@ -145,12 +146,29 @@ impl Lease {
         &self.state
     }
 
-    /// Moves the deadline forward; never backward, so a slow renewal reply cannot shorten it.
-    pub(crate) fn renewed_until(&self, valid_until: Instant) {
-        let mut current = lock(&self.state.valid_until);
-        if valid_until > *current {
-            *current = valid_until;
+    /// How many times [`Lease::extended_until`] set the deadline: a renewal compares it before
+    /// and after its round trip to know whether an `extend` crossed it.
+    pub(crate) fn extensions(&self) -> u64 {
+        lock(&self.state.validity).extensions
+    }
+
+    /// Moves the deadline forward after a renewal sent when [`Lease::extensions`] was
+    /// `extensions`. Never backward, so a slow renewal reply cannot shorten it; and not at all
+    /// if an `extend` was answered meanwhile, since the server may have applied the two in
+    /// either order and only the earlier deadline is sure.
+    pub(crate) fn renewed_until(&self, valid_until: Instant, extensions: u64) {
+        let mut validity = lock(&self.state.validity);
+        if validity.extensions == extensions && valid_until > validity.until {
+            validity.until = valid_until;
         }
+    }
+
+    /// Sets the deadline an `extend` obtained, earlier or later than the current one: the
+    /// server now counts from it, so the guard must too.
+    pub(crate) fn extended_until(&self, valid_until: Instant) {
+        let mut validity = lock(&self.state.validity);
+        validity.until = valid_until;
+        validity.extensions += 1;
     }
 }
 
@@ -177,14 +195,23 @@ pub(crate) enum Status {
 /// The state shared by a guard, its keepalive entry and the backend's [`LossNotifier`].
 pub(crate) struct LeaseState {
     pub(crate) status: watch::Sender<Status>,
-    valid_until: Mutex<Instant>,
+    validity: Mutex<Validity>,
+}
+
+/// The lease's deadline and how many `extend`s set it.
+struct Validity {
+    until: Instant,
+    extensions: u64,
 }
 
 impl LeaseState {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(LeaseState {
             status: watch::Sender::new(Status::Held),
-            valid_until: Mutex::new(Instant::now()),
+            validity: Mutex::new(Validity {
+                until: Instant::now(),
+                extensions: 0,
+            }),
         })
     }
 
@@ -219,12 +246,4 @@ impl LeaseState {
             }
         })
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: the data it guards stays consistent because
-/// every critical section in this crate is a plain assignment.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -18,8 +18,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The contract each backend keeps is written down property by property (P1 … P12) in the
-//! project's `SEMANTICS.md`, and the `dlock-conformance` crate checks it.
+//! The contract each backend keeps is written down property by property (P1 … P12) in
+//! [`contract`], and the `dlock-conformance` crate checks it.
 #![deny(missing_docs)]
 
 mod backend;
@@ -33,10 +33,18 @@ mod lease;
 mod locker;
 mod memory;
 mod options;
+pub mod support;
 mod token;
 
+/// The lock contract every backend keeps, property by property (P1 … P12): what the
+/// conformance suite checks and what each backend assumes. This page is the repository's
+/// `crates/dlock-core/SEMANTICS.md`.
+pub mod contract {
+    #![doc = include_str!("../SEMANTICS.md")]
+}
+
 pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
-pub use backend_url::{redact_url, BackendUrl, HostPort};
+pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;

@@ -132,17 +132,26 @@ impl Locker {
                 .await?
                 .ok_or_else(timeout);
         }
-        let state = LeaseState::new();
         let deadline = options.wait.map(|wait| Instant::now() + wait);
-        let request = AcquireRequest::new(&key, options, deadline, state.notifier(), queued);
-        let acquiring = self.backend().acquire(request);
-        let acquired = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline + WAIT_LIMIT_GRACE, acquiring)
-                .await
-                .map_err(|_| timeout())??,
-            None => acquiring.await?,
-        };
-        Ok(self.guard(key, options, acquired, state))
+        let mut queued = queued;
+        loop {
+            let state = LeaseState::new();
+            let request =
+                AcquireRequest::new(&key, options, deadline, state.notifier(), queued.take());
+            let acquiring = self.backend().acquire(request);
+            let acquired = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline + WAIT_LIMIT_GRACE, acquiring)
+                    .await
+                    .map_err(|_| timeout())??,
+                None => acquiring.await?,
+            };
+            if let Some(acquired) = self.fresh(&key, options, acquired, &state, deadline).await {
+                return Ok(self.guard(key, options, acquired, state));
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(timeout());
+            }
+        }
     }
 
     /// Like [`Locker::try_acquire`], with the given options.
@@ -155,8 +164,43 @@ impl Locker {
         options.validate()?;
         let state = LeaseState::new();
         let request = AcquireRequest::new(&key, options, None, state.notifier(), None);
-        let acquired = self.backend().try_acquire(request).await?;
-        Ok(acquired.map(|acquired| self.guard(key, options, acquired, state)))
+        let Some(acquired) = self.backend().try_acquire(request).await? else {
+            return Ok(None);
+        };
+        let fresh = self.fresh(&key, options, acquired, &state, None).await;
+        Ok(fresh.map(|acquired| self.guard(key, options, acquired, state)))
+    }
+
+    /// `acquired`, unless its lease already ran out on this process's clock: a grant that
+    /// arrived while the process was stopped, or that took longer to confirm than the lease.
+    /// Such a lock may already be someone else's, so it is never handed out; it is given back
+    /// (owner-checked, waiting no longer than `deadline`) so that nobody waits on it.
+    async fn fresh(
+        &self,
+        key: &crate::LockKey,
+        options: &LockOptions,
+        acquired: crate::Acquired,
+        state: &Arc<LeaseState>,
+        deadline: Option<Instant>,
+    ) -> Option<crate::Acquired> {
+        if acquired.valid_until > Instant::now() {
+            return Some(acquired);
+        }
+        tracing::warn!(%key, token = %acquired.token, "the lock was granted with its lease already run out; giving it back");
+        state.begin_release();
+        let stale = Lease::new(key.clone(), options.clone(), acquired, Arc::clone(state));
+        let giving_back = self.backend().release(&stale);
+        let outcome = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline + WAIT_LIMIT_GRACE, giving_back)
+                .await
+                .ok(),
+            None => Some(giving_back.await),
+        };
+        if let Some(Err(error)) = outcome {
+            tracing::debug!(%key, %error, "giving back a stale grant failed; its lease ends it");
+        }
+        state.transition(|_| true, crate::lease::Status::Released);
+        None
     }
 
     fn guard(

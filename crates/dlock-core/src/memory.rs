@@ -171,10 +171,7 @@ impl LockBackend for MemoryBackend {
                 if request.deadline.is_some_and(|deadline| now >= deadline) {
                     // `place` drops after the table lock is released and leaves the line.
                     drop(table);
-                    return Err(LockError::Timeout {
-                        key: request.key.to_string(),
-                        waited: request.options.wait.unwrap_or_default(),
-                    });
+                    return Err(request.timeout());
                 }
                 let place = match &mut place {
                     Some(place) => place,
@@ -233,9 +230,7 @@ impl LockBackend for MemoryBackend {
                 holder.expires_at = now + ttl;
                 Ok(now + ttl)
             }
-            None => Err(LockError::NotHeld {
-                key: lease.key().to_string(),
-            }),
+            None => Err(lease.not_held()),
         }
     }
 
@@ -245,9 +240,7 @@ impl LockBackend for MemoryBackend {
         table.check_reachable()?;
         let now = Instant::now();
         if table.owned_holder(record, now).is_none() {
-            return Err(LockError::NotHeld {
-                key: lease.key().to_string(),
-            });
+            return Err(lease.not_held());
         }
         let entry = table.keys.get_mut(&record.name).expect("holder's entry");
         entry.holder = None;
@@ -469,9 +462,7 @@ fn entry_name(prefix: &str, key: &LockKey) -> String {
 }
 
 fn record(lease: &Lease) -> Result<&MemoryRecord> {
-    lease
-        .record::<MemoryRecord>()
-        .ok_or_else(|| LockError::protocol("memory", "the lease was not taken by a memory backend"))
+    lease.record_of::<MemoryRecord>("memory")
 }
 
 fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

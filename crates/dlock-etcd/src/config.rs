@@ -149,8 +149,8 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
     let http = if tls { "https" } else { "http" };
     config.endpoints = url.hosts.iter().map(|h| format!("{http}://{h}")).collect();
     let mut tls_files = TlsFiles::default();
-    for (name, value) in &url.params {
-        match name.as_str() {
+    for (name, value) in url.backend_params() {
+        match name {
             "prefix" | "namespace" => {
                 if value.chars().any(char::is_control) {
                     return Err(url.invalid("the prefix contains a control character"));
@@ -166,7 +166,7 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
             "ca" => tls_files.ca = Some(value.into()),
             "cert" => tls_files.cert = Some(value.into()),
             "key" => tls_files.key = Some(value.into()),
-            "domain" => tls_files.domain = Some(value.clone()),
+            "domain" => tls_files.domain = Some(value.to_owned()),
             other => return Err(url.unknown_param(other, KNOWN_PARAMS)),
         }
     }

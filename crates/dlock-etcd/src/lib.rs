@@ -40,6 +40,9 @@ pub use config::{Credentials, EtcdConfig, TlsFiles, DEFAULT_PORT};
 pub use etcd_client;
 
 use dlock_core::LockError;
+/// The URL schemes this crate's [`connect`] takes: `etcd://` and `etcds://` (TLS). The `dlock` facade
+/// routes these to this crate.
+pub const SCHEMES: &[&str] = &["etcd", "etcds"];
 
 /// Connects to the etcd cluster of an `etcd://` or `etcds://` URL
 /// (`etcd://[user:password@]host:port[,host:port…][?prefix=…&timeout=…]`, see

@@ -8,9 +8,10 @@
 //! 3. renewing 10,000 held locks: calls, round trips and CPU time per renewal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dlock_conformance::bench;
 use dlock_core::{LockBackend, LockOptions, Locker};
 use dlock_test_servers::RedisServer;
 
@@ -51,12 +52,6 @@ fn main() {
 fn median(samples: &mut [Duration]) -> f64 {
     samples.sort_unstable();
     samples[samples.len() / 2].as_secs_f64() * 1e6
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort_unstable();
-    let index = ((samples.len() as f64 * p) as usize).min(samples.len() - 1);
-    samples[index].as_secs_f64() * 1e6
 }
 
 /// Times raw `SET NX PX` + `DEL` pairs, single-instance and Redlock acquire+release,
@@ -125,16 +120,6 @@ async fn uncontended(url: &str, redlock: &str) -> f64 {
     raw_pair / 2.0
 }
 
-#[derive(Default)]
-struct Ledger {
-    last_holder: Option<usize>,
-    released_at: Option<Instant>,
-    handoffs: usize,
-    acquisitions: usize,
-    latencies: Vec<Duration>,
-    per_client: HashMap<usize, usize>,
-}
-
 async fn handoffs(url: &str, clients: usize) {
     let addresses = addresses(url);
     let rtt_us = round_trip(&addresses[0]).await;
@@ -143,87 +128,48 @@ async fn handoffs(url: &str, clients: usize) {
         .lease(Duration::from_secs(10));
     let mut lockers = Vec::new();
     for _ in 0..clients {
-        lockers.push(
-            Locker::new(dlock_redis::connect(url).await.expect("connect"))
-                .with_options(options.clone())
-                .expect("options"),
-        );
+        lockers.push(Locker::new(
+            dlock_redis::connect(url).await.expect("connect"),
+        ));
     }
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stats_before = command_stats_all(&addresses).await;
-    let stop_at = Instant::now() + HANDOFF_RUN;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (id, locker) in lockers.into_iter().enumerate() {
-        let ledger = Arc::clone(&ledger);
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < stop_at {
-                let guard = locker.acquire("hot").await.expect("acquire");
-                {
-                    let mut ledger = ledger.lock().unwrap();
-                    ledger.acquisitions += 1;
-                    *ledger.per_client.entry(id).or_default() += 1;
-                    if ledger.last_holder.is_some_and(|last| last != id) {
-                        ledger.handoffs += 1;
-                        if let Some(released) = ledger.released_at {
-                            ledger.latencies.push(released.elapsed());
-                        }
-                    }
-                    ledger.last_holder = Some(id);
-                    ledger.released_at = Some(Instant::now());
-                }
-                guard.release().await.expect("release");
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("client task");
-    }
-    let elapsed = started.elapsed();
+    let run = bench::contended(&lockers, &options, 1, HANDOFF_RUN, &|_| {})
+        .await
+        .expect("handoffs");
     let stats_after = command_stats_all(&addresses).await;
-    let commands: u64 = stats_after
+    let by_command: Vec<(String, u64)> = stats_after
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
-        .map(|(name, calls)| calls - stats_before.get(name).copied().unwrap_or(0))
-        .sum();
-    let mut ledger = ledger.lock().unwrap();
-    let handoffs = ledger.handoffs.max(1);
-    let p50 = percentile(&mut ledger.latencies, 0.5);
-    let p99 = percentile(&mut ledger.latencies, 0.99);
-    let even = ledger.acquisitions as f64 / clients as f64;
-    let worst_share = ledger
-        .per_client
-        .values()
-        .map(|n| (*n as f64 - even).abs() / even)
-        .fold(0.0, f64::max);
+        .map(|(name, calls)| {
+            let before = stats_before.get(name).copied().unwrap_or(0);
+            (name.clone(), calls - before)
+        })
+        .filter(|(_, calls)| *calls > 0)
+        .collect();
+    let commands: u64 = by_command.iter().map(|(_, calls)| calls).sum();
+    let handoffs = run.handoff.len().max(1);
+    let p50 = run.handoff.value_at_quantile(0.5) as f64;
+    let p99 = run.handoff.value_at_quantile(0.99) as f64;
+    let (least, most) = run.shares();
     println!("== {clients} clients on one key for {HANDOFF_RUN:?}");
     println!(
         "handoffs: {} ({:.0}/s), acquisitions: {}",
-        ledger.handoffs,
-        ledger.handoffs as f64 / elapsed.as_secs_f64(),
-        ledger.acquisitions
+        run.handoff.len(),
+        run.handoffs_per_second(),
+        run.acquisitions()
     );
     println!(
         "handoff latency (release started → next holder has it): p50 {p50:.1} µs = {:.2} round trips of {rtt_us:.1} µs, p99 {p99:.1} µs",
         p50 / rtt_us
     );
     println!(
-        "per-client share: worst deviation from even {:.1}% ({} of {clients} clients served)",
-        worst_share * 100.0,
-        ledger.per_client.len()
+        "per-client share: {:.0}% … {:.0}% of even",
+        least * 100.0,
+        most * 100.0
     );
     println!(
-        "Redis commands: {commands} = {:.2} per handoff; by command: {:?}",
+        "Redis commands: {commands} = {:.2} per handoff; by command: {by_command:?}",
         commands as f64 / handoffs as f64,
-        stats_after
-            .iter()
-            .filter(|(name, _)| name.as_str() != "info")
-            .map(|(name, calls)| (
-                name.clone(),
-                calls - stats_before.get(name).copied().unwrap_or(0)
-            ))
-            .filter(|(_, calls)| *calls > 0)
-            .collect::<Vec<_>>()
     );
 }
 

@@ -153,9 +153,9 @@ impl RedisConfig {
                     .map_err(|_| parsed.invalid(format!("the database `{db}` is not a number")))?
             }
         }
-        for (name, value) in &parsed.params {
-            match name.as_str() {
-                "prefix" => config.namespace = value.clone(),
+        for (name, value) in parsed.backend_params() {
+            match name {
+                "prefix" => config.namespace = value.to_owned(),
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 "response_timeout" => config.response_timeout = parsed.duration(name, value)?,
                 "retry_limit" => config.retry_limit = parsed.duration(name, value)?,

@@ -53,6 +53,9 @@ mod tls;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};
+/// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS), `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS). The `dlock` facade
+/// routes these to this crate.
+pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+redlock", "rediss+redlock"];
 
 /// Connects to the Redis instance(s) named by `url`: `redis://[user:password@]host:port[/db]`,
 /// `rediss://…` (TLS), `redis+redlock://host1:port,host2:port,host3:port` (see

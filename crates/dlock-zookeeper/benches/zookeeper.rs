@@ -8,9 +8,9 @@
 //!
 //! `CARGO_TARGET_DIR=… cargo bench -p dlock-zookeeper --bench zookeeper`
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dlock_conformance::bench;
 use dlock_core::{LockOptions, Locker};
 use dlock_test_servers::ZooKeeperServer;
 use dlock_zookeeper::zookeeper_client::{
@@ -108,65 +108,34 @@ async fn contention(server: &ZooKeeperServer, clients: usize) {
     for _ in 0..clients {
         lockers.push(locker(server, Duration::from_secs(20), &prefix).await);
     }
+    let options = lockers[0].options().clone();
     // Warm-up round so every key node and session exists.
-    lockers[0]
-        .acquire("k")
+    bench::uncontended(&lockers[0], &options, 1)
         .await
-        .expect("acquire")
-        .release()
-        .await
-        .expect("release");
+        .expect("warm-up");
     let zxid_before = zxid(server);
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let stop = Instant::now() + CONTENTION_TIME;
-    let mut tasks = Vec::new();
-    for locker in lockers {
-        let (released_at, handoffs) = (Arc::clone(&released_at), Arc::clone(&handoffs));
-        tasks.push(tokio::spawn(async move {
-            let mut count = 0usize;
-            while Instant::now() < stop {
-                let guard = locker.acquire("k").await.expect("acquire");
-                if let Some(released) = released_at.lock().unwrap().take() {
-                    handoffs.lock().unwrap().push(released.elapsed());
-                }
-                count += 1;
-                *released_at.lock().unwrap() = Some(Instant::now());
-                guard.release().await.expect("release");
-            }
-            count
-        }));
-    }
-    let mut counts = Vec::new();
-    for task in tasks {
-        counts.push(task.await.expect("client task"));
-    }
-    let elapsed = CONTENTION_TIME.as_secs_f64();
+    let run = bench::contended(&lockers, &options, 1, CONTENTION_TIME, &|_| {})
+        .await
+        .expect("contention");
     let writes = zxid(server) - zxid_before;
-    let total: usize = counts.iter().sum();
-    let mut handoffs = handoffs.lock().unwrap().clone();
-    handoffs.sort_unstable();
-    let even = total as f64 / clients as f64;
-    let (min, max) = (
-        *counts.iter().min().unwrap() as f64,
-        *counts.iter().max().unwrap() as f64,
-    );
+    let (least, most) = run.shares();
     println!("\n== {clients} clients contending for one key for {CONTENTION_TIME:?}");
     println!(
-        "acquisitions: {total} = {:.0}/s; writes (zxids) per acquisition: {:.2}",
-        total as f64 / elapsed,
-        writes as f64 / total as f64
+        "acquisitions: {} = {:.0}/s; writes (zxids) per acquisition: {:.2}",
+        run.acquisitions(),
+        run.acquisitions_per_second(),
+        writes as f64 / run.acquisitions().max(1) as f64
     );
     println!(
-        "handoff latency (release start -> next acquired): p50 {:?}, p99 {:?}, max {:?}",
-        percentile(&handoffs, 0.50),
-        percentile(&handoffs, 0.99),
-        handoffs.last().copied().unwrap_or_default()
+        "handoff latency (release start -> next acquired): p50 {}, p99 {}, max {}",
+        bench::micros(run.handoff.value_at_quantile(0.50)),
+        bench::micros(run.handoff.value_at_quantile(0.99)),
+        bench::micros(run.handoff.max())
     );
     println!(
-        "per-client share: min {:.0}% max {:.0}% of even ({even:.1} each)",
-        100.0 * min / even,
-        100.0 * max / even
+        "per-client share: min {:.0}% max {:.0}% of even",
+        100.0 * least,
+        100.0 * most
     );
 }
 
@@ -230,7 +199,7 @@ async fn many_keys(server: &ZooKeeperServer) {
     let packets_before = packets_received(server);
     tokio::time::sleep(quiet).await;
     let idle_packets = packets_received(server) - packets_before;
-    let rss_before = rss_kib();
+    let rss_before = bench::rss_kib();
     let started = Instant::now();
     let mut guards = Vec::with_capacity(MANY_KEYS);
     for chunk in (0..MANY_KEYS).collect::<Vec<_>>().chunks(200) {
@@ -240,7 +209,7 @@ async fn many_keys(server: &ZooKeeperServer) {
         }
     }
     let took = started.elapsed();
-    let rss_held = rss_kib();
+    let rss_held = bench::rss_kib();
     let packets_before = packets_received(server);
     tokio::time::sleep(quiet).await;
     let packets = packets_received(server) - packets_before;
@@ -264,13 +233,6 @@ async fn many_keys(server: &ZooKeeperServer) {
     );
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// The server's last zxid: one per write.
 fn zxid(server: &ZooKeeperServer) -> u64 {
     let answer = server.command("srvr").expect("srvr");
@@ -288,16 +250,4 @@ fn packets_received(server: &ZooKeeperServer) -> u64 {
         .find_map(|line| line.strip_prefix("zk_packets_received"))
         .and_then(|value| value.trim().parse().ok())
         .expect("zk_packets_received")
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -109,7 +109,11 @@ impl ZooKeeperBackend {
     }
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
-        let dir = paths::lock_dir(&request.options.prefix, request.key)?;
+        let dir = paths::lock_dir(
+            &self.shared.config.namespace,
+            &request.options.prefix,
+            request.key,
+        )?;
         let mut backoff = retry_backoff();
         loop {
             let session = match self.shared.session().await {

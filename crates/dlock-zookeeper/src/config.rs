@@ -36,6 +36,9 @@ pub struct ZooKeeperConfig {
     pub hosts: Vec<String>,
     /// The node every path of this client lives under (`/app`), created if missing.
     pub chroot: Option<String>,
+    /// A namespace (`/`-separated segments) every lock is put under, before the lock options'
+    /// own prefix: `?prefix=` in the URL, as for every backend.
+    pub namespace: String,
     /// The session timeout asked for: the lease of every lock the client holds. The server
     /// may grant a different one (its `minSessionTimeout`/`maxSessionTimeout`); the granted
     /// one is used.
@@ -85,6 +88,7 @@ impl ZooKeeperConfig {
         ZooKeeperConfig {
             hosts: hosts.into_iter().map(Into::into).collect(),
             chroot: None,
+            namespace: String::new(),
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             auth: None,
@@ -98,8 +102,9 @@ impl ZooKeeperConfig {
     }
 
     /// Parses `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?query]`
-    /// (alias `zk://`). Query parameters: `session_timeout` and `connect_timeout`
-    /// (humantime durations such as `10s` or `500ms`).
+    /// (alias `zk://`). Query parameters: `prefix` (the key namespace), `session_timeout`
+    /// and `connect_timeout` (humantime durations such as `10s` or `500ms`); the lock options
+    /// (`lease`, `wait`, … see [`BackendUrl::lock_options`]) are left to the locker.
     ///
     /// Bad URLs give [`LockError::InvalidUrl`] with the password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
@@ -123,12 +128,14 @@ impl ZooKeeperConfig {
         } else if parsed.password.is_some() {
             return Err(parsed.invalid("the user name is empty"));
         }
-        for (name, value) in &parsed.params {
-            match name.as_str() {
+        for (name, value) in parsed.backend_params() {
+            match name {
+                "prefix" => config.namespace = value.trim_matches('/').to_owned(),
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 other => {
-                    return Err(parsed.unknown_param(other, &["session_timeout", "connect_timeout"]))
+                    return Err(parsed
+                        .unknown_param(other, &["prefix", "session_timeout", "connect_timeout"]))
                 }
             }
         }
@@ -156,6 +163,11 @@ impl ZooKeeperConfig {
         if self.connect_timeout.is_zero() {
             return Err(LockError::invalid_options("connect timeout is zero"));
         }
+        if self.namespace.chars().any(char::is_control) {
+            return Err(LockError::invalid_options(
+                "the prefix contains a control character",
+            ));
+        }
         Ok(())
     }
 
@@ -171,6 +183,7 @@ impl fmt::Debug for ZooKeeperConfig {
         f.debug_struct("ZooKeeperConfig")
             .field("hosts", &self.hosts)
             .field("chroot", &self.chroot)
+            .field("namespace", &self.namespace)
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth)

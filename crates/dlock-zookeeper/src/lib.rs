@@ -63,6 +63,9 @@ pub use zookeeper_client;
 pub use config::{
     DigestAuth, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT,
 };
+/// The URL schemes this crate's [`connect`] takes: `zookeeper://` and its alias `zk://`. The `dlock` facade
+/// routes these to this crate.
+pub const SCHEMES: &[&str] = &["zookeeper", "zk"];
 
 /// Connects to the ZooKeeper ensemble a `zookeeper://` or `zk://` URL names.
 ///

@@ -17,10 +17,12 @@ const KEY_MARK: &str = "lock=";
 /// What separates the attempt id from the server's sequence number in a lock node's name.
 const SEQUENCE_MARK: &str = "-lock-";
 
-/// The node under which the contenders for `key` line up.
-pub(crate) fn lock_dir(prefix: &str, key: &LockKey) -> Result<String> {
-    let mut path = String::with_capacity(prefix.len() + key.as_str().len() + 16);
-    for segment in prefix.split('/').filter(|segment| !segment.is_empty()) {
+/// The node under which the contenders for `key` line up, below the client's `namespace`
+/// (the URL's `prefix`) and the lock options' `prefix`.
+pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<String> {
+    let mut path = String::with_capacity(namespace.len() + prefix.len() + key.as_str().len() + 16);
+    let segments = namespace.split('/').chain(prefix.split('/'));
+    for segment in segments.filter(|segment| !segment.is_empty()) {
         let segment = LockKey::new(segment)
             .map_err(|error| LockError::invalid_options(format!("key prefix: {error}")))?
             .path_segment();
@@ -86,17 +88,23 @@ mod tests {
 
     #[test]
     fn prefixes_and_keys_map_to_distinct_nodes() {
-        assert_eq!(lock_dir("dlock", &key("a/b")).unwrap(), "/dlock/lock=a%2Fb");
-        assert_eq!(lock_dir("", &key("k")).unwrap(), "/lock=k");
-        assert_eq!(lock_dir("a//b/", &key("k")).unwrap(), "/a/b/lock=k");
         assert_eq!(
-            lock_dir("zookeeper", &key("k")).unwrap(),
+            lock_dir("", "dlock", &key("a/b")).unwrap(),
+            "/dlock/lock=a%2Fb"
+        );
+        assert_eq!(lock_dir("", "", &key("k")).unwrap(), "/lock=k");
+        assert_eq!(lock_dir("", "a//b/", &key("k")).unwrap(), "/a/b/lock=k");
+        assert_eq!(
+            lock_dir("", "zookeeper", &key("k")).unwrap(),
             "/%7Aookeeper/lock=k"
         );
-        assert_eq!(lock_dir("..", &key("..")).unwrap(), "/%2E%2E/lock=%2E%2E");
+        assert_eq!(
+            lock_dir("", "..", &key("..")).unwrap(),
+            "/%2E%2E/lock=%2E%2E"
+        );
         assert_ne!(
-            lock_dir("a/b", &key("k")).unwrap(),
-            lock_dir("a", &key("b/k")).unwrap()
+            lock_dir("", "a/b", &key("k")).unwrap(),
+            lock_dir("", "a", &key("b/k")).unwrap()
         );
     }
 

@@ -1,7 +1,7 @@
 //! # Choosing a backend
 //!
 //! Every backend keeps the same contract (mutual exclusion, fencing tokens, keepalive, loss
-//! signals, safe release, bounded waits; the project's `SEMANTICS.md`) and passes the same
+//! signals, safe release, bounded waits; [`crate::contract`]) and passes the same
 //! conformance suite on a real server. They differ in what they assume and in what happens
 //! when the server fails.
 //!

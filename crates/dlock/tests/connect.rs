@@ -53,3 +53,40 @@ async fn a_scheme_whose_feature_is_off_names_the_feature() {
     let error = dlock::connect("redis://127.0.0.1:6379").await.unwrap_err();
     assert!(error.to_string().contains("feature"), "{error}");
 }
+
+/// Every scheme a backend crate owns is routed to it: a closed port gives the backend's
+/// connection error, never "unknown scheme".
+#[tokio::test]
+async fn every_backend_scheme_reaches_its_backend() {
+    let closed = "127.0.0.1:1";
+    #[allow(unused_mut)]
+    let mut urls: Vec<String> = Vec::new();
+    #[cfg(feature = "redis")]
+    for scheme in dlock::redis::SCHEMES {
+        let hosts = if scheme.ends_with("redlock") {
+            format!("{closed},127.0.0.1:2,127.0.0.1:3")
+        } else {
+            closed.to_owned()
+        };
+        urls.push(format!("{scheme}://{hosts}?connect_timeout=200ms&lease=5s"));
+    }
+    #[cfg(feature = "zookeeper")]
+    for scheme in dlock::zookeeper::SCHEMES {
+        urls.push(format!(
+            "{scheme}://{closed}?connect_timeout=200ms&prefix=p&wait=1s"
+        ));
+    }
+    #[cfg(feature = "etcd")]
+    for scheme in dlock::etcd::SCHEMES {
+        urls.push(format!(
+            "{scheme}://{closed}?connect_timeout=200ms&keepalive=false"
+        ));
+    }
+    for url in urls {
+        let outcome = dlock::connect(&url).await;
+        assert!(
+            matches!(outcome, Err(LockError::Connection { .. })),
+            "{url}: {outcome:?}"
+        );
+    }
+}

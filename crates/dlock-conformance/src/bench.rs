@@ -1,0 +1,275 @@
+//! The workloads every dlock benchmark runs, written once: `dlock bench` and each backend
+//! crate's `cargo bench` measure the same things the same way, so their numbers compare.
+//!
+//! Latencies are recorded in microseconds in HDR histograms; read them against the same
+//! server's round trip ([`round_trips`]) measured in the same run.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dlock_core::LockError> {
+//! use std::time::Duration;
+//! use dlock_conformance::bench;
+//! use dlock_core::{LockOptions, Locker, MemoryServer};
+//!
+//! let server = MemoryServer::new();
+//! let clients: Vec<Locker> = (0..4).map(|_| Locker::new(server.client())).collect();
+//! let options = LockOptions::default().prefix("bench-doc");
+//! let alone = bench::uncontended(&clients[0], &options, 50).await?;
+//! let run = bench::contended(&clients, &options, 1, Duration::from_millis(100), &|_| {}).await?;
+//! println!("uncontended p50 {} µs, {:.0} handoffs/s", alone.value_at_quantile(0.5), run.handoffs_per_second());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dlock_core::{Lease, LockError, LockOptions, Locker};
+pub use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// The server round trip the backend's lock operations travel (`LockBackend::ping`), `samples`
+/// times; `None` if the backend cannot measure it.
+pub async fn round_trips(
+    client: &Locker,
+    samples: usize,
+) -> Result<Option<Histogram<u64>>, LockError> {
+    let mut histogram = histogram();
+    for _ in 0..samples {
+        match client.backend().ping().await {
+            Ok(rtt) => record(&mut histogram, rtt),
+            Err(LockError::Unsupported { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Some(histogram))
+}
+
+/// `rounds` acquire + release pairs of a key nobody else wants.
+pub async fn uncontended(
+    client: &Locker,
+    options: &LockOptions,
+    rounds: usize,
+) -> Result<Histogram<u64>, LockError> {
+    let mut histogram = histogram();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let guard = client.acquire_with("uncontended", options).await?;
+        guard.release().await?;
+        record(&mut histogram, started.elapsed());
+    }
+    Ok(histogram)
+}
+
+/// What [`contended`] measured.
+#[derive(Debug, Clone)]
+pub struct Contended {
+    /// From asking for a lock to holding it.
+    pub acquire: Histogram<u64>,
+    /// From one holder starting its release to another client holding the lock.
+    pub handoff: Histogram<u64>,
+    /// Acquisitions per client, in the order the clients were given.
+    pub per_client: Vec<u64>,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl Contended {
+    /// Acquisitions by every client.
+    pub fn acquisitions(&self) -> u64 {
+        self.per_client.iter().sum()
+    }
+
+    /// Acquisitions per second.
+    pub fn acquisitions_per_second(&self) -> f64 {
+        self.acquisitions() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Handoffs (a lock passing from one client to another) per second.
+    pub fn handoffs_per_second(&self) -> f64 {
+        self.handoff.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The least and the most any client got, as fractions of an even share.
+    pub fn shares(&self) -> (f64, f64) {
+        let even = self.acquisitions() as f64 / self.per_client.len().max(1) as f64;
+        if even == 0.0 {
+            return (0.0, 0.0);
+        }
+        let least = self.per_client.iter().min().copied().unwrap_or(0) as f64;
+        let most = self.per_client.iter().max().copied().unwrap_or(0) as f64;
+        (least / even, most / even)
+    }
+}
+
+/// Every client loops acquire → release over `keys` keys (`k0` … under `options.prefix`)
+/// until `duration` ends, starting at different keys; `progress` is told the running total
+/// of acquisitions about every 100 ms.
+pub async fn contended(
+    clients: &[Locker],
+    options: &LockOptions,
+    keys: u32,
+    duration: Duration,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Contended, LockError> {
+    let keys = keys.max(1);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let last_release: Arc<Mutex<HashMap<u32, (usize, Instant)>>> = Arc::default();
+    let total = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(clients.len());
+    for (index, client) in clients.iter().enumerate() {
+        let (client, options) = (client.clone(), options.clone());
+        let (last_release, total) = (Arc::clone(&last_release), Arc::clone(&total));
+        tasks.push(tokio::spawn(async move {
+            let (mut acquire, mut handoff, mut count) = (histogram(), histogram(), 0u64);
+            let mut key = index as u32 % keys;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let wait = options.clone().wait(deadline - now);
+                let guard = match client.acquire_with(format!("k{key}"), &wait).await {
+                    Ok(guard) => guard,
+                    Err(LockError::Timeout { .. }) => break,
+                    Err(error) => return Err(error),
+                };
+                let acquired = Instant::now();
+                record(&mut acquire, acquired - now);
+                {
+                    let mut releases = dlock_core::support::lock(&last_release);
+                    if let Some((holder, released)) = releases.get(&key) {
+                        if *holder != index {
+                            record(&mut handoff, acquired.saturating_duration_since(*released));
+                        }
+                    }
+                    releases.insert(key, (index, Instant::now()));
+                }
+                guard.release().await?;
+                count += 1;
+                total.fetch_add(1, Ordering::Relaxed);
+                key = (key + 1) % keys;
+            }
+            Ok::<_, LockError>((acquire, handoff, count))
+        }));
+    }
+    let collecting = async {
+        let (mut acquire, mut handoff, mut per_client) = (histogram(), histogram(), Vec::new());
+        let mut failure = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok((a, h, count))) => {
+                    acquire.add(a).ok();
+                    handoff.add(h).ok();
+                    per_client.push(count);
+                }
+                Ok(Err(error)) => failure = Some(error),
+                Err(panic) => failure = Some(LockError::backend("bench", panic.to_string())),
+            }
+        }
+        (acquire, handoff, per_client, failure)
+    };
+    let mut collecting = std::pin::pin!(collecting);
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let (acquire, handoff, per_client, failure) = loop {
+        tokio::select! {
+            collected = &mut collecting => break collected,
+            _ = ticks.tick() => progress(total.load(Ordering::Relaxed)),
+        }
+    };
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(Contended {
+        acquire,
+        handoff,
+        per_client,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What [`many_keys`] measured.
+#[derive(Debug, Clone)]
+pub struct ManyKeys {
+    /// How many locks one client held.
+    pub count: usize,
+    /// How long taking them took.
+    pub taken_in: Duration,
+    /// How much this process's resident memory grew while taking them, in KiB.
+    pub memory_kib: u64,
+    /// How long one `renew` of all of them took.
+    pub renewed_in: Duration,
+    /// How long releasing them took.
+    pub released_in: Duration,
+}
+
+/// One client takes `count` keys (`many/0` …), 200 at a time, renews them all in one
+/// `renew` call, then releases them.
+pub async fn many_keys(
+    client: &Locker,
+    options: &LockOptions,
+    count: usize,
+) -> Result<ManyKeys, LockError> {
+    let memory_before = rss_kib();
+    let started = Instant::now();
+    let mut guards = Vec::with_capacity(count);
+    for first in (0..count).step_by(200) {
+        let batch = first..(first + 200).min(count);
+        let taken = futures::future::join_all(
+            batch.map(|i| client.try_acquire_with(format!("many/{i}"), options)),
+        )
+        .await;
+        for guard in taken {
+            guards.push(guard?.ok_or_else(|| LockError::backend("bench", "a fresh key was held"))?);
+        }
+    }
+    let taken_in = started.elapsed();
+    let memory_kib = rss_kib().saturating_sub(memory_before);
+    let leases: Vec<&Lease> = guards.iter().map(|guard| guard.lease()).collect();
+    let started = Instant::now();
+    client.backend().renew(&leases).await?;
+    let renewed_in = started.elapsed();
+    let started = Instant::now();
+    while !guards.is_empty() {
+        let batch: Vec<_> = guards.drain(..guards.len().min(200)).collect();
+        for released in futures::future::join_all(batch.into_iter().map(|g| g.release())).await {
+            released?;
+        }
+    }
+    Ok(ManyKeys {
+        count,
+        taken_in,
+        memory_kib,
+        renewed_in,
+        released_in: started.elapsed(),
+    })
+}
+
+/// An empty histogram of microseconds, from 1 µs to an hour, three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records `elapsed` in `histogram`, in microseconds.
+pub fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    histogram.saturating_record(elapsed.as_micros().max(1) as u64);
+}
+
+/// `micros` for people: `850 µs`, `12.3 ms`.
+pub fn micros(micros: u64) -> String {
+    if micros >= 10_000 {
+        format!("{:.1} ms", micros as f64 / 1000.0)
+    } else {
+        format!("{micros} µs")
+    }
+}
+
+/// This process's resident memory, in KiB (0 where `/proc` cannot tell).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
