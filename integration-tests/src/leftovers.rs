@@ -2,7 +2,9 @@
 //! dlock): after every client went idle, a correct backend leaves no lock, queue entry or
 //! lock node behind.
 //!
-//! The prefix must be plain (`A-Za-z0-9`, `-`, `_`) so that no backend escapes it.
+//! The prefix must be plain (`A-Za-z0-9`, `-`, `_`) so that no backend escapes it, and
+//! unique to the run: whatever sits around it in a backend's layout (a namespace, the lock
+//! options' prefix), every name containing it is the run's.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use std::time::Duration;
 pub async fn redis_leftovers(address: &str, prefix: &str) -> Result<Vec<String>, String> {
     check_prefix(prefix);
     let address = address.to_owned();
-    let pattern = format!("dlock:{{*|{prefix}/*");
+    let pattern = format!("dlock:*{prefix}*");
     tokio::task::spawn_blocking(move || {
         use redis::Commands;
         let client = redis::Client::open(format!("redis://{address}")).map_err(text)?;
@@ -30,7 +32,7 @@ pub async fn redis_leftovers(address: &str, prefix: &str) -> Result<Vec<String>,
     .map_err(text)?
 }
 
-/// The lock nodes (`_c_…`) ZooKeeper holds anywhere under `/prefix`.
+/// The lock nodes (`_c_…`) ZooKeeper holds anywhere on a path through a `prefix` node.
 pub async fn zookeeper_leftovers(address: &str, prefix: &str) -> Result<Vec<String>, String> {
     check_prefix(prefix);
     let client = tokio::time::timeout(
@@ -41,17 +43,23 @@ pub async fn zookeeper_leftovers(address: &str, prefix: &str) -> Result<Vec<Stri
     .map_err(text)?
     .map_err(text)?;
     let mut leftovers = Vec::new();
-    let mut pending = vec![format!("/{prefix}")];
+    let mut pending = vec![String::new()];
     while let Some(path) = pending.pop() {
-        let children = match client.list_children(&path).await {
+        let listed = if path.is_empty() { "/" } else { path.as_str() };
+        let children = match client.list_children(listed).await {
             Ok(children) => children,
             Err(zookeeper_client::Error::NoNode) => continue,
             Err(error) => return Err(format!("listing {path}: {error}")),
         };
         for child in children {
             let child_path = format!("{path}/{child}");
+            if child_path == "/zookeeper" {
+                continue;
+            }
             if child.starts_with("_c_") {
-                leftovers.push(child_path);
+                if child_path.contains(prefix) {
+                    leftovers.push(child_path);
+                }
             } else {
                 pending.push(child_path);
             }
@@ -60,7 +68,8 @@ pub async fn zookeeper_leftovers(address: &str, prefix: &str) -> Result<Vec<Stri
     Ok(leftovers)
 }
 
-/// Every key etcd holds under `prefix/` (each is a contender's entry in a lock's line).
+/// Every key etcd holds whose name contains `prefix` (each is a contender's entry in a
+/// lock's line).
 pub async fn etcd_leftovers(address: &str, prefix: &str) -> Result<Vec<String>, String> {
     check_prefix(prefix);
     let mut client = tokio::time::timeout(

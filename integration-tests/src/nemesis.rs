@@ -192,26 +192,31 @@ impl WorkloadRun {
             .collect()
     }
 
-    /// The clients waiting in acquire by the history now (started, not yet acquired).
+    /// The clients waiting in acquire by the history now (started, not yet acquired), the
+    /// longest waiting first: for FIFO backends, their order in the line.
     pub fn waiting(&self) -> Vec<usize> {
         let events = self.events();
-        let mut waiting: HashMap<&str, bool> = HashMap::new();
+        let mut waiting_since: HashMap<&str, Option<u64>> = HashMap::new();
         for event in &events {
             match event.kind {
                 EventKind::Start => {
-                    waiting.insert(&event.client, true);
+                    waiting_since.insert(&event.client, Some(event.micros));
                 }
                 EventKind::Acquired | EventKind::Failed | EventKind::Idle => {
-                    waiting.insert(&event.client, false);
+                    waiting_since.insert(&event.client, None);
                 }
                 _ => {}
             }
         }
-        (0..self.clients.len())
-            .filter(|&i| {
-                self.clients[i].alive && waiting.get(self.clients[i].name.as_str()) == Some(&true)
+        let mut waiting: Vec<(u64, usize)> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].alive)
+            .filter_map(|i| {
+                let since = (*waiting_since.get(self.clients[i].name.as_str())?)?;
+                Some((since, i))
             })
-            .collect()
+            .collect();
+        waiting.sort();
+        waiting.into_iter().map(|(_, i)| i).collect()
     }
 
     /// Waits (polling the history every 20 ms) until `pick` names a client, up to `limit`.
