@@ -15,6 +15,12 @@
 //! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
 //! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
 //! binary; the kernel kills them if it dies and an exit hook removes their files.
+//!
+//! The fault harness lives here too: [`FaultProxy`] (network faults per client link),
+//! [`cancel_at_poll`] (cancellation at a chosen await point), the workload
+//! ([`run_client`], the `dlock-workload` binary, [`WorkloadRun`] to run and hurt several of
+//! them), the history they write ([`HistoryWriter`]), the [`check`]er, and readers of what a
+//! server still holds ([`redis_leftovers`] and friends).
 #![deny(missing_docs)]
 
 mod cancel;

@@ -287,6 +287,31 @@ fn holder_pauses(target: &Target) -> Report {
     stop_and_finish(run, target)
 }
 
+/// Holders that stay inside for 1.2 leases (renewed in the background), stopped a third of
+/// a lease after entering for 0.6, 0.7 and 0.8 of a lease (issue 9 item 5: the guard notices
+/// the loss on its own clock while the server kept the session, and what the server still
+/// holds must not block the line).
+fn long_holder_pauses(target: &Target) -> Report {
+    let mut run = WorkloadRun::new(WORKLOAD);
+    for _ in 0..3 {
+        run.spawn(&ClientSpec {
+            hold: target.lease.mul_f64(1.2),
+            ..target.spec_until_stopped(&target.addresses)
+        });
+    }
+    for factor in [0.6, 0.7, 0.8] {
+        let holder = run
+            .wait_for(FIND, WorkloadRun::inside)
+            .expect("a holder to pause");
+        std::thread::sleep(target.lease / 3);
+        run.pause(holder);
+        std::thread::sleep(target.lease.mul_f64(factor));
+        run.resume(holder);
+        wait_for_acquisition(&run, FIND);
+    }
+    stop_and_finish(run, target)
+}
+
 /// A waiter stopped for 1.5 leases while others take the lock, then continued (issue 9
 /// item 6: it must not run on a grant that expired while it was stopped).
 fn waiter_paused_past_lease(target: &Target) -> Report {
@@ -757,6 +782,12 @@ fn redis_waiter_paused_past_lease() {
 }
 
 #[test]
+fn redis_long_holder_pauses() {
+    let (_server, target) = redis("redis-long-pause");
+    long_holder_pauses(&target);
+}
+
+#[test]
 fn redis_kills() {
     let (_server, target) = redis("redis-kill");
     kills(&target);
@@ -874,6 +905,12 @@ fn zookeeper_waiter_paused_past_lease() {
 }
 
 #[test]
+fn zookeeper_long_holder_pauses() {
+    let (_server, target) = zookeeper("zk-long-pause");
+    long_holder_pauses(&target);
+}
+
+#[test]
 fn zookeeper_kills() {
     let (_server, target) = zookeeper("zk-kill");
     kills(&target);
@@ -925,6 +962,12 @@ fn etcd_holder_pauses() {
 fn etcd_waiter_paused_past_lease() {
     let (_server, target) = etcd("etcd-waiter");
     waiter_paused_past_lease(&target);
+}
+
+#[test]
+fn etcd_long_holder_pauses() {
+    let (_server, target) = etcd("etcd-long-pause");
+    long_holder_pauses(&target);
 }
 
 #[test]
