@@ -1,5 +1,5 @@
-//! The conformance suite against a real `redis-server`: a single instance, and Redlock over
-//! three independent instances.
+//! The conformance suite against a real `redis-server`: a single instance, Redlock over
+//! three independent instances, and Redlock over three of which one is frozen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -109,4 +109,38 @@ mod redlock {
     }
 
     dlock_conformance::conformance_tests!(RedisTarget::new(instances().clone()));
+}
+
+/// Redlock over three instances of which one is frozen (SIGSTOP) for the whole run: the
+/// contract holds with the majority that answers (issue 9).
+mod redlock_frozen_minority {
+    use super::*;
+
+    /// The addresses of all three, and of the two that answer (tampering from outside
+    /// skips the frozen one, which would never answer).
+    type Instances = (Vec<String>, Vec<String>);
+
+    /// Started, and the middle one frozen, on first use.
+    fn instances() -> &'static Instances {
+        static TRIO: OnceLock<(Vec<RedisServer>, Instances)> = OnceLock::new();
+        &TRIO
+            .get_or_init(|| {
+                let mut servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+                let addresses: Vec<String> = servers
+                    .iter()
+                    .map(|s| format!("127.0.0.1:{}", s.port()))
+                    .collect();
+                servers[1].process().pause();
+                let live = vec![addresses[0].clone(), addresses[2].clone()];
+                (servers, (addresses, live))
+            })
+            .1
+    }
+
+    dlock_conformance::conformance_tests!(async {
+        let (all, live) = instances().clone();
+        let mut target = RedisTarget::new(all).await;
+        target.addresses = live;
+        target
+    });
 }

@@ -521,6 +521,45 @@ backend_tests!(
     connect = dlock::etcd::connect
 );
 
+/// Regression (issue 9): Redlock over three instances, one frozen with SIGSTOP (it accepts
+/// connections but never answers): `dlock run` with a 2 s lease gets the lock from the other
+/// two, runs the command and exits 0, promptly.
+#[cfg(feature = "redis")]
+#[test]
+fn redlock_run_with_a_frozen_instance_exits_0() {
+    let mut servers: Vec<_> = (0..3)
+        .map(|_| dlock_test_servers::RedisServer::start())
+        .collect();
+    let hosts: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port()))
+        .collect();
+    let url = format!("redis+redlock://{}", hosts.join(","));
+    let key = format!("cli-redlock-frozen-{:016x}", rand_id());
+    servers[2].process().pause();
+    let started = std::time::Instant::now();
+    let mut run = dlock()
+        .args(["run", "--url", &url, "--key", &key, "--ttl", "2s", "--"])
+        .args(["sh", "-c", "sleep 3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dlock runs");
+    let code = wait(&mut run, Duration::from_secs(60));
+    servers[2].process().resume();
+    let mut errors = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().expect("stderr"), &mut errors)
+        .expect("stderr");
+    assert_eq!(code, Some(0), "{errors}");
+    // The command sleeps 3 s (more than a lease, so renewals must get through); the frozen
+    // instance's timeouts (2-4 s each) would add several seconds. 3 s of slack for a
+    // loaded 2-core machine starting a process.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 fn rand_id() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -2,13 +2,13 @@
 //! backend and how a backend uses its server.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockError, LockInfo, LockKey,
-    LockOptions, Renewal, Result,
+    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockInfo, LockKey, LockOptions,
+    Renewal, Result,
 };
 use tokio::time::Instant;
 
@@ -121,65 +121,6 @@ impl LockBackend for CountingBackend {
 
     async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
         self.renew_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.renew(leases).await
-    }
-}
-
-/// How the backend's own `acquire` ended, as [`DeadlineWitness`] saw it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AcquireEnd {
-    /// How long after the call it returned.
-    pub(crate) after: Duration,
-    /// It returned [`LockError::Timeout`].
-    pub(crate) timed_out: bool,
-}
-
-/// Delegates to `inner` and records how its `acquire` ended: returned by itself, or dropped
-/// unfinished (by the `Locker`'s safety net, say), which leaves no record.
-#[derive(Debug)]
-pub(crate) struct DeadlineWitness {
-    inner: Arc<dyn LockBackend>,
-    pub(crate) ended: Mutex<Option<AcquireEnd>>,
-}
-
-impl DeadlineWitness {
-    pub(crate) fn new(inner: Arc<dyn LockBackend>) -> Arc<Self> {
-        Arc::new(DeadlineWitness {
-            inner,
-            ended: Mutex::new(None),
-        })
-    }
-}
-
-#[async_trait]
-impl LockBackend for DeadlineWitness {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
-        self.inner.try_acquire(request).await
-    }
-
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
-        let started = Instant::now();
-        let outcome = self.inner.acquire(request).await;
-        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(AcquireEnd {
-            after: started.elapsed(),
-            timed_out: matches!(outcome, Err(LockError::Timeout { .. })),
-        });
-        outcome
-    }
-
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
-        self.inner.extend(lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        self.inner.release(lease).await
-    }
-
-    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
         self.inner.renew(leases).await
     }
 }

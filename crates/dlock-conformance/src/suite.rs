@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dlock_core::{
-    FencingToken, LockError, LockGuard, LockKey, LockOptions, Locker, WAIT_LIMIT_GRACE,
+    AcquireRequest, FencingToken, LockError, LockGuard, LockKey, LockOptions, Locker, LossNotifier,
+    WAIT_LIMIT_GRACE,
 };
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::counting::{CountingBackend, DeadlineWitness};
+use crate::counting::CountingBackend;
 use crate::ConformanceTarget;
 
 /// What "promptly" means in these tests: far above a healthy round trip, far below the
@@ -558,27 +559,31 @@ pub async fn p09_backend_acquire_honours_its_deadline(target: &dyn ConformanceTa
     let fixture = Fixture::new(target, "p09-backend-deadline").await;
     let alice = fixture.locker(LONG_LEASE).await;
     let guard = alice.acquire("k").await.expect("alice acquires");
-    let witness = DeadlineWitness::new(target.connect(LONG_LEASE).await.expect("connect"));
-    let bob = Locker::from_backend(witness.clone())
-        .with_options(fixture.options(LONG_LEASE))
-        .expect("options");
-    let wait = ms(400);
-    let outcome = bob
-        .acquire_with("k", &fixture.options(LONG_LEASE).wait(wait))
-        .await;
-    assert!(
-        matches!(outcome, Err(LockError::Timeout { .. })),
-        "{outcome:?}"
+    let bob = target.connect(LONG_LEASE).await.expect("connect");
+    let (key, wait) = (LockKey::new("k").expect("key"), ms(400));
+    let options = fixture.options(LONG_LEASE).wait(wait);
+    let started = Instant::now();
+    let request = AcquireRequest::new(
+        &key,
+        &options,
+        Some(started + wait),
+        LossNotifier::detached(),
+        None,
     );
-    let ended = *witness.ended.lock().unwrap();
-    match ended {
-        Some(end) => {
-            assert!(end.timed_out, "the backend's acquire ended without Timeout");
-            assert!(end.after >= wait, "gave up after {:?}", end.after);
+    // Called directly, without the Locker's safety net: only the backend can end the wait.
+    let outcome = tokio::time::timeout(wait + WAIT_LIMIT_GRACE, bob.acquire(request)).await;
+    match outcome {
+        Ok(Err(LockError::Timeout { .. })) => {
+            assert!(
+                started.elapsed() >= wait,
+                "gave up after {:?}",
+                started.elapsed()
+            )
         }
-        None => panic!(
+        Ok(other) => panic!("the backend's acquire ended without Timeout: {other:?}"),
+        Err(_) => panic!(
             "the backend's acquire did not return by its deadline ({wait:?}) plus \
-             {WAIT_LIMIT_GRACE:?}: only the Locker's safety net stopped it"
+             {WAIT_LIMIT_GRACE:?}"
         ),
     }
     guard.release().await.expect("release");

@@ -101,7 +101,7 @@ fn catches_acquire_that_ignores_its_deadline() {
     assert_caught(
         Flaw::IgnoresDeadline,
         |t| Box::pin(suite::p09_backend_acquire_honours_its_deadline(t)),
-        "safety net",
+        "did not return by its deadline",
     );
 }
 

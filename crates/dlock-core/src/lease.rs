@@ -48,6 +48,12 @@ pub struct LossNotifier {
 }
 
 impl LossNotifier {
+    /// A notifier for a request made outside a [`Locker`](crate::Locker): calling a backend
+    /// directly, as conformance tests and tools do. Losses it is told of reach nobody.
+    pub fn detached() -> Self {
+        LeaseState::new().notifier()
+    }
+
     /// Marks the lock lost for `reason`, unless it was already released or lost.
     pub fn notify_lost(&self, reason: LossReason) {
         self.state.mark_lost(reason);

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::EtcdConfig;
 use crate::contender::{Contender, Line};
-use crate::error::{request, BACKEND};
+use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout;
 use crate::session::Session;
 
@@ -78,9 +78,15 @@ impl EtcdBackend {
     /// and checks that a member answers.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
         let endpoint = config.endpoint_list();
+        // Every request, and above all every waiter's watch, requires the member to have a
+        // leader: a member cut off from the quorum then fails the request, and ends an open
+        // watch (etcd's leader monitor), instead of answering from its stale copy or keeping
+        // a watch that can never see the holder's key go. The waiter then looks at the queue
+        // again, through a member that has a leader if the endpoints list one.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), config.request_timeout);
+            .with_keep_alive(Duration::from_secs(10), config.request_timeout)
+            .with_require_leader(true);
         if let Some(credentials) = &config.credentials {
             options = options.with_user(credentials.user.clone(), credentials.password.clone());
         }
@@ -148,7 +154,10 @@ impl EtcdBackend {
     async fn session(&self, lease: Duration) -> Result<Arc<Session>> {
         let seconds = lease.as_secs_f64().ceil().max(1.0) as u64;
         let mut sessions = self.inner.sessions.lock().await;
-        if let Some(session) = sessions.get(&seconds).filter(|s| s.ended().is_none()) {
+        // A lease past its validity on this process's clock (after a pause, say) is given up
+        // here even if its heartbeat has not run yet: a key put under it would queue behind
+        // the keys of its own lost locks.
+        if let Some(session) = sessions.get(&seconds).filter(|s| !s.end_if_overdue()) {
             return Ok(Arc::clone(session));
         }
         let session = Session::start(
@@ -194,6 +203,31 @@ impl EtcdBackend {
         })
     }
 
+    /// One `try_acquire` under `session`.
+    async fn try_in(
+        &self,
+        request: &AcquireRequest<'_>,
+        session: &Arc<Session>,
+    ) -> Result<Option<Acquired>> {
+        let dir = self.queue_dir(request);
+        let key = layout::contender_key(&dir, session.id(), self.next_sequence());
+        // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
+        let txn = Txn::new()
+            .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                "",
+                Some(PutOptions::new().with_lease(session.id())),
+            )]);
+        let response = self.txn(txn).await?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        let revision = revision_of(&response)?;
+        self.acquired(request, Arc::clone(session), key, revision)
+            .map(Some)
+    }
+
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let mut kv = self.inner.client.kv_client();
         request(
@@ -225,31 +259,36 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
-        let session = self.session(request.options.lease).await?;
-        let dir = self.queue_dir(&request);
-        let key = layout::contender_key(&dir, session.id(), self.next_sequence());
-        // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
-        let txn = Txn::new()
-            .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                "",
-                Some(PutOptions::new().with_lease(session.id())),
-            )]);
-        let response = self.txn(txn).await?;
-        if !response.succeeded() {
-            return Ok(None);
+        let mut tries = 0;
+        loop {
+            let session = self.session(request.options.lease).await?;
+            match self.try_in(&request, &session).await {
+                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
+                    tries += 1;
+                    session.end(LossReason::SessionEnded);
+                }
+                outcome => return outcome,
+            }
         }
-        let revision = revision_of(&response)?;
-        self.acquired(&request, session, key, revision).map(Some)
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
         let dir = self.queue_dir(&request);
+        let mut tries = 0;
         loop {
             let session = self.session(request.options.lease).await?;
             let key = layout::contender_key(&dir, session.id(), self.next_sequence());
-            let contender = Contender::enqueue(self, &session, &dir, key).await?;
+            let contender = match Contender::enqueue(self, &session, &dir, key).await {
+                Ok(contender) => contender,
+                // etcd expired or revoked the lease before the heartbeat noticed: the
+                // session is over, and a new one is started at once.
+                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
+                    tries += 1;
+                    session.end(LossReason::SessionEnded);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match contender.wait_for_turn(self, &session, &request).await? {
                 Line::Holder(contender) => {
                     let (key, revision) = contender.keep();
@@ -355,6 +394,7 @@ impl LockBackend for EtcdBackend {
         for lease in leases {
             let record = record(lease)?;
             let session = &record.session;
+            session.end_if_overdue();
             if let Some(reason) = session.ended() {
                 renewals.push(Renewal::Lost(reason));
                 continue;
@@ -409,7 +449,11 @@ impl EtcdBackend {
             ),
         )
         .await?;
-        if answer.ttl() <= 0 {
+        // etcd answers -1 for a lease it does not have. A live lease with less than a second
+        // left is answered 0 (whole seconds, rounded down): it is still there, with its keys,
+        // and the heartbeat may be renewing it right now (after a pause, say). Taking that for
+        // "gone" would stop the heartbeat and keep the keys until etcd expires the lease.
+        if answer.ttl() < 0 {
             session.end(LossReason::SessionEnded);
             return Ok(None);
         }
@@ -424,6 +468,11 @@ impl fmt::Debug for EtcdBackend {
             .finish_non_exhaustive()
     }
 }
+
+/// How many times in a row one acquisition starts a new session because etcd says the last
+/// one's lease is gone: once is the expected case (a lease expired or revoked before the
+/// heartbeat noticed); a fresh lease gone again at once means something else is wrong.
+const LEASE_GONE_RETRIES: u32 = 3;
 
 /// The backend's record of `lease`, or a typed error if another backend took it.
 pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {

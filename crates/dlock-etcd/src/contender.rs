@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use dlock_core::support::spawn_clean_up;
 use dlock_core::{AcquireRequest, Backoff, LockError, Result};
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnResponse, WatchOptions,
+};
+use tokio::task::JoinHandle;
 
 use crate::backend::{got, newest_first, revision_of, EtcdBackend};
 use crate::error::{request, to_lock_error, BACKEND};
@@ -29,6 +33,11 @@ pub(crate) struct Contender {
     /// The key just ahead of ours and the revision at which we saw it, if any.
     ahead: Option<(Vec<u8>, i64)>,
     armed: bool,
+    /// The put of our key while it is in flight. It runs as a task of its own so that a
+    /// dropped `acquire` cannot cut it off: the delete sent from `Drop` would otherwise travel
+    /// on another stream, could reach etcd first, and the put landing after it would leave
+    /// our key in line for the session's whole life.
+    putting: Option<JoinHandle<Result<TxnResponse>>>,
 }
 
 impl Contender {
@@ -40,8 +49,23 @@ impl Contender {
         dir: &str,
         key: String,
     ) -> Result<Contender> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.as_str(),
+                    "",
+                    Some(PutOptions::new().with_lease(session.id())),
+                ),
+                // Our key is the newest, so the second newest is the one just ahead.
+                TxnOp::get(dir, Some(newest_first(2))),
+            ]);
         // Armed before the request goes out: if this future is dropped mid-flight, the key
         // may exist on the server and must not be left behind.
+        let putting = tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.txn(txn).await }
+        });
         let mut contender = Contender {
             backend: backend.clone(),
             dir: dir.to_owned(),
@@ -49,23 +73,11 @@ impl Contender {
             revision: 0,
             ahead: None,
             armed: true,
+            putting: Some(putting),
         };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                contender.key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([
-                TxnOp::put(
-                    contender.key.as_str(),
-                    "",
-                    Some(PutOptions::new().with_lease(session.id())),
-                ),
-                // Our key is the newest, so the second newest is the one just ahead.
-                TxnOp::get(dir, Some(newest_first(2))),
-            ]);
-        let response = backend.txn(txn).await?;
+        let put = contender.putting.as_mut().expect("just set").await;
+        contender.putting = None;
+        let response = put.map_err(|error| LockError::backend(BACKEND, error.to_string()))??;
         if !response.succeeded() {
             contender.armed = false;
             return Err(LockError::protocol(
@@ -194,12 +206,14 @@ impl Drop for Contender {
         if !self.armed {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let inner = std::sync::Arc::clone(self.backend.inner());
         let key = std::mem::take(&mut self.key);
-        runtime.spawn(async move {
+        let putting = self.putting.take();
+        spawn_clean_up(async move {
+            // Delete only once the put is settled, or the delete may overtake it.
+            if let Some(put) = putting {
+                let _ = put.await;
+            }
             let mut kv = inner.client.kv_client();
             // The key is unique to this contender (lease id and sequence): deleting it by
             // name cannot touch anyone else's.

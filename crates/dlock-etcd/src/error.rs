@@ -24,6 +24,19 @@ pub(crate) fn to_lock_error(endpoint: &str, error: EtcdError) -> LockError {
     }
 }
 
+/// True if etcd refused a request because the lease it names does not exist (any more).
+pub(crate) fn is_lease_gone(error: &LockError) -> bool {
+    const NOT_FOUND: i32 = 5;
+    let LockError::Backend { source, .. } = error else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<EtcdError>(),
+        Some(EtcdError::GRpcStatus(status))
+            if status.code() as i32 == NOT_FOUND && status.message().contains("lease not found")
+    )
+}
+
 /// Runs one request against the cluster, giving up after `timeout` with a
 /// [`LockError::Connection`]: an unreachable member must not hang a caller.
 pub(crate) async fn request<T>(

@@ -18,9 +18,12 @@ use crate::error::{request, to_lock_error};
 ///
 /// The heartbeat sends a keepalive every third of the TTL on one stream. The session ends
 /// when etcd answers that the lease is gone (revoked or expired: [`LossReason::SessionEnded`])
-/// or when no answer came for a whole TTL ([`LossReason::LeaseExpired`]); every registered
-/// guard is then told. An ended session never comes back: the backend starts a new one for
-/// later acquisitions.
+/// or when its validity ran out on this process's clock, because no answer came for a whole
+/// TTL or the process was paused ([`LossReason::LeaseExpired`]); every registered guard is
+/// then told. A lease given up on this process's clock may still run on the server, so it is
+/// also revoked: its keys must not block anyone once their locks are declared lost. An ended
+/// session never comes back: the backend starts a new one for later acquisitions, so nothing
+/// new is ever queued under a lease given up on.
 pub(crate) struct Session {
     shared: Arc<Shared>,
     heartbeat: AbortHandle,
@@ -153,6 +156,31 @@ impl Session {
         self.heartbeat.abort();
     }
 
+    /// Ends the session (and revokes its lease) if its validity has run out on this
+    /// process's clock; true if it has ended, now or before. Its locks are lost by then, and
+    /// nothing new may be queued under it.
+    pub(crate) fn end_if_overdue(&self) -> bool {
+        if self.ended().is_some() {
+            return true;
+        }
+        if Instant::now() < self.valid_until() {
+            return false;
+        }
+        if self.shared.end(LossReason::LeaseExpired) {
+            self.heartbeat.abort();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(revoke_given_up(
+                    self.lease.clone(),
+                    self.shared.id,
+                    self.shared.ttl,
+                    self.endpoint.clone(),
+                    self.timeout,
+                ));
+            }
+        }
+        true
+    }
+
     /// Stops the heartbeat without revoking the lease, as a crashed process would: etcd
     /// frees everything when the lease runs out.
     pub(crate) fn abandon(&self) {
@@ -179,7 +207,8 @@ impl Drop for Session {
 }
 
 impl Shared {
-    fn end(&self, reason: LossReason) {
+    /// Ends the session; true if this call did it.
+    fn end(&self, reason: LossReason) -> bool {
         let mut first = false;
         self.state.send_if_modified(|state| {
             first = state.ended.is_none();
@@ -195,6 +224,7 @@ impl Shared {
                 notifier.notify_lost(reason);
             }
         }
+        first
     }
 
     fn renewed(&self, sent: Instant, ttl: Duration) {
@@ -247,15 +277,49 @@ async fn heartbeat(
             }
         };
         match outcome {
-            Beat::Gone => return shared.end(LossReason::SessionEnded),
+            Beat::Gone => {
+                shared.end(LossReason::SessionEnded);
+                return;
+            }
             Beat::Retry if Instant::now() >= shared.valid_until() => {
-                return shared.end(LossReason::LeaseExpired)
+                if shared.end(LossReason::LeaseExpired) {
+                    revoke_given_up(lease, shared.id, shared.ttl, endpoint, timeout).await;
+                }
+                return;
             }
             Beat::Retry => {
                 let pause = Instant::now() + backoff.next_delay();
                 tokio::time::sleep_until(pause.min(shared.valid_until())).await;
             }
         }
+    }
+}
+
+/// Revokes a lease this process gave up on its own clock, retrying connection failures for
+/// one TTL: past that, etcd has expired it anyway (no keepalive was sent since).
+async fn revoke_given_up(
+    mut lease: LeaseClient,
+    id: i64,
+    ttl: Duration,
+    endpoint: String,
+    timeout: Duration,
+) {
+    let give_up = Instant::now() + ttl;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        match request(&endpoint, timeout, lease.revoke(id)).await {
+            Ok(_) => return,
+            // Not found: etcd expired it already. Any other answer will not change either.
+            Err(LockError::Backend { .. } | LockError::Protocol { .. }) => return,
+            Err(error) => {
+                tracing::debug!(lease = id, %error, "revoking a given-up etcd lease failed; retrying");
+            }
+        }
+        let pause = Instant::now() + backoff.next_delay();
+        if pause >= give_up {
+            return;
+        }
+        tokio::time::sleep_until(pause).await;
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,10 @@ const SAFETY_NET: Duration = Duration::from_secs(10);
 /// How long a waiter that stands in no line (it reached no instance) or lost a Redlock split
 /// vote waits at most before trying again.
 const SPLIT_RETRY: Duration = Duration::from_millis(40);
+/// The least time the last instances of a Redlock call get to answer after a majority did
+/// (otherwise as long as the majority took): enough for a healthy instance on a busy machine,
+/// short enough that a frozen one costs the caller nothing it would notice.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(20);
 /// How long a Redlock instance that could not be connected to is left alone.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// A waiting `acquire` without a wait limit stays in line this long before it must refresh
@@ -60,7 +65,8 @@ const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// and `try_acquire` still never take a free lock while someone live waits, so a releasing
 /// holder cannot barge. Each release wakes the first waiter of each instance (at most one per
 /// instance); a waiter that wins only a minority gives it back, keeps its place and retries
-/// after a random delay.
+/// after a random delay. Every Redlock call goes on with the majority that answers: an
+/// instance that is down, slow or frozen holds up nothing (see the crate's assumptions).
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -87,41 +93,63 @@ impl RedisBackend {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         config.validate()?;
         let client_id = format!("{:016x}", rand::rng().random::<u64>());
-        let waiters = Arc::new(Waiters::default());
-        let connecting = config
-            .endpoints
-            .iter()
-            .map(|endpoint| Node::connect(&config, endpoint, &client_id, Arc::clone(&waiters)));
-        let outcomes = join_all(connecting).await;
-        let mut nodes = Vec::with_capacity(outcomes.len());
-        let mut first_error = None;
-        for (outcome, endpoint) in outcomes.into_iter().zip(&config.endpoints) {
+        let count = config.endpoints.len();
+        let quorum = config.quorum();
+        let inner = Arc::new_cyclic(|this| Inner {
+            nodes: (0..count)
+                .map(|_| std::sync::Mutex::new(Slot::Connecting))
+                .collect(),
+            config,
+            client_id,
+            waiters: Arc::new(Waiters::default()),
+            sequence: AtomicU64::new(0),
+            this: this.clone(),
+        });
+        // Each instance connects in its own task and a majority is enough: a frozen instance
+        // accepts TCP connections but never answers, and must not hold up the others. The
+        // rest get as long again as the majority took to join now (a client's first calls
+        // should find every healthy instance), and join later otherwise.
+        let started = Instant::now();
+        let (report, mut reports) = mpsc::unbounded_channel();
+        for index in 0..count {
+            inner.spawn_connect(index, Some(report.clone()));
+        }
+        drop(report);
+        let (mut up, mut down, mut first_error) = (0, 0, None);
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let next = match grace_until {
+                // Out of time: the rest join later.
+                Some(until) => tokio::time::timeout_at(until, reports.recv())
+                    .await
+                    .unwrap_or_default(),
+                None => reports.recv().await,
+            };
+            let Some(outcome) = next else { break };
             match outcome {
-                Ok(node) => nodes.push(Slot::Up(node)),
+                Ok(()) => up += 1,
                 Err(error) => {
-                    tracing::warn!(%endpoint, %error, "Redis instance unreachable");
+                    down += 1;
                     first_error.get_or_insert(error);
-                    nodes.push(Slot::Down {
-                        retry_at: Instant::now() + RECONNECT_PAUSE,
-                    });
                 }
             }
+            if up >= quorum && grace_until.is_none() {
+                let now = Instant::now();
+                grace_until = Some(now + now.duration_since(started).max(STRAGGLER_GRACE));
+            }
+            if down > count - quorum {
+                break;
+            }
         }
-        let up = nodes.iter().filter(|n| matches!(n, Slot::Up(_))).count();
-        if up < config.quorum() {
-            return Err(first_error.unwrap_or_else(|| {
-                LockError::connection(config.endpoints[0].to_string(), "no instance answered")
-            }));
+        if up >= quorum {
+            return Ok(RedisBackend { inner });
         }
-        Ok(RedisBackend {
-            inner: Arc::new(Inner {
-                config,
-                nodes: nodes.into_iter().map(std::sync::Mutex::new).collect(),
-                client_id,
-                waiters,
-                sequence: AtomicU64::new(0),
-            }),
-        })
+        Err(first_error.unwrap_or_else(|| {
+            LockError::connection(
+                inner.config.endpoints[0].to_string(),
+                "no instance answered",
+            )
+        }))
     }
 
     /// The configuration this client was made with.
@@ -147,11 +175,15 @@ struct Inner {
     client_id: String,
     waiters: Arc<Waiters>,
     sequence: AtomicU64,
+    /// This client itself, for the tasks it starts (they must not keep it alive).
+    this: Weak<Inner>,
 }
 
 /// An instance this client is connected to, or one it could not reach yet.
 enum Slot {
     Up(Node),
+    /// A connection attempt runs in the background.
+    Connecting,
     /// Not connected; the next attempt is not made before `retry_at`, so an instance that is
     /// down does not slow every call by a connection timeout.
     Down {
@@ -205,59 +237,180 @@ impl Inner {
         }
     }
 
-    /// The connected instance `index`, connecting now if it was down.
+    /// The connected instance `index`. One that is not connected is an error at once (a
+    /// connection attempt then starts in the background, at most once per
+    /// [`RECONNECT_PAUSE`]): a call never waits for a connection, which an instance that is
+    /// frozen would never complete.
     async fn node(&self, index: usize) -> Result<Node> {
+        self.node_now(index)
+    }
+
+    fn node_now(&self, index: usize) -> Result<Node> {
         let endpoint = &self.config.endpoints[index];
-        match &*lock(&self.nodes[index]) {
-            Slot::Up(node) => return Ok(node.clone()),
-            Slot::Down { retry_at } if Instant::now() < *retry_at => {
-                return Err(LockError::connection(
-                    endpoint.to_string(),
-                    "the instance was unreachable a moment ago",
-                ));
-            }
-            Slot::Down { .. } => {}
-        }
-        let connected = Node::connect(
-            &self.config,
-            endpoint,
-            &self.client_id,
-            Arc::clone(&self.waiters),
-        )
-        .await;
         let mut slot = lock(&self.nodes[index]);
-        match connected {
-            Ok(node) => {
-                // Two callers may have connected at once: keep the first connection.
-                if let Slot::Up(existing) = &*slot {
-                    return Ok(existing.clone());
-                }
-                *slot = Slot::Up(node.clone());
-                Ok(node)
+        let why = match &*slot {
+            Slot::Up(node) => return Ok(node.clone()),
+            Slot::Connecting => "not connected yet",
+            Slot::Down { retry_at } if Instant::now() < *retry_at => {
+                "the instance was unreachable a moment ago"
             }
-            Err(error) => {
-                *slot = Slot::Down {
-                    retry_at: Instant::now() + RECONNECT_PAUSE,
-                };
-                Err(error)
+            Slot::Down { .. } => {
+                *slot = Slot::Connecting;
+                drop(slot);
+                self.spawn_connect(index, None);
+                "reconnecting"
+            }
+        };
+        Err(LockError::connection(endpoint.to_string(), why))
+    }
+
+    /// Connects to instance `index` in a task of its own and fills its slot; says how it went
+    /// on `report`.
+    fn spawn_connect(&self, index: usize, report: Option<mpsc::UnboundedSender<Result<()>>>) {
+        let this = self.this.clone();
+        let (config, client_id) = (self.config.clone(), self.client_id.clone());
+        let waiters = Arc::clone(&self.waiters);
+        tokio::spawn(async move {
+            let endpoint = &config.endpoints[index];
+            let connected = Node::connect(&config, endpoint, &client_id, waiters).await;
+            let outcome = match connected {
+                Ok(node) => {
+                    if let Some(inner) = this.upgrade() {
+                        *lock(&inner.nodes[index]) = Slot::Up(node);
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, %error, "Redis instance unreachable");
+                    if let Some(inner) = this.upgrade() {
+                        *lock(&inner.nodes[index]) = Slot::Down {
+                            retry_at: Instant::now() + RECONNECT_PAUSE,
+                        };
+                    }
+                    Err(error)
+                }
+            };
+            if let Some(report) = report {
+                let _ = report.send(outcome);
+            }
+        });
+    }
+
+    /// Runs `call` on the instances in `which` (all if `None`), each in a task of its own, and
+    /// returns the replies (`None`: no answer yet) as soon as one of these holds:
+    /// * `settled` says the outcome can no longer change,
+    /// * every instance asked has answered,
+    /// * a majority has answered (not with an error) and the others had as long again (at least
+    ///   [`STRAGGLER_GRACE`]) to follow: an instance that is frozen or far slower than the
+    ///   rest must not hold up the quorum,
+    /// * `deadline` passed.
+    ///
+    /// Calls still running go on in the background (bounded by the connection's response
+    /// timeout), so a command sent to a slow instance still reaches it, in order with the
+    /// commands sent there before and after.
+    async fn on_quorum<T, F, Fut>(
+        &self,
+        which: Option<&[bool]>,
+        deadline: Option<Instant>,
+        call: F,
+        settled: impl Fn(&[Option<Result<T>>]) -> bool,
+    ) -> Vec<Option<Result<T>>>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let count = self.nodes.len();
+        let asked: Vec<bool> = (0..count)
+            .map(|index| which.is_none_or(|w| w[index]))
+            .collect();
+        let mut replies: Vec<Option<Result<T>>> = (0..count).map(|_| None).collect();
+        if count == 1 {
+            // One instance: nothing to wait for in parallel, and no task to pay for.
+            if asked[0] {
+                replies[0] = Some(match self.node_now(0) {
+                    Ok(node) => call(node).await,
+                    Err(error) => Err(error),
+                });
+            }
+            return replies;
+        }
+        let started = Instant::now();
+        let bound = self.config.connect_timeout * 2 + self.config.response_timeout;
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        for index in (0..count).filter(|i| asked[*i]) {
+            match self.node_now(index) {
+                Ok(node) => {
+                    let endpoint = self.config.endpoints[index].to_string();
+                    let no_answer = move |_| Err(LockError::connection(endpoint, "no answer"));
+                    let mut call = Box::pin(tokio::time::timeout(bound, call(node)));
+                    // Polled once here, the command is on the instance's connection before
+                    // this returns: what is sent to one instance reaches it in the order it
+                    // was issued (a give-back behind its acquire), however tasks are run.
+                    match futures::poll!(call.as_mut()) {
+                        Poll::Ready(reply) => {
+                            replies[index] = Some(reply.unwrap_or_else(no_answer))
+                        }
+                        Poll::Pending => {
+                            let sender = sender.clone();
+                            tokio::spawn(async move {
+                                let _ = sender.send((index, call.await.unwrap_or_else(no_answer)));
+                            });
+                        }
+                    }
+                }
+                Err(error) => replies[index] = Some(Err(error)),
+            }
+        }
+        drop(sender);
+        let quorum = self.config.quorum();
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let answered = replies.iter().filter(|r| r.is_some()).count();
+            let outstanding = asked.iter().filter(|a| **a).count() - answered;
+            if outstanding == 0 || settled(&replies) {
+                return replies;
+            }
+            // Errors come at once from instances that are not connected: only real answers
+            // say how long the healthy instances take.
+            let ok = replies.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+            if ok >= quorum && grace_until.is_none() {
+                let now = Instant::now();
+                grace_until = Some(now + now.duration_since(started).max(STRAGGLER_GRACE));
+            }
+            let until = match (grace_until, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = match until {
+                Some(until) => match tokio::time::timeout_at(until, receiver.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => return replies,
+                },
+                None => receiver.recv().await,
+            };
+            match next {
+                Some((index, reply)) => replies[index] = Some(reply),
+                None => return replies,
             }
         }
     }
 
-    /// Runs `call` on every instance at once.
-    async fn on_all<'a, T, F, Fut>(&'a self, call: F) -> Vec<Result<T>>
-    where
-        F: Fn(Node) -> Fut,
-        Fut: std::future::Future<Output = Result<T>> + 'a,
-    {
-        let call = &call;
-        join_all((0..self.nodes.len()).map(|index| async move {
-            match self.node(index).await {
-                Ok(node) => call(node).await,
-                Err(error) => Err(error),
-            }
-        }))
-        .await
+    /// The replies of [`Inner::on_quorum`], an instance that did not answer in time as a
+    /// connection error.
+    fn answers<T>(&self, replies: Vec<Option<Result<T>>>) -> Vec<Result<T>> {
+        replies
+            .into_iter()
+            .zip(&self.config.endpoints)
+            .map(|(reply, endpoint)| {
+                reply.unwrap_or_else(|| {
+                    Err(LockError::connection(
+                        endpoint.to_string(),
+                        "no answer in time",
+                    ))
+                })
+            })
+            .collect()
     }
 
     async fn attempt(
@@ -268,34 +421,66 @@ impl Inner {
         waiter: Option<(&str, Duration)>,
     ) -> Attempt {
         let started = Instant::now();
+        // Only the time until a majority answered counts against the lease, and no answer
+        // after the lease (less drift) could still make a valid grant.
+        let valid_until = started + lease.saturating_sub(self.drift(lease));
         let fair = self.fair();
-        let replies = self
-            .on_all(|node| async move { node.acquire(names, owner, lease, waiter, fair).await })
-            .await;
         let quorum = self.config.quorum();
+        let count = self.nodes.len();
+        let call = {
+            let (names, owner) = (names.clone(), owner.to_owned());
+            let waiter = waiter.map(|(id, wait)| (id.to_owned(), wait));
+            move |node: Node| {
+                let (names, owner, waiter) = (names.clone(), owner.clone(), waiter.clone());
+                async move {
+                    let waiter = waiter.as_ref().map(|(id, wait)| (id.as_str(), *wait));
+                    node.acquire(&names, &owner, lease, waiter, fair).await
+                }
+            }
+        };
+        let replies = self
+            .on_quorum(None, Some(valid_until), call, |replies| {
+                let granted = replies
+                    .iter()
+                    .filter(|r| matches!(r, Some(Ok(AcquireReply::Granted(_)))))
+                    .count();
+                let answered = replies.iter().filter(|r| r.is_some()).count();
+                let ok = replies.iter().filter(|r| matches!(r, Some(Ok(_)))).count();
+                // Out of reach of a majority: settled once a majority has really answered
+                // (else the instances still to answer decide between busy and failed).
+                granted >= quorum || (ok >= quorum && count - (answered - granted) < quorum)
+            })
+            .await;
         let mut tokens = vec![None; replies.len()];
         let mut in_line = vec![false; replies.len()];
+        // Instances that have not answered: they may still grant the lock or put the waiter
+        // in line when they do.
+        let pending: Vec<bool> = replies.iter().map(Option::is_none).collect();
         let mut first_for: Option<Duration> = None;
         let mut failures = Vec::new();
         for (index, reply) in replies.into_iter().enumerate() {
             match reply {
-                Ok(AcquireReply::Granted(token)) => tokens[index] = Some(token),
-                Ok(AcquireReply::Waiting { holder_ttl, first }) => {
+                Some(Ok(AcquireReply::Granted(token))) => tokens[index] = Some(token),
+                Some(Ok(AcquireReply::Waiting { holder_ttl, first })) => {
                     in_line[index] = waiter.is_some();
                     if first {
                         let ttl = holder_ttl.unwrap_or(Duration::ZERO);
                         first_for = Some(first_for.map_or(ttl, |f| f.min(ttl)));
                     }
                 }
-                Err(error) => failures.push(error),
+                Some(Err(error)) => failures.push(error),
+                None => in_line[index] = waiter.is_some(),
             }
         }
         let granted: Vec<bool> = tokens.iter().map(Option::is_some).collect();
-        let count = granted.iter().filter(|g| **g).count();
-        if count >= quorum {
-            let valid_until = started + lease.saturating_sub(self.drift(lease));
-            match self.settle_token(names, &tokens).await {
-                Ok(token) if Instant::now() < valid_until => {
+        let granted_count = granted.iter().filter(|g| **g).count();
+        if granted_count >= quorum {
+            // A late grant on an instance still pending is ours too: renewal and release
+            // treat it like the others, and its lease bounds it.
+            let settled =
+                tokio::time::timeout_at(valid_until, self.settle_token(names, &tokens)).await;
+            match settled {
+                Ok(Ok(token)) if Instant::now() < valid_until => {
                     return Attempt::Granted {
                         token,
                         valid_until,
@@ -303,21 +488,37 @@ impl Inner {
                         in_line,
                     }
                 }
-                Ok(_) => {}
-                Err(error) => failures.push(error),
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(error)) => failures.push(error),
             }
         }
-        if count > 0 {
-            // Not enough instances (or too late): give back what we got, everywhere.
-            self.release_where(names, owner, &granted).await;
+        let unanswered = pending.iter().filter(|p| **p).count();
+        if granted_count > 0 || unanswered > 0 {
+            // Not enough instances (or too late): give back what we got, and what an instance
+            // that has not answered yet may grant us when it does (the release is queued
+            // behind the acquire on the same connection).
+            let give_back: Vec<bool> = granted
+                .iter()
+                .zip(&pending)
+                .map(|(g, p)| *g || *p)
+                .collect();
+            self.release_where(names, owner, &give_back, &granted).await;
         }
-        if failures.len() > self.nodes.len() - quorum || (count >= quorum && !failures.is_empty()) {
-            return Attempt::Failed(failures.swap_remove(0));
+        if failures.len() + unanswered > count - quorum
+            || (granted_count >= quorum && !failures.is_empty())
+        {
+            let error = failures.into_iter().next().unwrap_or_else(|| {
+                LockError::connection(
+                    self.config.endpoints[pending.iter().position(|p| *p).unwrap_or(0)].to_string(),
+                    "no answer in time",
+                )
+            });
+            return Attempt::Failed(error);
         }
         Attempt::Busy {
             in_line,
             first_for,
-            split: count > 0,
+            split: granted_count > 0,
         }
     }
 
@@ -326,42 +527,65 @@ impl Inner {
     /// one instance with this one) issues a greater token.
     async fn settle_token(&self, names: &LockNames, tokens: &[Option<u64>]) -> Result<u64> {
         let highest = tokens.iter().flatten().copied().max().unwrap_or(0);
-        let behind: Vec<usize> = tokens
+        let behind: Vec<bool> = tokens
             .iter()
-            .enumerate()
-            .filter(|(_, t)| t.is_some_and(|t| t < highest))
-            .map(|(i, _)| i)
+            .map(|t| t.is_some_and(|t| t < highest))
             .collect();
-        if behind.is_empty() {
+        if !behind.contains(&true) {
             return Ok(highest);
         }
-        let raised = join_all(behind.iter().map(|&index| async move {
-            self.node(index).await?.raise_fence(names, highest).await
-        }))
-        .await;
-        let at_highest = tokens.iter().flatten().filter(|t| **t == highest).count()
-            + raised.iter().filter(|r| r.is_ok()).count();
-        if at_highest >= self.config.quorum() {
+        let already = tokens.iter().flatten().filter(|t| **t == highest).count();
+        let quorum = self.config.quorum();
+        let names = names.clone();
+        let call = move |node: Node| {
+            let names = names.clone();
+            async move { node.raise_fence(&names, highest).await }
+        };
+        // Done once a majority is at the highest value; the other raises go on in the
+        // background (an instance that froze since it granted must not hold the lock up).
+        let raised = self
+            .on_quorum(Some(&behind), None, call, |replies| {
+                already + replies.iter().filter(|r| matches!(r, Some(Ok(())))).count() >= quorum
+            })
+            .await;
+        let at_highest = already + raised.iter().filter(|r| matches!(r, Some(Ok(())))).count();
+        if at_highest >= quorum {
             return Ok(highest);
         }
         Err(raised
             .into_iter()
+            .flatten()
             .find_map(Result::err)
             .unwrap_or_else(|| LockError::protocol("redis", "could not raise the fence counters")))
     }
 
-    async fn release_where(&self, names: &LockNames, owner: &str, which: &[bool]) {
-        join_all(which.iter().enumerate().filter(|(_, w)| **w).map(|(index, _)| async move {
-            match self.node(index).await {
-                Ok(node) => {
-                    if let Err(error) = node.release(names, owner, self.fair()).await {
-                        tracing::warn!(%error, "could not give back a partial Redlock grant");
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "could not give back a partial Redlock grant"),
-            }
-        }))
-        .await;
+    /// Releases the lock on the instances in `which`, waiting only for those in `wait_for`
+    /// (the others may be slow or frozen: their release goes on in the background).
+    async fn release_where(
+        &self,
+        names: &LockNames,
+        owner: &str,
+        which: &[bool],
+        wait_for: &[bool],
+    ) {
+        let fair = self.fair();
+        let (names, owner) = (names.clone(), owner.to_owned());
+        let call = move |node: Node| {
+            let (names, owner) = (names.clone(), owner.clone());
+            async move { node.release(&names, &owner, fair).await }
+        };
+        let deadline = Instant::now() + self.config.response_timeout;
+        let replies = self
+            .on_quorum(Some(which), Some(deadline), call, |replies| {
+                replies
+                    .iter()
+                    .zip(wait_for)
+                    .all(|(r, w)| !*w || r.is_some())
+            })
+            .await;
+        for error in replies.into_iter().flatten().filter_map(Result::err) {
+            tracing::warn!(%error, "could not give back a partial Redlock grant");
+        }
     }
 }
 
@@ -514,9 +738,31 @@ impl LockBackend for RedisBackend {
         let inner = &self.inner;
         let record = record(lease)?;
         let started = Instant::now();
+        let (quorum, count) = (inner.config.quorum(), inner.nodes.len());
+        let call = {
+            let (names, owner) = (record.names.clone(), record.owner.clone());
+            move |node: Node| {
+                let (names, owner) = (names.clone(), owner.clone());
+                async move { node.extend(&names, &owner, ttl).await }
+            }
+        };
+        // A majority that answers after the lease ran out on this side extends nothing the
+        // holder can still use.
+        let deadline = Some(lease.valid_until().max(started));
         let replies = inner
-            .on_all(|node| async move { node.extend(&record.names, &record.owner, ttl).await })
+            .on_quorum(None, deadline, call, |replies| {
+                let extended = replies
+                    .iter()
+                    .filter(|r| matches!(r, Some(Ok(true))))
+                    .count();
+                let refused = replies
+                    .iter()
+                    .filter(|r| matches!(r, Some(Ok(false))))
+                    .count();
+                extended >= quorum || refused > count - quorum
+            })
             .await;
+        let replies = inner.answers(replies);
         let extended = replies.iter().filter(|r| matches!(r, Ok(true))).count();
         let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
         if extended >= inner.config.quorum() {
@@ -531,15 +777,25 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         let record = record(lease)?;
-        let fair = self.inner.fair();
-        let replies = self
-            .inner
-            .on_all(|node| async move { node.release(&record.names, &record.owner, fair).await })
-            .await;
+        let inner = &self.inner;
+        let fair = inner.fair();
+        let call = {
+            let (names, owner) = (record.names.clone(), record.owner.clone());
+            move |node: Node| {
+                let (names, owner) = (names.clone(), owner.clone());
+                async move { node.release(&names, &owner, fair).await }
+            }
+        };
+        // Released once every instance answered, or a majority did and the rest had a
+        // moment: a frozen instance gets the release when it runs again, queued behind
+        // whatever it was sent before, and otherwise frees the lock with its lease.
+        let replies = inner.on_quorum(None, None, call, |_| false).await;
+        let replies = inner.answers(replies);
         if replies.iter().any(|r| matches!(r, Ok(true))) {
             return Ok(());
         }
-        if replies.iter().all(|r| matches!(r, Ok(false))) {
+        let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
+        if refused > inner.nodes.len() - inner.config.quorum() {
             return Err(not_held(lease));
         }
         // Some instances answered "not ours" and the others could not be asked: if it was
@@ -552,14 +808,39 @@ impl LockBackend for RedisBackend {
         let mut batch = Vec::with_capacity(leases.len());
         for lease in leases {
             let record = record(lease)?;
-            batch.push((&record.names, record.owner.as_str(), lease.ttl()));
+            batch.push((record.names.clone(), record.owner.clone(), lease.ttl()));
         }
         let started = Instant::now();
-        let batch = &batch;
+        let batch = Arc::new(batch);
+        let call = move |node: Node| {
+            let batch = Arc::clone(&batch);
+            async move {
+                let locks: Vec<(&LockNames, &str, Duration)> = batch
+                    .iter()
+                    .map(|(names, owner, ttl)| (names, owner.as_str(), *ttl))
+                    .collect();
+                node.renew(&locks).await
+            }
+        };
+        let (quorum, count) = (inner.config.quorum(), inner.nodes.len());
+        // No renewal that comes after the earliest lease ran out can save it.
+        let deadline = leases.iter().map(|lease| lease.valid_until()).min();
         let replies = inner
-            .on_all(|node| async move { node.renew(batch).await })
+            .on_quorum(None, deadline, call, |replies| {
+                (0..leases.len()).all(|position| {
+                    let renewed = replies
+                        .iter()
+                        .filter(|r| matches!(r, Some(Ok(flags)) if flags[position]))
+                        .count();
+                    let refused = replies
+                        .iter()
+                        .filter(|r| matches!(r, Some(Ok(flags)) if !flags[position]))
+                        .count();
+                    renewed >= quorum || refused > count - quorum
+                })
+            })
             .await;
-        let quorum = inner.config.quorum();
+        let replies = inner.answers(replies);
         let mut renewals = Vec::with_capacity(leases.len());
         for (position, lease) in leases.iter().enumerate() {
             let renewed = replies
@@ -600,10 +881,12 @@ impl RedisBackend {
     async fn inspect_lock(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
         let inner = &self.inner;
         let names = LockNames::new(&inner.config.namespace, &options.prefix, key);
-        let names = &names;
-        let replies = inner
-            .on_all(|node| async move { node.inspect(names).await })
-            .await;
+        let call = move |node: Node| {
+            let names = names.clone();
+            async move { node.inspect(&names).await }
+        };
+        let replies = inner.on_quorum(None, None, call, |_| false).await;
+        let replies = inner.answers(replies);
         let answered: Vec<_> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
         if answered.len() < inner.config.quorum() {
             return Err(first_error(replies).unwrap_or_else(|| {
@@ -628,8 +911,14 @@ impl RedisBackend {
     async fn ping_all(&self) -> Result<Duration> {
         let replies = self
             .inner
-            .on_all(|node| async move { node.ping().await })
+            .on_quorum(
+                None,
+                None,
+                |node: Node| async move { node.ping().await },
+                |_| false,
+            )
             .await;
+        let replies = self.inner.answers(replies);
         let mut times: Vec<Duration> = replies
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())

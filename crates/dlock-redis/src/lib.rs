@@ -42,6 +42,16 @@
 //!   writes. Instances that restart without persistence weaken Redlock's majority argument
 //!   (a lock can be granted twice); run them with `appendfsync always` or delay their
 //!   restart by a lease.
+//! * **Redlock with a failed minority.** Up to `(N − 1) / 2` instances may be down, slow or
+//!   frozen (SIGSTOP: it accepts connections and commands but never answers). Connecting
+//!   needs a majority, the others join in the background. Each call runs on every instance
+//!   in a task of its own and returns once the answers decide it, at the latest when a
+//!   majority answered and the rest had as long again (at least 20 ms); the frozen
+//!   instance's response timeout never counts against the lease. Calls still running go
+//!   on in the background: a command stays queued on the frozen instance's connection and
+//!   runs in order when it continues (a late grant is followed by the release sent after
+//!   it), and whatever it still holds expires with its lease. The lease must cover a
+//!   majority's round trip, the drift and the holder's own pauses, not the instance's freeze.
 #![deny(missing_docs)]
 
 mod backend;

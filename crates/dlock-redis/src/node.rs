@@ -134,6 +134,7 @@ impl Node {
         let connect = async {
             let mut connection = ConnectionManager::new_with_config(client, manager_config).await?;
             connection.subscribe(wake_channel(client_id)).await?;
+            load_scripts(&connection).await?;
             Ok::<_, redis::RedisError>(connection)
         };
         let connection = tokio::time::timeout(config.connect_timeout * 2, connect)
@@ -315,6 +316,28 @@ impl Node {
             .map_err(|e| error(&self.endpoint, e))?;
         Ok(started.elapsed())
     }
+}
+
+/// Loads every script now, so that the first calls do not each learn with `NOSCRIPT` that
+/// they must load it and send it again: such a resend would overtake commands sent after it
+/// (a Redlock instance that was frozen must run a give-back after the acquire it undoes).
+async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> {
+    let all = scripts();
+    let loads = [
+        &all.acquire,
+        &all.release,
+        &all.extend,
+        &all.renew,
+        &all.leave,
+        &all.raise_fence,
+        &all.inspect,
+    ]
+    .map(|script| {
+        let mut connection = connection.clone();
+        async move { script.load_async(&mut connection).await }
+    });
+    futures::future::try_join_all(loads).await?;
+    Ok(())
 }
 
 fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<redis::Client> {

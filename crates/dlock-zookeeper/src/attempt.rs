@@ -96,6 +96,11 @@ impl Attempt {
 
     /// Leaves the line now, waiting for the server (bounded), so whoever comes next does not
     /// see this node.
+    ///
+    /// The removal runs as a task of its own: if this future is dropped before it is done (the
+    /// core cuts an acquire off at its wait limit plus a grace, which a server restart can
+    /// outlast), the removal goes on in the background instead of leaving the node in line
+    /// until the session ends.
     pub(crate) async fn withdraw(mut self) {
         self.kept = true;
         let (session, dir, name, node) = (
@@ -104,7 +109,7 @@ impl Attempt {
             std::mem::take(&mut self.name),
             self.node.take(),
         );
-        remove(session, dir, name, node).await;
+        let _ = tokio::spawn(remove(session, dir, name, node)).await;
     }
 
     /// Looks for this attempt's node by its unique id, retrying while the connection is down.
@@ -112,6 +117,13 @@ impl Attempt {
         let mut backoff = retry_backoff();
         loop {
             let client = self.session.client()?;
+            if let Err(error) = catch_up(&client, &self.dir).await {
+                tokio::time::sleep(backoff.next_delay()).await;
+                if is_connection(&error) {
+                    continue;
+                }
+                return Err(zk_error(self.session.endpoint(), error));
+            }
             match client.list_children(&self.dir).await {
                 Ok(children) => {
                     let Some(name) = children.into_iter().find(|c| c.starts_with(&self.name))
@@ -170,7 +182,7 @@ async fn remove(session: Arc<Session>, dir: String, name: String, node: Option<S
         };
         let path = match &node {
             Some(path) => path.clone(),
-            None => match client.list_children(&dir).await {
+            None => match listed(&client, &dir).await {
                 Ok(children) => match children.into_iter().find(|c| c.starts_with(&name)) {
                     Some(found) => {
                         let path = format!("{dir}/{found}");
@@ -195,6 +207,28 @@ async fn remove(session: Arc<Session>, dir: String, name: String, node: Option<S
             }
         }
     }
+}
+
+/// Brings the connected server up to date with the leader before its children of `dir` are
+/// read, when looking for a node whose create may have been lost with its answer: the client
+/// may have reconnected to a follower that has not applied that create yet, and a node not
+/// found there would be created again behind the first, which would then block its own
+/// session's attempt until the session ends. One round trip, only on that rare path. A
+/// missing `dir` is no error: nothing was created in it.
+async fn catch_up(client: &zookeeper_client::Client, dir: &str) -> std::result::Result<(), Error> {
+    match client.sync(dir).await {
+        Ok(()) | Err(Error::NoNode) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The children of `dir`, read after [`catch_up`].
+async fn listed(
+    client: &zookeeper_client::Client,
+    dir: &str,
+) -> std::result::Result<Vec<String>, Error> {
+    catch_up(client, dir).await?;
+    client.list_children(dir).await
 }
 
 /// Retries after a connection loss: quick at first, at most a second apart.

@@ -332,6 +332,8 @@ impl LockBackend for ZooKeeperBackend {
         // removes the node, and the caller hears that the release was not confirmed.
         let give_up = Instant::now() + (session.timeout() / 2).min(Duration::from_secs(5));
         let mut backoff = retry_backoff();
+        // Whether a delete went out whose answer was lost: it may have been done.
+        let mut maybe_deleted = false;
         loop {
             let Ok(client) = session.client() else {
                 held.state.store(LOST, Ordering::Release);
@@ -344,6 +346,12 @@ impl LockBackend for ZooKeeperBackend {
                     held.state.store(RELEASED, Ordering::Release);
                     return Ok(());
                 }
+                // Our own earlier delete, whose answer was lost, removed the node: released.
+                // (Had the node gone otherwise in between, the lock would be just as free.)
+                Err(Error::NoNode) if maybe_deleted => {
+                    held.state.store(RELEASED, Ordering::Release);
+                    return Ok(());
+                }
                 Err(Error::NoNode | Error::BadVersion) => {
                     held.state.store(LOST, Ordering::Release);
                     return Err(not_held(lease));
@@ -353,6 +361,7 @@ impl LockBackend for ZooKeeperBackend {
                         && Instant::now() < give_up
                         && session.retired_reason().is_none() =>
                 {
+                    maybe_deleted = true;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(error) => {
@@ -372,6 +381,7 @@ impl LockBackend for ZooKeeperBackend {
             .iter()
             .map(|lease| {
                 let held = held(lease)?;
+                held.session.retire_if_overdue();
                 Ok(match held.session.retired_reason() {
                     Some(reason) => Renewal::Lost(reason),
                     None if held.state.load(Ordering::Acquire) == LOST => {
@@ -383,6 +393,18 @@ impl LockBackend for ZooKeeperBackend {
                 })
             })
             .collect()
+    }
+
+    /// One `exists` of the root: a read served by the server the session is connected to.
+    async fn ping(&self) -> Result<Duration> {
+        let session = self.shared.session().await?;
+        let client = session.client()?;
+        let started = Instant::now();
+        client
+            .check_stat("/")
+            .await
+            .map_err(|error| crate::error::zk_error(session.endpoint(), error))?;
+        Ok(started.elapsed())
     }
 }
 
@@ -408,7 +430,10 @@ impl Shared {
     /// The live session, opening a new one if the last was retired.
     async fn session(&self) -> Result<Arc<Session>> {
         let mut current = self.current.lock().await;
-        if let Some(session) = current.as_ref().filter(|s| s.retired_reason().is_none()) {
+        // A session past its deadline on this process's clock (after a pause, say) is given
+        // up here even if its heartbeat has not run yet: a new attempt in it would queue
+        // behind the nodes of its own lost locks.
+        if let Some(session) = current.as_ref().filter(|s| !s.retire_if_overdue()) {
             return Ok(Arc::clone(session));
         }
         let session = Session::open(&self.config).await?;

@@ -1,6 +1,7 @@
 //! Where a lock lives in the ZooKeeper tree, and how its line of contenders is read.
 //!
-//! Layout: `/{prefix segments}/lock={key}/_c_{attempt id}-lock-{sequence}`.
+//! Layout: `/{namespace segments}/{prefix segments}/lock={key}/_c_{attempt id}-lock-{sequence}`
+//! (an empty prefix segment is written `%`).
 //!
 //! - Every prefix segment and the key are escaped with [`LockKey::path_segment`], which only
 //!   ever emits `A-Za-z0-9-_.~%`: any key is one legal path segment and two keys never meet.
@@ -21,11 +22,15 @@ const SEQUENCE_MARK: &str = "-lock-";
 /// (the URL's `prefix`) and the lock options' `prefix`.
 pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<String> {
     let mut path = String::with_capacity(namespace.len() + prefix.len() + key.as_str().len() + 16);
-    let segments = namespace.split('/').chain(prefix.split('/'));
-    for segment in segments.filter(|segment| !segment.is_empty()) {
-        let segment = LockKey::new(segment)
-            .map_err(|error| LockError::invalid_options(format!("key prefix: {error}")))?
-            .path_segment();
+    for segment in segments(namespace).chain(segments(prefix)) {
+        let segment = match segment {
+            // Escaping never writes a lone `%`, so an empty segment (`a//b`, `a/`, `/a`) stays
+            // apart from every other prefix: two different prefixes never meet.
+            "" => EMPTY_SEGMENT.to_owned(),
+            segment => LockKey::new(segment)
+                .map_err(|error| LockError::invalid_options(format!("key prefix: {error}")))?
+                .path_segment(),
+        };
         path.push('/');
         if path.len() == 1 && segment == "zookeeper" {
             // `/zookeeper` is the server's own tree; `z` is never escaped otherwise, so
@@ -39,6 +44,17 @@ pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<S
     path.push_str(KEY_MARK);
     path.push_str(&key.path_segment());
     Ok(path)
+}
+
+/// What stands for an empty prefix segment.
+const EMPTY_SEGMENT: &str = "%";
+
+/// The `/`-separated segments of a namespace or prefix; none for an empty one.
+fn segments(text: &str) -> impl Iterator<Item = &str> {
+    (!text.is_empty())
+        .then(|| text.split('/'))
+        .into_iter()
+        .flatten()
 }
 
 /// The name, before the server appends its sequence, of a new attempt's lock node:
@@ -93,7 +109,14 @@ mod tests {
             "/dlock/lock=a%2Fb"
         );
         assert_eq!(lock_dir("", "", &key("k")).unwrap(), "/lock=k");
-        assert_eq!(lock_dir("", "a//b/", &key("k")).unwrap(), "/a/b/lock=k");
+        assert_eq!(lock_dir("", "a//b/", &key("k")).unwrap(), "/a/%/b/%/lock=k");
+        for (one, other) in [("P//x", "P/x"), ("P/", "P"), ("/P", "P")] {
+            assert_ne!(
+                lock_dir("", one, &key("k")).unwrap(),
+                lock_dir("", other, &key("k")).unwrap(),
+                "{one} and {other} are different prefixes"
+            );
+        }
         assert_eq!(
             lock_dir("", "zookeeper", &key("k")).unwrap(),
             "/%7Aookeeper/lock=k"

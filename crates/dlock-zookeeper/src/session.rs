@@ -1,13 +1,16 @@
 //! One ZooKeeper session: the lease of every lock a client holds.
 //!
-//! The session is kept alive by a heartbeat task (one small read every quarter of the session
-//! timeout, on top of the client library's own pings), which also keeps the client's own view
-//! of the session deadline: the send time of the last answered request plus the timeout. The
-//! server cannot expire the session before that instant. When the deadline passes while
-//! disconnected, or the server says the session expired, the session is *retired*: every lock
-//! taken in it is signalled lost, its connection is dropped without a goodbye, and the backend
-//! opens a new session for what comes next. A retired session is never used again, so a new
-//! session never trusts a node of an old one.
+//! The session is kept alive by a heartbeat task (one small read every quarter of the
+//! session timeout, on top of the client library's own pings), which also keeps the client's
+//! own view of the session deadline: the send time of the last answered request plus the
+//! timeout. The server cannot expire the session before that instant. When the deadline
+//! passes on this process's clock (while disconnected, or while the process was paused or
+//! starved), or the server says the session expired, the session is *retired*: every lock
+//! taken in it is signalled lost, its connection is dropped, and the backend opens a new
+//! session for what comes next. A session retired on this process's clock may still live on
+//! the server, so it is also closed there as soon as a server answers: its nodes must not
+//! block anyone once their locks are declared lost. A retired session is never used again,
+//! so a new session never trusts a node of an old one, and no new attempt queues in it.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -52,8 +55,10 @@ impl Session {
         // Each try fails fast (a refused port, a server too busy to answer in time); tries
         // are repeated until the connect timeout.
         let mut last_error = None;
+        let mut tried_at;
         let client = loop {
-            let remaining = give_up.saturating_duration_since(Instant::now());
+            tried_at = Instant::now();
+            let remaining = give_up.saturating_duration_since(tried_at);
             let tried = tokio::time::timeout(
                 remaining,
                 connector(config).connect(&config.hosts.join(",")),
@@ -104,7 +109,8 @@ impl Session {
             client: Mutex::new(Some(client)),
             endpoint,
             authenticated,
-            last_contact: Mutex::new(started),
+            // The server cannot have opened the session before the try that opened it began.
+            last_contact: Mutex::new(tried_at),
             retired: watch::Sender::new(None),
             closer: Mutex::new(Some(Closer {
                 config: config.clone(),
@@ -153,6 +159,21 @@ impl Session {
         }
     }
 
+    /// Retires the session (and closes it on the server) if its deadline has passed on this
+    /// process's clock; true if it is retired, now or before. A session past its deadline
+    /// may or may not still live on the server: its locks are already lost, and nothing new
+    /// may be queued in it.
+    pub(crate) fn retire_if_overdue(&self) -> bool {
+        if self.retired_reason().is_some() {
+            return true;
+        }
+        if Instant::now() < self.deadline() {
+            return false;
+        }
+        self.retire_and_close(LossReason::LeaseExpired);
+        true
+    }
+
     /// Why the session was retired, if it was.
     pub(crate) fn retired_reason(&self) -> Option<LossReason> {
         *self.retired.borrow()
@@ -172,7 +193,8 @@ impl Session {
 
     /// Stops using this session: locks taken in it are signalled lost (their watchers see the
     /// retirement), its connection is dropped without closing the session, so the server
-    /// removes its nodes when the session expires.
+    /// removes its nodes only when the session expires. On its own only for a simulated
+    /// crash; a session given up on is also closed ([`Session::retire_and_close`]).
     pub(crate) fn retire(&self, reason: LossReason) {
         if self.stop(reason) {
             tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
@@ -294,12 +316,16 @@ async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWa
             let Some(session) = session.upgrade() else {
                 return;
             };
-            if session.retired_reason().is_some() {
+            if session.retire_if_overdue() {
                 return;
             }
             match states.peek_state() {
+                // The client library also ends up here when it gives up reconnecting (a
+                // connect that timed out counts as `Expired`, other failures as `Closed`),
+                // while the server may keep the session: close it there once a server
+                // answers (a no-op for a session the server did expire).
                 SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                    session.retire(LossReason::SessionEnded);
+                    session.retire_and_close(LossReason::SessionEnded);
                     return;
                 }
                 SessionState::Disconnected => (None, session.deadline(), None),
@@ -315,6 +341,11 @@ async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWa
                 tokio::select! {
                     _ = states.changed() => {}
                     _ = tokio::time::sleep(beat) => {
+                        // After a pause of this process the deadline may have passed
+                        // unseen: an answer now would not make its locks valid again.
+                        if session.upgrade().is_none_or(|session| session.retire_if_overdue()) {
+                            return;
+                        }
                         let sent = Instant::now();
                         // Any answer, even "no such node", proves the session alive at `sent`.
                         let answered = tokio::time::timeout(beat, client.check_stat("/")).await;

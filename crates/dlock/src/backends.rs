@@ -13,7 +13,7 @@
 //! | renewal cost | none | one script call per client per interval, however many locks | one per instance per interval | the session heartbeat, nothing per lock | the lease keepalive stream, plus one check of the lease's keys per interval |
 //! | waiters woken by | an in-process notification | the release script hands the lock to the first live waiter and publishes to its own channel | a message on the waiter's own channel, per instance | a watch on the predecessor node | a watch on the predecessor key |
 //! | order for a contended key | FIFO | FIFO (a line kept in Redis; a releasing holder queues behind the waiters) | no order promised, but no barging | FIFO (sequence) | FIFO (create revision) |
-//! | server unreachable | — | held locks are signalled lost when their lease runs out unrenewed; waiters retry, then report `Connection` | fine while a majority answers | locks survive a disconnection shorter than the session; after that, lost on the client's own clock | locks survive an outage shorter than the TTL; after that, lost |
+//! | server unreachable | — | held locks are signalled lost when their lease runs out unrenewed; waiters retry, then report `Connection` | fine while a majority answers; a frozen or slow minority costs no time (below) | locks survive a disconnection shorter than the session; after that, lost on the client's own clock | locks survive an outage shorter than the TTL; after that, lost |
 //! | server restart | — | a restart without persistence forgets every lock: fencing tokens keep growing, so fenced writes stay safe | one instance restarting is covered by the majority | sessions survive a restart shorter than their timeout | the lease survives a restart shorter than its TTL (same data dir) |
 //!
 //! ## When to choose which
@@ -26,6 +26,72 @@
 //! - **ZooKeeper** or **etcd**: correctness first, consensus-backed, FIFO and watch-based; the
 //!   lease is the client's session, so one heartbeat keeps all of a client's locks, and a
 //!   crashed client's locks go when its session does.
+//!
+//! ## Redlock with a failed minority
+//! Up to `(N − 1) / 2` of the N instances may be down, restarting, slow, or frozen (stopped
+//! with SIGSTOP, a paused VM, a partition that leaves TCP connections open: the instance
+//! accepts connections and commands but never answers), and the client goes on with the
+//! others, at the speed of the slowest instance of the fastest majority:
+//! - **connecting** needs a majority; the others join in the background (a failed instance
+//!   is tried again at most once a second);
+//! - **every call** (acquire, try, renewal, extend, release, status) returns as soon as the
+//!   instances that answered decide it, and at the latest once a majority has answered and the
+//!   rest had as long again (at least 20 ms). The lock is trusted for
+//!   `lease − time until the majority granted − drift` (drift: `lease × drift_factor + 2 ms`);
+//!   the frozen instance's timeouts never count;
+//! - **what a frozen instance was sent** stays queued on its connection and runs, in order,
+//!   when it continues: a grant it gives late is followed by the release sent after it, and
+//!   renewals reach it. Whatever it still holds (say its connection was replaced meanwhile)
+//!   expires with the lease: a resumed instance keeps a lock key for at most one lease;
+//! - **mutual exclusion and fencing** hold: any two majorities share an instance.
+//!
+//! What to choose: a lease well above a majority's round trip plus drift, so that the
+//! keepalive (every lease / 3) can miss a renewal or two. The lease does not need to cover an
+//! instance's freeze, which the majority outvotes; it must cover the **holder's** own pauses
+//! (GC, a stopped process): a holder paused past its validity is signalled the loss, and only
+//! fencing stops its late writes. When a majority fails, nothing can be granted, renewed or
+//! extended: calls fail with `Connection` after the validity or the instances' timeouts
+//! (`?response_timeout=`, default 3 s; `?connect_timeout=` while reconnecting), whichever
+//! comes first, and held locks are signalled lost when their validity passes. Restarted instances must keep their data (`appendfsync always`) or stay
+//! down for one lease.
+//!
+//! ## ZooKeeper under faults
+//! The lease is the session: `?session_timeout=` (bounded by the server's `minSessionTimeout`
+//! and `maxSessionTimeout`). Make it longer than the worst pause (GC, swap, SIGSTOP) plus
+//! network blip the holder must survive, and as short as the crash release you can wait for.
+//! - **Holder paused, clock jump, starved event loop** (shorter than the server's session
+//!   expiry): if the guard's deadline ran out meanwhile, the guard is signalled lost
+//!   (`LeaseExpired`) and, on waking, the client deletes the lock node and, if the session's
+//!   own deadline passed too, closes the session on the server; nothing new is ever queued in a
+//!   session given up on. Waiters and the holder's own re-acquire go on at once (P3, P5).
+//!   If the server expired the session first, its nodes are gone and the next holder's zxid
+//!   token is greater: writes fenced with the token stay safe (P1 via P2).
+//! - **Server outage**: shorter than the session, locks are kept; longer, they are signalled
+//!   lost on the client's clock within the session timeout plus a third, and the old session
+//!   is closed as soon as a server answers, so waiters acquire right after the restart.
+//! - **Holder killed**: its locks go when the server expires the session (session timeout plus
+//!   the server's tick). A session closed or expired from outside: the guard hears it at once.
+//! - **Lost replies**: a create whose answer was lost is looked for by its unique name after a
+//!   `sync` (a follower the client reconnects to may lag), never made twice; a delete whose
+//!   answer was lost counts as released; a waiter's withdrawal cut off by its wait limit during
+//!   a restart goes on in the background.
+//!
+//! ## etcd under faults
+//! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's
+//! minimum TTL). List every member in the URL, so a client can go round one that fails.
+//! - **Holder paused, clock jump, keepalive and lease heartbeat out of step**: when the
+//!   guard's deadline runs out on the holder's clock, the guard is signalled lost and the
+//!   client deletes the lock key (owner-checked by its create revision); a lease past its
+//!   validity on the client's clock is revoked and never used again. Waiters and the holder's
+//!   own re-acquire go on at once (P3, P5). If etcd expired the lease first, the next holder's
+//!   revision is greater, and `dlock_etcd::fence` refuses the stale holder's writes.
+//! - **Lease gone on the server before the client noticed** (expired during a pause, revoked):
+//!   `acquire` and `try_acquire` start a new session at once instead of failing.
+//! - **Member cut off from the quorum**: every request and watch requires a leader, so the
+//!   member fails them (etcd ends open watches when it loses its leader) and waiters look
+//!   again through a member that has one, instead of waiting until their lease ends.
+//! - **Server outage**: shorter than the TTL, locks are kept; longer, they are signalled lost.
+//!   **Holder killed**: its keys go when etcd expires the lease (the TTL plus up to 3 s).
 //!
 //! Whatever the backend, pass [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)
 //! to the storage the lock protects, and race long work against
