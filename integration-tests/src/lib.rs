@@ -15,19 +15,39 @@
 //! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
 //! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
 //! binary; the kernel kills them if it dies and an exit hook removes their files.
+//!
+//! The fault harness lives here too: [`FaultProxy`] (network faults per client link),
+//! [`cancel_at_poll`] (cancellation at a chosen await point), the workload
+//! ([`run_client`], the `dlock-workload` binary, [`WorkloadRun`] to run and hurt several of
+//! them), the history they write ([`HistoryWriter`]), the [`check`]er, and readers of what a
+//! server still holds ([`redis_leftovers`] and friends).
 #![deny(missing_docs)]
 
+mod cancel;
+mod checker;
 mod container;
 mod etcd;
+mod history;
+mod leftovers;
 mod local;
+mod nemesis;
 mod process;
+mod proxy;
 mod redis;
+mod workload;
 mod zookeeper;
 
+pub use cancel::{cancel_at_poll, count_polls};
+pub use checker::{check, Acquisition, CheckConfig, Report};
 pub use etcd::EtcdServer;
+pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEMESIS};
+pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};
 pub use local::LocalServer;
+pub use nemesis::{ClientSpec, WorkloadRun};
 pub use process::{free_port, ServerProcess};
+pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
+pub use workload::{connect_and_run, fenced_write, run_client, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
 
 use std::sync::OnceLock;

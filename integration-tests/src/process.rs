@@ -196,7 +196,7 @@ fn signal(child: &Child, signal: libc::c_int) {
 /// Spawns `command` from one long-lived thread with PR_SET_PDEATHSIG, so the kernel kills
 /// the server if this test binary dies, even by SIGKILL. (The signal follows the thread that
 /// spawned the child, so it must be a thread that lives as long as the process.)
-fn spawn_tied_to_this_process(command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_tied_to_this_process(command: Command) -> std::io::Result<Child> {
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
