@@ -776,7 +776,6 @@ fn redis_holder_pauses() {
 }
 
 #[test]
-#[ignore = "issue 9 item 6: a waiter stopped past its lease enters on a superseded grant (stale grants, fenced writes refused)"]
 fn redis_waiter_paused_past_lease() {
     let (_server, target) = redis("redis-waiter");
     waiter_paused_past_lease(&target);
@@ -814,7 +813,6 @@ fn redis_cancellations_at_polls() {
 }
 
 #[test]
-#[ignore = "issue 9 item 3: an acquire cancelled while its request is in flight leaves an entry that holds the line while its client lives"]
 fn redis_cancellations_in_flight() {
     let (_server, target) = redis("redis-cancel-flight");
     cancellations(&target, true);
@@ -827,7 +825,6 @@ fn redis_restart_without_persistence() {
 }
 
 #[test]
-#[ignore = "issue 9 items 1 and 7: tokens repeat after reloading a snapshot, and the reloaded line stalls every waiter for ~20 s"]
 fn redis_restart_from_rdb_snapshot() {
     let (mut server, target) = redis_with("redis-rdb", &["--save", "3600 1"]);
     let address = server.address();
