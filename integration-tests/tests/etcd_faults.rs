@@ -14,6 +14,7 @@ use dlock_core::LockError;
 use dlock_core::{LockBackend, LockOptions, Locker, LossReason};
 use dlock_etcd::EtcdBackend;
 use dlock_test_servers::EtcdServer;
+use dlock_test_servers::{cancel_at_poll, Direction, FaultProxy};
 use session_support::{
     check_paused_holder, elsewhere, hold_through_a_pause, jump_clock, FrozenRenewals, HolderChild,
 };
@@ -588,4 +589,85 @@ async fn holder_paused_for_most_of_its_lease() {
     )
     .await;
     println!("{summary}");
+}
+
+/// A client reaching `server` through `proxy`, with short request timeouts so a cut link
+/// shows quickly.
+async fn client_via(proxy: &FaultProxy) -> EtcdBackend {
+    let url = format!("etcd://{}?timeout=1s&connect_timeout=1s", proxy.address());
+    dlock_etcd::connect(&url)
+        .await
+        .expect("connect through the proxy")
+}
+
+/// Waits until etcd shows `key` held (by anyone).
+async fn until_held(backend: &EtcdBackend, key: &str, options: &LockOptions) {
+    let key = dlock_core::LockKey::new(key).expect("key");
+    loop {
+        if backend.inspect(&key, options).await.expect("inspect").held {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `try_acquire` dropped after etcd applied its put, its reply still on the way, must not
+/// leave its key holding the lock for as long as its (live) client keeps the session going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_cancelled_after_its_put_leaves_no_key() {
+    let server = EtcdServer::start();
+    let options = options("cancel-try", Duration::from_secs(5));
+    let proxy = FaultProxy::start(server.address().as_str());
+    let cancelled = locker(&client_via(&proxy).await, &options);
+    let observer_backend = client(&server).await;
+    let observer = locker(&observer_backend, &options);
+    // The session and the connection exist before the replies are held back.
+    let warm = cancelled.acquire("warm-up").await.expect("warm-up");
+    warm.release().await.expect("release the warm-up");
+
+    proxy.stall(Direction::ToClient);
+    let mut attempt = Box::pin(cancelled.try_acquire("k"));
+    tokio::select! {
+        outcome = &mut attempt => panic!("answered through a stalled link: {outcome:?}"),
+        seen = timeout(PROMPTLY, until_held(&observer_backend, "k", &options)) => {
+            seen.expect("the put reaches etcd");
+        }
+    }
+    drop(attempt);
+    proxy.unstall(Direction::ToClient);
+
+    // The cancelled client lives on: only its own clean-up can free the lock.
+    let guard = timeout(PROMPTLY, observer.acquire("k"))
+        .await
+        .expect("the cancelled try_acquire's key was removed")
+        .expect("acquire");
+    guard.release().await.expect("release");
+    drop(cancelled);
+}
+
+/// A `release` dropped after its first poll, its request lost with the connection, must
+/// still free the lock while its (live) client keeps the session going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_cancelled_in_flight_still_frees_the_lock() {
+    let server = EtcdServer::start();
+    let options = options("cancel-release", Duration::from_secs(5));
+    let proxy = FaultProxy::start(server.address().as_str());
+    let cancelled = locker(&client_via(&proxy).await, &options);
+    let observer = locker(&client(&server).await, &options);
+    let guard = cancelled.acquire("k").await.expect("acquire");
+
+    proxy.stall(Direction::ToServer);
+    assert!(cancel_at_poll(guard.release(), 2).await.is_none());
+    // The held request is lost with the connection; the client reconnects.
+    proxy.reset();
+    proxy.unstall(Direction::ToServer);
+
+    // Generous: a release retried in the background waits out a request timeout (1 s) and
+    // a reconnection before it goes through.
+    let guard = timeout(PROMPTLY, observer.acquire("k"))
+        .await
+        .expect("the cancelled release went through")
+        .expect("acquire");
+    guard.release().await.expect("release");
+    drop(cancelled);
 }

@@ -24,6 +24,7 @@ use crate::config::EtcdConfig;
 use crate::contender::{Contender, Line};
 use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout;
+use crate::pending::PendingKey;
 use crate::session::Session;
 
 /// A client of an etcd cluster that takes dlock locks.
@@ -223,12 +224,16 @@ impl EtcdBackend {
                 "",
                 Some(PutOptions::new().with_lease(session.id())),
             )]);
-        let response = self.txn(txn).await?;
+        // Armed before the request goes out: a `try_acquire` dropped while it is in flight
+        // must not leave a key that holds the lock for the session's whole life.
+        let mut pending = PendingKey::put(self, key, txn);
+        let response = pending.settled().await?;
         if !response.succeeded() {
+            pending.forget();
             return Ok(None);
         }
         let revision = revision_of(&response)?;
-        self.acquired(request, Arc::clone(session), key, revision)
+        self.acquired(request, Arc::clone(session), pending.keep(), revision)
             .map(Some)
     }
 
@@ -332,15 +337,29 @@ impl LockBackend for EtcdBackend {
                 token_revision(lease),
             )])
             .and_then([TxnOp::delete(record.key.as_str(), None)]);
-        match self.txn(txn.clone()).await {
+        // Sent from a task of its own: a caller that stops waiting for the release (a
+        // dropped future) must not leave the key holding the lock for the session's whole
+        // life, as a request cut off before it reached etcd would.
+        let sending = tokio::spawn({
+            let backend = self.clone();
+            let session = Arc::clone(&record.session);
+            async move {
+                let outcome = backend.txn(txn.clone()).await;
+                if outcome.is_err() {
+                    // The key stays attached to a live session, so it would not expire:
+                    // keep trying in the background while the session lives.
+                    backend.retry_release(txn, session);
+                }
+                outcome
+            }
+        });
+        let sent = sending
+            .await
+            .map_err(|error| LockError::backend(BACKEND, error.to_string()))?;
+        match sent {
             Ok(response) if response.succeeded() => Ok(()),
             Ok(_) => Err(not_held(lease)),
-            Err(error) => {
-                // The key stays attached to a live session, so it would not expire: keep
-                // trying in the background while the session lives.
-                self.retry_release(txn, Arc::clone(&record.session));
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 

@@ -3,15 +3,12 @@
 
 use std::time::Duration;
 
-use dlock_core::support::spawn_clean_up;
 use dlock_core::{AcquireRequest, Backoff, LockError, Result};
-use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnResponse, WatchOptions,
-};
-use tokio::task::JoinHandle;
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 
 use crate::backend::{got, newest_first, revision_of, EtcdBackend};
 use crate::error::{request, to_lock_error, BACKEND};
+use crate::pending::PendingKey;
 use crate::session::Session;
 
 /// Where a contender stands after waiting.
@@ -27,17 +24,11 @@ pub(crate) enum Line {
 pub(crate) struct Contender {
     backend: EtcdBackend,
     dir: String,
-    key: String,
+    key: PendingKey,
     /// The create revision of our key.
     revision: i64,
     /// The key just ahead of ours and the revision at which we saw it, if any.
     ahead: Option<(Vec<u8>, i64)>,
-    armed: bool,
-    /// The put of our key while it is in flight. It runs as a task of its own so that a
-    /// dropped `acquire` cannot cut it off: the delete sent from `Drop` would otherwise travel
-    /// on another stream, could reach etcd first, and the put landing after it would leave
-    /// our key in line for the session's whole life.
-    putting: Option<JoinHandle<Result<TxnResponse>>>,
 }
 
 impl Contender {
@@ -62,27 +53,19 @@ impl Contender {
             ]);
         // Armed before the request goes out: if this future is dropped mid-flight, the key
         // may exist on the server and must not be left behind.
-        let putting = tokio::spawn({
-            let backend = backend.clone();
-            async move { backend.txn(txn).await }
-        });
         let mut contender = Contender {
             backend: backend.clone(),
             dir: dir.to_owned(),
-            key,
+            key: PendingKey::put(backend, key, txn),
             revision: 0,
             ahead: None,
-            armed: true,
-            putting: Some(putting),
         };
-        let put = contender.putting.as_mut().expect("just set").await;
-        contender.putting = None;
-        let response = put.map_err(|error| LockError::backend(BACKEND, error.to_string()))??;
+        let response = contender.key.settled().await?;
         if !response.succeeded() {
-            contender.armed = false;
+            contender.key.forget();
             return Err(LockError::protocol(
                 BACKEND,
-                format!("contender key {} already existed", contender.key),
+                format!("contender key {} already existed", contender.key.key()),
             ));
         }
         contender.revision = revision_of(&response)?;
@@ -125,9 +108,8 @@ impl Contender {
     }
 
     /// Gives up the key's automatic deletion: the lock is held now.
-    pub(crate) fn keep(mut self) -> (String, i64) {
-        self.armed = false;
-        (std::mem::take(&mut self.key), self.revision)
+    pub(crate) fn keep(self) -> (String, i64) {
+        (self.key.keep(), self.revision)
     }
 
     /// Waits for our turn: `true` when first in line, `false` when our key is gone.
@@ -164,7 +146,7 @@ impl Contender {
     async fn check_queue(&mut self) -> Result<bool> {
         let txn = Txn::new()
             .when([Compare::create_revision(
-                self.key.as_str(),
+                self.key.key(),
                 CompareOp::Equal,
                 self.revision,
             )])
@@ -192,41 +174,12 @@ impl Contender {
         let deleted = request(
             &inner.endpoint,
             inner.config.request_timeout,
-            kv.delete(self.key.as_str(), None),
+            kv.delete(self.key.key(), None),
         )
         .await;
         if deleted.is_ok() {
-            self.armed = false;
+            self.key.forget();
         }
-    }
-}
-
-impl Drop for Contender {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let inner = std::sync::Arc::clone(self.backend.inner());
-        let key = std::mem::take(&mut self.key);
-        let putting = self.putting.take();
-        spawn_clean_up(async move {
-            // Delete only once the put is settled, or the delete may overtake it.
-            if let Some(put) = putting {
-                let _ = put.await;
-            }
-            let mut kv = inner.client.kv_client();
-            // The key is unique to this contender (lease id and sequence): deleting it by
-            // name cannot touch anyone else's.
-            if let Err(error) = request(
-                &inner.endpoint,
-                inner.config.request_timeout,
-                kv.delete(key.as_str(), None),
-            )
-            .await
-            {
-                tracing::warn!(%error, key, "could not remove a cancelled waiter; its lease will");
-            }
-        });
     }
 }
 

@@ -30,6 +30,7 @@ mod contender;
 mod error;
 pub mod fence;
 mod layout;
+mod pending;
 mod session;
 mod tls;
 

@@ -1,0 +1,100 @@
+//! A key this client is putting into a lock's queue, deleted again if whoever waits for it
+//! gives up (a dropped `acquire` or `try_acquire`) before it is handed over.
+
+use std::sync::Arc;
+
+use dlock_core::support::spawn_clean_up;
+use dlock_core::{LockError, Result};
+use etcd_client::{Txn, TxnResponse};
+use tokio::task::JoinHandle;
+
+use crate::backend::{EtcdBackend, Inner};
+use crate::error::{request, BACKEND};
+
+/// Our key in a queue, from the moment the transaction that may put it is sent until
+/// [`PendingKey::keep`] or [`PendingKey::forget`]. Dropped before that, it deletes the key
+/// in the background, so a cancelled request leaves nothing that holds or delays the lock
+/// for the rest of the session (P7).
+pub(crate) struct PendingKey {
+    inner: Arc<Inner>,
+    key: String,
+    /// The transaction putting the key, while in flight. It runs as a task of its own so
+    /// that a dropped caller cannot cut it off half way: the delete sent from `Drop` travels
+    /// on another stream, could reach etcd first, and the put landing after it would leave
+    /// the key in line for the session's whole life.
+    putting: Option<JoinHandle<Result<TxnResponse>>>,
+    armed: bool,
+}
+
+impl PendingKey {
+    /// Sends `txn`, which may put `key`, in a task of its own; the key is to be deleted on
+    /// drop from now on, before the request has even gone out.
+    pub(crate) fn put(backend: &EtcdBackend, key: String, txn: Txn) -> PendingKey {
+        let putting = tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.txn(txn).await }
+        });
+        PendingKey {
+            inner: Arc::clone(backend.inner()),
+            key,
+            putting: Some(putting),
+            armed: true,
+        }
+    }
+
+    /// The answer to the transaction. On an error the key stays armed: it may exist.
+    pub(crate) async fn settled(&mut self) -> Result<TxnResponse> {
+        let Some(putting) = self.putting.as_mut() else {
+            return Err(LockError::protocol(BACKEND, "the put was awaited twice"));
+        };
+        let outcome = putting.await;
+        self.putting = None;
+        outcome.map_err(|error| LockError::backend(BACKEND, error.to_string()))?
+    }
+
+    /// The key's name.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Hands the key over (the lock is held now): dropping no longer deletes it.
+    pub(crate) fn keep(mut self) -> String {
+        self.armed = false;
+        std::mem::take(&mut self.key)
+    }
+
+    /// The key is known not to exist (the put did not happen, or it was deleted): nothing
+    /// to clean up.
+    pub(crate) fn forget(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingKey {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let key = std::mem::take(&mut self.key);
+        let putting = self.putting.take();
+        spawn_clean_up(async move {
+            // Delete only once the put is settled, or the delete may overtake it.
+            if let Some(put) = putting {
+                let _ = put.await;
+            }
+            let mut kv = inner.client.kv_client();
+            // The key is unique to this request (lease id and sequence): deleting it by name
+            // cannot touch anyone else's.
+            if let Err(error) = request(
+                &inner.endpoint,
+                inner.config.request_timeout,
+                kv.delete(key.as_str(), None),
+            )
+            .await
+            {
+                tracing::warn!(%error, key, "could not remove a cancelled request's key; its lease will");
+            }
+        });
+    }
+}
