@@ -986,14 +986,12 @@ fn etcd_network_faults() {
 }
 
 #[test]
-#[ignore = "issue 9, found by this harness: an etcd acquire cancelled at a poll (as in flight) can leave its key in the line, holding it while the client lives (intermittent; still seen after 53a3a19)"]
 fn etcd_cancellations_at_polls() {
     let (_server, target) = etcd("etcd-cancel");
     cancellations(&target, false);
 }
 
 #[test]
-#[ignore = "issue 9, found by this harness: an etcd acquire cancelled while its put is in flight leaves its key in the line, holding it while the client lives (2 of 4 runs after 53a3a19)"]
 fn etcd_cancellations_in_flight() {
     let (_server, target) = etcd("etcd-cancel-flight");
     cancellations(&target, true);
