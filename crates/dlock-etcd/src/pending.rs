@@ -2,9 +2,10 @@
 //! gives up (a dropped `acquire` or `try_acquire`) before it is handed over.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dlock_core::support::spawn_clean_up;
-use dlock_core::{LockError, Result};
+use dlock_core::{Backoff, LockError, Result};
 use etcd_client::{Txn, TxnResponse};
 use tokio::task::JoinHandle;
 
@@ -85,16 +86,33 @@ impl Drop for PendingKey {
             }
             let mut kv = inner.client.kv_client();
             // The key is unique to this request (lease id and sequence): deleting it by name
-            // cannot touch anyone else's.
-            if let Err(error) = request(
-                &inner.endpoint,
-                inner.config.request_timeout,
-                kv.delete(key.as_str(), None),
-            )
-            .await
-            {
-                tracing::warn!(%error, key, "could not remove a cancelled request's key; its lease will");
+            // cannot touch anyone else's, however often. Retried, since the client lives on
+            // and keeps the key's lease alive: a delete lost to a server restart or a cut
+            // link would otherwise leave the key in line for the session's whole life.
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+            for _ in 0..DELETE_TRIES {
+                match request(
+                    &inner.endpoint,
+                    inner.config.request_timeout,
+                    kv.delete(key.as_str(), None),
+                )
+                .await
+                {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::debug!(%error, key, "removing a cancelled request's key failed")
+                    }
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
+            tracing::warn!(
+                key,
+                "could not remove a cancelled request's key; its lease will"
+            );
         });
     }
 }
+
+/// How many times a dropped request's key is deleted before its lease is left to remove it:
+/// with the backoff above, about a minute.
+const DELETE_TRIES: u32 = 20;
