@@ -788,7 +788,6 @@ fn redis_kills() {
 }
 
 #[test]
-#[ignore = "issue 9, found by this harness: only the first waiter watches the holder's expiry; with the first waiters in line dead (kill -9), the live one behind them waits for its 10 s safety net (next grant 5-8 s after the holder's death with a 1 s lease)"]
 fn redis_kills_ahead_in_line() {
     let (_server, target) = redis("redis-kill-line");
     kills_ahead_in_line(&target);
@@ -859,7 +858,6 @@ fn redlock_kills() {
 }
 
 #[test]
-#[ignore = "issue 9, found by this harness: only the first waiter watches the holder's expiry; with the first waiters in line dead (kill -9), the live one behind them waits for its 10 s safety net (next grant 5-8 s after the holder's death with a 1 s lease)"]
 fn redlock_kills_ahead_in_line() {
     let (_servers, target) = redlock("redlock-kill-line");
     kills_ahead_in_line(&target);
