@@ -9,12 +9,32 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; it is free the moment this returns).
+/// A free TCP port on 127.0.0.1 for a server to listen on, never handed out twice by this
+/// process.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux): a port the
+/// kernel picked for `bind(0)` is the kind it also gives to outgoing connections, and the
+/// tests' many client connections took such ports between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let port = PORTS.start + (rand_u32() % u32::from(PORTS.end - PORTS.start)) as u16;
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
+}
+
+/// Where [`free_port`] looks: above the well-known servers' ports, below the ephemeral range.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A random number from the standard library's hasher seeds (no extra dependency).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u32
 }
 
 /// One server process and the command that starts it again.

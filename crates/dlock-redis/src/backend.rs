@@ -20,9 +20,9 @@ use crate::config::RedisConfig;
 use crate::layout::LockNames;
 use crate::node::{AcquireReply, Node, Waiters, Wake};
 
-/// How long a waiter that is not first in line sleeps before looking again when no message
-/// comes: only a safety net for lost messages, since releases and first-in-line changes are
-/// pushed by the server.
+/// How long a waiter sleeps at most before looking again when no message comes (and the
+/// holder's lease does not run out sooner): only a safety net for lost messages, since
+/// releases and first-in-line changes are pushed by the server.
 const SAFETY_NET: Duration = Duration::from_secs(10);
 /// How long a waiter that stands in no line (it reached no instance) or lost a Redlock split
 /// vote waits at most before trying again.
@@ -57,8 +57,11 @@ const ENTRY_TTL: Duration = Duration::from_secs(30);
 ///   waiter and tells it, with its token and the number of the request it answers, by one
 ///   message on its channel; the waiter ignores a grant of an earlier request, and trusts the
 ///   lease from the moment it sent the request (or confirms with one more script call if that
-///   was long ago). The first in line also sets its own timer at the holder's expiry, for a
-///   holder that vanished. One release wakes one waiter.
+///   was long ago). Every waiter in line also sets its own timer at the holder's expiry,
+///   for a holder that vanished: the waiters ahead of it may have vanished too (killed), and
+///   nothing tells Redis's line that a subscriber left, so the first one to learn that it is
+///   now first must be the live one. One release wakes one waiter; a holder's expiry wakes
+///   every waiter once (one script call each).
 ///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script joined the line (a waiter first tries without joining).
@@ -214,8 +217,9 @@ enum Attempt {
     Busy {
         /// Instances where this waiter now stands in line.
         in_line: Vec<bool>,
-        /// When the holder's lease runs out, on instances where this waiter is first.
-        first_for: Option<Duration>,
+        /// When to look again at the latest: the holder's lease runs out (or a head that has
+        /// not taken the free lock runs out of entry time), on the first instance to say so.
+        look_again: Option<Duration>,
         /// Some instances granted it but not a majority (Redlock): retry soon.
         split: bool,
     },
@@ -462,17 +466,20 @@ impl Inner {
         // Instances that have not answered: they may still grant the lock or put the waiter
         // in line when they do.
         let pending: Vec<bool> = replies.iter().map(Option::is_none).collect();
-        let mut first_for: Option<Duration> = None;
+        let mut look_again: Option<Duration> = None;
         let mut failures = Vec::new();
         for (index, reply) in replies.into_iter().enumerate() {
             match reply {
                 Some(Ok(AcquireReply::Granted(token))) => tokens[index] = Some(token),
-                Some(Ok(AcquireReply::Waiting { holder_ttl, first })) => {
+                Some(Ok(AcquireReply::Waiting {
+                    holder_ttl,
+                    look_again: timer,
+                })) => {
                     in_line[index] = waiter.is_some();
                     // A lock without expiry (not ours, or tampered with) is freed only by a
                     // release, which wakes us: no timer for it.
-                    if let (true, Some(ttl)) = (first, holder_ttl) {
-                        first_for = Some(first_for.map_or(ttl, |f| f.min(ttl)));
+                    if let (true, Some(ttl)) = (timer, holder_ttl) {
+                        look_again = Some(look_again.map_or(ttl, |f| f.min(ttl)));
                     }
                 }
                 Some(Err(error)) => failures.push(error),
@@ -523,7 +530,7 @@ impl Inner {
         }
         Attempt::Busy {
             in_line,
-            first_for,
+            look_again,
             split: granted_count > 0,
         }
     }
@@ -706,7 +713,7 @@ impl LockBackend for RedisBackend {
                 }
                 Attempt::Busy {
                     in_line,
-                    first_for,
+                    look_again,
                     split,
                 } => {
                     failing_since = None;
@@ -716,9 +723,10 @@ impl LockBackend for RedisBackend {
                     if split || !in_line.iter().any(|l| *l) {
                         deaf = split;
                         jitter(SPLIT_RETRY)
-                    } else if let Some(ttl) = first_for {
-                        // First in line: look again when the holder's lease runs out, in
-                        // case it vanished without releasing (and refresh the entry anyway).
+                    } else if let Some(ttl) = look_again {
+                        // Look again when the holder's lease runs out, in case it vanished
+                        // without releasing, and so did every waiter ahead of us (and
+                        // refresh the entry anyway).
                         (ttl + Duration::from_millis(1)).min(jitter(SAFETY_NET))
                     } else {
                         jitter(SAFETY_NET)

@@ -58,6 +58,11 @@
 //! script hands the lock to the first live waiter and names the request it answers: a waiter
 //! accepts only a grant of its latest request and trusts the lease from the moment it sent
 //! that request (a grant noticed late, after a pause, is confirmed with the server first).
+//! Every waiter in line, not only the first, also looks again when the holder's lease runs
+//! out: nothing tells the line that a waiter was killed, so when the holder and the waiters
+//! ahead are all gone, the live one behind them learns it is first (and takes the lock) then,
+//! not at its 10 s safety net. A holder that keeps renewing thus costs each waiter one
+//! script call per lease (at most one per 10 s anyway); a release still wakes one waiter.
 //! An `acquire` dropped at any await point leaves the line, stops listening and gives back a
 //! grant its last request may still receive (the clean-up is sent on the same connections,
 //! after that request). On Redlock a waiter needs a majority of instances listening; an

@@ -41,12 +41,13 @@ pub(crate) enum AcquireReply {
     Granted(u64),
     /// Held by someone else (or another waiter's turn).
     Waiting {
-        /// The holder's remaining lease, if the key has one; with `first`, when to look
+        /// The holder's remaining lease, if the key has one; with `look_again`, when to look
         /// again at the latest.
         holder_ttl: Option<Duration>,
-        /// This waiter is first in line, or second behind a head whose entry runs out before
-        /// it could take the lock (`holder_ttl` is then that entry's time left).
-        first: bool,
+        /// The waiter stands in line and should look again after `holder_ttl` (the holder's
+        /// lease, or, the lock being free, the time left of the entry of a head that has not
+        /// taken it yet), in case those ahead of it are gone without a word by then.
+        look_again: bool,
     },
 }
 
@@ -194,9 +195,9 @@ impl Node {
             .map_err(|e| error(&self.endpoint, e))?;
         match reply.as_slice() {
             [1, token] if *token > 0 => Ok(AcquireReply::Granted(*token as u64)),
-            [0, ttl, first] => Ok(AcquireReply::Waiting {
+            [0, ttl, look_again] => Ok(AcquireReply::Waiting {
                 holder_ttl: (*ttl >= 0).then(|| Duration::from_millis(*ttl as u64)),
-                first: *first == 1,
+                look_again: *look_again == 1,
             }),
             [-1] => Err(wrong_type(names)),
             other => Err(unexpected("acquire", other)),

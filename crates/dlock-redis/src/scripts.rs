@@ -110,10 +110,8 @@ local function hand_over(lock, fence, queue, deadlines, prefix)
       local message = head .. ' g ' .. string.format('%.0f', token) .. ' ' .. attempt
       if redis.call('PUBLISH', channel_of(head, prefix), message) > 0 then
         redis.call('SET', lock, head, 'PX', lease)
-        local next = redis.call('LINDEX', queue, 0)
-        if next then
-          redis.call('PUBLISH', channel_of(next, prefix), next .. ' h ' .. lease)
-        end
+        -- To the first live one: a dead next in line would learn nothing.
+        wake_first(queue, deadlines, prefix, 'h', lease, now)
         return
       end
     end
@@ -140,9 +138,10 @@ end
 /// majority keeps its place, and leaves every line itself once it holds the lock). A lock
 /// already handed to `owner` is confirmed (with a fresh token if its counter is gone).
 /// Returns `{1, token}` when granted, `{0, ms, 1}` when the waiter should look again in `ms`
-/// at the latest (it is first: the holder's pttl; or second behind a head whose entry runs
-/// out first: that entry's time left), `{0, holder's pttl, 0}` otherwise, and `{-1}` when the
-/// lock key holds another type.
+/// at the latest (the holder's pttl, for every waiter in line; or, the lock being free, for
+/// the second behind a head that has not taken it yet: that head's entry time left),
+/// `{0, holder's pttl, 0}` otherwise (no expiry, or a try), and `{-1}` when the lock key
+/// holds another type.
 const ACQUIRE: &str = r"
 local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -184,7 +183,7 @@ if kind == 'none' then
     local token = bump_fence(fence, now, lease)
     redis.call('SET', lock, owner, 'PX', lease)
     if head and head ~= waiter then
-      redis.call('PUBLISH', channel_of(head, prefix), head .. ' h ' .. lease)
+      wake_first(queue, deadlines, prefix, 'h', lease, now)
     end
     return {1, token}
   end
@@ -206,15 +205,18 @@ while head and head ~= waiter and not alive(deadlines, head, prefix, now) do
   head = redis.call('LINDEX', queue, 0)
 end
 local pttl = redis.call('PTTL', lock)
+-- Every waiter, first or not, looks again when the holder's lease runs out: the waiters
+-- ahead of it may all be gone by then (killed: nobody hands the turn on, and nothing tells
+-- Redis's line that a subscriber left), and then this call finds them dead and makes it
+-- first, or grants it the lock.
+if pttl >= 0 then return {0, pttl, 1} end
 if head == waiter then return {0, pttl, 1} end
--- Second behind a head that will not have taken the lock before its own entry runs out:
--- look again then (as the first in line would), so a head that seems to listen but is gone
--- (a frozen process, a crashed host's open connection) holds the line no longer than that.
-if head and redis.call('LINDEX', queue, 1) == waiter then
+-- Second behind a head that has not taken the free lock yet: look again when the head's own
+-- entry runs out, so a head that seems to listen but is gone (a frozen process, a crashed
+-- host's open connection) holds the line no longer than that.
+if pttl == -2 and head and redis.call('LINDEX', queue, 1) == waiter then
   local deadline = entry_of(deadlines, head)
-  if deadline and (pttl == -2 or (pttl >= 0 and pttl < deadline - now)) then
-    return {0, deadline - now, 1}
-  end
+  if deadline then return {0, deadline - now, 1} end
 end
 return {0, pttl, 0}
 ";

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dlock_core::support::spawn_clean_up;
 use dlock_core::{Backoff, Result};
 use tokio::time::Instant;
 use zookeeper_client::{CreateMode, Error, Stat};
@@ -162,10 +163,8 @@ impl Drop for Attempt {
             std::mem::take(&mut self.name),
             self.node.take(),
         );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(remove(session, dir, name, node));
-        }
         // Without a runtime the node stays until the session ends.
+        spawn_clean_up(remove(session, dir, name, node));
     }
 }
 

@@ -148,7 +148,7 @@ impl ZooKeeperBackend {
                 .deadline
                 .is_some_and(|deadline| Instant::now() >= deadline)
             {
-                return Err(timeout(request));
+                return Err(request.timeout());
             }
         }
     }
@@ -198,7 +198,7 @@ impl ZooKeeperBackend {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = sleep_until(request.deadline) => return Err(timeout(request)),
+                        _ = sleep_until(request.deadline) => return Err(request.timeout()),
                     }
                     sent = Instant::now();
                     children = client.list_children(dir).await;
@@ -232,7 +232,7 @@ impl ZooKeeperBackend {
                         }
                         _ = sleep_until(request.deadline) => {
                             attempt.withdraw().await;
-                            return Err(timeout(request));
+                            return Err(request.timeout());
                         }
                         _ = session.retired() => return Ok(None),
                     }
@@ -307,9 +307,9 @@ impl LockBackend for ZooKeeperBackend {
     async fn extend(&self, lease: &Lease, _ttl: Duration) -> Result<Instant> {
         let held = held(lease)?;
         if held.state.load(Ordering::Acquire) != HELD || held.session.retired_reason().is_some() {
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
-        let client = held.session.client().map_err(|_| not_held(lease))?;
+        let client = held.session.client().map_err(|_| lease.not_held())?;
         let sent = Instant::now();
         match client.check_stat(&held.node).await {
             Ok(Some(stat))
@@ -320,7 +320,7 @@ impl LockBackend for ZooKeeperBackend {
             }
             Ok(_) => {
                 held.state.store(LOST, Ordering::Release);
-                Err(not_held(lease))
+                Err(lease.not_held())
             }
             Err(error) => Err(zk_error(held.session.endpoint(), error)),
         }
@@ -333,7 +333,7 @@ impl LockBackend for ZooKeeperBackend {
             .compare_exchange(HELD, RELEASING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
         let session = &held.session;
         // Connection losses are retried for a while; past that the session's expiry still
@@ -345,7 +345,7 @@ impl LockBackend for ZooKeeperBackend {
         loop {
             let Ok(client) = session.client() else {
                 held.state.store(LOST, Ordering::Release);
-                return Err(not_held(lease));
+                return Err(lease.not_held());
             };
             // Version 0: nobody ever writes to a lock node, and its path is unique to this
             // acquisition, so this deletes our node and nothing else.
@@ -362,7 +362,7 @@ impl LockBackend for ZooKeeperBackend {
                 }
                 Err(Error::NoNode | Error::BadVersion) => {
                     held.state.store(LOST, Ordering::Release);
-                    return Err(not_held(lease));
+                    return Err(lease.not_held());
                 }
                 Err(error)
                     if is_connection(&error)
@@ -510,25 +510,7 @@ async fn watch_held(
 }
 
 fn held(lease: &Lease) -> Result<&HeldNode> {
-    lease.record::<HeldNode>().ok_or_else(|| {
-        LockError::protocol(
-            "zookeeper",
-            "the lease was not taken by a zookeeper backend",
-        )
-    })
-}
-
-fn not_held(lease: &Lease) -> LockError {
-    LockError::NotHeld {
-        key: lease.key().to_string(),
-    }
-}
-
-fn timeout(request: &AcquireRequest<'_>) -> LockError {
-    LockError::Timeout {
-        key: request.key.to_string(),
-        waited: request.options.wait.unwrap_or_default(),
-    }
+    lease.record_of::<HeldNode>("zookeeper")
 }
 
 fn is_connection_error(error: &LockError) -> bool {

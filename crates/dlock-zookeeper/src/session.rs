@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use dlock_core::support::{lock, spawn_clean_up};
 use dlock_core::{Backoff, LockError, LossReason, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -230,9 +231,8 @@ impl Session {
     }
 
     fn close_in_background(&self) {
-        let closer = lock(&self.closer).take();
-        if let (Some(closer), Ok(runtime)) = (closer, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(close_abandoned(closer, self.timeout));
+        if let Some(closer) = lock(&self.closer).take() {
+            spawn_clean_up(close_abandoned(closer, self.timeout));
         }
     }
 
@@ -373,12 +373,4 @@ async fn supervise(session: Weak<Session>, mut states: zookeeper_client::StateWa
             }
         }
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: every critical section here is a plain
-/// assignment, so the data stays consistent.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

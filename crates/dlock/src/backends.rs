@@ -30,6 +30,26 @@
 //!   lease is the client's session, so one heartbeat keeps all of a client's locks, and a
 //!   crashed client's locks go when its session does.
 //!
+//! ## Redis under faults
+//! - **Restart that loses or rolls back writes** (no persistence, an RDB snapshot, AOF
+//!   `everysec`, a failover to a lagging replica): locks may be forgotten or come back stale;
+//!   tokens still grow (floored by the server clock), and a reloaded waiting line stalls
+//!   nobody: an entry counts only while its waiter listens on its own channel.
+//! - **Holder or waiter paused past its lease**: the guard is signalled lost on the holder's
+//!   clock and its key is given back (owner-checked); a grant that reached a stopped waiter is
+//!   never handed out once its lease ran out (it names the request it answers, and the locker
+//!   refuses a grant whose deadline passed), and `dlock run` exits 70 if the lock was not held
+//!   throughout the command.
+//! - **Cancelled acquire**, at any await: it leaves the line, stops listening, and gives back
+//!   a grant its in-flight request may still receive.
+//! - **Crashed host with half-open connections**: its entries stop counting at most 30 s
+//!   after the waiter last asked (live waiters ask again every 10 s).
+//!
+//! These faults, and those below for the other backends, are exercised by the fault harness
+//! (`integration-tests/tests/faults_harness.rs`: a workload of processes with a fenced
+//! register and a checker of its history, under process, network, server and cancellation
+//! faults).
+//!
 //! ## Redlock with a failed minority
 //! Up to `(N − 1) / 2` of the N instances may be down, restarting, slow, or frozen (stopped
 //! with SIGSTOP, a paused VM, a partition that leaves TCP connections open: the instance
