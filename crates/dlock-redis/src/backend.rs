@@ -647,13 +647,20 @@ impl LockBackend for RedisBackend {
         let mut place = PlaceInLine::new(Arc::clone(inner), names.clone(), lease);
         // On a fair line the waiter's id is also the owner id a release hands the lock over
         // under (and a waiter that leaves gives back a lock handed to it meanwhile). Redlock
-        // waiters stay in line while they hold the lock, so they own it under another id.
-        let owner = if inner.fair() {
-            place.id.clone()
-        } else {
-            inner.next_id()
+        // waiters stay in line while they hold the lock, so they own it under another id, a
+        // new one for every attempt: a give-back of a failed attempt that reaches an instance
+        // late (its connection was being re-established) must not delete what the next
+        // attempt was granted there.
+        let owner_for_attempt = |place: &mut PlaceInLine| {
+            let owner = if inner.fair() {
+                place.id.clone()
+            } else {
+                inner.next_id()
+            };
+            place.owner.clone_from(&owner);
+            owner
         };
-        place.owner.clone_from(&owner);
+        let mut owner = owner_for_attempt(&mut place);
         // A free lock is taken without joining a line or listening for wake-ups, so the
         // uncontended path costs one script call; a waiter joins the line from its next call
         // on (first come, first served counts from the join).
@@ -689,6 +696,7 @@ impl LockBackend for RedisBackend {
                     // From the moment the request may reach a server we may stand in its
                     // line, even if we never see the answer (cancelled, connection lost).
                     let number = place.next_attempt();
+                    owner = owner_for_attempt(&mut place);
                     let sent = Instant::now();
                     let waiter = Some((place.id.as_str(), entry_ttl, number));
                     let attempt = inner.attempt(&names, &owner, lease, waiter).await;
