@@ -26,10 +26,39 @@ pub async fn redis_leftovers(address: &str, prefix: &str) -> Result<Vec<String>,
             .filter_map(Result::ok)
             .filter(|key| !key.ends_with(":fence"))
             .collect();
-        Ok(keys)
+        // A waiting line is listed with its entries, their deadlines and whether anybody
+        // still listens for them: what tells a dead entry from one a client keeps alive.
+        let described = keys
+            .into_iter()
+            .map(|key| match key.strip_suffix(":queue") {
+                Some(base) => describe_line(&mut connection, &key, &format!("{base}:deadlines")),
+                None => key,
+            })
+            .collect();
+        Ok(described)
     })
     .await
     .map_err(text)?
+}
+
+/// `queue [entry (deadline, listeners) …]`, as far as the server answers.
+fn describe_line(connection: &mut redis::Connection, queue: &str, deadlines: &str) -> String {
+    use redis::Commands;
+    let entries: Vec<String> = connection.lrange(queue, 0, -1).unwrap_or_default();
+    let described: Vec<String> = entries
+        .iter()
+        .map(|entry| {
+            let deadline: Option<String> = connection.hget(deadlines, entry).unwrap_or(None);
+            let listeners: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(format!("dlock:wake:{entry}"))
+                .query(connection)
+                .unwrap_or_default();
+            let listeners = listeners.first().map_or(0, |(_, n)| *n);
+            format!("{entry} (deadline {deadline:?}, {listeners} listening)")
+        })
+        .collect();
+    format!("{queue} [{}]", described.join(", "))
 }
 
 /// The lock nodes (`_c_…`) ZooKeeper holds anywhere on a path through a `prefix` node.

@@ -97,6 +97,7 @@ impl FaultProxy {
             open: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
+            received: [AtomicU64::new(0), AtomicU64::new(0)],
         });
         let task_shared = Arc::clone(&shared);
         runtime().spawn(async move {
@@ -190,6 +191,12 @@ impl FaultProxy {
         self.shared.forwarded[direction.index()].load(Ordering::SeqCst)
     }
 
+    /// How many bytes the proxy has taken in from the sending side in `direction`, delivered
+    /// or held: tells a test that a request was sent while its link is cut.
+    pub fn received_bytes(&self, direction: Direction) -> u64 {
+        self.shared.received[direction.index()].load(Ordering::SeqCst)
+    }
+
     fn set_stall(&self, direction: Direction, on: bool) {
         self.shared.faults.send_modify(|faults| match direction {
             Direction::ToServer => faults.stall_to_server = on,
@@ -247,6 +254,7 @@ struct Shared {
     open: AtomicUsize,
     accepted: AtomicU64,
     forwarded: [AtomicU64; 2],
+    received: [AtomicU64; 2],
 }
 
 /// The runtime every proxy of this process runs on: one thread, started on first use, so
@@ -350,6 +358,7 @@ async fn pump(
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }
+            shared.received[direction.index()].fetch_add(n as u64, Ordering::SeqCst);
             if chunks.send((Instant::now(), buffer[..n].to_vec())).is_err() {
                 return Ok(());
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dlock_core::{LockError, LockGuard, LockKey, LockOptions, Locker};
 use dlock_redis::RedisBackend;
-use dlock_test_servers::RedisServer;
+use dlock_test_servers::{Direction, FaultProxy, RedisServer};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 
@@ -14,6 +14,9 @@ mod redis_support;
 use redis_support::command;
 
 const PROMPTLY: Duration = Duration::from_secs(5);
+/// How long a network fault lasts when a test needs the client's own timeouts to run out
+/// during it (tests that cut a link use 200 ms client timeouts).
+const CUT: Duration = Duration::from_millis(1500);
 
 fn options(test: &str, lease: Duration) -> LockOptions {
     let run: u64 = rand_u64();
@@ -653,4 +656,56 @@ async fn tls_connection() {
         matches!(untrusted, Err(LockError::Connection { .. })),
         "{untrusted:?}"
     );
+}
+
+/// Regression (found by the faults harness, `redlock_lost_replies`): a waiter cancelled while
+/// its link is cut can neither leave the line nor stop listening then; once the link is
+/// back, its client must still do both. Before, the client gave up at the first error, and
+/// its connection, on reconnecting, listened again for the gone waiter (the unsubscribe was
+/// never confirmed): its entry counted as alive, a release handed the lock to nobody, and
+/// the next waiter waited out that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_waiter_cancelled_on_a_cut_link_leaves_the_line() {
+    let server = RedisServer::start();
+    let opts = options("cancel-cut", Duration::from_secs(20));
+    let proxy = FaultProxy::start(address(&server));
+    let alice = locker(&server.url(), &opts).await;
+    // Short timeouts, so the clean-up's first tries fail well within the cut.
+    let bob_url = format!(
+        "redis://{}?connect_timeout=200ms&response_timeout=200ms",
+        proxy.address()
+    );
+    let bob = locker(&bob_url, &opts).await;
+    let carol = locker(&server.url(), &opts).await;
+    let guard = alice.acquire("k").await.expect("alice acquires");
+    let bobs = queued_waiter(&bob, "k", opts.clone()).await;
+    let carols = queued_waiter(&carol, "k", opts.clone()).await;
+
+    proxy.blackhole();
+    let sent_before = proxy.received_bytes(Direction::ToServer);
+    bobs.abort();
+    let _ = bobs.await;
+    // Bob's clean-up (leaving the line) is on the wire, held by the cut link…
+    let deadline = Instant::now() + PROMPTLY;
+    while proxy.received_bytes(Direction::ToServer) == sent_before {
+        assert!(Instant::now() < deadline, "bob's client sent no clean-up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // …lost with the connection, and the link stays cut for several of bob's timeouts.
+    proxy.reset();
+    tokio::time::sleep(CUT).await;
+    proxy.heal();
+    let deadline = Instant::now() + PROMPTLY;
+    while bob.backend().ping().await.is_err() {
+        assert!(Instant::now() < deadline, "bob's client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    guard.release().await.expect("alice releases");
+    let carol_guard = timeout(PROMPTLY, carols)
+        .await
+        .expect("carol is served, not held up by bob's gone waiter")
+        .unwrap()
+        .expect("carol");
+    carol_guard.release().await.expect("carol releases");
 }

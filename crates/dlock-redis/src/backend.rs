@@ -249,10 +249,6 @@ impl Inner {
     /// connection attempt then starts in the background, at most once per
     /// [`RECONNECT_PAUSE`]): a call never waits for a connection, which an instance that is
     /// frozen would never complete.
-    async fn node(&self, index: usize) -> Result<Node> {
-        self.node_now(index)
-    }
-
     fn node_now(&self, index: usize) -> Result<Node> {
         let endpoint = &self.config.endpoints[index];
         let mut slot = lock(&self.nodes[index]);
@@ -1143,50 +1139,82 @@ impl Drop for PlaceInLine {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (inner, names, id) = (Arc::clone(&self.inner), self.names.clone(), self.id.clone());
+        let inner = Arc::downgrade(&self.inner);
+        let (names, id) = (self.names.clone(), self.id.clone());
         let owner = std::mem::take(&mut self.owner);
         let in_line = std::mem::take(&mut self.in_line);
         let listening = std::mem::take(&mut self.asked_to_listen);
+        let fair = self.inner.fair();
         runtime.spawn(async move {
             join_all((0..in_line.len()).map(|index| {
                 let (inner, names, id, owner) = (&inner, &names, &id, &owner);
                 let (in_line, listening) = (in_line[index], listening[index]);
                 async move {
-                    if !may_hold && !in_line && !listening {
-                        return;
-                    }
-                    let node = match inner.node(index).await {
-                        Ok(node) => node,
-                        Err(error) => {
-                            // The connection is gone, and with it what listened: our entries
-                            // there are dead already.
-                            tracing::debug!(%error, "could not leave a waiting line");
-                            return;
-                        }
-                    };
-                    // Sent after the request on the same connection, so it runs after it
-                    // on the server.
+                    // Each step goes after the request on the same connection, so it runs
+                    // after it on the server.
                     if may_hold && !owner.is_empty() {
-                        if let Err(error) = node.release(names, owner, inner.fair()).await {
-                            // The lease bounds a grant we could not give back.
-                            tracing::debug!(%error, "could not give back a cancelled grant");
-                        }
+                        // The lease bounds a grant we could not give back.
+                        until_done(inner, index, "giving back a cancelled grant", |node| {
+                            async move { node.release(names, owner, fair).await.map(|_| ()) }
+                        })
+                        .await;
                     }
                     if in_line {
-                        if let Err(error) = node.leave(names, id, inner.fair()).await {
-                            // Stopping to listen below makes the entry dead all the same.
-                            tracing::debug!(%error, "could not leave a waiting line");
-                        }
+                        // Stopping to listen below makes the entry dead all the same.
+                        until_done(inner, index, "leaving a waiting line", |node| async move {
+                            node.leave(names, id, fair).await
+                        })
+                        .await;
                     }
                     if listening {
-                        if let Err(error) = node.stop_listening(id).await {
-                            tracing::debug!(%error, "could not stop listening for a waiter");
-                        }
+                        until_done(
+                            inner,
+                            index,
+                            "stopping to listen for a waiter",
+                            |node| async move { node.stop_listening(id).await },
+                        )
+                        .await;
                     }
                 }
             }))
             .await;
         });
+    }
+}
+
+/// Runs one clean-up `step` of a waiter that is gone on instance `index`, again after each
+/// transient failure (a link reset, an instance restarting) until it is done, the client is
+/// dropped, or [`ENTRY_TTL`] has passed (after which no entry of the waiter counts). Giving up
+/// at the first error is not enough: a connection re-subscribes, once it reconnects, to every
+/// channel whose unsubscribe the server did not confirm, and that would keep the gone
+/// waiter's entry alive: a release would hand the lock to nobody.
+async fn until_done<F, Fut>(inner: &Weak<Inner>, index: usize, what: &str, step: F)
+where
+    F: Fn(Node) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let give_up = Instant::now() + ENTRY_TTL;
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+    loop {
+        // A client that is gone took its connections along, and what they listened to.
+        let Some(node) = inner.upgrade().map(|inner| inner.node_now(index)) else {
+            return;
+        };
+        let outcome = match node {
+            Ok(node) => step(node).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(error) if error.is_transient() && Instant::now() < give_up => {
+                tracing::debug!(%error, "{what}: trying again");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "{what}: giving up");
+                return;
+            }
+        }
     }
 }
 
