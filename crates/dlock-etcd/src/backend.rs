@@ -319,11 +319,11 @@ impl LockBackend for EtcdBackend {
             token_revision(lease),
         )]);
         if !self.txn(txn).await?.succeeded() {
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
         if let Some(reason) = record.session.ended() {
             tracing::debug!(%reason, "extend after the session ended");
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
         Ok(record.session.valid_until())
     }
@@ -358,7 +358,7 @@ impl LockBackend for EtcdBackend {
             .map_err(|error| LockError::backend(BACKEND, error.to_string()))?;
         match sent {
             Ok(response) if response.succeeded() => Ok(()),
-            Ok(_) => Err(not_held(lease)),
+            Ok(_) => Err(lease.not_held()),
             Err(error) => Err(error),
         }
     }
@@ -499,20 +499,12 @@ const LEASE_GONE_RETRIES: u32 = 3;
 
 /// The backend's record of `lease`, or a typed error if another backend took it.
 pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {
-    lease
-        .record::<EtcdRecord>()
-        .ok_or_else(|| LockError::protocol(BACKEND, "the lease was not taken by an etcd backend"))
+    lease.record_of::<EtcdRecord>(BACKEND)
 }
 
 /// The create revision the lock key of `lease` must still have.
 pub(crate) fn token_revision(lease: &Lease) -> i64 {
     i64::try_from(lease.fencing_token().get()).unwrap_or(i64::MAX)
-}
-
-fn not_held(lease: &Lease) -> LockError {
-    LockError::NotHeld {
-        key: lease.key().to_string(),
-    }
 }
 
 /// The revision a successful single-put transaction wrote at.

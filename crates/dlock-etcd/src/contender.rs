@@ -99,10 +99,7 @@ impl Contender {
             Some(Err(error)) => Err(error),
             None => {
                 self.leave().await;
-                Err(LockError::Timeout {
-                    key: request.key.to_string(),
-                    waited: request.options.wait.unwrap_or_default(),
-                })
+                Err(request.timeout())
             }
         }
     }

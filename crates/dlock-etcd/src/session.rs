@@ -3,9 +3,10 @@
 //! when it ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dlock_core::support::{lock, spawn_clean_up};
 use dlock_core::{Backoff, LockError, LossNotifier, LossReason};
 use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
@@ -168,15 +169,13 @@ impl Session {
         }
         if self.shared.end(LossReason::LeaseExpired) {
             self.heartbeat.abort();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(revoke_given_up(
-                    self.lease.clone(),
-                    self.shared.id,
-                    self.shared.ttl,
-                    self.endpoint.clone(),
-                    self.timeout,
-                ));
-            }
+            spawn_clean_up(revoke_given_up(
+                self.lease.clone(),
+                self.shared.id,
+                self.shared.ttl,
+                self.endpoint.clone(),
+                self.timeout,
+            ));
         }
         true
     }
@@ -197,13 +196,11 @@ impl Drop for Session {
             return;
         }
         // Nobody uses the lease any more: give it back so waiting keys vanish at once.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (mut lease, id) = (self.lease.clone(), self.shared.id);
-            let (endpoint, timeout) = (self.endpoint.clone(), self.timeout);
-            runtime.spawn(async move {
-                let _ = request(&endpoint, timeout, lease.revoke(id)).await;
-            });
-        }
+        let (mut lease, id) = (self.lease.clone(), self.shared.id);
+        let (endpoint, timeout) = (self.endpoint.clone(), self.timeout);
+        spawn_clean_up(async move {
+            let _ = request(&endpoint, timeout, lease.revoke(id)).await;
+        });
     }
 }
 
@@ -352,8 +349,4 @@ async fn beat(
             Ok(Ok(None) | Err(_)) | Err(_) => return Beat::Retry,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

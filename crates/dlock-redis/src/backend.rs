@@ -7,6 +7,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dlock_core::support::{lock, spawn_clean_up};
 use dlock_core::{
     AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
     LockInfo, LockKey, LockOptions, LossReason, Renewal, Result, MIN_LEASE,
@@ -682,10 +683,7 @@ impl LockBackend for RedisBackend {
             let now = Instant::now();
             let remaining = request.deadline.map(|d| d.saturating_duration_since(now));
             if remaining.is_some_and(|r| r.is_zero()) {
-                return Err(LockError::Timeout {
-                    key: request.key.to_string(),
-                    waited: request.options.wait.unwrap_or_default(),
-                });
+                return Err(request.timeout());
             }
             // Our entry counts until our wait limit, but never longer than `ENTRY_TTL`: we ask
             // again (and so refresh it) well before that.
@@ -816,9 +814,9 @@ impl LockBackend for RedisBackend {
         }
         // Never give anything back here: a failed extend leaves the lock as it was.
         if refused > inner.nodes.len() - inner.config.quorum() {
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
-        Err(first_error(replies).unwrap_or_else(|| not_held(lease)))
+        Err(first_error(replies).unwrap_or_else(|| lease.not_held()))
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
@@ -842,11 +840,11 @@ impl LockBackend for RedisBackend {
         }
         let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
         if refused > inner.nodes.len() - inner.config.quorum() {
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
         // Some instances answered "not ours" and the others could not be asked: if it was
         // still ours there, it runs out with its lease.
-        Err(first_error(replies).unwrap_or_else(|| not_held(lease)))
+        Err(first_error(replies).unwrap_or_else(|| lease.not_held()))
     }
 
     async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
@@ -1140,14 +1138,13 @@ impl Drop for PlaceInLine {
         if !may_hold && !self.in_line.iter().chain(&self.asked_to_listen).any(|l| *l) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (inner, names, id) = (Arc::clone(&self.inner), self.names.clone(), self.id.clone());
         let owner = std::mem::take(&mut self.owner);
         let in_line = std::mem::take(&mut self.in_line);
         let listening = std::mem::take(&mut self.asked_to_listen);
-        runtime.spawn(async move {
+        // Without a runtime nothing can be sent: the entries die with our listening, and a
+        // grant with its lease.
+        spawn_clean_up(async move {
             join_all((0..in_line.len()).map(|index| {
                 let (inner, names, id, owner) = (&inner, &names, &id, &owner);
                 let (in_line, listening) = (in_line[index], listening[index]);
@@ -1190,11 +1187,6 @@ impl Drop for PlaceInLine {
     }
 }
 
-/// Locks a slot, recovering from poisoning: a slot is replaced whole, never left half-set.
-fn lock(slot: &std::sync::Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
-    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn acquired(names: LockNames, owner: String, token: u64, valid_until: Instant) -> Acquired {
     Acquired {
         token: FencingToken::new(token),
@@ -1204,15 +1196,7 @@ fn acquired(names: LockNames, owner: String, token: u64, valid_until: Instant) -
 }
 
 fn record(lease: &Lease) -> Result<&RedisRecord> {
-    lease
-        .record::<RedisRecord>()
-        .ok_or_else(|| LockError::protocol("redis", "the lease was not taken by a Redis backend"))
-}
-
-fn not_held(lease: &Lease) -> LockError {
-    LockError::NotHeld {
-        key: lease.key().to_string(),
-    }
+    lease.record_of::<RedisRecord>("redis")
 }
 
 fn first_error<T>(replies: Vec<Result<T>>) -> Option<LockError> {

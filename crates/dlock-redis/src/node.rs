@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use dlock_core::support::lock;
 use dlock_core::{LockError, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
@@ -94,7 +95,7 @@ impl Waiters {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Wake>>> {
-        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.senders)
     }
 }
 
