@@ -131,12 +131,12 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Connects, subscribes to this client's wake channel and routes its messages to
-    /// `waiters`. The connection reconnects by itself and then subscribes again.
+    /// Connects and routes the wake-up messages that arrive on the connection to `waiters`.
+    /// The connection reconnects by itself and then listens again on every channel it
+    /// listened on (each waiter's, see [`Node::listen`]).
     pub(crate) async fn connect(
         config: &RedisConfig,
         endpoint: &Endpoint,
-        client_id: &str,
         waiters: Arc<Waiters>,
     ) -> Result<Node> {
         let name = endpoint.to_string();
@@ -153,8 +153,7 @@ impl Node {
             .set_push_sender(dispatch)
             .set_automatic_resubscription();
         let connect = async {
-            let mut connection = ConnectionManager::new_with_config(client, manager_config).await?;
-            connection.subscribe(wake_channel(client_id)).await?;
+            let connection = ConnectionManager::new_with_config(client, manager_config).await?;
             load_scripts(&connection).await?;
             Ok::<_, redis::RedisError>(connection)
         };

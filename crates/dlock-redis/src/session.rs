@@ -158,11 +158,11 @@ impl Shared {
     /// on `report`.
     fn spawn_connect(&self, index: usize, report: Option<mpsc::UnboundedSender<Result<()>>>) {
         let this = self.this.clone();
-        let (config, client_id) = (self.config.clone(), self.client_id.clone());
+        let config = self.config.clone();
         let waiters = Arc::clone(&self.waiters);
         tokio::spawn(async move {
             let endpoint = &config.endpoints[index];
-            let connected = Node::connect(&config, endpoint, &client_id, waiters).await;
+            let connected = Node::connect(&config, endpoint, waiters).await;
             let outcome = match connected {
                 Ok(node) => {
                     if let Some(shared) = this.upgrade() {
