@@ -1,0 +1,340 @@
+//! How a waiter stands in line and is woken: one attempt to take a lock, its ephemeral
+//! sequential node (created so that a lost reply cannot leak it), a watch on the node just
+//! ahead of it, and the node removed in the background if the attempt is dropped before it
+//! wins.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock_core::support::spawn_clean_up;
+use dlock_core::{AcquireRequest, Backoff, Result};
+use tokio::time::Instant;
+use zookeeper_client::{Client, CreateMode, Error, Stat};
+
+use crate::error::{is_connection, zk_error};
+use crate::layout;
+use crate::session::{Session, Shared};
+
+/// Where an attempt stands after [`Attempt::wait_for_turn`].
+pub(crate) enum Line {
+    /// First in line: the lock is ours.
+    Holder(Attempt),
+    /// Not first, and the caller does not wait (`try_acquire`): the node was withdrawn.
+    Busy,
+    /// Our node is gone (the session ended, or someone deleted it): queue again.
+    Dropped,
+}
+
+/// A contender's node in a key's line.
+///
+/// Until [`Attempt::keep`] hands the node over to a held lock, dropping the attempt (the
+/// acquire returned an error or its future was dropped) deletes the node in the background,
+/// so a cancelled waiter never delays the ones behind it.
+pub(crate) struct Attempt {
+    session: Arc<Session>,
+    dir: String,
+    /// `_c_{attempt id}-lock-`, then the full name once the server numbered it.
+    name: String,
+    /// The node's path once known.
+    node: Option<String>,
+    kept: bool,
+}
+
+impl Attempt {
+    /// A new attempt in `session` on the key node `dir`.
+    pub(crate) fn new(session: Arc<Session>, dir: &str) -> Self {
+        Attempt {
+            session,
+            dir: dir.to_owned(),
+            name: layout::attempt_name(),
+            node: None,
+            kept: false,
+        }
+    }
+
+    /// Creates the node, and the key's parents as container nodes if they are missing.
+    ///
+    /// If the connection drops before the reply, the create may or may not have happened:
+    /// the node is then looked for by the attempt's unique id rather than created twice.
+    pub(crate) async fn create(&mut self) -> Result<Stat> {
+        let protected = format!("{}/{}", self.dir, self.name);
+        let mut backoff = retry_backoff();
+        loop {
+            let client = self.session.client()?;
+            let options = CreateMode::EphemeralSequential.with_acls(self.session.acls());
+            let sent = Instant::now();
+            match client.create(&protected, b"", &options).await {
+                Ok((stat, sequence)) => {
+                    self.session.answered(sent);
+                    self.name = format!("{}{sequence}", self.name);
+                    self.node = Some(format!("{protected}{sequence}"));
+                    return Ok(stat);
+                }
+                Err(Error::NoNode) => {
+                    let parents = CreateMode::Container.with_acls(self.session.acls());
+                    match client.mkdir(&self.dir, &parents).await {
+                        Ok(()) => {}
+                        Err(error) if is_connection(&error) => {
+                            tokio::time::sleep(backoff.next_delay()).await
+                        }
+                        Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+                    }
+                }
+                Err(error) if is_connection(&error) => {
+                    if let Some(stat) = self.find().await? {
+                        return Ok(stat);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+            }
+        }
+    }
+
+    /// Waits until this attempt's node is first in its key's line, reading the line again
+    /// each time the node just ahead of it goes: `children` is the first read of the line,
+    /// sent at `sent`. Without `wait`, a node that is not first is withdrawn at once. When
+    /// `request`'s deadline passes, the node is withdrawn and the error is `Timeout`.
+    pub(crate) async fn wait_for_turn(
+        self,
+        client: &Client,
+        mut children: std::result::Result<Vec<String>, Error>,
+        mut sent: Instant,
+        request: &AcquireRequest<'_>,
+        wait: bool,
+        counters: &Shared,
+    ) -> Result<Line> {
+        let session = Arc::clone(&self.session);
+        let dir = self.dir.clone();
+        let mut queued = false;
+        let mut backoff = retry_backoff();
+        loop {
+            let names = match children {
+                Ok(names) => {
+                    session.answered(sent);
+                    names
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(Line::Dropped);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = sleep_until(request.deadline) => return Err(request.timeout()),
+                    }
+                    sent = Instant::now();
+                    children = client.list_children(&dir).await;
+                    continue;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            };
+            let line = layout::line(&names);
+            let Some(position) = line.iter().position(|(_, name)| *name == self.name()) else {
+                // Our node is gone (deleted from outside): queue again.
+                return Ok(Line::Dropped);
+            };
+            if position == 0 {
+                break;
+            }
+            if !wait {
+                self.withdraw().await;
+                return Ok(Line::Busy);
+            }
+            if !queued {
+                request.queued();
+                queued = true;
+            }
+            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            match client.check_and_watch_stat(&predecessor).await {
+                Ok((None, _)) => {}
+                Ok((Some(_), watcher)) => {
+                    tokio::select! {
+                        _ = watcher.changed() => {
+                            counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ = sleep_until(request.deadline) => {
+                            self.withdraw().await;
+                            return Err(request.timeout());
+                        }
+                        _ = session.retired() => return Ok(Line::Dropped),
+                    }
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(Line::Dropped);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            }
+            counters.rechecks.fetch_add(1, Ordering::Relaxed);
+            sent = Instant::now();
+            children = client.list_children(&dir).await;
+        }
+        Ok(Line::Holder(self))
+    }
+
+    /// The node's path (empty before [`Attempt::create`] succeeded).
+    pub(crate) fn node(&self) -> &str {
+        self.node.as_deref().unwrap_or_default()
+    }
+
+    /// The node's name within the key node.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The attempt won: the node now belongs to the held lock.
+    pub(crate) fn keep(mut self) -> String {
+        self.kept = true;
+        self.node.take().unwrap_or_default()
+    }
+
+    /// Leaves the line now, waiting for the server (bounded), so whoever comes next does not
+    /// see this node.
+    ///
+    /// The removal runs as a task of its own: if this future is dropped before it is done (the
+    /// core cuts an acquire off at its wait limit plus a grace, which a server restart can
+    /// outlast), the removal goes on in the background instead of leaving the node in line
+    /// until the session ends.
+    pub(crate) async fn withdraw(mut self) {
+        self.kept = true;
+        let (session, dir, name, node) = (
+            Arc::clone(&self.session),
+            std::mem::take(&mut self.dir),
+            std::mem::take(&mut self.name),
+            self.node.take(),
+        );
+        let _ = tokio::spawn(remove(session, dir, name, node)).await;
+    }
+
+    /// Looks for this attempt's node by its unique id, retrying while the connection is down.
+    async fn find(&mut self) -> Result<Option<Stat>> {
+        let mut backoff = retry_backoff();
+        loop {
+            let client = self.session.client()?;
+            if let Err(error) = catch_up(&client, &self.dir).await {
+                tokio::time::sleep(backoff.next_delay()).await;
+                if is_connection(&error) {
+                    continue;
+                }
+                return Err(zk_error(self.session.endpoint(), error));
+            }
+            match client.list_children(&self.dir).await {
+                Ok(children) => {
+                    let Some(name) = children.into_iter().find(|c| c.starts_with(&self.name))
+                    else {
+                        return Ok(None);
+                    };
+                    let node = format!("{}/{name}", self.dir);
+                    match client.check_stat(&node).await {
+                        Ok(Some(stat)) => {
+                            self.name = name;
+                            self.node = Some(node);
+                            return Ok(Some(stat));
+                        }
+                        Ok(None) => return Ok(None),
+                        Err(error) if is_connection(&error) => {}
+                        Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+                    }
+                }
+                Err(Error::NoNode) => return Ok(None),
+                Err(error) if is_connection(&error) => {}
+                Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (session, dir, name, node) = (
+            Arc::clone(&self.session),
+            std::mem::take(&mut self.dir),
+            std::mem::take(&mut self.name),
+            self.node.take(),
+        );
+        // Without a runtime the node stays until the session ends.
+        spawn_clean_up(remove(session, dir, name, node));
+    }
+}
+
+/// Deletes an attempt's node (found by its id if its path is unknown), retrying connection
+/// losses while the session lives and for at most one session timeout: past that the node
+/// goes with the session anyway.
+async fn remove(session: Arc<Session>, dir: String, name: String, node: Option<String>) {
+    let give_up = Instant::now() + session.timeout().max(Duration::from_secs(1));
+    let mut backoff = retry_backoff();
+    let mut node = node;
+    while Instant::now() < give_up {
+        let Ok(client) = session.client() else {
+            return;
+        };
+        let path = match &node {
+            Some(path) => path.clone(),
+            None => match listed(&client, &dir).await {
+                Ok(children) => match children.into_iter().find(|c| c.starts_with(&name)) {
+                    Some(found) => {
+                        let path = format!("{dir}/{found}");
+                        node = Some(path.clone());
+                        path
+                    }
+                    None => return,
+                },
+                Err(error) if is_connection(&error) => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        match client.delete(&path, None).await {
+            Ok(()) | Err(Error::NoNode) => return,
+            Err(error) if is_connection(&error) => tokio::time::sleep(backoff.next_delay()).await,
+            Err(error) => {
+                tracing::warn!(node = %path, %error, "cannot remove an abandoned lock attempt; it goes when the session ends");
+                return;
+            }
+        }
+    }
+}
+
+/// Brings the connected server up to date with the leader before its children of `dir` are
+/// read, when looking for a node whose create may have been lost with its answer: the client
+/// may have reconnected to a follower that has not applied that create yet, and a node not
+/// found there would be created again behind the first, which would then block its own
+/// session's attempt until the session ends. One round trip, only on that rare path. A
+/// missing `dir` is no error: nothing was created in it.
+async fn catch_up(client: &zookeeper_client::Client, dir: &str) -> std::result::Result<(), Error> {
+    match client.sync(dir).await {
+        Ok(()) | Err(Error::NoNode) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The children of `dir`, read after [`catch_up`].
+async fn listed(
+    client: &zookeeper_client::Client,
+    dir: &str,
+) -> std::result::Result<Vec<String>, Error> {
+    catch_up(client, dir).await?;
+    client.list_children(dir).await
+}
+
+/// Retries after a connection loss: quick at first, at most a second apart.
+pub(crate) fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
