@@ -4,7 +4,6 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,7 +82,9 @@ impl EtcdBackend {
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn watch_events_received(&self) -> u64 {
-        self.inner.watch_events.load(Ordering::Relaxed)
+        self.inner
+            .watch_events
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The etcd lease ids of this client's live sessions.
