@@ -1,5 +1,6 @@
 //! Small pieces every backend needs, written once: the errors the contract names, the
-//! backend's own record of a lease, a poison-tolerant mutex, and clean-up sent from `Drop`.
+//! backend's own record of a lease, the check of a client's key namespace, a poison-tolerant
+//! mutex, and clean-up sent from `Drop`.
 //!
 //! Applications never need this module; backend authors use it so that every backend
 //! reports the same errors the same way.
@@ -42,6 +43,18 @@ impl AcquireRequest<'_> {
             waited: self.options.wait.unwrap_or_default(),
         }
     }
+}
+
+/// Checks a client's key namespace (the URL's `prefix`, which a backend puts in front of
+/// every name it uses on the server): a control character has no place in a server's names
+/// nor in the logs that show them.
+pub fn check_namespace(namespace: &str) -> Result<()> {
+    if namespace.chars().any(char::is_control) {
+        return Err(LockError::invalid_options(
+            "the prefix contains a control character",
+        ));
+    }
+    Ok(())
 }
 
 /// Locks a std mutex, recovering from poisoning. Only for data that every critical section

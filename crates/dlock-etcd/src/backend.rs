@@ -4,7 +4,6 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +13,16 @@ use dlock_core::{
     LockInfo, LockKey, LockOptions, LossReason, Renewal, Result,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, PutOptions,
-    Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
-use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 
 use crate::config::EtcdConfig;
-use crate::contender::{Contender, Line};
 use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout;
 use crate::pending::PendingKey;
-use crate::session::Session;
+use crate::session::{revision_of, Session, Shared};
+use crate::waiter::{Contender, Line};
 
 /// A client of an etcd cluster that takes dlock locks.
 ///
@@ -50,20 +47,7 @@ use crate::session::Session;
 /// ```
 #[derive(Clone)]
 pub struct EtcdBackend {
-    inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) client: Client,
-    pub(crate) config: EtcdConfig,
-    /// The endpoints, for error messages (no credentials).
-    pub(crate) endpoint: String,
-    /// Live sessions by lease length in whole seconds.
-    sessions: AsyncMutex<HashMap<u64, Arc<Session>>>,
-    /// Makes each contender key of this client unique.
-    sequence: AtomicU64,
-    /// Watch events received by waiters, for tests and benchmarks.
-    pub(crate) watch_events: AtomicU64,
+    inner: Arc<Shared>,
 }
 
 /// The backend's record of one acquisition, kept in the [`Lease`].
@@ -78,40 +62,8 @@ impl EtcdBackend {
     /// Connects to the cluster `config` describes, authenticating if it carries credentials,
     /// and checks that a member answers.
     pub async fn connect(config: EtcdConfig) -> Result<Self> {
-        let endpoint = config.endpoint_list();
-        // Every request, and above all every waiter's watch, requires the member to have a
-        // leader: a member cut off from the quorum then fails the request, and ends an open
-        // watch (etcd's leader monitor), instead of answering from its stale copy or keeping
-        // a watch that can never see the holder's key go. The waiter then looks at the queue
-        // again, through a member that has a leader if the endpoints list one.
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), config.request_timeout)
-            .with_require_leader(true);
-        if let Some(credentials) = &config.credentials {
-            options = options.with_user(credentials.user.clone(), credentials.password.clone());
-        }
-        if let Some(tls) = &config.tls {
-            options = options.with_tls(crate::tls::client_config(tls)?);
-        }
-        let wait = config.connect_timeout + config.request_timeout;
-        let mut client = request(
-            &endpoint,
-            wait,
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await?;
-        // The channel connects lazily: ask once so an unreachable cluster fails here.
-        request(&endpoint, wait, client.status()).await?;
         Ok(EtcdBackend {
-            inner: Arc::new(Inner {
-                client,
-                config,
-                endpoint,
-                sessions: AsyncMutex::new(HashMap::new()),
-                sequence: AtomicU64::new(0),
-                watch_events: AtomicU64::new(0),
-            }),
+            inner: Arc::new(Shared::connect(config).await?),
         })
     }
 
@@ -130,7 +82,9 @@ impl EtcdBackend {
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn watch_events_received(&self) -> u64 {
-        self.inner.watch_events.load(Ordering::Relaxed)
+        self.inner
+            .watch_events
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The etcd lease ids of this client's live sessions.
@@ -153,31 +107,6 @@ impl EtcdBackend {
         for (_, session) in sessions.drain() {
             session.abandon();
         }
-    }
-
-    /// The live session for locks with `lease`, started if needed.
-    async fn session(&self, lease: Duration) -> Result<Arc<Session>> {
-        let seconds = lease.as_secs_f64().ceil().max(1.0) as u64;
-        let mut sessions = self.inner.sessions.lock().await;
-        // A lease past its validity on this process's clock (after a pause, say) is given up
-        // here even if its heartbeat has not run yet: a key put under it would queue behind
-        // the keys of its own lost locks.
-        if let Some(session) = sessions.get(&seconds).filter(|s| !s.end_if_overdue()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::start(
-            self.inner.client.lease_client(),
-            Duration::from_secs(seconds),
-            &self.inner.endpoint,
-            self.inner.config.request_timeout,
-        )
-        .await?;
-        sessions.insert(seconds, Arc::clone(&session));
-        Ok(session)
-    }
-
-    fn next_sequence(&self) -> u64 {
-        self.inner.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     fn queue_dir(&self, request: &AcquireRequest<'_>) -> String {
@@ -215,7 +144,7 @@ impl EtcdBackend {
         session: &Arc<Session>,
     ) -> Result<Option<Acquired>> {
         let dir = self.queue_dir(request);
-        let key = layout::contender_key(&dir, session.id(), self.next_sequence());
+        let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
         // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
         let txn = Txn::new()
             .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
@@ -226,7 +155,7 @@ impl EtcdBackend {
             )]);
         // Armed before the request goes out: a `try_acquire` dropped while it is in flight
         // must not leave a key that holds the lock for the session's whole life.
-        let mut pending = PendingKey::put(self, key, txn);
+        let mut pending = PendingKey::put(&self.inner, key, txn);
         let response = pending.settled().await?;
         if !response.succeeded() {
             pending.forget();
@@ -235,20 +164,6 @@ impl EtcdBackend {
         let revision = revision_of(&response)?;
         self.acquired(request, Arc::clone(session), pending.keep(), revision)
             .map(Some)
-    }
-
-    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.inner.client.kv_client();
-        request(
-            &self.inner.endpoint,
-            self.inner.config.request_timeout,
-            kv.txn(txn),
-        )
-        .await
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
     }
 }
 
@@ -270,7 +185,7 @@ impl LockBackend for EtcdBackend {
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
         let mut tries = 0;
         loop {
-            let session = self.session(request.options.lease).await?;
+            let session = self.inner.session(request.options.lease).await?;
             match self.try_in(&request, &session).await {
                 Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
                     tries += 1;
@@ -285,9 +200,9 @@ impl LockBackend for EtcdBackend {
         let dir = self.queue_dir(&request);
         let mut tries = 0;
         loop {
-            let session = self.session(request.options.lease).await?;
-            let key = layout::contender_key(&dir, session.id(), self.next_sequence());
-            let contender = match Contender::enqueue(self, &session, &dir, key).await {
+            let session = self.inner.session(request.options.lease).await?;
+            let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
+            let contender = match Contender::enqueue(&self.inner, &session, &dir, key).await {
                 Ok(contender) => contender,
                 // etcd expired or revoked the lease before the heartbeat noticed: the
                 // session is over, and a new one is started at once.
@@ -298,7 +213,7 @@ impl LockBackend for EtcdBackend {
                 }
                 Err(error) => return Err(error),
             };
-            match contender.wait_for_turn(self, &session, &request).await? {
+            match contender.wait_for_turn(&session, &request).await? {
                 Line::Holder(contender) => {
                     let (key, revision) = contender.keep();
                     return self.acquired(&request, session, key, revision);
@@ -318,12 +233,12 @@ impl LockBackend for EtcdBackend {
             CompareOp::Equal,
             token_revision(lease),
         )]);
-        if !self.txn(txn).await?.succeeded() {
-            return Err(not_held(lease));
+        if !self.inner.txn(txn).await?.succeeded() {
+            return Err(lease.not_held());
         }
         if let Some(reason) = record.session.ended() {
             tracing::debug!(%reason, "extend after the session ended");
-            return Err(not_held(lease));
+            return Err(lease.not_held());
         }
         Ok(record.session.valid_until())
     }
@@ -344,7 +259,7 @@ impl LockBackend for EtcdBackend {
             let backend = self.clone();
             let session = Arc::clone(&record.session);
             async move {
-                let outcome = backend.txn(txn.clone()).await;
+                let outcome = backend.inner.txn(txn.clone()).await;
                 if outcome.is_err() {
                     // The key stays attached to a live session, so it would not expire:
                     // keep trying in the background while the session lives.
@@ -358,7 +273,7 @@ impl LockBackend for EtcdBackend {
             .map_err(|error| LockError::backend(BACKEND, error.to_string()))?;
         match sent {
             Ok(response) if response.succeeded() => Ok(()),
-            Ok(_) => Err(not_held(lease)),
+            Ok(_) => Err(lease.not_held()),
             Err(error) => Err(error),
         }
     }
@@ -450,7 +365,7 @@ impl EtcdBackend {
                 if session.ended().is_some() {
                     return;
                 }
-                match backend.txn(txn.clone()).await {
+                match backend.inner.txn(txn.clone()).await {
                     Ok(_) => return,
                     Err(error) => tracing::debug!(%error, "release retry failed"),
                 }
@@ -499,50 +414,10 @@ const LEASE_GONE_RETRIES: u32 = 3;
 
 /// The backend's record of `lease`, or a typed error if another backend took it.
 pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {
-    lease
-        .record::<EtcdRecord>()
-        .ok_or_else(|| LockError::protocol(BACKEND, "the lease was not taken by an etcd backend"))
+    lease.record_of::<EtcdRecord>(BACKEND)
 }
 
 /// The create revision the lock key of `lease` must still have.
 pub(crate) fn token_revision(lease: &Lease) -> i64 {
     i64::try_from(lease.fencing_token().get()).unwrap_or(i64::MAX)
-}
-
-fn not_held(lease: &Lease) -> LockError {
-    LockError::NotHeld {
-        key: lease.key().to_string(),
-    }
-}
-
-/// The revision a successful single-put transaction wrote at.
-pub(crate) fn revision_of(response: &TxnResponse) -> Result<i64> {
-    response
-        .header()
-        .map(|h| h.revision())
-        .filter(|r| *r > 0)
-        .ok_or_else(|| LockError::protocol(BACKEND, "transaction answer without a revision"))
-}
-
-/// The key-values of the `index`th operation of a transaction, which must be a get.
-pub(crate) fn got(response: &TxnResponse, index: usize) -> Result<Vec<etcd_client::KeyValue>> {
-    match response.op_responses().into_iter().nth(index) {
-        Some(TxnOpResponse::Get(mut get)) => Ok(get.take_kvs()),
-        other => Err(LockError::protocol(
-            BACKEND,
-            format!("expected a range answer at position {index}, got {other:?}"),
-        )),
-    }
-}
-
-/// Options for reading the newest contenders of a queue directory first.
-pub(crate) fn newest_first(limit: i64) -> GetOptions {
-    GetOptions::new()
-        .with_prefix()
-        .with_keys_only()
-        .with_sort(
-            etcd_client::SortTarget::Create,
-            etcd_client::SortOrder::Descend,
-        )
-        .with_limit(limit)
 }

@@ -11,6 +11,7 @@
 //! lock (they share the lease) without being confused with one another.
 
 use dlock_core::LockKey;
+use etcd_client::GetOptions;
 
 /// The queue directory of `key` under `prefix` (and the configured namespace).
 pub(crate) fn queue_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
@@ -29,6 +30,18 @@ pub(crate) fn queue_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) ->
 /// The key one contender puts in `dir`.
 pub(crate) fn contender_key(dir: &str, lease_id: i64, sequence: u64) -> String {
     format!("{dir}{lease_id:016x}-{sequence:x}")
+}
+
+/// Options for reading the newest contenders of a queue directory first.
+pub(crate) fn newest_first(limit: i64) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Descend,
+        )
+        .with_limit(limit)
 }
 
 /// A prefix as readable key path: slashes and the characters `path_segment` keeps stay,

@@ -26,13 +26,13 @@
 
 mod backend;
 mod config;
-mod contender;
 mod error;
 pub mod fence;
 mod layout;
 mod pending;
 mod session;
 mod tls;
+mod waiter;
 
 pub use backend::EtcdBackend;
 pub use config::{Credentials, EtcdConfig, TlsFiles, DEFAULT_PORT};

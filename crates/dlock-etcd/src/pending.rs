@@ -9,15 +9,15 @@ use dlock_core::{Backoff, LockError, Result};
 use etcd_client::{Txn, TxnResponse};
 use tokio::task::JoinHandle;
 
-use crate::backend::{EtcdBackend, Inner};
 use crate::error::{request, BACKEND};
+use crate::session::Shared;
 
 /// Our key in a queue, from the moment the transaction that may put it is sent until
 /// [`PendingKey::keep`] or [`PendingKey::forget`]. Dropped before that, it deletes the key
 /// in the background, so a cancelled request leaves nothing that holds or delays the lock
 /// for the rest of the session (P7).
 pub(crate) struct PendingKey {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     key: String,
     /// The transaction putting the key, while in flight. It runs as a task of its own so
     /// that a dropped caller cannot cut it off half way: the delete sent from `Drop` travels
@@ -30,13 +30,13 @@ pub(crate) struct PendingKey {
 impl PendingKey {
     /// Sends `txn`, which may put `key`, in a task of its own; the key is to be deleted on
     /// drop from now on, before the request has even gone out.
-    pub(crate) fn put(backend: &EtcdBackend, key: String, txn: Txn) -> PendingKey {
+    pub(crate) fn put(shared: &Arc<Shared>, key: String, txn: Txn) -> PendingKey {
         let putting = tokio::spawn({
-            let backend = backend.clone();
-            async move { backend.txn(txn).await }
+            let shared = Arc::clone(shared);
+            async move { shared.txn(txn).await }
         });
         PendingKey {
-            inner: Arc::clone(backend.inner()),
+            inner: Arc::clone(shared),
             key,
             putting: Some(putting),
             armed: true,

@@ -1,18 +1,133 @@
-//! A client's session: one etcd lease that every lock and waiting key of the client is
-//! attached to, kept alive by one keepalive stream, and the loss signals it owes the guards
-//! when it ends.
+//! The client's connection and sessions: the etcd client every request goes through, and
+//! per lease length one session, an etcd lease that every lock and waiting key of the client
+//! is attached to, kept alive by one keepalive stream, with the loss signals it owes the
+//! guards when it ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{Backoff, LockError, LossNotifier, LossReason};
-use etcd_client::{LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
+use dlock_core::support::{lock, spawn_clean_up};
+use dlock_core::{Backoff, LockError, LossNotifier, LossReason, Result};
+use etcd_client::{
+    Client, ConnectOptions, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOpResponse,
+    TxnResponse,
+};
 use tokio::sync::watch;
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::error::{request, to_lock_error};
+use crate::config::EtcdConfig;
+use crate::error::{request, to_lock_error, BACKEND};
+
+/// What every clone of an [`EtcdBackend`](crate::EtcdBackend) shares: the etcd client, and
+/// the sessions its locks and waiting keys are attached to.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) config: EtcdConfig,
+    /// The endpoints, for error messages (no credentials).
+    pub(crate) endpoint: String,
+    /// Live sessions by lease length in whole seconds.
+    pub(crate) sessions: AsyncMutex<HashMap<u64, Arc<Session>>>,
+    /// Makes each contender key of this client unique.
+    sequence: AtomicU64,
+    /// Watch events received by waiters, for tests and benchmarks.
+    pub(crate) watch_events: AtomicU64,
+}
+
+impl Shared {
+    /// Connects to the cluster `config` describes, authenticating if it carries credentials,
+    /// and checks that a member answers.
+    pub(crate) async fn connect(config: EtcdConfig) -> Result<Shared> {
+        let endpoint = config.endpoint_list();
+        // Every request, and above all every waiter's watch, requires the member to have a
+        // leader: a member cut off from the quorum then fails the request, and ends an open
+        // watch (etcd's leader monitor), instead of answering from its stale copy or keeping
+        // a watch that can never see the holder's key go. The waiter then looks at the queue
+        // again, through a member that has a leader if the endpoints list one.
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_keep_alive(Duration::from_secs(10), config.request_timeout)
+            .with_require_leader(true);
+        if let Some(credentials) = &config.credentials {
+            options = options.with_user(credentials.user.clone(), credentials.password.clone());
+        }
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(crate::tls::client_config(tls)?);
+        }
+        let wait = config.connect_timeout + config.request_timeout;
+        let mut client = request(
+            &endpoint,
+            wait,
+            Client::connect(config.endpoints.clone(), Some(options)),
+        )
+        .await?;
+        // The channel connects lazily: ask once so an unreachable cluster fails here.
+        request(&endpoint, wait, client.status()).await?;
+        Ok(Shared {
+            client,
+            config,
+            endpoint,
+            sessions: AsyncMutex::new(HashMap::new()),
+            sequence: AtomicU64::new(0),
+            watch_events: AtomicU64::new(0),
+        })
+    }
+
+    /// The live session for locks with `lease`, started if needed.
+    pub(crate) async fn session(&self, lease: Duration) -> Result<Arc<Session>> {
+        let seconds = lease.as_secs_f64().ceil().max(1.0) as u64;
+        let mut sessions = self.sessions.lock().await;
+        // A lease past its validity on this process's clock (after a pause, say) is given up
+        // here even if its heartbeat has not run yet: a key put under it would queue behind
+        // the keys of its own lost locks.
+        if let Some(session) = sessions.get(&seconds).filter(|s| !s.end_if_overdue()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::start(
+            self.client.lease_client(),
+            Duration::from_secs(seconds),
+            &self.endpoint,
+            self.config.request_timeout,
+        )
+        .await?;
+        sessions.insert(seconds, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// A number no other key of this client carries.
+    pub(crate) fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs one transaction, bounded by the request timeout.
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let mut kv = self.client.kv_client();
+        request(&self.endpoint, self.config.request_timeout, kv.txn(txn)).await
+    }
+}
+
+/// The revision a successful single-put transaction wrote at.
+pub(crate) fn revision_of(response: &TxnResponse) -> Result<i64> {
+    response
+        .header()
+        .map(|h| h.revision())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| LockError::protocol(BACKEND, "transaction answer without a revision"))
+}
+
+/// The key-values of the `index`th operation of a transaction, which must be a get.
+pub(crate) fn got(response: &TxnResponse, index: usize) -> Result<Vec<etcd_client::KeyValue>> {
+    match response.op_responses().into_iter().nth(index) {
+        Some(TxnOpResponse::Get(mut get)) => Ok(get.take_kvs()),
+        other => Err(LockError::protocol(
+            BACKEND,
+            format!("expected a range answer at position {index}, got {other:?}"),
+        )),
+    }
+}
 
 /// One etcd lease and its heartbeat.
 ///
@@ -25,7 +140,7 @@ use crate::error::{request, to_lock_error};
 /// session never comes back: the backend starts a new one for later acquisitions, so nothing
 /// new is ever queued under a lease given up on.
 pub(crate) struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<Keepalive>,
     heartbeat: AbortHandle,
     lease: LeaseClient,
     endpoint: String,
@@ -35,7 +150,7 @@ pub(crate) struct Session {
 }
 
 /// What the session and its heartbeat task share.
-struct Shared {
+struct Keepalive {
     id: i64,
     ttl: Duration,
     state: watch::Sender<State>,
@@ -81,7 +196,7 @@ impl Session {
             ));
         }
         let ttl = Duration::from_secs(granted.ttl() as u64);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Keepalive {
             id: granted.id(),
             ttl,
             state: watch::Sender::new(State {
@@ -168,15 +283,13 @@ impl Session {
         }
         if self.shared.end(LossReason::LeaseExpired) {
             self.heartbeat.abort();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(revoke_given_up(
-                    self.lease.clone(),
-                    self.shared.id,
-                    self.shared.ttl,
-                    self.endpoint.clone(),
-                    self.timeout,
-                ));
-            }
+            spawn_clean_up(revoke_given_up(
+                self.lease.clone(),
+                self.shared.id,
+                self.shared.ttl,
+                self.endpoint.clone(),
+                self.timeout,
+            ));
         }
         true
     }
@@ -197,17 +310,15 @@ impl Drop for Session {
             return;
         }
         // Nobody uses the lease any more: give it back so waiting keys vanish at once.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (mut lease, id) = (self.lease.clone(), self.shared.id);
-            let (endpoint, timeout) = (self.endpoint.clone(), self.timeout);
-            runtime.spawn(async move {
-                let _ = request(&endpoint, timeout, lease.revoke(id)).await;
-            });
-        }
+        let (mut lease, id) = (self.lease.clone(), self.shared.id);
+        let (endpoint, timeout) = (self.endpoint.clone(), self.timeout);
+        spawn_clean_up(async move {
+            let _ = request(&endpoint, timeout, lease.revoke(id)).await;
+        });
     }
 }
 
-impl Shared {
+impl Keepalive {
     /// Ends the session; true if this call did it.
     fn end(&self, reason: LossReason) -> bool {
         let mut first = false;
@@ -244,7 +355,7 @@ impl Shared {
 /// Keeps the lease alive until it ends; reopens the keepalive stream after connection
 /// failures for as long as the lease may still run.
 async fn heartbeat(
-    shared: Arc<Shared>,
+    shared: Arc<Keepalive>,
     mut lease: LeaseClient,
     endpoint: String,
     timeout: Duration,
@@ -333,7 +444,7 @@ enum Beat {
 
 /// Sends a keepalive every `interval` on an open stream and books each answer.
 async fn beat(
-    shared: &Shared,
+    shared: &Keepalive,
     mut keeper: LeaseKeeper,
     mut stream: LeaseKeepAliveStream,
     interval: Duration,
@@ -352,8 +463,4 @@ async fn beat(
             Ok(Ok(None) | Err(_)) | Err(_) => return Beat::Retry,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

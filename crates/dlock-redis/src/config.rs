@@ -199,12 +199,7 @@ impl RedisConfig {
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(LockError::invalid_options("a timeout of zero"));
         }
-        if self.namespace.chars().any(char::is_control) {
-            return Err(LockError::invalid_options(
-                "the prefix contains a control character",
-            ));
-        }
-        Ok(())
+        dlock_core::support::check_namespace(&self.namespace)
     }
 
     /// How many instances must agree: all of one, or a majority for Redlock.

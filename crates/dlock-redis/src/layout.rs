@@ -44,10 +44,9 @@ impl LockNames {
 /// has a listener is how scripts tell a live waiter from one that is gone.
 pub(crate) const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
 
-/// The wake channel of `listener` (a waiter id; a client id for the client-wide channel each
-/// connection also listens on).
-pub(crate) fn wake_channel(listener: &str) -> String {
-    format!("{WAKE_CHANNEL_PREFIX}{listener}")
+/// The wake channel of the waiter `waiter` (its id).
+pub(crate) fn wake_channel(waiter: &str) -> String {
+    format!("{WAKE_CHANNEL_PREFIX}{waiter}")
 }
 
 fn escape(text: &str) -> String {

@@ -103,10 +103,14 @@
 
 mod backend;
 mod config;
+mod error;
 mod layout;
 mod node;
+mod quorum;
 mod scripts;
+mod session;
 mod tls;
+mod waiter;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};

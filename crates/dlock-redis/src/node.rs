@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use dlock_core::support::lock;
 use dlock_core::{LockError, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, RedisConfig};
+use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
 use crate::layout::{wake_channel, LockNames, WAKE_CHANNEL_PREFIX};
 use crate::scripts::scripts;
 
@@ -94,7 +96,7 @@ impl Waiters {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Wake>>> {
-        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.senders)
     }
 }
 
@@ -129,12 +131,12 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Connects, subscribes to this client's wake channel and routes its messages to
-    /// `waiters`. The connection reconnects by itself and then subscribes again.
+    /// Connects and routes the wake-up messages that arrive on the connection to `waiters`.
+    /// The connection reconnects by itself and then listens again on every channel it
+    /// listened on (each waiter's, see [`Node::listen`]).
     pub(crate) async fn connect(
         config: &RedisConfig,
         endpoint: &Endpoint,
-        client_id: &str,
         waiters: Arc<Waiters>,
     ) -> Result<Node> {
         let name = endpoint.to_string();
@@ -151,8 +153,7 @@ impl Node {
             .set_push_sender(dispatch)
             .set_automatic_resubscription();
         let connect = async {
-            let mut connection = ConnectionManager::new_with_config(client, manager_config).await?;
-            connection.subscribe(wake_channel(client_id)).await?;
+            let connection = ConnectionManager::new_with_config(client, manager_config).await?;
             load_scripts(&connection).await?;
             Ok::<_, redis::RedisError>(connection)
         };
@@ -192,7 +193,7 @@ impl Node {
             .arg(attempt)
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         match reply.as_slice() {
             [1, token] if *token > 0 => Ok(AcquireReply::Granted(*token as u64)),
             [0, ttl, look_again] => Ok(AcquireReply::Waiting {
@@ -226,7 +227,7 @@ impl Node {
             .arg(millis(ttl))
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         owned(reply, names, "extend")
     }
 
@@ -244,10 +245,10 @@ impl Node {
         let reply: Vec<i64> = invocation
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         if reply.len() != locks.len() {
             return Err(LockError::protocol(
-                "redis",
+                BACKEND,
                 format!(
                     "renewal of {} locks answered {} flags",
                     locks.len(),
@@ -273,7 +274,7 @@ impl Node {
             .clone()
             .subscribe(wake_channel(waiter))
             .await
-            .map_err(|e| error(&self.endpoint, e))
+            .map_err(|e| to_lock_error(&self.endpoint, e))
     }
 
     /// Stops listening for `waiter`: from now on its entries, wherever they still are, are
@@ -283,7 +284,7 @@ impl Node {
             .clone()
             .unsubscribe(wake_channel(waiter))
             .await
-            .map_err(|e| error(&self.endpoint, e))
+            .map_err(|e| to_lock_error(&self.endpoint, e))
     }
 
     /// Runs a script that takes `member` out of the lock (release) or the line (leave) and
@@ -305,7 +306,7 @@ impl Node {
             .arg(if fair { 1 } else { 0 })
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))
+            .map_err(|e| to_lock_error(&self.endpoint, e))
     }
 
     /// Raises the fence counter to at least `token`.
@@ -317,7 +318,7 @@ impl Node {
             .arg(token)
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         Ok(())
     }
 }
@@ -343,7 +344,7 @@ impl Node {
             .key(&names.queue)
             .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         match reply.as_slice() {
             [ttl, fence, waiters] => Ok(Inspection {
                 // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
@@ -361,7 +362,7 @@ impl Node {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.connection.clone())
             .await
-            .map_err(|e| error(&self.endpoint, e))?;
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
         Ok(started.elapsed())
     }
 }
@@ -432,25 +433,6 @@ fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<r
     redis::Client::open(info)
 }
 
-/// Maps a client library error: I/O, timeouts and refused connections are
-/// [`LockError::Connection`] (worth retrying); the rest are [`LockError::Backend`].
-pub(crate) fn error(endpoint: &str, error: redis::RedisError) -> LockError {
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_unrecoverable_error()
-        || matches!(
-            error.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-        )
-    {
-        LockError::connection(endpoint, error)
-    } else {
-        LockError::backend("redis", error)
-    }
-}
-
 fn owned(reply: i64, names: &LockNames, what: &str) -> Result<bool> {
     match reply {
         1 => Ok(true),
@@ -458,17 +440,6 @@ fn owned(reply: i64, names: &LockNames, what: &str) -> Result<bool> {
         -1 => Err(wrong_type(names)),
         other => Err(unexpected(what, &[other])),
     }
-}
-
-fn wrong_type(names: &LockNames) -> LockError {
-    LockError::protocol(
-        "redis",
-        format!("the key {} holds a value that is not a lock", names.lock),
-    )
-}
-
-fn unexpected(script: &str, reply: &[i64]) -> LockError {
-    LockError::protocol("redis", format!("the {script} script answered {reply:?}"))
 }
 
 fn millis(duration: Duration) -> u64 {

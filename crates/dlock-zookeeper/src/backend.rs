@@ -14,11 +14,11 @@ use dlock_core::{
 use tokio::time::Instant;
 use zookeeper_client::{Error, EventType, OneshotWatcher};
 
-use crate::attempt::{retry_backoff, Attempt};
 use crate::config::ZooKeeperConfig;
 use crate::error::{is_connection, zk_error};
-use crate::paths;
-use crate::session::Session;
+use crate::layout;
+use crate::session::{Session, Shared};
+use crate::waiter::{retry_backoff, sleep_until, Attempt, Line};
 
 /// A ZooKeeper client that takes locks: one session, shared by every lock it holds.
 ///
@@ -117,7 +117,7 @@ impl ZooKeeperBackend {
     }
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
-        let dir = paths::lock_dir(
+        let dir = layout::lock_dir(
             &self.shared.config.namespace,
             &request.options.prefix,
             request.key,
@@ -173,8 +173,8 @@ impl ZooKeeperBackend {
         let node = attempt.node().to_owned();
         // One round trip for both: where we stand, and a watch on our own node that tells the
         // future holder if someone else deletes it.
-        let mut sent = Instant::now();
-        let (mut children, own) = tokio::join!(
+        let sent = Instant::now();
+        let (children, own) = tokio::join!(
             client.list_children(dir),
             client.check_and_watch_stat(&node)
         );
@@ -184,71 +184,14 @@ impl ZooKeeperBackend {
             Err(error) if is_connection(&error) => return self.lost_connection(session, error),
             Err(error) => return Err(zk_error(session.endpoint(), error)),
         };
-        let mut queued = false;
-        let mut backoff = retry_backoff();
-        loop {
-            let names = match children {
-                Ok(names) => {
-                    session.answered(sent);
-                    names
-                }
-                Err(error) if is_connection(&error) => {
-                    if session.retired_reason().is_some() {
-                        return Ok(None);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = sleep_until(request.deadline) => return Err(request.timeout()),
-                    }
-                    sent = Instant::now();
-                    children = client.list_children(dir).await;
-                    continue;
-                }
-                Err(error) => return Err(zk_error(session.endpoint(), error)),
-            };
-            let line = paths::line(&names);
-            let Some(position) = line.iter().position(|(_, name)| *name == attempt.name()) else {
-                // Our node is gone (deleted from outside): queue again.
-                return Ok(None);
-            };
-            if position == 0 {
-                break;
-            }
-            if !wait {
-                attempt.withdraw().await;
-                return Ok(Some(None));
-            }
-            if !queued {
-                request.queued();
-                queued = true;
-            }
-            let predecessor = format!("{dir}/{}", line[position - 1].1);
-            match client.check_and_watch_stat(&predecessor).await {
-                Ok((None, _)) => {}
-                Ok((Some(_), watcher)) => {
-                    tokio::select! {
-                        _ = watcher.changed() => {
-                            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ = sleep_until(request.deadline) => {
-                            attempt.withdraw().await;
-                            return Err(request.timeout());
-                        }
-                        _ = session.retired() => return Ok(None),
-                    }
-                }
-                Err(error) if is_connection(&error) => {
-                    if session.retired_reason().is_some() {
-                        return Ok(None);
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(error) => return Err(zk_error(session.endpoint(), error)),
-            }
-            self.shared.rechecks.fetch_add(1, Ordering::Relaxed);
-            sent = Instant::now();
-            children = client.list_children(dir).await;
-        }
+        let attempt = match attempt
+            .wait_for_turn(&client, children, sent, request, wait, &self.shared)
+            .await?
+        {
+            Line::Holder(attempt) => attempt,
+            Line::Busy => return Ok(Some(None)),
+            Line::Dropped => return Ok(None),
+        };
         let node = attempt.keep();
         let held = HeldNode {
             session: Arc::clone(session),
@@ -425,51 +368,6 @@ impl fmt::Debug for ZooKeeperBackend {
     }
 }
 
-/// What every clone of a backend shares.
-struct Shared {
-    config: ZooKeeperConfig,
-    /// The session in use; replaced when it is retired.
-    current: tokio::sync::Mutex<Option<Arc<Session>>>,
-    wakeups: AtomicU64,
-    rechecks: AtomicU64,
-}
-
-impl Shared {
-    /// The live session, opening a new one if the last was retired.
-    async fn session(&self) -> Result<Arc<Session>> {
-        let mut current = self.current.lock().await;
-        // A session past its deadline on this process's clock (after a pause, say) is given
-        // up here even if its heartbeat has not run yet: a new attempt in it would queue
-        // behind the nodes of its own lost locks.
-        if let Some(session) = current.as_ref().filter(|s| !s.retire_if_overdue()) {
-            return Ok(Arc::clone(session));
-        }
-        let session = Session::open(&self.config).await?;
-        *current = Some(Arc::clone(&session));
-        Ok(session)
-    }
-
-    async fn live(&self) -> Option<Arc<Session>> {
-        self.current
-            .lock()
-            .await
-            .as_ref()
-            .filter(|s| s.retired_reason().is_none())
-            .cloned()
-    }
-}
-
-impl Drop for Shared {
-    /// The last clone of the backend is gone, and with it every guard (guards keep their
-    /// backend alive): close the session so whatever it still owns goes at once. A session
-    /// given up by [`ZooKeeperBackend::abandon_session`] is left to expire, as after a crash.
-    fn drop(&mut self) {
-        if let Some(session) = self.current.get_mut().take() {
-            session.close();
-        }
-    }
-}
-
 /// The backend's record of a held lock.
 struct HeldNode {
     session: Arc<Session>,
@@ -515,11 +413,4 @@ fn held(lease: &Lease) -> Result<&HeldNode> {
 
 fn is_connection_error(error: &LockError) -> bool {
     matches!(error, LockError::Connection { .. })
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

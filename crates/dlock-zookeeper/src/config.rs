@@ -163,12 +163,7 @@ impl ZooKeeperConfig {
         if self.connect_timeout.is_zero() {
             return Err(LockError::invalid_options("connect timeout is zero"));
         }
-        if self.namespace.chars().any(char::is_control) {
-            return Err(LockError::invalid_options(
-                "the prefix contains a control character",
-            ));
-        }
-        Ok(())
+        dlock_core::support::check_namespace(&self.namespace)
     }
 
     /// `host:port,…` for messages: never credentials.

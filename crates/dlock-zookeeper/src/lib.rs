@@ -49,12 +49,12 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod attempt;
 mod backend;
 mod config;
 mod error;
-mod paths;
+mod layout;
 mod session;
+mod waiter;
 
 pub use backend::ZooKeeperBackend;
 /// The ZooKeeper client this backend is built on, for code that also talks to the server

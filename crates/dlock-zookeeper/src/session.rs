@@ -1,4 +1,5 @@
-//! One ZooKeeper session: the lease of every lock a client holds.
+//! The client's session: one ZooKeeper session, the lease of every lock a client holds, and
+//! the [`Shared`] state that replaces it with a new one when it is retired.
 //!
 //! The session is kept alive by a heartbeat task (one small read every quarter of the
 //! session timeout, on top of the client library's own pings), which also keeps the client's
@@ -12,6 +13,7 @@
 //! block anyone once their locks are declared lost. A retired session is never used again,
 //! so a new session never trusts a node of an old one, and no new attempt queues in it.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,6 +25,53 @@ use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 
 use crate::config::ZooKeeperConfig;
 use crate::error::zk_error;
+
+/// What every clone of a [`ZooKeeperBackend`](crate::ZooKeeperBackend) shares: the
+/// configuration and the session in use.
+pub(crate) struct Shared {
+    pub(crate) config: ZooKeeperConfig,
+    /// The session in use; replaced when it is retired.
+    pub(crate) current: tokio::sync::Mutex<Option<Arc<Session>>>,
+    pub(crate) wakeups: AtomicU64,
+    pub(crate) rechecks: AtomicU64,
+}
+
+impl Shared {
+    /// The live session, opening a new one if the last was retired.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        let mut current = self.current.lock().await;
+        // A session past its deadline on this process's clock (after a pause, say) is given
+        // up here even if its heartbeat has not run yet: a new attempt in it would queue
+        // behind the nodes of its own lost locks.
+        if let Some(session) = current.as_ref().filter(|s| !s.retire_if_overdue()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Session::open(&self.config).await?;
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// The live session, if there is one; never opens one.
+    pub(crate) async fn live(&self) -> Option<Arc<Session>> {
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .filter(|s| s.retired_reason().is_none())
+            .cloned()
+    }
+}
+
+impl Drop for Shared {
+    /// The last clone of the backend is gone, and with it every guard (guards keep their
+    /// backend alive): close the session so whatever it still owns goes at once. A session
+    /// given up by `ZooKeeperBackend::abandon_session` is left to expire, as after a crash.
+    fn drop(&mut self) {
+        if let Some(session) = self.current.get_mut().take() {
+            session.close();
+        }
+    }
+}
 
 /// A live (or retired) session and what the locks taken in it share.
 pub(crate) struct Session {

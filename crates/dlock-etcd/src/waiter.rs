@@ -1,15 +1,17 @@
-//! One contender's key in a lock's queue: putting it, waiting for the key just ahead of it
-//! to go, and taking it out again when the wait is given up.
+//! How a waiter stands in line and is woken: its key in a lock's queue, put with one
+//! transaction, a watch on the key just ahead of it, and the key taken out again when the
+//! wait is given up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::{AcquireRequest, Backoff, LockError, Result};
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 
-use crate::backend::{got, newest_first, revision_of, EtcdBackend};
 use crate::error::{request, to_lock_error, BACKEND};
+use crate::layout::newest_first;
 use crate::pending::PendingKey;
-use crate::session::Session;
+use crate::session::{got, revision_of, Session, Shared};
 
 /// Where a contender stands after waiting.
 pub(crate) enum Line {
@@ -22,7 +24,7 @@ pub(crate) enum Line {
 /// A key in a lock's queue. Until [`Contender::keep`] is called, dropping it deletes the key
 /// in the background, so a cancelled `acquire` leaves nothing that delays others (P7).
 pub(crate) struct Contender {
-    backend: EtcdBackend,
+    shared: Arc<Shared>,
     dir: String,
     key: PendingKey,
     /// The create revision of our key.
@@ -35,7 +37,7 @@ impl Contender {
     /// Puts `key` into the queue `dir` under the session's lease and reads the key just
     /// ahead of it, in one transaction (one round trip).
     pub(crate) async fn enqueue(
-        backend: &EtcdBackend,
+        shared: &Arc<Shared>,
         session: &Session,
         dir: &str,
         key: String,
@@ -54,9 +56,9 @@ impl Contender {
         // Armed before the request goes out: if this future is dropped mid-flight, the key
         // may exist on the server and must not be left behind.
         let mut contender = Contender {
-            backend: backend.clone(),
+            shared: Arc::clone(shared),
             dir: dir.to_owned(),
-            key: PendingKey::put(backend, key, txn),
+            key: PendingKey::put(shared, key, txn),
             revision: 0,
             ahead: None,
         };
@@ -80,7 +82,6 @@ impl Contender {
     /// deadline passes (then our key is deleted and the error is `Timeout`).
     pub(crate) async fn wait_for_turn(
         mut self,
-        backend: &EtcdBackend,
         session: &Session,
         request: &AcquireRequest<'_>,
     ) -> Result<Line> {
@@ -88,10 +89,10 @@ impl Contender {
             request.queued();
         }
         let outcome = match request.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.turn(backend, session))
+            Some(deadline) => tokio::time::timeout_at(deadline, self.turn(session))
                 .await
                 .ok(),
-            None => Some(self.turn(backend, session).await),
+            None => Some(self.turn(session).await),
         };
         match outcome {
             Some(Ok(true)) => Ok(Line::Holder(self)),
@@ -99,10 +100,7 @@ impl Contender {
             Some(Err(error)) => Err(error),
             None => {
                 self.leave().await;
-                Err(LockError::Timeout {
-                    key: request.key.to_string(),
-                    waited: request.options.wait.unwrap_or_default(),
-                })
+                Err(request.timeout())
             }
         }
     }
@@ -113,14 +111,14 @@ impl Contender {
     }
 
     /// Waits for our turn: `true` when first in line, `false` when our key is gone.
-    async fn turn(&mut self, backend: &EtcdBackend, session: &Session) -> Result<bool> {
+    async fn turn(&mut self, session: &Session) -> Result<bool> {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
             let Some((ahead, read_at)) = self.ahead.clone() else {
                 return Ok(true);
             };
             let woken = tokio::select! {
-                woken = wait_for_delete(backend, &ahead, read_at) => woken,
+                woken = wait_for_delete(&self.shared, &ahead, read_at) => woken,
                 _ = session.until_ended() => return Ok(false),
             };
             if let Err(error) = woken {
@@ -154,7 +152,7 @@ impl Contender {
                 self.dir.as_str(),
                 Some(newest_first(1).with_max_create_revision(self.revision - 1)),
             )]);
-        let response = self.backend.txn(txn).await?;
+        let response = self.shared.txn(txn).await?;
         if !response.succeeded() {
             return Ok(false);
         }
@@ -169,8 +167,8 @@ impl Contender {
     /// Deletes our key now (the wait was given up); on failure, the drop retries in the
     /// background.
     async fn leave(&mut self) {
-        let mut kv = self.backend.inner().client.kv_client();
-        let inner = self.backend.inner();
+        let mut kv = self.shared.client.kv_client();
+        let inner = &self.shared;
         let deleted = request(
             &inner.endpoint,
             inner.config.request_timeout,
@@ -191,8 +189,7 @@ impl Contender {
 /// handoff. Nothing is missed: if anything was written since `read_at` (the answer to the
 /// watch creation carries a later revision), the key is looked up once more after the watch
 /// is in place.
-async fn wait_for_delete(backend: &EtcdBackend, key: &[u8], read_at: i64) -> Result<()> {
-    let inner = backend.inner();
+async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()> {
     let (endpoint, timeout) = (inner.endpoint.as_str(), inner.config.request_timeout);
     let mut watch = inner.client.watch_client();
     let mut stream = request(

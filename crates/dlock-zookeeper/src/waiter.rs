@@ -1,17 +1,30 @@
-//! One attempt to take a lock: its ephemeral sequential node, created so that a lost reply
-//! cannot leak it, and removed in the background if the attempt is dropped before it wins.
+//! How a waiter stands in line and is woken: one attempt to take a lock, its ephemeral
+//! sequential node (created so that a lost reply cannot leak it), a watch on the node just
+//! ahead of it, and the node removed in the background if the attempt is dropped before it
+//! wins.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::support::spawn_clean_up;
-use dlock_core::{Backoff, Result};
+use dlock_core::{AcquireRequest, Backoff, Result};
 use tokio::time::Instant;
-use zookeeper_client::{CreateMode, Error, Stat};
+use zookeeper_client::{Client, CreateMode, Error, Stat};
 
 use crate::error::{is_connection, zk_error};
-use crate::paths;
-use crate::session::Session;
+use crate::layout;
+use crate::session::{Session, Shared};
+
+/// Where an attempt stands after [`Attempt::wait_for_turn`].
+pub(crate) enum Line {
+    /// First in line: the lock is ours.
+    Holder(Attempt),
+    /// Not first, and the caller does not wait (`try_acquire`): the node was withdrawn.
+    Busy,
+    /// Our node is gone (the session ended, or someone deleted it): queue again.
+    Dropped,
+}
 
 /// A contender's node in a key's line.
 ///
@@ -34,7 +47,7 @@ impl Attempt {
         Attempt {
             session,
             dir: dir.to_owned(),
-            name: paths::attempt_name(),
+            name: layout::attempt_name(),
             node: None,
             kept: false,
         }
@@ -77,6 +90,89 @@ impl Attempt {
                 Err(error) => return Err(zk_error(self.session.endpoint(), error)),
             }
         }
+    }
+
+    /// Waits until this attempt's node is first in its key's line, reading the line again
+    /// each time the node just ahead of it goes: `children` is the first read of the line,
+    /// sent at `sent`. Without `wait`, a node that is not first is withdrawn at once. When
+    /// `request`'s deadline passes, the node is withdrawn and the error is `Timeout`.
+    pub(crate) async fn wait_for_turn(
+        self,
+        client: &Client,
+        mut children: std::result::Result<Vec<String>, Error>,
+        mut sent: Instant,
+        request: &AcquireRequest<'_>,
+        wait: bool,
+        counters: &Shared,
+    ) -> Result<Line> {
+        let session = Arc::clone(&self.session);
+        let dir = self.dir.clone();
+        let mut queued = false;
+        let mut backoff = retry_backoff();
+        loop {
+            let names = match children {
+                Ok(names) => {
+                    session.answered(sent);
+                    names
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(Line::Dropped);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = sleep_until(request.deadline) => return Err(request.timeout()),
+                    }
+                    sent = Instant::now();
+                    children = client.list_children(&dir).await;
+                    continue;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            };
+            let line = layout::line(&names);
+            let Some(position) = line.iter().position(|(_, name)| *name == self.name()) else {
+                // Our node is gone (deleted from outside): queue again.
+                return Ok(Line::Dropped);
+            };
+            if position == 0 {
+                break;
+            }
+            if !wait {
+                self.withdraw().await;
+                return Ok(Line::Busy);
+            }
+            if !queued {
+                request.queued();
+                queued = true;
+            }
+            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            match client.check_and_watch_stat(&predecessor).await {
+                Ok((None, _)) => {}
+                Ok((Some(_), watcher)) => {
+                    tokio::select! {
+                        _ = watcher.changed() => {
+                            counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ = sleep_until(request.deadline) => {
+                            self.withdraw().await;
+                            return Err(request.timeout());
+                        }
+                        _ = session.retired() => return Ok(Line::Dropped),
+                    }
+                }
+                Err(error) if is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(Line::Dropped);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            }
+            counters.rechecks.fetch_add(1, Ordering::Relaxed);
+            sent = Instant::now();
+            children = client.list_children(&dir).await;
+        }
+        Ok(Line::Holder(self))
     }
 
     /// The node's path (empty before [`Attempt::create`] succeeded).
@@ -233,4 +329,12 @@ async fn listed(
 /// Retries after a connection loss: quick at first, at most a second apart.
 pub(crate) fn retry_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

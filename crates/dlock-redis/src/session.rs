@@ -1,0 +1,197 @@
+//! The client's connections to its Redis instances: one slot per instance, filled by a
+//! connection made in the background and made again (at most once per [`RECONNECT_PAUSE`])
+//! when it is lost; and the ids the client gives owners and waiters.
+//!
+//! Unlike ZooKeeper's and etcd's, this session is not the lease: each lock's lease is its own
+//! key's expiry, renewed by the batched renewal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dlock_core::support::lock;
+use dlock_core::{LockError, Result};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::RedisConfig;
+use crate::node::{Node, Waiters};
+
+/// The least time the last instances of a Redlock call get to answer after a majority did
+/// (otherwise as long as the majority took): enough for a healthy instance on a busy machine,
+/// short enough that a frozen one costs the caller nothing it would notice.
+pub(crate) const STRAGGLER_GRACE: Duration = Duration::from_millis(20);
+
+/// What every clone of a [`RedisBackend`](crate::RedisBackend) shares: the configuration, a
+/// connection per instance, and the routing of wake-up messages to this client's waiters.
+pub(crate) struct Shared {
+    pub(crate) config: RedisConfig,
+    nodes: Vec<Mutex<Slot>>,
+    pub(crate) client_id: String,
+    pub(crate) waiters: Arc<Waiters>,
+    sequence: AtomicU64,
+    /// This client itself, for the tasks it starts (they must not keep it alive).
+    this: Weak<Shared>,
+}
+
+impl Shared {
+    /// Connects to the instance(s) of `config`.
+    ///
+    /// A single instance must answer now. Redlock needs a majority now; the other
+    /// instances are connected to when they come up.
+    pub(crate) async fn connect(config: RedisConfig) -> Result<Arc<Shared>> {
+        config.validate()?;
+        let client_id = format!("{:016x}", rand::rng().random::<u64>());
+        let count = config.endpoints.len();
+        let quorum = config.quorum();
+        let shared = Arc::new_cyclic(|this| Shared {
+            nodes: (0..count).map(|_| Mutex::new(Slot::Connecting)).collect(),
+            config,
+            client_id,
+            waiters: Arc::new(Waiters::default()),
+            sequence: AtomicU64::new(0),
+            this: this.clone(),
+        });
+        // Each instance connects in its own task and a majority is enough: a frozen instance
+        // accepts TCP connections but never answers, and must not hold up the others. The
+        // rest get as long again as the majority took to join now (a client's first calls
+        // should find every healthy instance), and join later otherwise.
+        let started = Instant::now();
+        let (report, mut reports) = mpsc::unbounded_channel();
+        for index in 0..count {
+            shared.spawn_connect(index, Some(report.clone()));
+        }
+        drop(report);
+        let (mut up, mut down, mut first_error) = (0, 0, None);
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let next = match grace_until {
+                // Out of time: the rest join later.
+                Some(until) => tokio::time::timeout_at(until, reports.recv())
+                    .await
+                    .unwrap_or_default(),
+                None => reports.recv().await,
+            };
+            let Some(outcome) = next else { break };
+            match outcome {
+                Ok(()) => up += 1,
+                Err(error) => {
+                    down += 1;
+                    first_error.get_or_insert(error);
+                }
+            }
+            if up >= quorum && grace_until.is_none() {
+                let now = Instant::now();
+                grace_until = Some(now + now.duration_since(started).max(STRAGGLER_GRACE));
+            }
+            if down > count - quorum {
+                break;
+            }
+        }
+        if up >= quorum {
+            return Ok(shared);
+        }
+        Err(first_error.unwrap_or_else(|| {
+            LockError::connection(
+                shared.config.endpoints[0].to_string(),
+                "no instance answered",
+            )
+        }))
+    }
+
+    /// How many instances this client talks to.
+    pub(crate) fn instances(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether lines are first come, first served: on a single instance, where a release
+    /// hands the lock to the first live waiter (Redlock has no order among waiters).
+    pub(crate) fn fair(&self) -> bool {
+        !self.config.redlock
+    }
+
+    /// A new id, unique to this client: owner ids and waiter ids are made of it.
+    pub(crate) fn next_id(&self) -> String {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{sequence}", self.client_id)
+    }
+
+    /// Redlock's allowance for clock drift between client and instances.
+    pub(crate) fn drift(&self, lease: Duration) -> Duration {
+        if self.config.redlock {
+            lease.mul_f64(self.config.drift_factor) + Duration::from_millis(2)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The connected instance `index`. One that is not connected is an error at once (a
+    /// connection attempt then starts in the background, at most once per
+    /// [`RECONNECT_PAUSE`]): a call never waits for a connection, which an instance that is
+    /// frozen would never complete.
+    pub(crate) fn node_now(&self, index: usize) -> Result<Node> {
+        let endpoint = &self.config.endpoints[index];
+        let mut slot = lock(&self.nodes[index]);
+        let why = match &*slot {
+            Slot::Up(node) => return Ok(node.clone()),
+            Slot::Connecting => "not connected yet",
+            Slot::Down { retry_at } if Instant::now() < *retry_at => {
+                "the instance was unreachable a moment ago"
+            }
+            Slot::Down { .. } => {
+                *slot = Slot::Connecting;
+                drop(slot);
+                self.spawn_connect(index, None);
+                "reconnecting"
+            }
+        };
+        Err(LockError::connection(endpoint.to_string(), why))
+    }
+
+    /// Connects to instance `index` in a task of its own and fills its slot; says how it went
+    /// on `report`.
+    fn spawn_connect(&self, index: usize, report: Option<mpsc::UnboundedSender<Result<()>>>) {
+        let this = self.this.clone();
+        let config = self.config.clone();
+        let waiters = Arc::clone(&self.waiters);
+        tokio::spawn(async move {
+            let endpoint = &config.endpoints[index];
+            let connected = Node::connect(&config, endpoint, waiters).await;
+            let outcome = match connected {
+                Ok(node) => {
+                    if let Some(shared) = this.upgrade() {
+                        *lock(&shared.nodes[index]) = Slot::Up(node);
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, %error, "Redis instance unreachable");
+                    if let Some(shared) = this.upgrade() {
+                        *lock(&shared.nodes[index]) = Slot::Down {
+                            retry_at: Instant::now() + RECONNECT_PAUSE,
+                        };
+                    }
+                    Err(error)
+                }
+            };
+            if let Some(report) = report {
+                let _ = report.send(outcome);
+            }
+        });
+    }
+}
+
+/// How long a Redlock instance that could not be connected to is left alone.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// An instance this client is connected to, or one it could not reach yet.
+enum Slot {
+    /// Connected.
+    Up(Node),
+    /// A connection attempt runs in the background.
+    Connecting,
+    /// Not connected; the next attempt is not made before `retry_at`, so an instance that is
+    /// down does not slow every call by a connection timeout.
+    Down { retry_at: Instant },
+}
