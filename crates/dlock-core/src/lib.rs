@@ -27,11 +27,13 @@ mod backend_url;
 mod backoff;
 mod error;
 mod guard;
+mod inspect;
 mod keepalive;
 mod key;
 mod lease;
 mod locker;
 mod memory;
+pub mod metrics;
 mod options;
 pub mod support;
 mod token;
@@ -48,11 +50,17 @@ pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;
+pub use inspect::{
+    Introspection, ListPage, ListRequest, ListedLock, LockReport, DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+};
 pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
 pub use lease::{Lease, LossNotifier, LossReason};
 pub use locker::{Locker, WAIT_LIMIT_GRACE};
 pub use memory::{MemoryBackend, MemoryServer};
-pub use options::{LockOptions, MAX_LEASE, MAX_PREFIX_LEN, MIN_LEASE};
+pub use options::{
+    default_owner, LockOptions, MAX_LEASE, MAX_OWNER_LEN, MAX_PREFIX_LEN, MIN_LEASE,
+};
 pub use token::FencingToken;
 
 /// Re-exported so backend crates implement [`LockBackend`] with the same macro version.
