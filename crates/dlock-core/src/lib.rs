@@ -18,7 +18,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The contract each backend keeps is written down property by property (P1 … P12) in
+//! The contract each backend keeps is written down property by property (P1 … P13) in
 //! [`contract`], and the `dlock-conformance` crate checks it.
 #![deny(missing_docs)]
 
@@ -38,7 +38,7 @@ mod options;
 pub mod support;
 mod token;
 
-/// The lock contract every backend keeps, property by property (P1 … P12): what the
+/// The lock contract every backend keeps, property by property (P1 … P13): what the
 /// conformance suite checks and what each backend assumes. This page is the repository's
 /// `crates/dlock-core/SEMANTICS.md`.
 pub mod contract {
