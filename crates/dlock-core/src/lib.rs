@@ -20,6 +20,26 @@
 //!
 //! The contract each backend keeps is written down property by property (P1 … P13) in
 //! [`contract`], and the `dlock-conformance` crate checks it.
+//!
+//! # Observability
+//!
+//! - **Metrics**, recorded once here for every backend through the `metrics` facade:
+//!   acquisitions, handoffs, wait and hold times, timeouts, renewals and their failures,
+//!   losses by reason, labelled by backend (and, opted in, by key prefix). Names, types and
+//!   labels: [`metrics`].
+//! - **Tracing spans**: every `acquire`/`try_acquire` opens one `dlock.lock` span (INFO level)
+//!   with the fields `key`, `backend` (the [`Capabilities::name`]), `prefix` and `token`
+//!   (recorded when the lock is granted). It lasts from the call to the release (or the loss,
+//!   or the failed attempt): the backend's own events while acquiring and releasing, and the
+//!   core's `lock acquired` / `lock released` (DEBUG) and `lock lost` (INFO) events, carry
+//!   it. Renewals serve many locks in one batch and so belong to no lock's span. No field
+//!   holds a password (backends keep URLs redacted) or the owner id a server checks releases
+//!   against; the owner description is not recorded in the span at all.
+//! - **Holder identity**: every acquisition carries an owner description
+//!   ([`LockOptions::owner`], by default [`default_owner`]: `host/pid/program`), which
+//!   backends store with the lock ([`AcquireRequest::owner`]); [`Locker::inspect`] and
+//!   [`Locker::list`] read holders back where the backend can
+//!   ([`LockBackend::introspection`]).
 #![deny(missing_docs)]
 
 mod backend;

@@ -1,7 +1,7 @@
 //! The metrics dlock records, through the [`metrics`](https://docs.rs/metrics) facade.
 //!
-//! The core records them once for every backend, in the [`Locker`](crate::Locker), the
-//! [`LockGuard`](crate::LockGuard) and the keepalive: a backend records nothing of its own.
+//! The core records them once for every backend, in the [`Locker`], the
+//! [`LockGuard`] and the keepalive: a backend records nothing of its own.
 //! Nothing is recorded until the application installs a recorder (any exporter of the
 //! `metrics` ecosystem: Prometheus, StatsD, OpenTelemetry…); without one every call is a
 //! no-op. Call [`describe`] after installing it to give each metric its unit and help text.
@@ -9,21 +9,21 @@
 //! | name | type | labels | what it counts |
 //! |---|---|---|---|
 //! | `dlock_acquisitions_total` | counter | `backend`, `prefix`? | locks granted, by `acquire` or `try_acquire` |
-//! | `dlock_handoffs_total` | counter | `backend`, `prefix`? | contended acquisitions: grants that waited in the server's line behind a holder (backends report it with [`AcquireRequest::queued`](crate::AcquireRequest::queued)) |
+//! | `dlock_handoffs_total` | counter | `backend`, `prefix`? | contended acquisitions: grants that waited in the server's line behind a holder (backends report it with [`AcquireRequest::queued`]) |
 //! | `dlock_acquire_wait_seconds` | histogram | `backend`, `prefix`? | from the `acquire` call to the grant, for granted calls (a lone `try_acquire` is one round trip) |
-//! | `dlock_timeouts_total` | counter | `backend`, `prefix`? | `acquire` calls that ended in [`LockError::Timeout`](crate::LockError::Timeout): the wait limit passed (or, with a zero limit, the lock was held) |
+//! | `dlock_timeouts_total` | counter | `backend`, `prefix`? | `acquire` calls that ended in [`LockError::Timeout`]: the wait limit passed (or, with a zero limit, the lock was held) |
 //! | `dlock_busy_total` | counter | `backend`, `prefix`? | `try_acquire` calls that found the lock held (`Ok(None)`) |
 //! | `dlock_acquire_errors_total` | counter | `backend`, `prefix`? | `acquire` and `try_acquire` calls that failed otherwise (server unreachable, protocol error…) |
 //! | `dlock_held_locks` | gauge | `backend`, `prefix`? | locks this process holds now (granted, neither released nor lost) |
 //! | `dlock_hold_seconds` | histogram | `backend`, `prefix`?, `outcome` | from the grant to the confirmed release (`outcome="released"`, also for an abandoned guard) or to the loss (`outcome="lost"`) |
 //! | `dlock_renewals_total` | counter | `backend`, `prefix`? | leases the keepalive renewed (one per lease, however many a batch carries) |
 //! | `dlock_renewal_failures_total` | counter | `backend`, `prefix`? | lease renewals that got no answer (error, timeout, a reply of the wrong size); the keepalive retries until the lease runs out |
-//! | `dlock_losses_total` | counter | `backend`, `prefix`?, `reason` | locks lost, by [`LossReason::as_str`](crate::LossReason::as_str): `lease_expired`, `not_owner`, `session_ended` |
+//! | `dlock_losses_total` | counter | `backend`, `prefix`?, `reason` | locks lost, by [`LossReason::as_str`]: `lease_expired`, `not_owner`, `session_ended` |
 //!
-//! **Labels.** `backend` is the backend's [`Capabilities::name`](crate::Capabilities::name)
+//! **Labels.** `backend` is the backend's [`Capabilities::name`]
 //! (`memory`, `redis`, `redlock`, `zookeeper`, `etcd`…). `prefix` is the lock's
-//! [`LockOptions::prefix`](crate::LockOptions::prefix), only when the locker was built with
-//! [`Locker::with_prefix_label`](crate::Locker::with_prefix_label): a deployment has a few
+//! [`LockOptions::prefix`], only when the locker was built with
+//! [`Locker::with_prefix_label`]: a deployment has a few
 //! prefixes, so the label set stays bounded. The key itself is never a label: keys are
 //! unbounded (one per invoice, per job…) and would make every time series a new one.
 //!
@@ -53,6 +53,8 @@ use crate::lease::Status;
 use crate::options::LockOptions;
 use crate::support::lock;
 use crate::token::FencingToken;
+#[cfg(doc)]
+use crate::{AcquireRequest, Capabilities, LockGuard, Locker, LossReason};
 
 /// Counter: locks granted.
 pub const ACQUISITIONS: &str = "dlock_acquisitions_total";
@@ -83,7 +85,7 @@ pub const LABEL_BACKEND: &str = "backend";
 pub const LABEL_PREFIX: &str = "prefix";
 /// Label of [`HOLD`]: `released` or `lost`.
 pub const LABEL_OUTCOME: &str = "outcome";
-/// Label of [`LOSSES`]: the [`LossReason`](crate::LossReason) as a short name.
+/// Label of [`LOSSES`]: the [`LossReason`] as a short name.
 pub const LABEL_REASON: &str = "reason";
 
 /// Every metric name above, in the order of the table.
@@ -210,7 +212,7 @@ impl Attempt {
         &self.span
     }
 
-    /// Set by [`AcquireRequest::queued`](crate::AcquireRequest::queued) when the request
+    /// Set by [`AcquireRequest::queued`] when the request
     /// stood in line: the grant that follows is a handoff.
     pub(crate) fn queued_flag(&self) -> &Arc<AtomicBool> {
         &self.queued
