@@ -21,8 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Acquire KEY, run COMMAND while holding it, release it when COMMAND ends.
     Run(RunArgs),
-    /// Print whether KEY is held (exit 0) or free (exit 1).
+    /// Print whether KEY is held (exit 0) or free (exit 1), by whom, since when.
     Status(StatusArgs),
+    /// List the locks held or waited for, with their holders, under a key prefix.
+    List(ListArgs),
     /// Measure a backend: latency, handoffs and throughput under contention.
     Bench(BenchArgs),
     /// Print a shell completion script (e.g. `dlock completions bash > /etc/bash_completion.d/dlock`).
@@ -59,6 +61,10 @@ pub struct RunArgs {
     /// After the lock is lost: SIGTERM to COMMAND, then SIGKILL after this.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// Who holds the lock, as `dlock status` shows it (at most 256 printable bytes, no
+    /// secrets) [default: the URL's `owner`, else host/pid/dlock].
+    #[arg(long)]
+    pub owner: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
@@ -73,6 +79,27 @@ pub struct StatusArgs {
     /// The lock's key.
     #[arg(long)]
     pub key: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dlock list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// Only keys that start with this (plain text) [default: all keys].
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// At most this many locks, in key order.
+    #[arg(long, default_value_t = dlock::DEFAULT_LIST_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=dlock::MAX_LIST_LIMIT as u64))]
+    pub limit: u64,
+    /// Start after this key: the `next` of a previous page.
+    #[arg(long)]
+    pub after: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

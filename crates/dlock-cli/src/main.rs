@@ -1,4 +1,5 @@
-//! `dlock`: run a command under a distributed lock, inspect a lock, benchmark a backend.
+//! `dlock`: run a command under a distributed lock, inspect and list locks, benchmark a
+//! backend.
 //!
 //! The interface is `crates/dlock-cli/CLI.md`; scripts depend on its options and exit codes.
 #![deny(missing_docs)]
@@ -7,6 +8,7 @@ mod bench;
 mod cli;
 mod docs;
 mod exit;
+mod list;
 mod run;
 mod status;
 
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::status(args).await,
+            Command::List(args) => list::list(args).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Completions(args) => docs::completions(args.shell),
             Command::Manpage => docs::manpage(),
@@ -55,6 +58,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -29,6 +29,9 @@ pub async fn run(args: RunArgs) -> u8 {
     if let Some(wait) = args.wait {
         options.wait = Some(wait);
     }
+    if let Some(owner) = &args.owner {
+        options.owner = Some(owner.clone());
+    }
     if let Err(error) = options.validate() {
         return exit::report(&error);
     }
@@ -48,7 +51,8 @@ pub async fn run(args: RunArgs) -> u8 {
             return exit::SOFTWARE;
         }
     };
-    tracing::info!(key = %args.key, "waiting for the lock");
+    tracing::info!(key = %args.key, owner = options.effective_owner(), "waiting for the lock");
+    let asked = std::time::Instant::now();
     let guard = tokio::select! {
         acquired = locker.acquire_with(&key, &options) => match acquired {
             Ok(guard) => guard,
@@ -57,7 +61,13 @@ pub async fn run(args: RunArgs) -> u8 {
         _ = interrupt.recv() => return 128 + libc::SIGINT as u8,
         _ = terminate.recv() => return 128 + libc::SIGTERM as u8,
     };
-    tracing::info!(key = %args.key, token = %guard.fencing_token(), "lock acquired");
+    let acquired = std::time::Instant::now();
+    tracing::info!(
+        key = %args.key,
+        token = %guard.fencing_token(),
+        waited = %rounded(acquired - asked),
+        "lock acquired"
+    );
     let child = Command::new(&args.command[0])
         .args(&args.command[1..])
         .env("DLOCK_KEY", &args.key)
@@ -74,7 +84,7 @@ pub async fn run(args: RunArgs) -> u8 {
             return exit::NOT_FOUND;
         }
     };
-    supervise(
+    let code = supervise(
         child,
         &locker,
         guard,
@@ -82,7 +92,14 @@ pub async fn run(args: RunArgs) -> u8 {
         &mut interrupt,
         &mut terminate,
     )
-    .await
+    .await;
+    tracing::info!(key = %args.key, held_for = %rounded(acquired.elapsed()), code, "done");
+    code
+}
+
+/// Milliseconds: what an operator reads in a log line.
+fn rounded(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(duration.as_millis() as u64))
 }
 
 /// Waits for the child, passing signals on; terminates it if the lock is lost.
@@ -153,7 +170,7 @@ async fn release(locker: &Locker, guard: LockGuard) -> Result<(), LockError> {
     let key = guard.key().to_string();
     let released = guard.release().await;
     match &released {
-        Ok(()) => tracing::info!(key, held = locker.held_count(), "lock released"),
+        Ok(()) => tracing::info!(key, locks_held = locker.held_count(), "lock released"),
         Err(LockError::NotHeld { .. }) => {}
         Err(error) => eprintln!(
             "dlock: releasing `{key}` failed: {error}; it frees itself when its lease ends"

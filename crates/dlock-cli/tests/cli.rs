@@ -143,6 +143,109 @@ fn status_of_a_free_memory_key_exits_1_and_json_is_one_object() {
 }
 
 #[test]
+fn list_on_memory_exits_0_and_json_is_one_object() {
+    let json = output(&["list", "--url", "memory://", "--prefix", "jobs/", "--json"]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let text = String::from_utf8_lossy(&json.stdout);
+    assert_eq!(text.trim(), r#"{"locks":[],"next":null}"#);
+    let plain = output(&["list", "--url", "memory://"]);
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    assert!(plain.stdout.is_empty());
+}
+
+#[test]
+fn status_json_has_owner_and_acquired_at() {
+    let output = output(&["status", "--url", "memory://", "--key", "k", "--json"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    for field in [r#""owner":null"#, r#""acquired_at":null"#] {
+        assert!(text.contains(field), "{field} missing: {text}");
+    }
+}
+
+#[test]
+fn bad_owners_and_list_limits_exit_64() {
+    for args in [
+        &[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--owner",
+            "a\nb",
+            "--",
+            "true",
+        ][..],
+        &[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--owner",
+            "",
+            "--",
+            "true",
+        ],
+        &[
+            "run",
+            "--url",
+            "memory://?owner=%1B%5B2J",
+            "--key",
+            "k",
+            "--",
+            "true",
+        ],
+        &["list", "--url", "memory://", "--limit", "0"],
+        &["list", "--url", "memory://", "--limit", "1001"],
+        &["list", "--url", "memory://", "--prefix", "a\tb"],
+    ] {
+        let output = output(args);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(stderr(&output).lines().count(), 1, "{args:?}: one line");
+    }
+    let long = "x".repeat(257);
+    let output = output(&[
+        "run",
+        "--url",
+        "memory://",
+        "--key",
+        "k",
+        "--owner",
+        &long,
+        "--",
+        "true",
+    ]);
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+}
+
+#[test]
+fn run_verbose_logs_owner_wait_and_hold_times() {
+    let output = output(&[
+        "-v",
+        "run",
+        "--url",
+        "memory://",
+        "--key",
+        "k",
+        "--owner",
+        "ci runner 7",
+        "--",
+        "true",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let log = stderr(&output);
+    for part in ["ci runner 7", "waited=", "held_for=", "token=1"] {
+        assert!(log.contains(part), "{part:?} missing in:\n{log}");
+    }
+}
+
+#[test]
 fn bench_on_memory_reports_json() {
     let output = output(&[
         "bench",

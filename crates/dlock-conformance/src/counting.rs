@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockInfo, LockKey, LockOptions,
-    Renewal, Result,
+    AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
+    LockBackend, LockInfo, LockKey, LockOptions, LockReport, Renewal, Result,
 };
 use tokio::time::Instant;
 
@@ -72,6 +72,20 @@ impl LockBackend for RequestCounting {
         self.inner.inspect(key, options).await
     }
 
+    fn introspection(&self) -> Introspection {
+        self.inner.introspection()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        self.count();
+        self.inner.report(key, options).await
+    }
+
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        self.count();
+        self.inner.list(options, request).await
+    }
+
     async fn ping(&self) -> Result<Duration> {
         self.count();
         self.inner.ping().await
@@ -122,5 +136,21 @@ impl LockBackend for CountingBackend {
     async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
         self.renew_calls.fetch_add(1, Ordering::Relaxed);
         self.inner.renew(leases).await
+    }
+
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        self.inner.inspect(key, options).await
+    }
+
+    fn introspection(&self) -> Introspection {
+        self.inner.introspection()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        self.inner.report(key, options).await
+    }
+
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        self.inner.list(options, request).await
     }
 }

@@ -1,5 +1,5 @@
 //! The conformance suite of **dlock**: one test per property of the lock contract
-//! ([`dlock_core::contract`], P1 … P12), run unchanged against every backend.
+//! ([`dlock_core::contract`], P1 … P13), run unchanged against every backend.
 //!
 //! # Proving a new backend
 //!
@@ -77,6 +77,10 @@
 //! - **Costs** (P4, P8, P11): the server wakes waiters (a handover takes a few of the
 //!   backend's own round trips, in the median), one waiter per release (requests counted),
 //!   renewal of many locks costs O(1) requests per interval, one client holds 1,000 locks.
+//! - **Introspection** (P13, as far as the backend's
+//!   [`introspection`](dlock_core::LockBackend::introspection) promises): `report` names the
+//!   holder's owner description and acquisition time and counts the waiters, `list` pages
+//!   through the locks under a prefix in key order.
 //! - **Names** (P12): keys that differ in case, slashes, percent- or plus-like spellings,
 //!   Unicode normalisation, whitespace or only after a long common start are distinct
 //!   locks, a prefix never runs into its key, bad input is a typed error, an unreachable
@@ -223,6 +227,8 @@ macro_rules! conformance_tests {
             p12_prefix_and_key_never_run_together,
             p12_inspect_reports_what_the_server_holds,
             p12_ping_times_a_round_trip,
+            p13_report_names_the_holder,
+            p13_list_pages_through_held_locks,
         );
     };
     (@each $target:expr; $($name:ident),* $(,)?) => {

@@ -935,6 +935,166 @@ pub async fn p12_ping_times_a_round_trip(target: &dyn ConformanceTarget) {
     );
 }
 
+/// `report` names the holder as it asked to be named (its owner description), says since
+/// when it holds the lock, and counts who waits; after the release it names nobody (P13).
+/// What the backend does not promise in [`LockBackend::introspection`] is not checked, and
+/// the test says so.
+///
+/// [`LockBackend::introspection`]: dlock_core::LockBackend::introspection
+pub async fn p13_report_names_the_holder(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p13-report").await;
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
+    let introspection = alice.backend().introspection();
+    if !introspection.owner && !introspection.acquired_at {
+        eprintln!(
+            "p13_report_names_the_holder: {} reports neither owner nor acquisition time, \
+             so there is nothing to check",
+            alice.capabilities().name
+        );
+        return;
+    }
+    let options = fixture.options(LONG_LEASE).owner("p13 alice/1/conformance");
+    let before = std::time::SystemTime::now();
+    let guard = alice
+        .acquire_with("k", &options)
+        .await
+        .expect("alice acquires");
+    let waiter = fixture.queued_waiter(&bob, "k").await;
+    let report = bob
+        .inspect_with("k", &fixture.options(LONG_LEASE))
+        .await
+        .expect("report a held lock");
+    assert!(report.info.held, "a held lock reported as free: {report:?}");
+    if let Some(token) = report.info.fencing_token {
+        assert_eq!(token, guard.fencing_token(), "report names another token");
+    }
+    if let Some(waiters) = report.info.waiters {
+        assert_eq!(waiters, 1, "one client waits: {report:?}");
+    }
+    if introspection.owner {
+        assert_eq!(
+            report.owner.as_deref(),
+            Some("p13 alice/1/conformance"),
+            "report names another owner"
+        );
+    }
+    if introspection.acquired_at {
+        let at = report.acquired_at.expect("acquired_at is promised");
+        // Server clocks may differ from ours on loopback by clock granularity only.
+        let slack = Duration::from_secs(1);
+        assert!(
+            at + slack >= before && at <= std::time::SystemTime::now() + slack,
+            "acquired at {at:?}, but the acquire ran after {before:?}"
+        );
+    }
+    guard.release().await.expect("release");
+    let bobs = waiter
+        .await
+        .expect("the waiter task")
+        .expect("bob acquires");
+    let handed = bob
+        .inspect_with("k", &fixture.options(LONG_LEASE))
+        .await
+        .expect("report a handed-over lock");
+    if introspection.owner {
+        assert_eq!(
+            handed.owner.as_deref(),
+            Some(dlock_core::default_owner()),
+            "the new holder (default owner) is named"
+        );
+    }
+    bobs.release().await.expect("release");
+    let free = bob
+        .inspect_with("k", &fixture.options(LONG_LEASE))
+        .await
+        .expect("report a released lock");
+    assert!(
+        !free.info.held,
+        "a released lock reported as held: {free:?}"
+    );
+    assert_eq!(free.owner, None, "a free lock has no owner: {free:?}");
+}
+
+/// `list` pages through the locks under a prefix in key order, each with its holder's token,
+/// owner and waiters, and shows none of another namespace's (P13). Not checked, and said so,
+/// for a backend that does not promise `list` in [`LockBackend::introspection`].
+///
+/// [`LockBackend::introspection`]: dlock_core::LockBackend::introspection
+pub async fn p13_list_pages_through_held_locks(target: &dyn ConformanceTarget) {
+    let fixture = Fixture::new(target, "p13-list").await;
+    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
+    let introspection = alice.backend().introspection();
+    if !introspection.list {
+        eprintln!(
+            "p13_list_pages_through_held_locks: {} cannot list locks, so there is nothing to \
+             check",
+            alice.capabilities().name
+        );
+        return;
+    }
+    let options = fixture.options(LONG_LEASE).owner("p13 lister");
+    let mut guards = Vec::new();
+    for key in ["jobs/c", "jobs/a", "other/x", "jobs/b"] {
+        guards.push(alice.acquire_with(key, &options).await.expect("acquire"));
+    }
+    let waiter = fixture.queued_waiter(&bob, "jobs/b").await;
+    let mut seen = Vec::new();
+    let mut request = dlock_core::ListRequest::new("jobs/").limit(2);
+    loop {
+        let page = bob
+            .list_with(&fixture.options(LONG_LEASE), &request)
+            .await
+            .expect("list");
+        assert!(page.locks.len() <= 2, "a page larger than its limit");
+        for lock in &page.locks {
+            let holder = guards
+                .iter()
+                .find(|g| g.key() == &lock.key)
+                .unwrap_or_else(|| panic!("listed a lock nobody took: {lock:?}"));
+            assert!(lock.report.info.held, "{lock:?}");
+            if let Some(token) = lock.report.info.fencing_token {
+                assert_eq!(token, holder.fencing_token(), "{lock:?}");
+            }
+            if let Some(waiters) = lock.report.info.waiters {
+                let expected = usize::from(lock.key.as_str() == "jobs/b");
+                assert_eq!(waiters, expected, "{lock:?}");
+            }
+            if introspection.owner {
+                assert_eq!(lock.report.owner.as_deref(), Some("p13 lister"), "{lock:?}");
+            }
+            seen.push(lock.key.as_str().to_owned());
+        }
+        match page.next {
+            Some(cursor) => request = request.after(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["jobs/a", "jobs/b", "jobs/c"],
+        "in key order, each once"
+    );
+    let elsewhere = Fixture::new(target, "p13-list-elsewhere").await;
+    let other = bob
+        .list_with(
+            &elsewhere.options(LONG_LEASE),
+            &dlock_core::ListRequest::new(""),
+        )
+        .await
+        .expect("list an empty namespace");
+    assert!(other.locks.is_empty(), "another namespace shows {other:?}");
+    for guard in guards {
+        guard.release().await.expect("release");
+    }
+    waiter
+        .await
+        .expect("the waiter task")
+        .expect("bob acquires")
+        .release()
+        .await
+        .expect("release");
+}
+
 /// The holder's view of validity is never later than the server's: right after an acquire
 /// `valid_until` is at most the send time plus the lease, and once another client holds the
 /// expired lock the old guard already says it is not held (P5).

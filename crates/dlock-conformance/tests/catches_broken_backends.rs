@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use dlock_conformance::{async_trait, suite, ConformanceTarget, RequestCounting};
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockError, LockGuard, LockInfo,
-    LockKey, LockOptions, Locker, LossReason, MemoryServer, Renewal, Result,
+    AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
+    LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions, LockReport, Locker,
+    LossReason, MemoryServer, Renewal, Result,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -133,6 +134,24 @@ fn catches_inspect_that_reports_every_lock_free() {
 }
 
 #[test]
+fn catches_report_that_names_nobody() {
+    assert_caught(
+        Flaw::ReportNamesNobody,
+        |t| Box::pin(suite::p13_report_names_the_holder(t)),
+        "names another owner",
+    );
+}
+
+#[test]
+fn catches_list_that_ignores_its_limit() {
+    assert_caught(
+        Flaw::ListIgnoresLimit,
+        |t| Box::pin(suite::p13_list_pages_through_held_locks(t)),
+        "larger than its limit",
+    );
+}
+
+#[test]
 fn catches_ping_that_never_asks_the_server() {
     assert_caught(
         Flaw::PingWithoutServer,
@@ -182,6 +201,10 @@ enum Flaw {
     InspectSaysFree,
     /// `ping` answers without asking the server.
     PingWithoutServer,
+    /// `report` promises owners but names nobody.
+    ReportNamesNobody,
+    /// `list` ignores the page limit.
+    ListIgnoresLimit,
     /// An acquire dropped before its first reply leaves a waiter behind on the server that
     /// takes the lock later and keeps it for a lease.
     CancelLeavesOrphan,
@@ -446,6 +469,29 @@ impl LockBackend for Broken {
         match self.flaw {
             Flaw::PingWithoutServer => Ok(Duration::from_micros(1)),
             _ => self.inner.ping().await,
+        }
+    }
+
+    fn introspection(&self) -> Introspection {
+        self.inner.introspection()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        let report = self.inner.report(key, options).await?;
+        match self.flaw {
+            Flaw::ReportNamesNobody => Ok(LockReport::from(report.info)),
+            _ => Ok(report),
+        }
+    }
+
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        match self.flaw {
+            Flaw::ListIgnoresLimit => {
+                let everything = request.clone().limit(dlock_core::MAX_LIST_LIMIT);
+                let page = self.inner.list(options, &everything).await?;
+                Ok(ListPage::new(page.locks, None))
+            }
+            _ => self.inner.list(options, request).await,
         }
     }
 }

@@ -2,7 +2,8 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::inspect::{Introspection, ListPage, ListRequest, LockReport};
 use crate::key::LockKey;
 use crate::lease::{lock, Lease, LossNotifier, LossReason};
 use crate::options::LockOptions;
@@ -72,6 +74,38 @@ pub trait LockBackend: Any + Send + Sync + fmt::Debug {
         Err(crate::LockError::Unsupported {
             backend: self.capabilities().name,
             operation: "inspecting a lock",
+        })
+    }
+
+    /// What [`LockBackend::report`] and [`LockBackend::list`] can tell beyond [`LockInfo`];
+    /// the conformance suite checks what is promised. The default promises nothing.
+    fn introspection(&self) -> Introspection {
+        Introspection::default()
+    }
+
+    /// Like [`LockBackend::inspect`], plus what the server stores of the holder: its owner
+    /// description ([`AcquireRequest::owner`]) and when it took the lock. Used by
+    /// [`Locker::inspect`](crate::Locker::inspect) and `dlock status`.
+    ///
+    /// The default reads [`LockBackend::inspect`] and knows nothing of the holder. (It is a
+    /// method of its own so that backends which build `LockInfo` by struct literal keep
+    /// compiling; once they all implement it, `inspect` can go.)
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        self.inspect(key, options).await.map(LockReport::from)
+    }
+
+    /// The locks under `options.prefix` whose key starts with `request.key_prefix`, held or
+    /// waited for, in key order, one page of at most `request.limit` (already checked by the
+    /// caller). Each costs what the backend says in its documentation; it must be bounded by
+    /// the page, not by every lock on the server. Used by
+    /// [`Locker::list`](crate::Locker::list) and `dlock list`.
+    ///
+    /// The default is [`LockError::Unsupported`](crate::LockError::Unsupported).
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        let _ = (options, request);
+        Err(crate::LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: "listing locks",
         })
     }
 
@@ -145,15 +179,35 @@ impl<'a> AcquireRequest<'a> {
             options,
             deadline,
             loss,
-            queued: QueuedSignal(Mutex::new(queued)),
+            queued: QueuedSignal {
+                sender: Mutex::new(queued),
+                flag: None,
+            },
         }
+    }
+
+    /// The owner description to store with the lock, for operators to read back in
+    /// [`LockReport::owner`]: [`LockOptions::effective_owner`], checked (at most
+    /// [`MAX_OWNER_LEN`](crate::MAX_OWNER_LEN) bytes, printable). Not a secret and not an
+    /// identity: the owner check on release must keep using the backend's own unguessable id.
+    pub fn owner(&self) -> &str {
+        self.options.effective_owner()
+    }
+
+    /// Also sets `flag` when the request stands in line, so the locker can count handoffs.
+    pub(crate) fn with_queued_flag(mut self, flag: &Arc<AtomicBool>) -> Self {
+        self.queued.flag = Some(Arc::clone(flag));
+        self
     }
 
     /// Reports that this request now stands in the server's line for the lock, behind the
     /// holder: from here on, requests that arrive later are served after it. Backends call it
     /// once; later calls do nothing.
     pub fn queued(&self) {
-        if let Some(sender) = lock(&self.queued.0).take() {
+        if let Some(flag) = &self.queued.flag {
+            flag.store(true, Ordering::Release);
+        }
+        if let Some(sender) = lock(&self.queued.sender).take() {
             let _ = sender.send(());
         }
     }
@@ -168,7 +222,10 @@ impl fmt::Debug for AcquireRequest<'_> {
     }
 }
 
-struct QueuedSignal(Mutex<Option<oneshot::Sender<()>>>);
+struct QueuedSignal {
+    sender: Mutex<Option<oneshot::Sender<()>>>,
+    flag: Option<Arc<AtomicBool>>,
+}
 
 /// What a backend returns when it took a lock.
 pub struct Acquired {

@@ -11,8 +11,14 @@ use crate::options::LockOptions;
 /// [`BackendUrl::lock_options`], skipped by backends ([`BackendUrl::backend_params`]).
 /// (`prefix` is not among them: it names the client's key namespace, which each backend
 /// reads, so one URL names the same server keys through every entry point.)
-pub const LOCK_OPTION_PARAMS: &[&str] =
-    &["lease", "ttl", "wait", "keepalive", "keepalive_interval"];
+pub const LOCK_OPTION_PARAMS: &[&str] = &[
+    "lease",
+    "ttl",
+    "wait",
+    "keepalive",
+    "keepalive_interval",
+    "owner",
+];
 
 /// A backend URL split into its parts, percent-decoded, with the password kept out of every
 /// message ([`BackendUrl::redacted`]).
@@ -150,8 +156,9 @@ impl BackendUrl {
     }
 
     /// The lock options in the query ([`LOCK_OPTION_PARAMS`]) on top of the defaults,
-    /// checked: `lease` (alias `ttl`), `wait` (`0` tries once), `keepalive` (`true`/`false`)
-    /// and `keepalive_interval`.
+    /// checked: `lease` (alias `ttl`), `wait` (`0` tries once), `keepalive` (`true`/`false`),
+    /// `keepalive_interval` and `owner` (the owner description stored with every lock,
+    /// percent-encoded: `owner=billing%20worker%203`).
     ///
     /// ```
     /// use std::time::Duration;
@@ -163,6 +170,10 @@ impl BackendUrl {
     /// assert_eq!(options.wait, Some(Duration::ZERO));
     /// // `prefix` is the backend's key namespace, not the lock options' prefix.
     /// assert_eq!(options.prefix, dlock_core::LockOptions::default().prefix);
+    /// assert_eq!(options.owner, None);
+    ///
+    /// let url = BackendUrl::parse("etcd://h?owner=cron%40web-3", 2379).unwrap();
+    /// assert_eq!(url.lock_options().unwrap().owner.as_deref(), Some("cron@web-3"));
     /// ```
     pub fn lock_options(&self) -> Result<LockOptions> {
         let mut options = LockOptions::default();
@@ -173,6 +184,7 @@ impl BackendUrl {
                 "keepalive_interval" => {
                     options.keepalive_interval = Some(self.duration(name, value)?)
                 }
+                "owner" => options.owner = Some(value.clone()),
                 "keepalive" => {
                     options.keepalive = match value.as_str() {
                         "true" | "on" | "1" => true,
@@ -366,11 +378,13 @@ mod tests {
 
     #[test]
     fn lock_options_are_read_once_and_backends_see_the_rest() {
-        let url = BackendUrl::parse_any("memory://?ttl=7s&keepalive=off&x=1", 1).unwrap();
+        let url = BackendUrl::parse_any("memory://?ttl=7s&keepalive=off&x=1&owner=ops%2Fcron+3", 1)
+            .unwrap();
         assert!(url.hosts.is_empty());
         let options = url.lock_options().unwrap();
         assert_eq!(options.lease, Duration::from_secs(7));
         assert!(!options.keepalive);
+        assert_eq!(options.owner.as_deref(), Some("ops/cron 3"));
         assert_eq!(url.backend_params().collect::<Vec<_>>(), [("x", "1")]);
         for bad in [
             "memory://?lease=forever",
@@ -379,6 +393,10 @@ mod tests {
             "memory://?keepalive=maybe",
             "memory://?keepalive_interval=0s",
             "memory://?lease=1s&keepalive_interval=2s",
+            "memory://?owner=",
+            "memory://?owner=a%0Ab",
+            "memory://?owner=a%1B%5B31m",
+            &format!("memory://?owner={}", "x".repeat(crate::MAX_OWNER_LEN + 1)),
             "memory://#frag",
         ] {
             let outcome = BackendUrl::parse_any(bad, 1).and_then(|url| url.lock_options());

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::error::{LockError, Result};
 use crate::keepalive::Keepalive;
 use crate::key::LockKey;
@@ -162,11 +164,15 @@ impl Drop for LockGuard {
         let keepalive = Arc::clone(&self.keepalive);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
+                let span = lease
+                    .observation()
+                    .map_or_else(tracing::Span::none, |observation| observation.span());
+                let releasing = async move {
                     if let Err(error) = finish_release(&keepalive, &lease).await {
                         tracing::warn!(key = %lease.key(), %error, "background release failed; the lease will expire");
                     }
-                });
+                };
+                runtime.spawn(releasing.instrument(span));
             }
             Err(_) => {
                 // No runtime to talk to the server: stop renewing and let the lease expire.
@@ -189,7 +195,11 @@ impl fmt::Debug for LockGuard {
 
 /// Sends the release of a lease already marked `Releasing`, then settles its status.
 async fn finish_release(keepalive: &Keepalive, lease: &Lease) -> Result<()> {
-    let outcome = keepalive.backend().release(lease).await;
+    // Inside the acquisition's span, which settling the status then closes.
+    let span = lease
+        .observation()
+        .map_or_else(tracing::Span::none, |observation| observation.span());
+    let outcome = keepalive.backend().release(lease).instrument(span).await;
     let settled = match &outcome {
         Err(LockError::NotHeld { .. }) => Status::Lost(LossReason::NotOwner),
         _ => Status::Released,

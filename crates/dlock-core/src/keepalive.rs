@@ -137,8 +137,10 @@ impl Keepalive {
                 let lease = &entry.lease;
                 match lease.state().status() {
                     Status::Held if now >= lease.valid_until() => {
+                        // Taken before the loss closes it: the clean-up belongs to the lock.
+                        let span = lease.observation().map(|o| o.span());
                         if lease.state().mark_lost(LossReason::LeaseExpired) {
-                            self.clean_up(Arc::clone(lease));
+                            self.clean_up(Arc::clone(lease), span);
                         }
                         false
                     }
@@ -181,9 +183,10 @@ impl Keepalive {
     /// past its lease, renewals cut off) would otherwise keep the lock taken by nobody, with
     /// every waiter behind it. The release is owner-checked, so it touches nothing of a new
     /// holder's.
-    fn clean_up(&self, lease: Arc<Lease>) {
+    fn clean_up(&self, lease: Arc<Lease>, span: Option<tracing::Span>) {
         let backend = Arc::clone(&self.backend);
-        tokio::spawn(async move {
+        let span = span.unwrap_or_else(tracing::Span::none);
+        let cleaning = async move {
             match backend.release(&lease).await {
                 Ok(()) => {
                     tracing::debug!(key = %lease.key(), "removed a lost lock from the server")
@@ -193,7 +196,8 @@ impl Keepalive {
                     tracing::debug!(key = %lease.key(), %error, "could not remove a lost lock from the server")
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(cleaning, span));
     }
 
     async fn renew(&self, due: &[Arc<Lease>]) {
@@ -218,6 +222,9 @@ impl Keepalive {
                 for ((lease, renewal), extensions) in due.iter().zip(renewals).zip(extensions) {
                     match renewal {
                         Renewal::Renewed { valid_until } => {
+                            if let Some(observation) = lease.observation() {
+                                observation.renewed();
+                            }
                             lease.renewed_until(valid_until, extensions);
                             if let Some(entry) = registry.entries.get_mut(&lease.id()) {
                                 entry.period = renewal_period(lease, sent);
@@ -242,6 +249,9 @@ impl Keepalive {
                     ),
                 }
                 for lease in due {
+                    if let Some(observation) = lease.observation() {
+                        observation.renewal_failed();
+                    }
                     if let Some(entry) = registry.entries.get_mut(&lease.id()) {
                         entry.next_renewal = Instant::now() + retry_delay(entry);
                     }

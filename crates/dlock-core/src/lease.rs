@@ -3,13 +3,14 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::key::LockKey;
+use crate::metrics::Observation;
 use crate::options::LockOptions;
 pub(crate) use crate::support::lock;
 use crate::token::FencingToken;
@@ -25,6 +26,18 @@ pub enum LossReason {
     NotOwner,
     /// The client's session or lease on the server ended (expired or revoked).
     SessionEnded,
+}
+
+impl LossReason {
+    /// A short, stable name: the `reason` label of
+    /// [`dlock_losses_total`](crate::metrics::LOSSES).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LossReason::LeaseExpired => "lease_expired",
+            LossReason::NotOwner => "not_owner",
+            LossReason::SessionEnded => "session_ended",
+        }
+    }
 }
 
 impl fmt::Display for LossReason {
@@ -152,6 +165,11 @@ impl Lease {
         &self.state
     }
 
+    /// The metrics and span of this acquisition; `None` for a lease no guard was made for.
+    pub(crate) fn observation(&self) -> Option<&Observation> {
+        self.state.observation.get()
+    }
+
     /// How many times [`Lease::extended_until`] set the deadline: a renewal compares it before
     /// and after its round trip to know whether an `extend` crossed it.
     pub(crate) fn extensions(&self) -> u64 {
@@ -198,10 +216,20 @@ pub(crate) enum Status {
     Lost(LossReason),
 }
 
+impl Status {
+    /// Released or lost: the acquisition is over.
+    pub(crate) fn is_final(self) -> bool {
+        matches!(self, Status::Released | Status::Lost(_))
+    }
+}
+
 /// The state shared by a guard, its keepalive entry and the backend's [`LossNotifier`].
 pub(crate) struct LeaseState {
     pub(crate) status: watch::Sender<Status>,
     validity: Mutex<Validity>,
+    /// Set once the lock is handed out in a guard; every status change after that is
+    /// recorded through it, whoever makes it (guard, keepalive, backend).
+    observation: OnceLock<Observation>,
 }
 
 /// The lease's deadline and how many `extend`s set it.
@@ -218,7 +246,18 @@ impl LeaseState {
                 until: Instant::now(),
                 extensions: 0,
             }),
+            observation: OnceLock::new(),
         })
+    }
+
+    /// Starts recording this lease's life in `observation`. A lease that ended before (a
+    /// loss signalled between the grant and the guard) is recorded as ended at once.
+    pub(crate) fn observe(&self, observation: Observation) {
+        let observation = self.observation.get_or_init(|| observation);
+        let status = self.status();
+        if status.is_final() {
+            observation.finished(status);
+        }
     }
 
     pub(crate) fn notifier(self: &Arc<Self>) -> LossNotifier {
@@ -243,13 +282,19 @@ impl LeaseState {
 
     /// Any → `to`, when `from` accepts the current status.
     pub(crate) fn transition(&self, from: impl Fn(Status) -> bool, to: Status) -> bool {
-        self.status.send_if_modified(|status| {
+        let changed = self.status.send_if_modified(|status| {
             if from(*status) {
                 *status = to;
                 true
             } else {
                 false
             }
-        })
+        });
+        if changed && to.is_final() {
+            if let Some(observation) = self.observation.get() {
+                observation.finished(to);
+            }
+        }
+        changed
     }
 }

@@ -18,8 +18,28 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The contract each backend keeps is written down property by property (P1 … P12) in
+//! The contract each backend keeps is written down property by property (P1 … P13) in
 //! [`contract`], and the `dlock-conformance` crate checks it.
+//!
+//! # Observability
+//!
+//! - **Metrics**, recorded once here for every backend through the `metrics` facade:
+//!   acquisitions, handoffs, wait and hold times, timeouts, renewals and their failures,
+//!   losses by reason, labelled by backend (and, opted in, by key prefix). Names, types and
+//!   labels: [`metrics`].
+//! - **Tracing spans**: every `acquire`/`try_acquire` opens one `dlock.lock` span (INFO level)
+//!   with the fields `key`, `backend` (the [`Capabilities::name`]), `prefix` and `token`
+//!   (recorded when the lock is granted). It lasts from the call to the release (or the loss,
+//!   or the failed attempt): the backend's own events while acquiring and releasing, and the
+//!   core's `lock acquired` / `lock released` (DEBUG) and `lock lost` (INFO) events, carry
+//!   it. Renewals serve many locks in one batch and so belong to no lock's span. No field
+//!   holds a password (backends keep URLs redacted) or the owner id a server checks releases
+//!   against; the owner description is not recorded in the span at all.
+//! - **Holder identity**: every acquisition carries an owner description
+//!   ([`LockOptions::owner`], by default [`default_owner`]: `host/pid/program`), which
+//!   backends store with the lock ([`AcquireRequest::owner`]); [`Locker::inspect`] and
+//!   [`Locker::list`] read holders back where the backend can
+//!   ([`LockBackend::introspection`]).
 #![deny(missing_docs)]
 
 mod backend;
@@ -27,16 +47,18 @@ mod backend_url;
 mod backoff;
 mod error;
 mod guard;
+mod inspect;
 mod keepalive;
 mod key;
 mod lease;
 mod locker;
 mod memory;
+pub mod metrics;
 mod options;
 pub mod support;
 mod token;
 
-/// The lock contract every backend keeps, property by property (P1 … P12): what the
+/// The lock contract every backend keeps, property by property (P1 … P13): what the
 /// conformance suite checks and what each backend assumes. This page is the repository's
 /// `crates/dlock-core/SEMANTICS.md`.
 pub mod contract {
@@ -48,11 +70,17 @@ pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;
+pub use inspect::{
+    Introspection, ListPage, ListRequest, ListedLock, LockReport, DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+};
 pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
 pub use lease::{Lease, LossNotifier, LossReason};
 pub use locker::{Locker, WAIT_LIMIT_GRACE};
 pub use memory::{MemoryBackend, MemoryServer};
-pub use options::{LockOptions, MAX_LEASE, MAX_PREFIX_LEN, MIN_LEASE};
+pub use options::{
+    default_owner, LockOptions, MAX_LEASE, MAX_OWNER_LEN, MAX_PREFIX_LEN, MIN_LEASE,
+};
 pub use token::FencingToken;
 
 /// Re-exported so backend crates implement [`LockBackend`] with the same macro version.

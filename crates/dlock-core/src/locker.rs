@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::{AcquireRequest, Capabilities, LockBackend};
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
+use crate::inspect::{ListPage, ListRequest, LockReport};
 use crate::keepalive::Keepalive;
 use crate::key::IntoLockKey;
 use crate::lease::{Lease, LeaseState};
+use crate::metrics::Attempt;
 use crate::options::LockOptions;
 
 /// How long past its wait limit an `acquire` may run before the locker gives up on the
@@ -46,6 +49,7 @@ pub const WAIT_LIMIT_GRACE: Duration = Duration::from_millis(500);
 pub struct Locker {
     keepalive: Arc<Keepalive>,
     options: LockOptions,
+    prefix_label: bool,
 }
 
 impl Locker {
@@ -59,7 +63,16 @@ impl Locker {
         Locker {
             keepalive: Keepalive::new(backend),
             options: LockOptions::default(),
+            prefix_label: false,
         }
+    }
+
+    /// The same locker, labelling its [metrics](crate::metrics) with each lock's key
+    /// [`prefix`](LockOptions::prefix) too (off by default). Turn it on only where the
+    /// prefixes are few and fixed: every prefix is a new set of time series.
+    pub fn with_prefix_label(mut self, on: bool) -> Self {
+        self.prefix_label = on;
+        self
     }
 
     /// The same locker with other default options, checked first.
@@ -122,34 +135,16 @@ impl Locker {
     ) -> Result<LockGuard> {
         let key = key.into_lock_key()?;
         options.validate()?;
-        let timeout = || LockError::Timeout {
-            key: key.to_string(),
-            waited: options.wait.unwrap_or_default(),
-        };
-        if options.wait == Some(Duration::ZERO) {
-            return self
-                .try_acquire_with(&key, options)
-                .await?
-                .ok_or_else(timeout);
-        }
-        let deadline = options.wait.map(|wait| Instant::now() + wait);
-        let mut queued = queued;
-        loop {
-            let state = LeaseState::new();
-            let request =
-                AcquireRequest::new(&key, options, deadline, state.notifier(), queued.take());
-            let acquiring = self.backend().acquire(request);
-            let acquired = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline + WAIT_LIMIT_GRACE, acquiring)
-                    .await
-                    .map_err(|_| timeout())??,
-                None => acquiring.await?,
-            };
-            if let Some(acquired) = self.fresh(&key, options, acquired, &state, deadline).await {
-                return Ok(self.guard(key, options, acquired, state));
-            }
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                return Err(timeout());
+        let attempt = self.attempt(&key, options);
+        let granted = self
+            .wait_for_grant(&key, options, queued, &attempt)
+            .instrument(attempt.span().clone())
+            .await;
+        match granted {
+            Ok((acquired, state)) => Ok(self.guard(key, options, acquired, state, attempt)),
+            Err(error) => {
+                attempt.failed(&error);
+                Err(error)
             }
         }
     }
@@ -162,13 +157,161 @@ impl Locker {
     ) -> Result<Option<LockGuard>> {
         let key = key.into_lock_key()?;
         options.validate()?;
+        let attempt = self.attempt(&key, options);
+        let tried = self
+            .try_once(&key, options, &attempt)
+            .instrument(attempt.span().clone())
+            .await;
+        match tried {
+            Ok(Some((acquired, state))) => {
+                Ok(Some(self.guard(key, options, acquired, state, attempt)))
+            }
+            Ok(None) => {
+                attempt.busy();
+                Ok(None)
+            }
+            Err(error) => {
+                attempt.failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// What the server knows of the lock on `key` under this locker's options: held, token,
+    /// lease, waiters, and the holder's owner and acquisition time where the backend stores
+    /// them ([`LockBackend::introspection`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock_core::LockError> {
+    /// use dlock_core::{LockOptions, Locker, MemoryServer};
+    ///
+    /// let server = MemoryServer::new();
+    /// let worker = Locker::new(server.client())
+    ///     .with_options(LockOptions::default().owner("worker-7"))?;
+    /// let operator = Locker::new(server.client());
+    ///
+    /// let guard = worker.acquire("exports/nightly").await?;
+    /// let report = operator.inspect("exports/nightly").await?;
+    /// assert!(report.info.held);
+    /// assert_eq!(report.info.fencing_token, Some(guard.fencing_token()));
+    /// assert_eq!(report.owner.as_deref(), Some("worker-7"));
+    /// assert!(report.acquired_at.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(&self, key: impl IntoLockKey) -> Result<LockReport> {
+        self.inspect_with(key, &self.options.clone()).await
+    }
+
+    /// Like [`Locker::inspect`], for the lock under `options.prefix`.
+    pub async fn inspect_with(
+        &self,
+        key: impl IntoLockKey,
+        options: &LockOptions,
+    ) -> Result<LockReport> {
+        let key = key.into_lock_key()?;
+        options.validate()?;
+        self.backend().report(&key, options).await
+    }
+
+    /// One page of the locks held or waited for under this locker's key prefix whose key
+    /// starts with `request.key_prefix`, with their holders; [`LockError::Unsupported`] if
+    /// the backend cannot list ([`LockBackend::introspection`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), dlock_core::LockError> {
+    /// use dlock_core::{ListRequest, Locker, MemoryBackend};
+    ///
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// let _a = locker.acquire("jobs/a").await?;
+    /// let _b = locker.acquire("jobs/b").await?;
+    /// let _c = locker.acquire("mail/c").await?;
+    ///
+    /// let first = locker.list(&ListRequest::new("jobs/").limit(1)).await?;
+    /// assert_eq!(first.locks[0].key.as_str(), "jobs/a");
+    /// let cursor = first.next.expect("one more page");
+    /// let second = locker.list(&ListRequest::new("jobs/").limit(1).after(cursor)).await?;
+    /// assert_eq!(second.locks[0].key.as_str(), "jobs/b");
+    /// assert_eq!(second.next, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list(&self, request: &ListRequest) -> Result<ListPage> {
+        self.list_with(&self.options.clone(), request).await
+    }
+
+    /// Like [`Locker::list`], under `options.prefix`.
+    pub async fn list_with(
+        &self,
+        options: &LockOptions,
+        request: &ListRequest,
+    ) -> Result<ListPage> {
+        options.validate()?;
+        request.validate()?;
+        self.backend().list(options, request).await
+    }
+
+    /// The acquire loop: asks the backend until it grants a lease that is still fresh, or
+    /// the wait limit passes.
+    async fn wait_for_grant(
+        &self,
+        key: &crate::LockKey,
+        options: &LockOptions,
+        queued: Option<oneshot::Sender<()>>,
+        attempt: &Attempt,
+    ) -> Result<(crate::Acquired, Arc<LeaseState>)> {
+        let timeout = || LockError::Timeout {
+            key: key.to_string(),
+            waited: options.wait.unwrap_or_default(),
+        };
+        if options.wait == Some(Duration::ZERO) {
+            return self
+                .try_once(key, options, attempt)
+                .await?
+                .ok_or_else(timeout);
+        }
+        let deadline = options.wait.map(|wait| Instant::now() + wait);
+        let mut queued = queued;
+        loop {
+            let state = LeaseState::new();
+            let request =
+                AcquireRequest::new(key, options, deadline, state.notifier(), queued.take())
+                    .with_queued_flag(attempt.queued_flag());
+            let acquiring = self.backend().acquire(request);
+            let acquired = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline + WAIT_LIMIT_GRACE, acquiring)
+                    .await
+                    .map_err(|_| timeout())??,
+                None => acquiring.await?,
+            };
+            if let Some(acquired) = self.fresh(key, options, acquired, &state, deadline).await {
+                return Ok((acquired, state));
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(timeout());
+            }
+        }
+    }
+
+    /// One `try_acquire` of the backend; a stale grant counts as held.
+    async fn try_once(
+        &self,
+        key: &crate::LockKey,
+        options: &LockOptions,
+        attempt: &Attempt,
+    ) -> Result<Option<(crate::Acquired, Arc<LeaseState>)>> {
         let state = LeaseState::new();
-        let request = AcquireRequest::new(&key, options, None, state.notifier(), None);
+        let request = AcquireRequest::new(key, options, None, state.notifier(), None)
+            .with_queued_flag(attempt.queued_flag());
         let Some(acquired) = self.backend().try_acquire(request).await? else {
             return Ok(None);
         };
-        let fresh = self.fresh(&key, options, acquired, &state, None).await;
-        Ok(fresh.map(|acquired| self.guard(key, options, acquired, state)))
+        let fresh = self.fresh(key, options, acquired, &state, None).await;
+        Ok(fresh.map(|acquired| (acquired, state)))
+    }
+
+    fn attempt(&self, key: &crate::LockKey, options: &LockOptions) -> Attempt {
+        Attempt::start(self.capabilities().name, key, options, self.prefix_label)
     }
 
     /// `acquired`, unless its lease already ran out on this process's clock: a grant that
@@ -209,7 +352,9 @@ impl Locker {
         options: &LockOptions,
         acquired: crate::Acquired,
         state: Arc<LeaseState>,
+        attempt: Attempt,
     ) -> LockGuard {
+        state.observe(attempt.granted(acquired.token));
         let lease = Arc::new(Lease::new(key, options.clone(), acquired, state));
         LockGuard::new(lease, Arc::clone(&self.keepalive))
     }
@@ -220,6 +365,7 @@ impl fmt::Debug for Locker {
         f.debug_struct("Locker")
             .field("backend", self.backend())
             .field("options", &self.options)
+            .field("prefix_label", &self.prefix_label)
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
@@ -11,13 +11,16 @@ use tokio::time::Instant;
 
 use crate::backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
 use crate::error::{LockError, Result};
+use crate::inspect::{Introspection, ListPage, ListRequest, ListedLock, LockReport};
 use crate::key::LockKey;
 use crate::lease::{lock, Lease, LossNotifier, LossReason};
 use crate::options::LockOptions;
 use crate::token::FencingToken;
 
 /// A lock backend that lives in this process: real TTL expiry, fencing tokens, a FIFO line of
-/// waiters woken one at a time, loss signals and cancellation safety.
+/// waiters woken one at a time, loss signals and cancellation safety. It reports everything
+/// an operator may ask ([`Introspection::all`]): each holder's owner description and
+/// acquisition time, and the locks under a prefix.
 ///
 /// Use it for unit tests of code that takes locks, and as the quick-start default. Every
 /// [`MemoryBackend`] made from one [`MemoryServer`] is an independent client of the same
@@ -139,7 +142,7 @@ impl LockBackend for MemoryBackend {
         let mut table = self.server.table();
         table.check_reachable()?;
         let now = Instant::now();
-        let entry = table.keys.entry(name.clone()).or_default();
+        let entry = table.entry(&name, &request);
         entry.expire_holder(now);
         if entry.holder.is_some() || !entry.waiters.is_empty() {
             table.drop_if_idle(&name);
@@ -156,7 +159,7 @@ impl LockBackend for MemoryBackend {
                 let mut table = self.server.table();
                 table.check_reachable()?;
                 let now = Instant::now();
-                let entry = table.keys.entry(name.clone()).or_default();
+                let entry = table.entry(&name, &request);
                 entry.expire_holder(now);
                 let my_turn = match &place {
                     Some(place) => entry.waiters.front().map(|w| w.id) == Some(place.id),
@@ -271,22 +274,57 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        self.report(key, options).await.map(|report| report.info)
+    }
+
+    fn introspection(&self) -> Introspection {
+        Introspection::all()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
         let mut table = self.server.table();
         table.check_reachable()?;
         let now = Instant::now();
-        let Some(entry) = table.keys.get_mut(&entry_name(&options.prefix, key)) else {
-            return Ok(LockInfo {
-                waiters: Some(0),
-                ..LockInfo::default()
-            });
-        };
-        entry.expire_holder(now);
-        Ok(LockInfo {
-            held: entry.holder.is_some(),
-            fencing_token: entry.holder.as_ref().map(|h| h.token),
-            remaining_lease: entry.holder.as_ref().map(|h| h.expires_at - now),
-            waiters: Some(entry.waiters.len()),
-        })
+        Ok(
+            match table.keys.get_mut(&entry_name(&options.prefix, key)) {
+                Some(entry) => entry.report(now),
+                None => LockReport::from(LockInfo {
+                    waiters: Some(0),
+                    ..LockInfo::default()
+                }),
+            },
+        )
+    }
+
+    /// Sorts the matching entries of the whole table: O(n log n) in the locks held or waited
+    /// for in this process, which is what a test or a tool holds.
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        let mut matching: Vec<&mut Entry> = table
+            .keys
+            .values_mut()
+            .filter(|entry| {
+                entry.prefix == options.prefix
+                    && entry.key.as_str().starts_with(&request.key_prefix)
+                    && request
+                        .after
+                        .as_deref()
+                        .is_none_or(|after| entry.key.as_str() > after)
+            })
+            .collect();
+        matching.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let more = matching.len() > request.limit;
+        let locks: Vec<ListedLock> = matching
+            .into_iter()
+            .take(request.limit)
+            .map(|entry| ListedLock::new(entry.key.clone(), entry.report(now)))
+            .collect();
+        let next = more
+            .then(|| locks.last().map(|lock| lock.key.as_str().to_owned()))
+            .flatten();
+        Ok(ListPage::new(locks, next))
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -322,8 +360,10 @@ struct Table {
     down: bool,
 }
 
-#[derive(Default)]
 struct Entry {
+    /// The lock's key and prefix as the client gave them, for `list`.
+    key: LockKey,
+    prefix: String,
     holder: Option<Holder>,
     waiters: VecDeque<Waiter>,
 }
@@ -333,6 +373,9 @@ struct Holder {
     token: FencingToken,
     expires_at: Instant,
     loss: LossNotifier,
+    /// The holder's owner description, as a server would store it beside the lock.
+    description: String,
+    acquired_at: SystemTime,
 }
 
 struct Waiter {
@@ -388,6 +431,16 @@ impl Table {
         Ok(())
     }
 
+    /// The entry of `name`, made for `request`'s key if the lock is new.
+    fn entry(&mut self, name: &str, request: &AcquireRequest<'_>) -> &mut Entry {
+        self.keys.entry(name.to_owned()).or_insert_with(|| Entry {
+            key: request.key.clone(),
+            prefix: request.options.prefix.clone(),
+            holder: None,
+            waiters: VecDeque::new(),
+        })
+    }
+
     fn grant(&mut self, name: &str, request: &AcquireRequest<'_>, now: Instant) -> Acquired {
         self.last_token += 1;
         self.next_owner += 1;
@@ -400,6 +453,8 @@ impl Table {
             token,
             expires_at,
             loss: request.loss.clone(),
+            description: request.owner().to_owned(),
+            acquired_at: SystemTime::now(),
         });
         // The next in line now waits for a new holder: let it arm its expiry timer.
         entry.wake_head();
@@ -434,6 +489,21 @@ impl Table {
 }
 
 impl Entry {
+    fn report(&mut self, now: Instant) -> LockReport {
+        self.expire_holder(now);
+        let holder = self.holder.as_ref();
+        LockReport {
+            info: LockInfo {
+                held: holder.is_some(),
+                fencing_token: holder.map(|h| h.token),
+                remaining_lease: holder.map(|h| h.expires_at - now),
+                waiters: Some(self.waiters.len()),
+            },
+            owner: holder.map(|h| h.description.clone()),
+            acquired_at: holder.map(|h| h.acquired_at),
+        }
+    }
+
     fn expire_holder(&mut self, now: Instant) {
         if self.holder.as_ref().is_some_and(|h| now >= h.expires_at) {
             if let Some(holder) = self.holder.take() {

@@ -25,7 +25,12 @@
 //!
 //! [`connect`] understands these query parameters for every backend (the backend reads the
 //! others, such as `session_timeout`): `prefix` (key namespace), `lease` (e.g. `30s`), `wait`
-//! (e.g. `5s`; absent = wait forever) and `keepalive_interval`.
+//! (e.g. `5s`; absent = wait forever), `keepalive_interval` and `owner` (the owner
+//! description stored with each lock; by default `host/pid/program`).
+//!
+//! Every backend's locks are observable the same way: [`metrics`] through the `metrics`
+//! facade (the `prometheus` example exports them), one `dlock.lock` tracing span per
+//! acquisition, and [`Locker::inspect`] / [`Locker::list`] for who holds what.
 //!
 //! The guarantees of each backend, what fences it, and what happens when its server fails are
 //! compared in the [`backends`] page; the contract they all keep is the [`contract`] page.
@@ -53,9 +58,10 @@ pub use dlock_zookeeper as zookeeper;
 /// from the URL's query.
 ///
 /// The URL means the same lock whichever way it is used: the lock options in its query
-/// ([`LOCK_OPTION_PARAMS`]: `lease`, `wait`, `keepalive`, `keepalive_interval`) are read once,
-/// by [`BackendUrl::lock_options`]; everything else, `prefix` (the key namespace) included, is
-/// read by the backend crate that owns the scheme, exactly as its own `connect` reads it.
+/// ([`LOCK_OPTION_PARAMS`]: `lease`, `wait`, `keepalive`, `keepalive_interval`, `owner`) are
+/// read once, by [`BackendUrl::lock_options`]; everything else, `prefix` (the key namespace)
+/// included, is read by the backend crate that owns the scheme, exactly as its own `connect`
+/// reads it.
 ///
 /// A scheme whose feature is off gives [`LockError::InvalidUrl`] naming the feature to turn
 /// on; a malformed URL or option gives [`LockError::InvalidUrl`] (passwords shown as `***`).
