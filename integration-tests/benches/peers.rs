@@ -1,0 +1,531 @@
+//! dlock beside the Rust peers, on the same local servers, in one process run: the
+//! benchmark of issue 14. For each server it prints the raw round trip (the floor), then for
+//! dlock and each peer: uncontended acquire+release (ops/s and round trips per operation),
+//! and with 8 and 64 clients on one key: handoffs/s, p50/p99/p99.9 acquire wait, the spread
+//! of per-client shares, and (Redis) server commands per acquisition. Ratios are dlock over
+//! the peer, measured in the same run, so machine load cancels out as far as it can.
+//!
+//! ```text
+//! cargo bench -p dlock-integration-tests --features peers --bench peers            # all
+//! cargo bench -p dlock-integration-tests --features peers --bench peers -- redis   # one server
+//! DLOCK_PEERS_SECONDS=5 cargo bench …                                                # longer runs
+//! ```
+//!
+//! Peers: `rslock` (single instance and Redlock; dev-dependency of this benchmark only,
+//! behind the `peers` feature), `etcd-client`'s `lock()` (etcd's Lock RPC, on a lease per
+//! client) and `zookeeper-client`'s lock recipe. It asserts nothing: speed targets live here,
+//! never in tests.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlock_conformance::bench::{histogram, micros, record, Histogram};
+use dlock_core::{LockOptions, Locker};
+use dlock_test_servers::{EtcdServer, RedisServer, ZooKeeperServer};
+use tokio::time::Instant;
+
+const UNCONTENDED_ROUNDS: usize = 500;
+const RTT_SAMPLES: usize = 500;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let seconds: u64 = std::env::var("DLOCK_PEERS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let run = Duration::from_secs(seconds);
+    if wanted("redis") {
+        redis(run).await;
+    }
+    if wanted("redlock") {
+        redlock(run).await;
+    }
+    if wanted("etcd") {
+        etcd(run).await;
+    }
+    if wanted("zookeeper") {
+        zookeeper(run).await;
+    }
+}
+
+/// One client of a lock implementation, as the workloads use it.
+#[async_trait]
+trait Contender: Send + Sync + 'static {
+    /// Waits for the lock on `key`; returns what releasing it needs.
+    async fn acquire(&self, key: &str) -> Box<dyn Any + Send>;
+    /// Releases what [`Contender::acquire`] returned.
+    async fn release(&self, held: Box<dyn Any + Send>);
+}
+
+/// One implementation under test: its name and its clients.
+struct Contenders {
+    name: &'static str,
+    clients: Vec<Arc<dyn Contender>>,
+}
+
+async fn redis(run: Duration) {
+    let server = RedisServer::start();
+    let url = server.url();
+    println!("\n== Redis (one local redis-server 7)");
+    let rtt = redis_rtt(&url).await;
+    compare(
+        rtt,
+        run,
+        |n| {
+            let url = url.clone();
+            async move {
+                vec![
+                    dlock_clients(&url, n, "redis").await,
+                    rslock_clients(std::slice::from_ref(&url), n, "rslock").await,
+                ]
+            }
+        },
+        Some(url.clone()),
+    )
+    .await;
+}
+
+async fn redlock(run: Duration) {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
+    let dlock_url = format!(
+        "redis+redlock://{}",
+        servers
+            .iter()
+            .map(|s| s.address())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("\n== Redlock (three local redis-server 7)");
+    let rtt = redis_rtt(&urls[0]).await;
+    compare(
+        rtt,
+        run,
+        |n| {
+            let (dlock_url, urls) = (dlock_url.clone(), urls.clone());
+            async move {
+                vec![
+                    dlock_clients(&dlock_url, n, "redlock").await,
+                    rslock_clients(&urls, n, "rslock").await,
+                ]
+            }
+        },
+        None,
+    )
+    .await;
+}
+
+async fn etcd(run: Duration) {
+    let server = EtcdServer::start();
+    let url = server.url();
+    let address = server.address();
+    println!("\n== etcd (one local etcd 3.4)");
+    let rtt = etcd_rtt(&address).await;
+    compare(
+        rtt,
+        run,
+        |n| {
+            let (url, address) = (url.clone(), address.clone());
+            async move {
+                vec![
+                    dlock_clients(&url, n, "etcd").await,
+                    etcd_lock_clients(&address, n).await,
+                ]
+            }
+        },
+        None,
+    )
+    .await;
+}
+
+async fn zookeeper(run: Duration) {
+    let server = ZooKeeperServer::start();
+    let url = server.url();
+    let address = server.address();
+    println!("\n== ZooKeeper (one local ZooKeeper 3.8)");
+    let rtt = zookeeper_rtt(&address).await;
+    compare(
+        rtt,
+        run,
+        |n| {
+            let (url, address) = (url.clone(), address.clone());
+            async move {
+                vec![
+                    dlock_clients(&url, n, "zookeeper").await,
+                    recipe_clients(&address, n).await,
+                ]
+            }
+        },
+        None,
+    )
+    .await;
+}
+
+/// Runs every workload on each implementation `make(clients)` builds and prints them side
+/// by side; with `redis_url`, also the server's commands per acquisition.
+async fn compare<M, F>(rtt: f64, run: Duration, make: M, redis_url: Option<String>)
+where
+    M: Fn(usize) -> F,
+    F: std::future::Future<Output = Vec<Contenders>>,
+{
+    println!("raw round trip (floor of one request): p50 {rtt:.1} µs");
+    let singles = make(1).await;
+    let mut rates = Vec::new();
+    for one in &singles {
+        let client = &one.clients[0];
+        let histogram = uncontended(client.as_ref()).await;
+        let p50 = histogram.value_at_quantile(0.5) as f64;
+        let rate = 1e6 / histogram.mean();
+        rates.push(rate);
+        println!(
+            "uncontended  {:<10} {:>8.0} ops/s  p50 {:>9}  {:.2} RTT per acquire+release",
+            one.name,
+            rate,
+            micros(p50 as u64),
+            p50 / rtt
+        );
+    }
+    println!("  ratio dlock / {}: {:.2}×", singles[1].name, rates[0] / rates[1]);
+    for clients in [8, 64] {
+        let all = make(clients).await;
+        let mut handoffs = Vec::new();
+        for one in &all {
+            let before = match &redis_url {
+                Some(url) => Some(redis_commands(url).await),
+                None => None,
+            };
+            let result = contended(&one.clients, run).await;
+            let per_acquisition = match (&redis_url, before) {
+                (Some(url), Some(before)) => {
+                    let after = redis_commands(url).await;
+                    format!(
+                        "  {:.1} cmds/acq",
+                        (after - before) as f64 / result.acquisitions.max(1) as f64
+                    )
+                }
+                _ => String::new(),
+            };
+            handoffs.push(result.handoffs_per_second);
+            println!(
+                "{clients:>3} clients  {:<10} {:>8.0} handoffs/s  wait p50 {:>9} p99 {:>9} p99.9 {:>9}  shares {:.2}–{:.2}{per_acquisition}",
+                one.name,
+                result.handoffs_per_second,
+                micros(result.wait.value_at_quantile(0.5)),
+                micros(result.wait.value_at_quantile(0.99)),
+                micros(result.wait.value_at_quantile(0.999)),
+                result.shares.0,
+                result.shares.1,
+            );
+        }
+        println!(
+            "  ratio dlock / {}: {:.2}× handoffs",
+            all[1].name,
+            handoffs[0] / handoffs[1].max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
+/// Acquire+release latencies of one client on a key nobody else wants.
+async fn uncontended(client: &dyn Contender) -> Histogram<u64> {
+    for _ in 0..50 {
+        let held = client.acquire("uncontended").await;
+        client.release(held).await;
+    }
+    let mut histogram = histogram();
+    for _ in 0..UNCONTENDED_ROUNDS {
+        let started = Instant::now();
+        let held = client.acquire("uncontended").await;
+        client.release(held).await;
+        record(&mut histogram, started.elapsed());
+    }
+    histogram
+}
+
+/// What [`contended`] measured.
+struct Contended {
+    acquisitions: u64,
+    handoffs_per_second: f64,
+    wait: Histogram<u64>,
+    /// The least and the most any client got, as fractions of an even share.
+    shares: (f64, f64),
+}
+
+/// Every client loops acquire → release on one key for `run`.
+async fn contended(clients: &[Arc<dyn Contender>], run: Duration) -> Contended {
+    let key = format!("contended-{}", clients.len());
+    let started = Instant::now();
+    let deadline = started + run;
+    let last_holder: Arc<Mutex<Option<usize>>> = Arc::default();
+    let handoffs = Arc::new(Mutex::new(0u64));
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(index, client)| {
+            let (client, key) = (Arc::clone(client), key.clone());
+            let (last_holder, handoffs) = (Arc::clone(&last_holder), Arc::clone(&handoffs));
+            tokio::spawn(async move {
+                let (mut wait, mut count) = (histogram(), 0u64);
+                while Instant::now() < deadline {
+                    let asked = Instant::now();
+                    let held = client.acquire(&key).await;
+                    record(&mut wait, asked.elapsed());
+                    {
+                        let mut last = last_holder.lock().unwrap();
+                        if last.is_some_and(|last| last != index) {
+                            *handoffs.lock().unwrap() += 1;
+                        }
+                        *last = Some(index);
+                    }
+                    client.release(held).await;
+                    count += 1;
+                }
+                (wait, count)
+            })
+        })
+        .collect();
+    let mut wait = histogram();
+    let mut per_client = Vec::new();
+    for task in tasks {
+        let (w, count) = task.await.expect("a contender panicked");
+        wait.add(w).ok();
+        per_client.push(count);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let acquisitions: u64 = per_client.iter().sum();
+    let even = acquisitions as f64 / per_client.len() as f64;
+    let least = *per_client.iter().min().unwrap_or(&0) as f64;
+    let most = *per_client.iter().max().unwrap_or(&0) as f64;
+    let handoffs = *handoffs.lock().unwrap();
+    Contended {
+        acquisitions,
+        handoffs_per_second: handoffs as f64 / elapsed,
+        wait,
+        shares: if even > 0.0 {
+            (least / even, most / even)
+        } else {
+            (0.0, 0.0)
+        },
+    }
+}
+
+// ---- dlock ----
+
+#[async_trait]
+impl Contender for Locker {
+    async fn acquire(&self, key: &str) -> Box<dyn Any + Send> {
+        Box::new(Locker::acquire(self, key).await.expect("dlock acquire"))
+    }
+
+    async fn release(&self, held: Box<dyn Any + Send>) {
+        let guard = held.downcast::<dlock_core::LockGuard>().expect("a dlock guard");
+        guard.release().await.expect("dlock release");
+    }
+}
+
+/// `n` dlock clients of `url`, as users get them (keepalive on, default lease).
+async fn dlock_clients(url: &str, n: usize, name: &'static str) -> Contenders {
+    let prefix = format!("peers-{}-{n}", std::process::id());
+    let mut clients: Vec<Arc<dyn Contender>> = Vec::new();
+    for _ in 0..n {
+        let locker = dlock::connect(url)
+            .await
+            .expect("dlock connect")
+            .with_options(LockOptions::default().prefix(prefix.clone()))
+            .expect("options");
+        clients.push(Arc::new(locker));
+    }
+    Contenders { name, clients }
+}
+
+// ---- rslock ----
+
+struct Rslock(rslock::LockManager);
+
+#[async_trait]
+impl Contender for Rslock {
+    async fn acquire(&self, key: &str) -> Box<dyn Any + Send> {
+        let lock = self
+            .0
+            .acquire_no_guard(key.as_bytes(), Duration::from_secs(30))
+            .await
+            .expect("rslock acquire");
+        Box::new(lock)
+    }
+
+    async fn release(&self, held: Box<dyn Any + Send>) {
+        let lock = held.downcast::<rslock::Lock>().expect("an rslock lock");
+        self.0.unlock(&lock).await;
+    }
+}
+
+async fn rslock_clients(urls: &[String], n: usize, name: &'static str) -> Contenders {
+    let clients = (0..n)
+        .map(|_| Arc::new(Rslock(rslock::LockManager::new(urls.to_vec()))) as Arc<dyn Contender>)
+        .collect();
+    Contenders { name, clients }
+}
+
+async fn redis_rtt(url: &str) -> f64 {
+    let client = redis::Client::open(url).expect("redis client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut samples = histogram();
+    for _ in 0..RTT_SAMPLES {
+        let started = Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .expect("PING");
+        record(&mut samples, started.elapsed());
+    }
+    samples.value_at_quantile(0.5) as f64
+}
+
+/// The server's count of commands processed (`INFO stats`), less the `INFO` itself.
+async fn redis_commands(url: &str) -> u64 {
+    let client = redis::Client::open(url).expect("redis client");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut connection)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// ---- etcd-client's lock() ----
+
+struct EtcdLock {
+    client: etcd_client::Client,
+    lease: i64,
+}
+
+#[async_trait]
+impl Contender for EtcdLock {
+    async fn acquire(&self, key: &str) -> Box<dyn Any + Send> {
+        let options = etcd_client::LockOptions::new().with_lease(self.lease);
+        let response = self
+            .client
+            .clone()
+            .lock(key, Some(options))
+            .await
+            .expect("etcd lock");
+        Box::new(response.key().to_vec())
+    }
+
+    async fn release(&self, held: Box<dyn Any + Send>) {
+        let key = held.downcast::<Vec<u8>>().expect("an etcd lock key");
+        self.client
+            .clone()
+            .unlock(*key)
+            .await
+            .expect("etcd unlock");
+    }
+}
+
+async fn etcd_lock_clients(address: &str, n: usize) -> Contenders {
+    let mut clients: Vec<Arc<dyn Contender>> = Vec::new();
+    let keepalives = Arc::new(Mutex::new(HashMap::new()));
+    for index in 0..n {
+        let mut client = etcd_client::Client::connect([address], None)
+            .await
+            .expect("etcd connect");
+        // One lease per client, kept alive as a user of `lock()` must.
+        let lease = client.lease_grant(30, None).await.expect("lease").id();
+        let (mut keeper, _stream) = client.lease_keep_alive(lease).await.expect("keepalive");
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+            }
+        });
+        keepalives.lock().unwrap().insert(index, task);
+        clients.push(Arc::new(EtcdLock { client, lease }));
+    }
+    Contenders {
+        name: "etcd lock()",
+        clients,
+    }
+}
+
+async fn etcd_rtt(address: &str) -> f64 {
+    let mut client = etcd_client::Client::connect([address], None)
+        .await
+        .expect("etcd connect");
+    let mut samples = histogram();
+    for _ in 0..RTT_SAMPLES {
+        let started = Instant::now();
+        client.get("peers/rtt", None).await.expect("get");
+        record(&mut samples, started.elapsed());
+    }
+    samples.value_at_quantile(0.5) as f64
+}
+
+// ---- zookeeper-client's lock recipe ----
+
+struct Recipe(zookeeper_client::Client);
+
+#[async_trait]
+impl Contender for Recipe {
+    async fn acquire(&self, key: &str) -> Box<dyn Any + Send> {
+        let dir = format!("/peers/{key}");
+        let prefix = zookeeper_client::LockPrefix::new_curator(&dir, "lock-").expect("prefix");
+        let options = zookeeper_client::LockOptions::new(zookeeper_client::Acls::anyone_all())
+            .with_ancestor_options(zookeeper_client::CreateMode::Persistent.with_acls(
+                zookeeper_client::Acls::anyone_all(),
+            ))
+            .expect("options");
+        let lock = self.0.lock(prefix, b"", options).await.expect("recipe lock");
+        Box::new(lock.into_owned())
+    }
+
+    async fn release(&self, held: Box<dyn Any + Send>) {
+        // The recipe releases by dropping (a delete it does not wait for).
+        drop(held);
+    }
+}
+
+async fn recipe_clients(address: &str, n: usize) -> Contenders {
+    let mut clients: Vec<Arc<dyn Contender>> = Vec::new();
+    for _ in 0..n {
+        let client = zookeeper_client::Client::connect(address)
+            .await
+            .expect("zookeeper connect");
+        clients.push(Arc::new(Recipe(client)));
+    }
+    Contenders {
+        name: "zk recipe",
+        clients,
+    }
+}
+
+async fn zookeeper_rtt(address: &str) -> f64 {
+    let client = zookeeper_client::Client::connect(address)
+        .await
+        .expect("zookeeper connect");
+    let mut samples = histogram();
+    for _ in 0..RTT_SAMPLES {
+        let started = Instant::now();
+        client.check_stat("/").await.expect("stat");
+        record(&mut samples, started.elapsed());
+    }
+    samples.value_at_quantile(0.5) as f64
+}
