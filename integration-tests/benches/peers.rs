@@ -76,106 +76,53 @@ async fn redis(run: Duration) {
     let url = server.url();
     println!("\n== Redis (one local redis-server 7)");
     let rtt = redis_rtt(&url).await;
-    compare(
-        rtt,
-        run,
-        |n| {
-            let url = url.clone();
-            async move {
-                vec![
-                    dlock_clients(&url, n, "redis").await,
-                    rslock_clients(std::slice::from_ref(&url), n, "rslock").await,
-                ]
-            }
-        },
-        Some(url.clone()),
-    )
-    .await;
+    let peer = |n| rslock_clients(std::slice::from_ref(&url), n);
+    compare(rtt, run, (&url, "redis"), peer, Some(&url)).await;
 }
 
 async fn redlock(run: Duration) {
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let urls: Vec<String> = servers.iter().map(|s| s.url()).collect();
-    let dlock_url = format!(
-        "redis+redlock://{}",
-        servers
-            .iter()
-            .map(|s| s.address())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let addresses: Vec<String> = servers.iter().map(|s| s.address()).collect();
+    let dlock_url = format!("redis+redlock://{}", addresses.join(","));
     println!("\n== Redlock (three local redis-server 7)");
     let rtt = redis_rtt(&urls[0]).await;
-    compare(
-        rtt,
-        run,
-        |n| {
-            let (dlock_url, urls) = (dlock_url.clone(), urls.clone());
-            async move {
-                vec![
-                    dlock_clients(&dlock_url, n, "redlock").await,
-                    rslock_clients(&urls, n, "rslock").await,
-                ]
-            }
-        },
-        None,
-    )
-    .await;
+    let peer = |n| rslock_clients(&urls, n);
+    compare(rtt, run, (&dlock_url, "redlock"), peer, None).await;
 }
 
 async fn etcd(run: Duration) {
     let server = EtcdServer::start();
-    let url = server.url();
     let address = server.address();
     println!("\n== etcd (one local etcd 3.4)");
     let rtt = etcd_rtt(&address).await;
-    compare(
-        rtt,
-        run,
-        |n| {
-            let (url, address) = (url.clone(), address.clone());
-            async move {
-                vec![
-                    dlock_clients(&url, n, "etcd").await,
-                    etcd_lock_clients(&address, n).await,
-                ]
-            }
-        },
-        None,
-    )
-    .await;
+    let peer = |n| etcd_lock_clients(&address, n);
+    compare(rtt, run, (&server.url(), "etcd"), peer, None).await;
 }
 
 async fn zookeeper(run: Duration) {
     let server = ZooKeeperServer::start();
-    let url = server.url();
     let address = server.address();
     println!("\n== ZooKeeper (one local ZooKeeper 3.8)");
     let rtt = zookeeper_rtt(&address).await;
-    compare(
-        rtt,
-        run,
-        |n| {
-            let (url, address) = (url.clone(), address.clone());
-            async move {
-                vec![
-                    dlock_clients(&url, n, "zookeeper").await,
-                    recipe_clients(&address, n).await,
-                ]
-            }
-        },
-        None,
-    )
-    .await;
+    let peer = |n| recipe_clients(&address, n);
+    compare(rtt, run, (&server.url(), "zookeeper"), peer, None).await;
 }
 
-/// Runs every workload on each implementation `make(clients)` builds and prints them side
-/// by side; with `redis_url`, also the server's commands per acquisition.
-async fn compare<M, F>(rtt: f64, run: Duration, make: M, redis_url: Option<String>)
-where
-    M: Fn(usize) -> F,
-    F: std::future::Future<Output = Vec<Contenders>>,
+/// Runs every workload on dlock (`dlock`: its URL and name) and on `peer`'s clients and
+/// prints them side by side; with `redis_url`, also the server's commands per acquisition.
+async fn compare<P, F>(
+    rtt: f64,
+    run: Duration,
+    dlock: (&str, &'static str),
+    peer: P,
+    redis_url: Option<&str>,
+) where
+    P: Fn(usize) -> F,
+    F: std::future::Future<Output = Contenders>,
 {
+    let peer = &peer;
+    let make = |n| async move { vec![dlock_clients(dlock.0, n, dlock.1).await, peer(n).await] };
     println!("raw round trip (floor of one request): p50 {rtt:.1} µs");
     let singles = make(1).await;
     let mut rates = Vec::new();
@@ -193,17 +140,21 @@ where
             p50 / rtt
         );
     }
-    println!("  ratio dlock / {}: {:.2}×", singles[1].name, rates[0] / rates[1]);
+    println!(
+        "  ratio dlock / {}: {:.2}×",
+        singles[1].name,
+        rates[0] / rates[1]
+    );
     for clients in [8, 64] {
         let all = make(clients).await;
         let mut handoffs = Vec::new();
         for one in &all {
-            let before = match &redis_url {
+            let before = match redis_url {
                 Some(url) => Some(redis_commands(url).await),
                 None => None,
             };
             let result = contended(&one.clients, run).await;
-            let per_acquisition = match (&redis_url, before) {
+            let per_acquisition = match (redis_url, before) {
                 (Some(url), Some(before)) => {
                     let after = redis_commands(url).await;
                     format!(
@@ -325,7 +276,9 @@ impl Contender for Locker {
     }
 
     async fn release(&self, held: Box<dyn Any + Send>) {
-        let guard = held.downcast::<dlock_core::LockGuard>().expect("a dlock guard");
+        let guard = held
+            .downcast::<dlock_core::LockGuard>()
+            .expect("a dlock guard");
         guard.release().await.expect("dlock release");
     }
 }
@@ -366,11 +319,14 @@ impl Contender for Rslock {
     }
 }
 
-async fn rslock_clients(urls: &[String], n: usize, name: &'static str) -> Contenders {
+async fn rslock_clients(urls: &[String], n: usize) -> Contenders {
     let clients = (0..n)
         .map(|_| Arc::new(Rslock(rslock::LockManager::new(urls.to_vec()))) as Arc<dyn Contender>)
         .collect();
-    Contenders { name, clients }
+    Contenders {
+        name: "rslock",
+        clients,
+    }
 }
 
 async fn redis_rtt(url: &str) -> f64 {
@@ -431,11 +387,7 @@ impl Contender for EtcdLock {
 
     async fn release(&self, held: Box<dyn Any + Send>) {
         let key = held.downcast::<Vec<u8>>().expect("an etcd lock key");
-        self.client
-            .clone()
-            .unlock(*key)
-            .await
-            .expect("etcd unlock");
+        self.client.clone().unlock(*key).await.expect("etcd unlock");
     }
 }
 
@@ -489,11 +441,16 @@ impl Contender for Recipe {
         let dir = format!("/peers/{key}");
         let prefix = zookeeper_client::LockPrefix::new_curator(&dir, "lock-").expect("prefix");
         let options = zookeeper_client::LockOptions::new(zookeeper_client::Acls::anyone_all())
-            .with_ancestor_options(zookeeper_client::CreateMode::Persistent.with_acls(
-                zookeeper_client::Acls::anyone_all(),
-            ))
+            .with_ancestor_options(
+                zookeeper_client::CreateMode::Persistent
+                    .with_acls(zookeeper_client::Acls::anyone_all()),
+            )
             .expect("options");
-        let lock = self.0.lock(prefix, b"", options).await.expect("recipe lock");
+        let lock = self
+            .0
+            .lock(prefix, b"", options)
+            .await
+            .expect("recipe lock");
         Box::new(lock.into_owned())
     }
 
