@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use dlock_test_servers::{shared_etcd_cluster, EtcdCluster, WorkloadRun};
+use dlock_test_servers::{shared_etcd_cluster, EtcdCluster, Report, WorkloadRun};
 
 mod cluster_support;
 mod conformance_support;
@@ -54,34 +54,41 @@ fn with_cluster(test: &str, fault: impl FnOnce(&EtcdCluster, &Target)) {
 
 /// Kill -9 the leader while a lock is held and others wait in line; a new leader is
 /// elected among the two left, and the lock goes on from there. Then the old leader comes
-/// back.
+/// back. Twice. Beyond the checker's promises, no acquire fails: a try whose request went to
+/// the dead member, or hung in the election, is tried again within the wait (before that,
+/// 3 to 6 of a run's acquires failed with `Connection`).
 #[test]
 fn leader_killed_while_held_and_awaited() {
     with_cluster("leader-killed", |cluster, target| {
-        let run = direct_run(target, 3);
-        for round in 0..2 {
-            let holder = run.wait_for(FIND, WorkloadRun::inside).expect("a holder");
-            run.wait_for(FIND, WorkloadRun::waiting).expect("a waiter");
-            let leader = cluster.leader().expect("a leader");
-            run.fault(&format!(
-                "kill -9 leader m{leader} ({} holds) round {round}",
-                run.name(holder)
-            ));
-            cluster.kill(leader);
-            let new_leader = cluster
-                .wait_leader(Duration::from_secs(20))
-                .expect("a new leader among the two left");
-            run.heal(&format!("m{new_leader} leads"));
-            assert!(
-                wait_for_acquisition(&run, target.liveness_limit() + FIND),
-                "nobody acquired with two members of three"
-            );
-            run.fault(&format!("m{leader} restarts"));
-            cluster.restart(leader);
-            run.heal(&format!("m{leader} back"));
-        }
-        stop_and_finish(run, target);
+        let report = leader_kills(cluster, target);
+        assert_eq!(report.failed_attempts, 0, "{report}");
     });
+}
+
+fn leader_kills(cluster: &EtcdCluster, target: &Target) -> Report {
+    let run = direct_run(target, 3);
+    for round in 0..2 {
+        let holder = run.wait_for(FIND, WorkloadRun::inside).expect("a holder");
+        run.wait_for(FIND, WorkloadRun::waiting).expect("a waiter");
+        let leader = cluster.leader().expect("a leader");
+        run.fault(&format!(
+            "kill -9 leader m{leader} ({} holds) round {round}",
+            run.name(holder)
+        ));
+        cluster.kill(leader);
+        let new_leader = cluster
+            .wait_leader(Duration::from_secs(20))
+            .expect("a new leader among the two left");
+        run.heal(&format!("m{new_leader} leads"));
+        assert!(
+            wait_for_acquisition(&run, target.liveness_limit() + FIND),
+            "nobody acquired with two members of three"
+        );
+        run.fault(&format!("m{leader} restarts"));
+        cluster.restart(leader);
+        run.heal(&format!("m{leader} back"));
+    }
+    stop_and_finish(run, target)
 }
 
 /// One member stopped (SIGSTOP) for two leases, while it is the only member a holder talks

@@ -237,6 +237,35 @@ impl EtcdBackend {
             .map(Some)
     }
 
+    /// One `acquire`: queue, wait for the turn, queue again if the key was dropped.
+    async fn acquire_once(&self, request: &AcquireRequest<'_>) -> Result<Acquired> {
+        let dir = self.queue_dir(request);
+        let mut tries = 0;
+        loop {
+            let session = self.session(request.options.lease).await?;
+            let key = layout::contender_key(&dir, session.id(), self.next_sequence());
+            let contender = match Contender::enqueue(self, &session, &dir, key).await {
+                Ok(contender) => contender,
+                // etcd expired or revoked the lease before the heartbeat noticed: the
+                // session is over, and a new one is started at once.
+                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
+                    tries += 1;
+                    session.end(LossReason::SessionEnded);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match contender.wait_for_turn(self, &session, request).await? {
+                Line::Holder(contender) => {
+                    let (key, revision) = contender.keep();
+                    return self.acquired(request, session, key, revision);
+                }
+                // The session ended or our key vanished while we waited: queue again.
+                Line::Dropped => continue,
+            }
+        }
+    }
+
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let mut kv = self.inner.client.kv_client();
         request(
@@ -282,29 +311,24 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
-        let dir = self.queue_dir(&request);
-        let mut tries = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
-            let session = self.session(request.options.lease).await?;
-            let key = layout::contender_key(&dir, session.id(), self.next_sequence());
-            let contender = match Contender::enqueue(self, &session, &dir, key).await {
-                Ok(contender) => contender,
-                // etcd expired or revoked the lease before the heartbeat noticed: the
-                // session is over, and a new one is started at once.
-                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
-                    tries += 1;
-                    session.end(LossReason::SessionEnded);
-                    continue;
+            match self.acquire_once(&request).await {
+                // A request that went to a member that died, or hung in an election, fails
+                // one try, not the wait: another member answers soon (a cluster elects a new
+                // leader in a second or two). The failed try's key is deleted in the
+                // background, so queueing again costs this waiter its place, nothing more.
+                Err(error @ LockError::Connection { .. }) => {
+                    let retry_at = Instant::now() + backoff.next_delay();
+                    match request.deadline {
+                        Some(deadline) if retry_at >= deadline => return Err(error),
+                        _ => {
+                            tracing::debug!(%error, "etcd acquire failed; trying again");
+                            tokio::time::sleep_until(retry_at).await;
+                        }
+                    }
                 }
-                Err(error) => return Err(error),
-            };
-            match contender.wait_for_turn(self, &session, &request).await? {
-                Line::Holder(contender) => {
-                    let (key, revision) = contender.keep();
-                    return self.acquired(&request, session, key, revision);
-                }
-                // The session ended or our key vanished while we waited: queue again.
-                Line::Dropped => continue,
+                outcome => return outcome,
             }
         }
     }

@@ -205,6 +205,9 @@ pub fn stop_and_finish(mut run: WorkloadRun, target: &Target) -> Report {
     };
     run.finish();
     println!("{report}");
+    if std::env::var_os("DLOCK_HARNESS_KEEP").is_some() {
+        println!("history kept in {}", run.keep().display());
+    }
     if !(idle && report.violations() == 0 && leftovers.is_empty()) {
         let kept = run.keep();
         panic!(
