@@ -13,11 +13,11 @@ use crate::local::prepare;
 use crate::process::{at_exit, free_port, Cleanup, ServerProcess};
 
 /// How many members a cluster has: the smallest that survives losing one.
-pub const MEMBERS: usize = 3;
+const MEMBERS: usize = 3;
 
-/// A cluster of [`MEMBERS`] etcd members on free loopback ports. Dropping it kills them all.
+/// A cluster of three etcd members on free loopback ports. Dropping it kills them all.
 ///
-/// Members are numbered `0..MEMBERS`; their data directories survive
+/// Members are numbered `0..3`; their data directories survive
 /// [`restart`](EtcdCluster::restart), so a restarted member rejoins with its log.
 #[derive(Debug)]
 pub struct EtcdCluster {

@@ -15,16 +15,16 @@ use crate::process::{at_exit, free_port, Cleanup, ServerProcess};
 use crate::zookeeper::four_letter_word;
 
 /// How many servers an ensemble has: the smallest that survives losing one.
-pub const SERVERS: usize = 3;
+const SERVERS: usize = 3;
 
 /// The tick that sets the session-timeout range, as for the standalone server: sessions may
 /// last 2 to 200 ticks (0.2 s to 20 s), so tests can use short sessions.
 const TICK_MS: u64 = 100;
 
-/// An ensemble of [`SERVERS`] ZooKeeper servers on free loopback ports. Dropping it kills
+/// An ensemble of three ZooKeeper servers on free loopback ports. Dropping it kills
 /// them all.
 ///
-/// Servers are numbered `0..SERVERS` (their `myid` is the number plus one); their data
+/// Servers are numbered `0..3` (their `myid` is the number plus one); their data
 /// directories survive [`restart`](ZooKeeperEnsemble::restart), so a restarted server
 /// rejoins with its log.
 #[derive(Debug)]
