@@ -8,7 +8,7 @@
 //! crash release bound + slack (P3). Fault tests hold [`GATE`] alone, so conformance tests
 //! never run on a hurt cluster, and leave every member running before they let go.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dlock_test_servers::{shared_etcd_cluster, EtcdCluster, Report, WorkloadRun};
 
@@ -159,5 +159,68 @@ fn holders_link_to_one_member_blackholed() {
         }
         stop_and_finish(run, target);
         drop(links);
+    });
+}
+
+/// The two other members stopped, so the member a holder talks to is cut off from the
+/// quorum: alive and answering, without a leader. The holder hears that its lock is lost
+/// when its lease runs out, not later, and its new requests fail promptly (`require_leader`)
+/// instead of hanging on a member that cannot commit them; once the majority is back, the
+/// lock is free again, with a greater token.
+#[test]
+fn member_cut_off_from_the_quorum_keeps_no_false_hope() {
+    with_cluster("cut-off", |cluster, _target| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let member = (cluster.leader().expect("a leader") + 1) % 3;
+            let url = format!(
+                "etcd://{}?prefix=cut-off-{}&timeout=5s",
+                cluster.address(member),
+                std::process::id()
+            );
+            let options = dlock::LockOptions::default()
+                .lease(LEASE)
+                .wait(Duration::from_secs(20));
+            let locker = dlock::connect(&url)
+                .await
+                .expect("connect")
+                .with_options(options)
+                .unwrap();
+            let guard = locker.acquire("k").await.expect("acquire");
+            let token = guard.fencing_token();
+            let lost = guard.lost();
+            let others: Vec<usize> = (0..3).filter(|&i| i != member).collect();
+            tokio::task::block_in_place(|| others.iter().for_each(|&i| cluster.pause(i)));
+            // The lease's length plus scheduling slack on a loaded machine.
+            let reason = tokio::time::timeout(LEASE + Duration::from_secs(2), lost)
+                .await
+                .expect("the holder hears of the loss within its lease");
+            println!("holder lost its lock: {reason}");
+            assert!(!guard.is_held());
+            // By now the member has noticed it has no leader: it refuses at once.
+            let started = Instant::now();
+            let tried = locker.try_acquire("other").await;
+            let took = started.elapsed();
+            assert!(
+                matches!(tried, Err(dlock::LockError::Connection { .. })),
+                "{tried:?}"
+            );
+            assert!(
+                took < Duration::from_secs(3),
+                "a request to a member without a leader took {took:?} (request timeout 5 s)"
+            );
+            tokio::task::block_in_place(|| {
+                others.iter().for_each(|&i| cluster.resume(i));
+                cluster.wait_healthy(Duration::from_secs(60));
+            });
+            let again = locker.acquire("k").await.expect("acquire after the heal");
+            assert!(again.fencing_token() > token);
+            again.release().await.expect("release");
+            let _ = guard.release().await;
+        });
     });
 }
