@@ -11,6 +11,10 @@
 //! A server that cannot be had fails the test with a message naming the install script
 //! (`scripts/install-test-servers.sh`): tests are never skipped silently, in CI or anywhere.
 //!
+//! Clusters: [`EtcdCluster`] (three members) and [`ZooKeeperEnsemble`] (three servers) are
+//! always local processes, since their tests kill and pause single members; each test
+//! binary shares one ([`shared_etcd_cluster`], [`shared_zookeeper_ensemble`]).
+//!
 //! Servers a test starts itself (for fault tests: [`ServerProcess::kill`],
 //! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
 //! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
@@ -27,6 +31,7 @@ mod cancel;
 mod checker;
 mod container;
 mod etcd;
+mod etcd_cluster;
 mod history;
 mod leftovers;
 mod local;
@@ -36,10 +41,12 @@ mod proxy;
 mod redis;
 mod workload;
 mod zookeeper;
+mod zookeeper_ensemble;
 
 pub use cancel::{cancel_at_poll, count_polls};
 pub use checker::{check, Acquisition, CheckConfig, Report};
 pub use etcd::EtcdServer;
+pub use etcd_cluster::{shared_etcd_cluster, EtcdCluster};
 pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEMESIS};
 pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};
 pub use local::LocalServer;
@@ -49,6 +56,7 @@ pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
 pub use workload::{connect_and_run, fenced_write, run_client, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
+pub use zookeeper_ensemble::{shared_zookeeper_ensemble, ZooKeeperEnsemble};
 
 use std::sync::OnceLock;
 

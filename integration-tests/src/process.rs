@@ -253,6 +253,9 @@ pub(crate) enum Cleanup {
     Kill(u32),
     RemoveDir(PathBuf),
     RemoveContainer(String),
+    /// Anything else, such as killing the current processes of a shared cluster (whose
+    /// members get new pids when a test restarts them).
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 /// Registers `cleanup` to run when the test binary exits normally (PR_SET_PDEATHSIG covers
@@ -272,6 +275,7 @@ pub(crate) fn at_exit(cleanup: Cleanup) {
                 Cleanup::RemoveDir(path) => {
                     let _ = std::fs::remove_dir_all(path);
                 }
+                Cleanup::Run(run) => run(),
                 Cleanup::RemoveContainer(id) => {
                     let _ = Command::new("docker")
                         .args(["rm", "--force", "--volumes", &id])

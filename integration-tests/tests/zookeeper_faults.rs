@@ -603,3 +603,61 @@ async fn holder_paused_for_most_of_its_session() {
     .await;
     println!("{summary}");
 }
+
+/// The waiter's connection drops right after its node joined the line, while it asks where
+/// it stands (found on a 3-server ensemble when the waiter's server died): the client
+/// reconnects within the session and the node is still in line, so the acquire must go on
+/// waiting, not fail with a connection loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_whose_connection_drops_right_after_it_joined_keeps_waiting() {
+    use dlock_test_servers::{zookeeper_leftovers, Direction, FaultProxy, Faults};
+
+    let server = ZooKeeperServer::start();
+    let session = Duration::from_secs(10);
+    let prefix = format!("dropped-after-join-{:016x}", rand_u64());
+    let (holder, _) = client(&server.url(), session, &prefix).await;
+    let guard = holder.acquire("k").await.expect("acquire");
+    let proxy = FaultProxy::start(server.address());
+    let (waiter, _) = client(
+        &format!("zookeeper://{}", proxy.address()),
+        session,
+        &prefix,
+    )
+    .await;
+    // Slow answers: the waiter's node shows on the server well before the waiter hears of it,
+    // and its next requests go out before their answers come back.
+    proxy.set_faults(Faults {
+        latency_to_client: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let waiting = tokio::spawn(async move { waiter.acquire("k").await });
+    let address = server.address();
+    let joined = within(SOON, "the waiter's node", async {
+        loop {
+            let nodes = zookeeper_leftovers(&address, &prefix).await.unwrap();
+            if nodes.len() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    joined.await;
+    // The create's answer reached the waiter once it sends again (its list and watch).
+    let sent = proxy.forwarded_bytes(Direction::ToServer);
+    within(SOON, "the waiter's next requests", async {
+        while proxy.forwarded_bytes(Direction::ToServer) == sent {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    proxy.reset();
+    proxy.heal();
+    let token = guard.fencing_token();
+    guard.release().await.expect("release");
+    let next = within(SOON, "the waiter", waiting)
+        .await
+        .unwrap()
+        .expect("the waiter keeps waiting through the reconnect and gets the lock");
+    assert!(next.fencing_token() > token);
+    next.release().await.expect("release");
+}

@@ -165,6 +165,35 @@ impl EtcdBackend {
         self.acquired(request, Arc::clone(session), pending.keep(), revision)
             .map(Some)
     }
+
+    /// One `acquire`: queue, wait for the turn, queue again if the key was dropped.
+    async fn acquire_once(&self, request: &AcquireRequest<'_>) -> Result<Acquired> {
+        let dir = self.queue_dir(request);
+        let mut tries = 0;
+        loop {
+            let session = self.inner.session(request.options.lease).await?;
+            let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
+            let contender = match Contender::enqueue(&self.inner, &session, &dir, key).await {
+                Ok(contender) => contender,
+                // etcd expired or revoked the lease before the heartbeat noticed: the
+                // session is over, and a new one is started at once.
+                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
+                    tries += 1;
+                    session.end(LossReason::SessionEnded);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match contender.wait_for_turn(&session, request).await? {
+                Line::Holder(contender) => {
+                    let (key, revision) = contender.keep();
+                    return self.acquired(request, session, key, revision);
+                }
+                // The session ended or our key vanished while we waited: queue again.
+                Line::Dropped => continue,
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -197,29 +226,30 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
-        let dir = self.queue_dir(&request);
-        let mut tries = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let session = self.inner.session(request.options.lease).await?;
-            let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
-            let contender = match Contender::enqueue(&self.inner, &session, &dir, key).await {
-                Ok(contender) => contender,
-                // etcd expired or revoked the lease before the heartbeat noticed: the
-                // session is over, and a new one is started at once.
-                Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
-                    tries += 1;
-                    session.end(LossReason::SessionEnded);
-                    continue;
+            match self.acquire_once(&request).await {
+                // A request that went to a member that died, or hung in an election, fails
+                // one try, not the wait: another member answers soon (a cluster elects a new
+                // leader in a second or two). The failed try's key is deleted in the
+                // background, so queueing again costs this waiter its place, nothing more.
+                // A cluster that stays out of reach is an error after `OUTAGE_LIMIT`, even
+                // for a waiter without a wait limit, as on the other backends.
+                Err(error @ LockError::Connection { .. }) => {
+                    let now = Instant::now();
+                    let since = *failing_since.get_or_insert(now);
+                    let retry_at = now + backoff.next_delay();
+                    match request.deadline {
+                        Some(deadline) if retry_at >= deadline => return Err(error),
+                        _ if now.duration_since(since) >= OUTAGE_LIMIT => return Err(error),
+                        _ => {
+                            tracing::debug!(%error, "etcd acquire failed; trying again");
+                            tokio::time::sleep_until(retry_at).await;
+                        }
+                    }
                 }
-                Err(error) => return Err(error),
-            };
-            match contender.wait_for_turn(&session, &request).await? {
-                Line::Holder(contender) => {
-                    let (key, revision) = contender.keep();
-                    return self.acquired(&request, session, key, revision);
-                }
-                // The session ended or our key vanished while we waited: queue again.
-                Line::Dropped => continue,
+                outcome => return outcome,
             }
         }
     }
@@ -411,6 +441,11 @@ impl fmt::Debug for EtcdBackend {
 /// one's lease is gone: once is the expected case (a lease expired or revoked before the
 /// heartbeat noticed); a fresh lease gone again at once means something else is wrong.
 const LEASE_GONE_RETRIES: u32 = 3;
+
+/// How long an `acquire` keeps trying through connection failures (a dead member, an
+/// election, the whole cluster out of reach) before it returns the error: well above a
+/// leader election, like the Redis backend's default `retry_limit`.
+const OUTAGE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The backend's record of `lease`, or a typed error if another backend took it.
 pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {

@@ -173,16 +173,34 @@ impl ZooKeeperBackend {
         let node = attempt.node().to_owned();
         // One round trip for both: where we stand, and a watch on our own node that tells the
         // future holder if someone else deletes it.
-        let sent = Instant::now();
-        let (children, own) = tokio::join!(
-            client.list_children(dir),
-            client.check_and_watch_stat(&node)
-        );
-        let own_watch = match own {
-            Ok((Some(_), watcher)) => watcher,
-            Ok((None, _)) => return Ok(None),
-            Err(error) if is_connection(&error) => return self.lost_connection(session, error),
-            Err(error) => return Err(zk_error(session.endpoint(), error)),
+        let mut backoff = retry_backoff();
+        let (sent, children, own_watch) = loop {
+            let sent = Instant::now();
+            let (children, own) = tokio::join!(
+                client.list_children(dir),
+                client.check_and_watch_stat(&node)
+            );
+            match own {
+                Ok((Some(_), watcher)) => break (sent, children, watcher),
+                Ok((None, _)) => return Ok(None),
+                // The connection dropped (its server died, say) while the session lives: the
+                // client reconnects, to another server of an ensemble, and the node is still
+                // in line, so a waiter asks again rather than failing.
+                Err(error) if wait && is_connection(&error) => {
+                    if session.retired_reason().is_some() {
+                        return Ok(None);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = sleep_until(request.deadline) => {
+                            attempt.withdraw().await;
+                            return Err(request.timeout());
+                        }
+                    }
+                }
+                Err(error) if is_connection(&error) => return self.lost_connection(session, error),
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            }
         };
         let attempt = match attempt
             .wait_for_turn(&client, children, sent, request, wait, &self.shared)

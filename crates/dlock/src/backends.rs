@@ -101,7 +101,8 @@
 //!
 //! ## etcd under faults
 //! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's
-//! minimum TTL). List every member in the URL, so a client can go round one that fails.
+//! minimum TTL). List every member in the URL, so a client can go round one that fails
+//! (see [Clusters](#clusters) for what a request already sent to a dead member costs).
 //! - **Holder paused, clock jump, keepalive and lease heartbeat out of step**: when the
 //!   guard's deadline runs out on the holder's clock, the guard is signalled lost and the
 //!   client deletes the lock key (owner-checked by its create revision); a lease past its
@@ -115,6 +116,18 @@
 //!   again through a member that has one, instead of waiting until their lease ends.
 //! - **Server outage**: shorter than the TTL, locks are kept; longer, they are signalled lost.
 //!   **Holder killed**: its keys go when etcd expires the lease (the TTL plus up to 3 s).
+//!
+//! ## Clusters
+//! List every member in the URL: `etcd://h1:2379,h2:2379,h3:2379`,
+//! `zookeeper://h1:2181,h2:2181,h3:2181[/chroot]` (or `zk://…`). What each topology keeps,
+//! as tested on three local members (`integration-tests/tests/etcd_cluster.rs`,
+//! `zookeeper_ensemble.rs`: the whole conformance suite, then the faults below under the
+//! workload's checker):
+//!
+//! | topology | leader killed | the member a client talks to dies or stops | a minority cut off | the majority lost |
+//! |---|---|---|---|---|
+//! | etcd, 3 members | a new leader in 1–2 s; locks whose lease outlives the election are kept, tokens grow, no two holders; a waiter whose request went to the dead leader or hung in the election tries again within its wait (at the back of the line); a release caught the same way answers `Connection` after the request timeout (`?timeout=`, default 5 s) and is retried in the background, so the lock may stay taken that long | the client goes on through the other members; a holder that only reaches a stopped member is signalled lost when its lease runs out on its own clock, before anyone else gets the lock | a member without a leader fails every request at once and ends its watches (`require-leader`), so neither holders nor waiters wait on it in false hope: its holders are signalled lost when their lease runs out | nobody acquires; held locks are signalled lost when their lease runs out unrenewed |
+//! | ZooKeeper, 3 servers | a new leader within `syncLimit` ticks plus an election; sessions, and with them locks and waiters' places, survive if that is shorter than the session timeout; tokens (zxids) grow | the client reconnects to another server within its session and keeps its locks and its place in line | its servers stop serving, their clients move to the majority within their session | no server serves; locks are signalled lost on the client's clock after the session timeout |
 //!
 //! Whatever the backend, pass [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)
 //! to the storage the lock protects, and race long work against

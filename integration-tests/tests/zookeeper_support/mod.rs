@@ -1,0 +1,116 @@
+//! The conformance target of a real ZooKeeper, a standalone server or an ensemble: what
+//! `zookeeper_conformance.rs` and `zookeeper_ensemble.rs` share.
+
+use std::any::Any;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dlock_conformance::{async_trait, ConformanceTarget};
+use dlock_core::{LockBackend, LockError, LockGuard, Locker};
+use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
+
+use crate::conformance_support::CountingProxy;
+
+/// Clients are separate sessions, reaching every server through a counting proxy of this
+/// target's own (one count for all servers).
+pub struct ZooKeeperTarget {
+    /// The servers themselves (`host:port,…`), for what tests do "from outside".
+    hosts: String,
+    /// The servers through the proxies, for the clients under test.
+    proxied_url: String,
+    proxies: Vec<CountingProxy>,
+    /// Whatever must live as long as the target (a cluster test's shared gate).
+    _holding: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl ZooKeeperTarget {
+    /// A target for the servers of `url` (`zookeeper://host:port,host:port…`, no path or
+    /// options).
+    pub async fn new(url: &str) -> ZooKeeperTarget {
+        let hosts = url.trim_start_matches("zookeeper://");
+        let count = Arc::new(AtomicU64::new(0));
+        let mut proxies = Vec::new();
+        for address in hosts.split(',') {
+            proxies.push(CountingProxy::start(address, &count).await);
+        }
+        let proxied: Vec<&str> = proxies.iter().map(|p| p.address.as_str()).collect();
+        ZooKeeperTarget {
+            hosts: hosts.to_owned(),
+            proxied_url: format!("zookeeper://{}", proxied.join(",")),
+            proxies,
+            _holding: None,
+        }
+    }
+
+    /// Keeps `value` alive as long as the target.
+    #[allow(dead_code)]
+    pub fn holding(mut self, value: impl Any + Send + Sync) -> ZooKeeperTarget {
+        self._holding = Some(Box::new(value));
+        self
+    }
+
+    fn config(&self, lease: Duration) -> ZooKeeperConfig {
+        ZooKeeperConfig::from_url(&self.proxied_url)
+            .expect("the harness gives a valid URL")
+            .session_timeout(lease)
+    }
+
+    fn backend(locker: &Locker) -> &ZooKeeperBackend {
+        let backend: &dyn Any = locker.backend().as_ref();
+        backend
+            .downcast_ref::<ZooKeeperBackend>()
+            .expect("a zookeeper backend")
+    }
+}
+
+#[async_trait]
+impl ConformanceTarget for ZooKeeperTarget {
+    fn short_lease(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    async fn connect(&self, lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
+        Ok(Arc::new(
+            ZooKeeperBackend::connect(self.config(lease)).await?,
+        ))
+    }
+
+    async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
+        let port = dlock_test_servers::free_port();
+        let backend =
+            dlock_zookeeper::connect(&format!("zookeeper://127.0.0.1:{port}?connect_timeout=1s"))
+                .await?;
+        Ok(Arc::new(backend))
+    }
+
+    /// Deletes the lock node from another session, as an operator would.
+    async fn forget(&self, guard: &LockGuard) -> Result<(), LockError> {
+        let node = ZooKeeperBackend::node_path(guard.lease())
+            .expect("a zookeeper lease")
+            .to_owned();
+        let admin = dlock_zookeeper::zookeeper_client::Client::connect(&self.hosts)
+            .await
+            .expect("an admin session");
+        admin
+            .delete(&node, None)
+            .await
+            .map_err(|error| LockError::backend("zookeeper", error))
+    }
+
+    /// Drops the session's connection without closing the session.
+    async fn crash(&self, locker: Locker, guard: LockGuard) {
+        guard.abandon();
+        ZooKeeperTarget::backend(&locker).abandon_session().await;
+        drop(locker);
+    }
+
+    fn server_requests(&self) -> Option<u64> {
+        Some(self.proxies[0].requests())
+    }
+
+    async fn stop_heartbeats(&self, client: &Locker) -> bool {
+        ZooKeeperTarget::backend(client).abandon_session().await;
+        true
+    }
+}
