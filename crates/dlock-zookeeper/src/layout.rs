@@ -21,7 +21,55 @@ const SEQUENCE_MARK: &str = "-lock-";
 /// The node under which the contenders for `key` line up, below the client's `namespace`
 /// (the URL's `prefix`) and the lock options' `prefix`.
 pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<String> {
-    let mut path = String::with_capacity(namespace.len() + prefix.len() + key.as_str().len() + 16);
+    let mut path = prefix_path(namespace, prefix)?;
+    path.push('/');
+    path.push_str(&key_node_name(key));
+    Ok(path)
+}
+
+/// The node whose children are the key nodes of every lock under `namespace` and `prefix`
+/// (`/` when both are empty): what [`list`](crate::ZooKeeperBackend) reads.
+pub(crate) fn prefix_dir(namespace: &str, prefix: &str) -> Result<String> {
+    let path = prefix_path(namespace, prefix)?;
+    Ok(if path.is_empty() { "/".to_owned() } else { path })
+}
+
+/// The path of `key`'s node below a [`prefix_dir`].
+pub(crate) fn key_node(prefix_dir: &str, key: &LockKey) -> String {
+    let parent = prefix_dir.trim_end_matches('/');
+    format!("{parent}/{}", key_node_name(key))
+}
+
+/// `lock={escaped key}`.
+fn key_node_name(key: &LockKey) -> String {
+    format!("{KEY_MARK}{}", key.path_segment())
+}
+
+/// The key a child of a [`prefix_dir`] is the node of; `None` for prefix nodes and anything
+/// this crate did not write (the escaping must come out the same way again, so two names
+/// never stand for one key).
+pub(crate) fn key_of(child: &str) -> Option<LockKey> {
+    let escaped = child.strip_prefix(KEY_MARK)?;
+    let bytes = escaped.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let key = LockKey::new(String::from_utf8(decoded).ok()?).ok()?;
+    (key.path_segment() == escaped).then_some(key)
+}
+
+/// `/{namespace segments}/{prefix segments}`, escaped; empty for neither.
+fn prefix_path(namespace: &str, prefix: &str) -> Result<String> {
+    let mut path = String::with_capacity(namespace.len() + prefix.len() + 16);
     for segment in segments(namespace).chain(segments(prefix)) {
         let segment = match segment {
             // Escaping never writes a lone `%`, so an empty segment (`a//b`, `a/`, `/a`) stays
@@ -40,9 +88,6 @@ pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<S
             path.push_str(&segment);
         }
     }
-    path.push('/');
-    path.push_str(KEY_MARK);
-    path.push_str(&key.path_segment());
     Ok(path)
 }
 
@@ -129,6 +174,23 @@ mod tests {
             lock_dir("", "a/b", &key("k")).unwrap(),
             lock_dir("", "a", &key("b/k")).unwrap()
         );
+    }
+
+    #[test]
+    fn key_nodes_name_their_key_and_nothing_else() {
+        for text in ["k", "a/b", "..", "50%", "ü x", "lock=k"] {
+            let key = key(text);
+            let dir = prefix_dir("ns", "p").unwrap();
+            let node = key_node(&dir, &key);
+            assert_eq!(node, lock_dir("ns", "p", &key).unwrap());
+            let name = node.rsplit('/').next().unwrap();
+            assert_eq!(key_of(name), Some(key));
+        }
+        assert_eq!(prefix_dir("", "").unwrap(), "/");
+        assert_eq!(key_node("/", &key("k")), "/lock=k");
+        for stranger in ["k", "lock=", "lock=a%2fb", "lock=a%2", "lock=a b", "lock=a%2E"] {
+            assert_eq!(key_of(stranger), None, "{stranger}");
+        }
     }
 
     #[test]

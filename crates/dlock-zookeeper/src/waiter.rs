@@ -38,17 +38,21 @@ pub(crate) struct Attempt {
     name: String,
     /// The node's path once known.
     node: Option<String>,
+    /// What the node holds: the owner description, so that `report` and foreign clients
+    /// (kazoo's `contenders()`) can name the holder without another write.
+    data: Vec<u8>,
     kept: bool,
 }
 
 impl Attempt {
-    /// A new attempt in `session` on the key node `dir`.
-    pub(crate) fn new(session: Arc<Session>, dir: &str) -> Self {
+    /// A new attempt in `session` on the key node `dir`, for `owner`.
+    pub(crate) fn new(session: Arc<Session>, dir: &str, owner: &str) -> Self {
         Attempt {
             session,
             dir: dir.to_owned(),
             name: layout::attempt_name(),
             node: None,
+            data: owner.as_bytes().to_vec(),
             kept: false,
         }
     }
@@ -64,7 +68,7 @@ impl Attempt {
             let client = self.session.client()?;
             let options = CreateMode::EphemeralSequential.with_acls(self.session.acls());
             let sent = Instant::now();
-            match client.create(&protected, b"", &options).await {
+            match client.create(&protected, &self.data, &options).await {
                 Ok((stat, sequence)) => {
                     self.session.answered(sent);
                     self.name = format!("{}{sequence}", self.name);
