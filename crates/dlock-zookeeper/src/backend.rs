@@ -252,8 +252,8 @@ impl ZooKeeperBackend {
                 report = report.with_owner(String::from_utf8_lossy(&data));
             }
             if let Ok(millis) = u64::try_from(stat.ctime) {
-                report = report
-                    .with_acquired_at(std::time::UNIX_EPOCH + Duration::from_millis(millis));
+                report =
+                    report.with_acquired_at(std::time::UNIX_EPOCH + Duration::from_millis(millis));
             }
             return Ok(report);
         }
@@ -437,7 +437,10 @@ impl LockBackend for ZooKeeperBackend {
             .filter_map(|child| layout::key_of(child))
             .filter(|key| {
                 key.as_str().starts_with(&request.key_prefix)
-                    && request.after.as_deref().is_none_or(|after| key.as_str() > after)
+                    && request
+                        .after
+                        .as_deref()
+                        .is_none_or(|after| key.as_str() > after)
             })
             .collect();
         // Escaping does not keep the byte order of keys, so sort the keys themselves.

@@ -31,7 +31,11 @@ pub(crate) fn lock_dir(namespace: &str, prefix: &str, key: &LockKey) -> Result<S
 /// (`/` when both are empty): what [`list`](crate::ZooKeeperBackend) reads.
 pub(crate) fn prefix_dir(namespace: &str, prefix: &str) -> Result<String> {
     let path = prefix_path(namespace, prefix)?;
-    Ok(if path.is_empty() { "/".to_owned() } else { path })
+    Ok(if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    })
 }
 
 /// The path of `key`'s node below a [`prefix_dir`].
@@ -188,7 +192,14 @@ mod tests {
         }
         assert_eq!(prefix_dir("", "").unwrap(), "/");
         assert_eq!(key_node("/", &key("k")), "/lock=k");
-        for stranger in ["k", "lock=", "lock=a%2fb", "lock=a%2", "lock=a b", "lock=a%2E"] {
+        for stranger in [
+            "k",
+            "lock=",
+            "lock=a%2fb",
+            "lock=a%2",
+            "lock=a b",
+            "lock=a%2E",
+        ] {
             assert_eq!(key_of(stranger), None, "{stranger}");
         }
     }
