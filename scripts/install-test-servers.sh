@@ -12,6 +12,8 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v openssl >/dev/null || need+=(openssl)
+# kazoo for the ZooKeeper layout interop tests, run with /usr/bin/python3 (Debian's own).
+/usr/bin/python3 -c "import kazoo" 2>/dev/null || need+=(python3-kazoo)
 
 if ((${#need[@]})); then
     sudo=""

@@ -15,7 +15,7 @@ use dlock_core::{
 use tokio::time::Instant;
 use zookeeper_client::{Client, Error, EventType, OneshotWatcher};
 
-use crate::config::ZooKeeperConfig;
+use crate::config::{Layout, ZooKeeperConfig};
 use crate::error::{is_connection, zk_error};
 use crate::layout;
 use crate::session::{Session, Shared};
@@ -119,6 +119,7 @@ impl ZooKeeperBackend {
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
         let dir = layout::lock_dir(
+            self.shared.config.layout,
             &self.shared.config.namespace,
             &request.options.prefix,
             request.key,
@@ -163,7 +164,12 @@ impl ZooKeeperBackend {
         wait: bool,
     ) -> Result<Option<Option<Acquired>>> {
         let client = session.client()?;
-        let mut attempt = Attempt::new(Arc::clone(session), dir, request.owner());
+        let mut attempt = Attempt::new(
+            Arc::clone(session),
+            self.shared.config.layout,
+            dir,
+            request.owner(),
+        );
         let created = attempt.create().await?;
         let token = u64::try_from(created.czxid).map_err(|_| {
             LockError::protocol(
@@ -216,7 +222,12 @@ impl ZooKeeperBackend {
     /// What the key node `dir` says of its lock: the first node in line holds it (its
     /// `czxid` is the token, its data the owner, its `ctime` when it joined the line), the
     /// others wait. Two reads; read again if the holder leaves between them.
-    async fn report_at(session: &Session, client: &Client, dir: &str) -> Result<LockReport> {
+    async fn report_at(
+        session: &Session,
+        layout: Layout,
+        client: &Client,
+        dir: &str,
+    ) -> Result<LockReport> {
         let free = LockReport::from(LockInfo {
             held: false,
             fencing_token: None,
@@ -231,8 +242,8 @@ impl ZooKeeperBackend {
                 Err(Error::NoNode) => return Ok(free),
                 Err(error) => return Err(zk_error(session.endpoint(), error)),
             };
-            let line = layout::line(&children);
-            let Some((_, first)) = line.first() else {
+            let line = layout::line(layout, &children);
+            let Some(first) = line.first() else {
                 return Ok(free);
             };
             let (data, stat) = match client.get_data(&format!("{dir}/{first}")).await {
@@ -344,7 +355,9 @@ impl LockBackend for ZooKeeperBackend {
             // Version 0: nobody ever writes to a lock node (its data, the owner, is written
             // by the create), and its path is unique to this acquisition, so this deletes our
             // node and nothing else.
-            match client.delete(&held.node, Some(0)).await {
+            // Foreign layouts: Curator's revocation writes to a holder's node, so any version.
+            let version = (!self.shared.config.layout.is_foreign()).then_some(0);
+            match client.delete(&held.node, version).await {
                 Ok(()) => {
                     held.state.store(RELEASED, Ordering::Release);
                     return Ok(());
@@ -407,14 +420,17 @@ impl LockBackend for ZooKeeperBackend {
     /// node's `ctime`: when the holder joined the line, so for a holder that waited, earlier
     /// than the grant); every layout's list is its children, in sequence order.
     fn introspection(&self) -> Introspection {
-        Introspection::all()
+        let mut introspection = Introspection::all();
+        introspection.list = !self.shared.config.layout.is_foreign();
+        introspection
     }
 
     async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
-        let dir = layout::lock_dir(&self.shared.config.namespace, &options.prefix, key)?;
+        let config = &self.shared.config;
+        let dir = layout::lock_dir(config.layout, &config.namespace, &options.prefix, key)?;
         let session = self.shared.session().await?;
         let client = session.client()?;
-        Self::report_at(&session, &client, &dir).await
+        Self::report_at(&session, config.layout, &client, &dir).await
     }
 
     /// One `getChildren` of the prefix's node, which ZooKeeper does not paginate: O(keys
@@ -423,7 +439,16 @@ impl LockBackend for ZooKeeperBackend {
     /// page sent at once (pipelined on the session's connection): O(n + page) work, about
     /// three round trips of latency. Key nodes without contenders (containers the server
     /// has not removed yet) are skipped.
+    ///
+    /// Foreign layouts cannot list: their lock paths are anywhere in the tree, not gathered
+    /// under one node.
     async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        if self.shared.config.layout.is_foreign() {
+            return Err(LockError::Unsupported {
+                backend: "zookeeper",
+                operation: "listing the locks of a foreign layout",
+            });
+        }
         let dir = layout::prefix_dir(&self.shared.config.namespace, &options.prefix)?;
         let session = self.shared.session().await?;
         let client = session.client()?;
@@ -453,7 +478,7 @@ impl LockBackend for ZooKeeperBackend {
             let reports = futures::future::join_all(batch.iter().map(|key| {
                 let node = layout::key_node(&dir, key);
                 let (session, client) = (&session, &client);
-                async move { Self::report_at(session, client, &node).await }
+                async move { Self::report_at(session, Layout::Dlock, client, &node).await }
             }))
             .await;
             for (key, report) in batch.iter().zip(reports) {

@@ -62,7 +62,8 @@ pub use backend::ZooKeeperBackend;
 pub use zookeeper_client;
 
 pub use config::{
-    DigestAuth, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT,
+    DigestAuth, Layout, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT,
+    DEFAULT_SESSION_TIMEOUT,
 };
 /// The URL schemes this crate's [`connect`] takes: `zookeeper://` and its alias `zk://`. The `dlock` facade
 /// routes these to this crate.
