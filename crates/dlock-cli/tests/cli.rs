@@ -271,6 +271,52 @@ mod across_processes {
 
     use super::*;
 
+    /// ZooKeeper `layout=kazoo` (issue 16) against the real kazoo: while kazoo holds the
+    /// path, `dlock run --wait 0` exits 75 and `dlock status` names kazoo's identifier; while
+    /// `dlock run` holds it, kazoo's non-blocking acquire fails.
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn zookeeper_kazoo_layout_excludes_kazoo_both_ways() {
+        let base = &dlock_test_servers::shared_zookeeper().url;
+        let hosts = base.trim_start_matches("zookeeper://");
+        let url = format!("{base}?layout=kazoo");
+        let path = format!("/dlock-cli-interop/{:016x}/lock", rand_id());
+        let kazoo = dlock_test_servers::KazooLock::hold(
+            hosts,
+            &path,
+            Duration::from_secs(10),
+            "kazoo cron",
+        );
+        let tried = output(&[
+            "run", "--url", &url, "--key", &path, "--wait", "0", "--", "true",
+        ]);
+        assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+        let status = output(&["status", "--url", &url, "--key", &path, "--json"]);
+        assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+        assert_eq!(json["owner"], "kazoo cron", "{json}");
+        kazoo.release();
+        let mut holder = dlock()
+            .args(["run", "--url", &url, "--key", &path, "--", "sh", "-c"])
+            .arg("echo ready; read line || true")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        assert!(
+            !dlock_test_servers::kazoo_try_lock(hosts, &path),
+            "kazoo took the lock dlock run holds"
+        );
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        assert!(
+            dlock_test_servers::kazoo_try_lock(hosts, &path),
+            "kazoo cannot take the lock dlock released"
+        );
+    }
+
     /// ZooKeeper (issue 13): `dlock status` and `dlock list`, run as other processes, name
     /// the owner a `dlock run --owner` stored, its fencing token, when it took the lock and
     /// the `dlock run` waiting behind it; after the release both say free.
