@@ -1,12 +1,13 @@
-//! `layout=kazoo` against the real kazoo (`python3-kazoo`, one Python process per kazoo
-//! client): the two exclude each other both ways, wait for each other, and a crashed holder
-//! on either side frees the lock for the other within its session.
+//! `layout=kazoo` against the real kazoo (`python3-kazoo`, one Python process per client) and
+//! `layout=curator` against the real Curator `InterProcessMutex` (Debian's jars, one JVM per
+//! client): dlock and the other library exclude each other both ways, wait for each other,
+//! and a crashed holder on either side frees the lock for the other within its session.
 
 use std::any::Any;
 use std::time::{Duration, Instant};
 
 use dlock_core::{LockOptions, Locker};
-use dlock_test_servers::{kazoo_try_lock, shared_zookeeper, KazooLock};
+use dlock_test_servers::{foreign_try_lock, shared_zookeeper, Foreign, ForeignLock};
 use dlock_zookeeper::ZooKeeperBackend;
 
 /// The session timeout of both sides in the crash tests: the server's expiry check runs per
@@ -17,7 +18,7 @@ fn hosts() -> &'static str {
     shared_zookeeper().url.trim_start_matches("zookeeper://")
 }
 
-/// A lock path no other test uses, as kazoo is given it (absolute).
+/// A lock path no other test uses, as the other library is given it (absolute).
 fn unique_path(test: &str) -> String {
     let id: u64 = rand_id();
     format!("/dlock-interop/{test}-{id:016x}/lock")
@@ -31,39 +32,93 @@ fn rand_id() -> u64 {
     nanos ^ u64::from(std::process::id()) << 32
 }
 
-async fn kazoo_layout(session: Duration) -> Locker {
+/// A dlock client in the layout of `foreign`.
+async fn foreign_layout(foreign: Foreign, session: Duration) -> Locker {
+    let layout = match foreign {
+        Foreign::Kazoo => "kazoo",
+        Foreign::Curator => "curator",
+    };
     let url = format!(
-        "{}?layout=kazoo&session_timeout={}ms",
+        "{}?layout={layout}&session_timeout={}ms",
         shared_zookeeper().url,
         session.as_millis()
     );
     let backend = dlock_zookeeper::connect(&url)
         .await
-        .expect("a kazoo-layout client");
+        .expect("a foreign-layout client");
     Locker::new(backend)
 }
 
-/// kazoo holds: dlock's try fails under the same path (with or without the leading `/`),
-/// `inspect` names kazoo's identifier, and a waiting dlock acquire gets the lock as soon as
-/// kazoo releases it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kazoo_holds_and_dlock_waits_its_turn() {
-    let path = unique_path("kazoo-holds");
-    let kazoo = KazooLock::hold(hosts(), &path, Duration::from_secs(10), "kazoo worker 7");
-    let locker = kazoo_layout(Duration::from_secs(10)).await;
+/// The tests below, once per foreign client.
+macro_rules! interop_tests {
+    ($module:ident, $foreign:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn they_hold_and_dlock_waits_its_turn() {
+                super::they_hold_and_dlock_waits_its_turn($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dlock_holds_and_they_wait_their_turn() {
+                super::dlock_holds_and_they_wait_their_turn($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn their_crashed_holder_frees_the_lock_for_dlock() {
+                super::their_crashed_holder_frees_the_lock_for_dlock($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_crashed_dlock_holder_frees_the_lock_for_them() {
+                super::a_crashed_dlock_holder_frees_the_lock_for_them($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dlocks_own_layout_does_not_exclude_them() {
+                super::dlocks_own_layout_does_not_exclude_them($foreign).await;
+            }
+        }
+    };
+}
+
+interop_tests!(kazoo, Foreign::Kazoo);
+interop_tests!(curator, Foreign::Curator);
+
+/// They hold: dlock's try fails under the same path (with or without the leading `/`),
+/// `inspect` names their node's data (kazoo's identifier, Curator's IP address), and a
+/// waiting dlock acquire gets the lock as soon as they release it.
+async fn they_hold_and_dlock_waits_its_turn(foreign: Foreign) {
+    let path = unique_path("they-hold");
+    let them = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            ForeignLock::hold(
+                foreign,
+                hosts(),
+                &path,
+                Duration::from_secs(10),
+                "kazoo worker 7",
+            )
+        })
+        .await
+        .expect("they hold")
+    };
+    let locker = foreign_layout(foreign, Duration::from_secs(10)).await;
     for key in [path.as_str(), path.trim_start_matches('/')] {
         assert!(
             locker.try_acquire(key).await.expect("asked").is_none(),
-            "dlock took {key} while kazoo holds it"
+            "dlock took {key} while {foreign:?} holds it"
         );
     }
     let report = locker.inspect(path.as_str()).await.expect("inspect");
     assert!(report.info.held, "{report:?}");
-    assert_eq!(
-        report.owner.as_deref(),
-        Some("kazoo worker 7"),
-        "{report:?}"
-    );
+    match foreign {
+        Foreign::Kazoo => assert_eq!(report.owner.as_deref(), Some("kazoo worker 7")),
+        // Curator writes the client's IP address into its lock node.
+        Foreign::Curator => assert!(report.owner.is_some(), "{report:?}"),
+    }
     assert_eq!(report.info.waiters, Some(0), "{report:?}");
     let waiter = {
         let (locker, path) = (locker.clone(), path.clone());
@@ -76,8 +131,8 @@ async fn kazoo_holds_and_dlock_waits_its_turn() {
                 .await
         })
     };
-    // The waiter stands in kazoo's line (its node is one of kazoo's contenders) before
-    // kazoo lets go, so the handoff goes through the predecessor watch.
+    // The waiter stands in their line (its node is one of their contenders) before
+    // they let go, so the handoff goes through the predecessor watch.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let report = locker.inspect(path.as_str()).await.expect("inspect");
@@ -90,36 +145,36 @@ async fn kazoo_holds_and_dlock_waits_its_turn() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::task::spawn_blocking(move || kazoo.release())
+    tokio::task::spawn_blocking(move || them.release())
         .await
-        .expect("kazoo released");
+        .expect("they released");
     let guard = waiter
         .await
         .expect("the waiter task")
-        .expect("dlock gets the lock kazoo released");
+        .expect("dlock gets the lock they released");
     guard.release().await.expect("release");
 }
 
-/// dlock holds: kazoo's try fails; a waiting kazoo gets the lock when dlock releases it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dlock_holds_and_kazoo_waits_its_turn() {
+/// dlock holds: their try fails; a waiting client of theirs gets the lock when dlock
+/// releases it.
+async fn dlock_holds_and_they_wait_their_turn(foreign: Foreign) {
     let path = unique_path("dlock-holds");
-    let locker = kazoo_layout(Duration::from_secs(10)).await;
+    let locker = foreign_layout(foreign, Duration::from_secs(10)).await;
     let guard = locker.acquire(path.as_str()).await.expect("acquire");
     let tried = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || kazoo_try_lock(hosts(), &path))
+        tokio::task::spawn_blocking(move || foreign_try_lock(foreign, hosts(), &path))
             .await
-            .expect("kazoo tried")
+            .expect("they tried")
     };
-    assert!(!tried, "kazoo took {path} while dlock holds it");
-    let mut kazoo = {
+    assert!(!tried, "{foreign:?} took {path} while dlock holds it");
+    let mut them = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
-            KazooLock::start(hosts(), &path, Duration::from_secs(10), "kazoo waiter")
+            ForeignLock::start(foreign, hosts(), &path, Duration::from_secs(10), "waiter")
         })
         .await
-        .expect("kazoo started")
+        .expect("they started")
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -127,44 +182,48 @@ async fn dlock_holds_and_kazoo_waits_its_turn() {
         if report.info.waiters == Some(1) {
             break;
         }
-        assert!(Instant::now() < deadline, "kazoo never queued: {report:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{foreign:?} never queued: {report:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     guard.release().await.expect("release");
-    let kazoo = tokio::task::spawn_blocking(move || {
-        kazoo.wait_held();
-        kazoo
+    let them = tokio::task::spawn_blocking(move || {
+        them.wait_held();
+        them
     })
     .await
-    .expect("kazoo gets the lock dlock released");
+    .expect("they get the lock dlock released");
     assert!(
         locker
             .try_acquire(path.as_str())
             .await
             .expect("asked")
             .is_none(),
-        "dlock took the lock back from kazoo"
+        "dlock took the lock back from {foreign:?}"
     );
-    tokio::task::spawn_blocking(move || kazoo.release())
+    tokio::task::spawn_blocking(move || them.release())
         .await
-        .expect("kazoo released");
+        .expect("they released");
 }
 
-/// A kazoo holder killed with SIGKILL (no session close): dlock gets the lock once the
-/// server expires kazoo's session, within its timeout plus the server's tick.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_kazoo_holder_frees_the_lock_for_dlock() {
-    let path = unique_path("kazoo-crash");
-    let kazoo = {
+/// Their holder killed with SIGKILL (no session close): dlock gets the lock once the server
+/// expires that session, within its timeout plus the server's tick.
+async fn their_crashed_holder_frees_the_lock_for_dlock(foreign: Foreign) {
+    let path = unique_path("they-crash");
+    let them = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || KazooLock::hold(hosts(), &path, SESSION, "doomed"))
-            .await
-            .expect("kazoo holds")
+        tokio::task::spawn_blocking(move || {
+            ForeignLock::hold(foreign, hosts(), &path, SESSION, "doomed")
+        })
+        .await
+        .expect("they hold")
     };
-    let locker = kazoo_layout(Duration::from_secs(10)).await;
+    let locker = foreign_layout(foreign, Duration::from_secs(10)).await;
     let bound = SESSION + locker.capabilities().crash_release_bound + Duration::from_secs(1);
     let killed = Instant::now();
-    kazoo.kill();
+    them.kill();
     let guard = locker
         .acquire_with(
             path.as_str(),
@@ -177,20 +236,19 @@ async fn a_crashed_kazoo_holder_frees_the_lock_for_dlock() {
     guard.release().await.expect("release");
 }
 
-/// A dlock holder whose process "crashes" (session abandoned: no close, no heartbeat): a
-/// waiting kazoo gets the lock within the session timeout plus the server's tick.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_dlock_holder_frees_the_lock_for_kazoo() {
+/// A dlock holder whose process "crashes" (session abandoned: no close, no heartbeat): their
+/// waiting client gets the lock within the session timeout plus the server's tick.
+async fn a_crashed_dlock_holder_frees_the_lock_for_them(foreign: Foreign) {
     let path = unique_path("dlock-crash");
-    let locker = kazoo_layout(SESSION).await;
+    let locker = foreign_layout(foreign, SESSION).await;
     let guard = locker.acquire(path.as_str()).await.expect("acquire");
-    let mut kazoo = {
+    let mut them = {
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
-            KazooLock::start(hosts(), &path, Duration::from_secs(10), "kazoo heir")
+            ForeignLock::start(foreign, hosts(), &path, Duration::from_secs(10), "heir")
         })
         .await
-        .expect("kazoo started")
+        .expect("they started")
     };
     let bound = SESSION + locker.capabilities().crash_release_bound + Duration::from_secs(1);
     guard.abandon();
@@ -201,23 +259,22 @@ async fn a_crashed_dlock_holder_frees_the_lock_for_kazoo() {
         .expect("a zookeeper backend")
         .abandon_session()
         .await;
-    let kazoo = tokio::task::spawn_blocking(move || {
-        kazoo.wait_held();
-        kazoo
+    let them = tokio::task::spawn_blocking(move || {
+        them.wait_held();
+        them
     })
     .await
-    .expect("kazoo gets the crashed holder's lock");
+    .expect("they get the crashed holder's lock");
     let took = crashed.elapsed();
     assert!(took <= bound, "freed after {took:?}, bound {bound:?}");
-    tokio::task::spawn_blocking(move || kazoo.release())
+    tokio::task::spawn_blocking(move || them.release())
         .await
-        .expect("kazoo released");
+        .expect("they released");
 }
 
-/// Without the layout, dlock's own nodes are not kazoo's contenders: the reason the layout
+/// Without the layout, dlock's own nodes are not their contenders: the reason the layout
 /// must be asked for (and the reason it exists).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dlocks_own_layout_does_not_exclude_kazoo() {
+async fn dlocks_own_layout_does_not_exclude_them(foreign: Foreign) {
     let path = unique_path("own-layout");
     let locker = Locker::new(
         dlock_zookeeper::connect(&shared_zookeeper().url)
@@ -227,10 +284,10 @@ async fn dlocks_own_layout_does_not_exclude_kazoo() {
     let guard = locker.acquire(path.as_str()).await.expect("acquire");
     let tried = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || kazoo_try_lock(hosts(), &path))
+        tokio::task::spawn_blocking(move || foreign_try_lock(foreign, hosts(), &path))
             .await
-            .expect("kazoo tried")
+            .expect("they tried")
     };
-    assert!(tried, "kazoo saw dlock's own layout as a contender");
+    assert!(tried, "{foreign:?} saw dlock's own layout as a contender");
     guard.release().await.expect("release");
 }

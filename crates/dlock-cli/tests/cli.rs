@@ -271,50 +271,63 @@ mod across_processes {
 
     use super::*;
 
-    /// ZooKeeper `layout=kazoo` (issue 16) against the real kazoo: while kazoo holds the
-    /// path, `dlock run --wait 0` exits 75 and `dlock status` names kazoo's identifier; while
-    /// `dlock run` holds it, kazoo's non-blocking acquire fails.
+    /// ZooKeeper `layout=kazoo` and `layout=curator` (issue 16) against the real kazoo and
+    /// Curator: while the other library holds the path, `dlock run --wait 0` exits 75 and
+    /// `dlock status` names the holder's node data; while `dlock run` holds it, the other
+    /// library's non-blocking acquire fails.
     #[cfg(feature = "zookeeper")]
     #[test]
-    fn zookeeper_kazoo_layout_excludes_kazoo_both_ways() {
+    fn zookeeper_foreign_layouts_exclude_the_other_library_both_ways() {
+        use dlock_test_servers::{foreign_try_lock, Foreign, ForeignLock};
+
         let base = &dlock_test_servers::shared_zookeeper().url;
         let hosts = base.trim_start_matches("zookeeper://");
-        let url = format!("{base}?layout=kazoo");
-        let path = format!("/dlock-cli-interop/{:016x}/lock", rand_id());
-        let kazoo = dlock_test_servers::KazooLock::hold(
-            hosts,
-            &path,
-            Duration::from_secs(10),
-            "kazoo cron",
-        );
-        let tried = output(&[
-            "run", "--url", &url, "--key", &path, "--wait", "0", "--", "true",
-        ]);
-        assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
-        let status = output(&["status", "--url", &url, "--key", &path, "--json"]);
-        assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
-        let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
-        assert_eq!(json["owner"], "kazoo cron", "{json}");
-        kazoo.release();
-        let mut holder = dlock()
-            .args(["run", "--url", &url, "--key", &path, "--", "sh", "-c"])
-            .arg("echo ready; read line || true")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dlock runs");
-        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
-        assert!(
-            !dlock_test_servers::kazoo_try_lock(hosts, &path),
-            "kazoo took the lock dlock run holds"
-        );
-        drop(holder.stdin.take());
-        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
-        assert!(
-            dlock_test_servers::kazoo_try_lock(hosts, &path),
-            "kazoo cannot take the lock dlock released"
-        );
+        for (foreign, layout) in [(Foreign::Kazoo, "kazoo"), (Foreign::Curator, "curator")] {
+            let url = format!("{base}?layout={layout}");
+            let path = format!("/dlock-cli-interop/{layout}-{:016x}/lock", rand_id());
+            let theirs =
+                ForeignLock::hold(foreign, hosts, &path, Duration::from_secs(10), "their cron");
+            let tried = output(&[
+                "run", "--url", &url, "--key", &path, "--wait", "0", "--", "true",
+            ]);
+            assert_eq!(
+                tried.status.code(),
+                Some(75),
+                "{layout}: {}",
+                stderr(&tried)
+            );
+            let status = output(&["status", "--url", &url, "--key", &path, "--json"]);
+            assert_eq!(
+                status.status.code(),
+                Some(0),
+                "{layout}: {}",
+                stderr(&status)
+            );
+            let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+            if foreign == Foreign::Kazoo {
+                assert_eq!(json["owner"], "their cron", "{json}");
+            }
+            theirs.release();
+            let mut holder = dlock()
+                .args(["run", "--url", &url, "--key", &path, "--", "sh", "-c"])
+                .arg("echo ready; read line || true")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("dlock runs");
+            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            assert!(
+                !foreign_try_lock(foreign, hosts, &path),
+                "{layout} took the lock dlock run holds"
+            );
+            drop(holder.stdin.take());
+            assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+            assert!(
+                foreign_try_lock(foreign, hosts, &path),
+                "{layout} cannot take the lock dlock released"
+            );
+        }
     }
 
     /// ZooKeeper (issue 13): `dlock status` and `dlock list`, run as other processes, name
