@@ -1,6 +1,7 @@
-//! Where a lock lives in the ZooKeeper tree, and how its line of contenders is read.
+//! Where a lock lives in the ZooKeeper tree, and how its line of contenders is read, in
+//! dlock's own layout and in kazoo's and Curator's ([`Layout`]).
 //!
-//! Layout: `/{namespace segments}/{prefix segments}/lock={key}/_c_{attempt id}-lock-{sequence}`
+//! dlock's layout: `/{namespace segments}/{prefix segments}/lock={key}/_c_{attempt id}-lock-{sequence}`
 //! (an empty prefix segment is written `%`).
 //!
 //! - Every prefix segment and the key are escaped with [`LockKey::path_segment`], which only
