@@ -110,8 +110,8 @@
 //! | URL | shares locks with | nodes | line order | parents | tested against |
 //! |---|---|---|---|---|---|
 //! | `zookeeper://…` (`layout=dlock`, default) | other dlock clients | `/{prefix}/lock={escaped key}/_c_{uuid}-lock-{seq}`, data = owner | by sequence, `_c_…-lock-{10 digits}` only | containers | the conformance suite |
-//! | `zookeeper://…?layout=kazoo` | kazoo `client.Lock(path)` (Python) | `{path}/{uuid hex}__lock__{seq}`, data = owner (kazoo's `identifier`) | kazoo's: children matching `__lock__(-?\d{10})$`, by that text | persistent (kazoo's `ensure_path` trusts they stay) | kazoo 2.8 from `python3-kazoo` |
-//! | `zookeeper://…?layout=curator` | Curator `InterProcessMutex(client, path)` (Java) | `{path}/_c_{uuid}-lock-{seq}` (the names of dlock's own layout), data = owner (Curator writes the client's IP) | Curator's: every child, by the text after its last `lock-` | containers | Curator 5.4 from `libcurator-recipes-java` |
+//! | `zookeeper://…?layout=kazoo` | kazoo `client.Lock(path)` (Python) | `{path}/{uuid hex}__lock__{seq}`, data = owner (kazoo's `identifier`) | kazoo's: children matching `__lock__(-?\d{10})$`, by that text | persistent (kazoo's `ensure_path` trusts they stay) | kazoo 2.8 from `python3-kazoo`; the conformance suite but its two key-collision properties |
+//! | `zookeeper://…?layout=curator` | Curator `InterProcessMutex(client, path)` (Java) | `{path}/_c_{uuid}-lock-{seq}` (the names of dlock's own layout), data = owner (Curator writes the client's IP) | Curator's: every child, by the text after its last `lock-` | containers | Curator 5.4 from `libcurator-recipes-java`; the conformance suite but its two key-collision properties |
 //!
 //! What a foreign layout keeps: mutual exclusion with the other library, FIFO, one waiter
 //! woken per release, fencing tokens (the lock node's `czxid`, growing for dlock holders;
