@@ -76,6 +76,11 @@ macro_rules! interop_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn waiters_of_both_sides_are_served_in_arrival_order() {
+                super::waiters_of_both_sides_are_served_in_arrival_order($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dlocks_own_layout_does_not_exclude_them() {
                 super::dlocks_own_layout_does_not_exclude_them($foreign).await;
             }
@@ -270,6 +275,62 @@ async fn a_crashed_dlock_holder_frees_the_lock_for_them(foreign: Foreign) {
     tokio::task::spawn_blocking(move || them.release())
         .await
         .expect("they released");
+}
+
+/// Waits until `waiters` contenders stand behind the holder of `path`.
+async fn wait_for_waiters(locker: &Locker, path: &str, waiters: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = locker.inspect(path).await.expect("inspect");
+        if report.info.waiters == Some(waiters) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {waiters} waiting: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One line for both sides: behind a dlock holder, their waiter (first) and a dlock waiter
+/// (second) are served in that order, and the dlock waiter is not served while they hold.
+async fn waiters_of_both_sides_are_served_in_arrival_order(foreign: Foreign) {
+    let path = unique_path("arrival-order");
+    let locker = foreign_layout(foreign, Duration::from_secs(10)).await;
+    let first = locker.acquire(path.as_str()).await.expect("acquire");
+    let mut them = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            ForeignLock::start(foreign, hosts(), &path, Duration::from_secs(10), "second")
+        })
+        .await
+        .expect("they started")
+    };
+    wait_for_waiters(&locker, &path, 1).await;
+    let third = {
+        let (locker, path) = (locker.clone(), path.clone());
+        tokio::spawn(async move { locker.acquire(path.as_str()).await })
+    };
+    wait_for_waiters(&locker, &path, 2).await;
+    first.release().await.expect("release");
+    let them = tokio::task::spawn_blocking(move || {
+        them.wait_held();
+        them
+    })
+    .await
+    .expect("they are served second");
+    // They hold now, and the dlock waiter that came after them still waits.
+    wait_for_waiters(&locker, &path, 1).await;
+    assert!(!third.is_finished(), "the later dlock waiter overtook them");
+    tokio::task::spawn_blocking(move || them.release())
+        .await
+        .expect("they released");
+    let third = third
+        .await
+        .expect("the waiter task")
+        .expect("the dlock waiter is served third");
+    third.release().await.expect("release");
 }
 
 /// Without the layout, dlock's own nodes are not their contenders: the reason the layout
