@@ -1,5 +1,8 @@
 import java.io.BufferedReader;
 import java.io.InputStreamReader;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
 import java.util.concurrent.TimeUnit;
 import org.apache.curator.framework.CuratorFramework;
 import org.apache.curator.framework.CuratorFrameworkFactory;
@@ -21,6 +24,23 @@ public class CuratorLock {
             System.out.println(got ? "acquired" : "busy");
             System.out.flush();
             if (got) mutex.release();
+        } else if (mode.equals("count")) {
+            // args[4] is the identifier slot (unused: Curator writes the client's address).
+            Path counter = Paths.get(args[5]);
+            int rounds = Integer.parseInt(args[6]);
+            for (int i = 0; i < rounds; i++) {
+                mutex.acquire();
+                try {
+                    String text = new String(Files.readAllBytes(counter)).trim();
+                    int value = text.isEmpty() ? 0 : Integer.parseInt(text);
+                    Thread.sleep(10);
+                    Files.write(counter, String.valueOf(value + 1).getBytes());
+                } finally {
+                    mutex.release();
+                }
+            }
+            System.out.println("counted");
+            System.out.flush();
         } else {
             System.out.println("started");
             System.out.flush();

@@ -22,9 +22,12 @@ pub enum Foreign {
 
 /// The Python side. Modes: `try` (one non-blocking acquire: prints `acquired` or `busy`,
 /// releases, exits) and `hold` (prints `started`, acquires blocking, prints `held`, holds
-/// until a line or EOF on stdin, releases, prints `released`).
+/// until a line or EOF on stdin, releases, prints `released`), `count` (under the lock,
+/// `rounds` times: read the number in `file`, pause 10 ms, write it plus one; prints
+/// `counted`).
 const SCRIPT: &str = r#"
 import sys
+import time
 from kazoo.client import KazooClient
 
 hosts, path, mode, timeout, identifier = sys.argv[1:6]
@@ -36,6 +39,16 @@ if mode == "try":
     print("acquired" if got else "busy", flush=True)
     if got:
         lock.release()
+elif mode == "count":
+    counter, rounds = sys.argv[6], int(sys.argv[7])
+    for _ in range(rounds):
+        with lock:
+            with open(counter) as f:
+                value = int(f.read().strip() or 0)
+            time.sleep(0.01)
+            with open(counter, "w") as f:
+                f.write(str(value + 1))
+    print("counted", flush=True)
 else:
     print("started", flush=True)
     lock.acquire(blocking=True, timeout=120)
@@ -214,6 +227,32 @@ pub fn foreign_try_lock(foreign: Foreign, hosts: &str, path: &str) -> bool {
     }
 }
 
+/// Starts a process that increments the number in `file` `rounds` times, each time under the
+/// lock at `path` (a read, a 10 ms pause, a write: overlapping holders lose increments).
+/// Wait for it with [`std::process::Child::wait_with_output`]; it prints `counted`.
+pub fn foreign_count(
+    foreign: Foreign,
+    hosts: &str,
+    path: &str,
+    file: &std::path::Path,
+    rounds: u32,
+) -> Child {
+    let mut command = command(
+        foreign,
+        hosts,
+        path,
+        "count",
+        Duration::from_secs(10),
+        "counter",
+    );
+    command
+        .arg(file)
+        .arg(rounds.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the foreign client runs (scripts/install-test-servers.sh installs it)")
+}
+
 fn command(
     foreign: Foreign,
     hosts: &str,
@@ -242,7 +281,10 @@ fn command(
                     path,
                     mode,
                 ])
-                .arg(session.as_millis().to_string());
+                .arg(session.as_millis().to_string())
+                // Curator's nodes hold the client's address, not an identifier; the slot
+                // keeps the arguments after it where the Python side has them.
+                .arg(identifier);
             command
         }
     };

@@ -41,7 +41,7 @@ mod zookeeper;
 pub use cancel::{cancel_at_poll, count_polls};
 pub use checker::{check, Acquisition, CheckConfig, Report};
 pub use etcd::EtcdServer;
-pub use foreign_locks::{foreign_try_lock, Foreign, ForeignLock};
+pub use foreign_locks::{foreign_count, foreign_try_lock, Foreign, ForeignLock};
 pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEMESIS};
 pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};
 pub use local::LocalServer;

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::time::{Duration, Instant};
 
 use dlock_core::{LockOptions, Locker};
-use dlock_test_servers::{foreign_try_lock, shared_zookeeper, Foreign, ForeignLock};
+use dlock_test_servers::{foreign_count, foreign_try_lock, shared_zookeeper, Foreign, ForeignLock};
 use dlock_zookeeper::ZooKeeperBackend;
 
 /// The session timeout of both sides in the crash tests: the server's expiry check runs per
@@ -78,6 +78,11 @@ macro_rules! interop_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn waiters_of_both_sides_are_served_in_arrival_order() {
                 super::waiters_of_both_sides_are_served_in_arrival_order($foreign).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_mixed_crowd_never_overlaps() {
+                super::a_mixed_crowd_never_overlaps($foreign).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,6 +336,51 @@ async fn waiters_of_both_sides_are_served_in_arrival_order(foreign: Foreign) {
         .expect("the waiter task")
         .expect("the dlock waiter is served third");
     third.release().await.expect("release");
+}
+
+/// Two processes of theirs and two dlock clients (sessions of their own) each increment one
+/// counter file 8 times under the lock, with a pause between the read and the write: any
+/// overlap loses an increment, so the file must end at 32.
+async fn a_mixed_crowd_never_overlaps(foreign: Foreign) {
+    const ROUNDS: u32 = 8;
+    let path = unique_path("crowd");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("counter");
+    std::fs::write(&file, "0").expect("the counter");
+    let theirs: Vec<_> = (0..2)
+        .map(|_| foreign_count(foreign, hosts(), &path, &file, ROUNDS))
+        .collect();
+    let mut ours = Vec::new();
+    for _ in 0..2 {
+        let locker = foreign_layout(foreign, Duration::from_secs(10)).await;
+        let (path, file) = (path.clone(), file.clone());
+        ours.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let guard = locker.acquire(path.as_str()).await.expect("acquire");
+                let value: u32 = std::fs::read_to_string(&file)
+                    .expect("read")
+                    .trim()
+                    .parse()
+                    .expect("a number");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                std::fs::write(&file, (value + 1).to_string()).expect("write");
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for task in ours {
+        task.await.expect("a dlock client");
+    }
+    for child in theirs {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("joined")
+            .expect("their process");
+        assert!(output.status.success(), "{foreign:?}: {}", output.status);
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "counted");
+    }
+    let total = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(total.trim(), (4 * ROUNDS).to_string(), "lost increments");
 }
 
 /// Without the layout, dlock's own nodes are not their contenders: the reason the layout
