@@ -402,3 +402,36 @@ async fn dlocks_own_layout_does_not_exclude_them(foreign: Foreign) {
     assert!(tried, "{foreign:?} saw dlock's own layout as a contender");
     guard.release().await.expect("release");
 }
+
+/// Curator asks a holder to let go by writing `__REVOKE__` into its lock node
+/// (`Revoker.attemptRevoke`). dlock does not honour revocation, but the write must not blind
+/// the holder: the node deleted from outside afterwards is still signalled as a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_the_holders_node_does_not_blind_it_to_a_later_deletion() {
+    let path = unique_path("revoked");
+    let locker = foreign_layout(Foreign::Curator, Duration::from_secs(10)).await;
+    let guard = locker.acquire(path.as_str()).await.expect("acquire");
+    let node = ZooKeeperBackend::node_path(guard.lease())
+        .expect("a zookeeper lease")
+        .to_owned();
+    let admin = dlock_zookeeper::zookeeper_client::Client::connect(hosts())
+        .await
+        .expect("an admin session");
+    admin
+        .set_data(&node, b"__REVOKE__", None)
+        .await
+        .expect("Curator's revocation request");
+    // The holder's watch fires for the write: give it the time to watch again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(guard.is_held(), "a write to the node is not a loss");
+    admin
+        .delete(&node, None)
+        .await
+        .expect("delete from outside");
+    let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost()).await;
+    assert_eq!(
+        lost.ok(),
+        Some(dlock_core::LossReason::NotOwner),
+        "the deletion after the write went unnoticed"
+    );
+}

@@ -208,6 +208,8 @@ impl ZooKeeperBackend {
         };
         tokio::spawn(watch_held(
             own_watch,
+            Arc::downgrade(session),
+            held.node.clone(),
             Arc::clone(&held.state),
             request.loss.clone(),
             session.retired(),
@@ -533,26 +535,48 @@ const LOST: u8 = 3;
 /// Signals the loss of a held lock when its node is deleted by someone else or its session
 /// ends; ends quietly when the lock is released.
 async fn watch_held(
-    watcher: OneshotWatcher,
+    mut watcher: OneshotWatcher,
+    // Weak: watching must not keep a session alive that everything else let go of.
+    session: std::sync::Weak<Session>,
+    node: String,
     state: Arc<AtomicU8>,
     loss: LossNotifier,
     retired: impl std::future::Future<Output = LossReason>,
 ) {
     tokio::pin!(retired);
-    let reason = tokio::select! {
-        event = watcher.changed() => match event.event_type {
-            EventType::NodeDeleted => LossReason::NotOwner,
-            EventType::Session => LossReason::SessionEnded,
-            // Nobody writes to lock nodes; if someone did, the lock is still ours.
-            _ => retired.await,
-        },
-        reason = &mut retired => reason,
+    let reason = loop {
+        tokio::select! {
+            event = watcher.changed() => match event.event_type {
+                EventType::NodeDeleted => break LossReason::NotOwner,
+                EventType::Session => break LossReason::SessionEnded,
+                // Someone wrote to the node (Curator's revocation request does): the lock is
+                // still ours, but the one-shot watch is spent, so set it again, or a later
+                // deletion would go unnoticed.
+                _ => match rewatch(&session, &node).await {
+                    Some(Some(next)) => watcher = next,
+                    Some(None) => break LossReason::NotOwner,
+                    None => break (&mut retired).await,
+                },
+            },
+            reason = &mut retired => break reason,
+        }
     };
     if state
         .compare_exchange(HELD, LOST, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
         loss.notify_lost(reason);
+    }
+}
+
+/// A new watch on a held node: `Some(None)` if the node is gone, `None` if the session can
+/// no longer ask (its end is then signalled by the session itself).
+async fn rewatch(session: &std::sync::Weak<Session>, node: &str) -> Option<Option<OneshotWatcher>> {
+    let client = session.upgrade()?.client().ok()?;
+    match client.check_and_watch_stat(node).await {
+        Ok((Some(_), watcher)) => Some(Some(watcher)),
+        Ok((None, _)) => Some(None),
+        Err(_) => None,
     }
 }
 
