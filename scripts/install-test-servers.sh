@@ -12,6 +12,11 @@ command -v java >/dev/null || need+=(default-jre-headless)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 command -v openssl >/dev/null || need+=(openssl)
+# kazoo for the ZooKeeper layout interop tests, run with /usr/bin/python3 (Debian's own).
+/usr/bin/python3 -c "import kazoo" 2>/dev/null || need+=(python3-kazoo)
+# Curator and a JDK for the Curator layout interop tests (a small Java program compiled by the test).
+command -v javac >/dev/null || need+=(default-jdk-headless)
+[ -f /usr/share/java/curator-recipes.jar ] || need+=(libcurator-recipes-java libcurator-framework-java)
 
 if ((${#need[@]})); then
     sudo=""

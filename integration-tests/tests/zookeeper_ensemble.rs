@@ -29,6 +29,7 @@ async fn ensemble_target() -> ZooKeeperTarget {
     let pass = GATE.read().await;
     ZooKeeperTarget::new(&shared_zookeeper_ensemble().url())
         .await
+        .short_lease(Duration::from_secs(4))
         .holding(pass)
 }
 

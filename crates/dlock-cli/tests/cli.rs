@@ -271,6 +271,156 @@ mod across_processes {
 
     use super::*;
 
+    /// ZooKeeper `layout=kazoo` and `layout=curator` (issue 16) against the real kazoo and
+    /// Curator: while the other library holds the path, `dlock run --wait 0` exits 75 and
+    /// `dlock status` names the holder's node data; while `dlock run` holds it, the other
+    /// library's non-blocking acquire fails.
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn zookeeper_foreign_layouts_exclude_the_other_library_both_ways() {
+        use dlock_test_servers::{foreign_try_lock, Foreign, ForeignLock};
+
+        let base = &dlock_test_servers::shared_zookeeper().url;
+        let hosts = base.trim_start_matches("zookeeper://");
+        for (foreign, layout) in [(Foreign::Kazoo, "kazoo"), (Foreign::Curator, "curator")] {
+            let url = format!("{base}?layout={layout}");
+            let path = format!("/dlock-cli-interop/{layout}-{:016x}/lock", rand_id());
+            let theirs =
+                ForeignLock::hold(foreign, hosts, &path, Duration::from_secs(10), "their cron");
+            let tried = output(&[
+                "run", "--url", &url, "--key", &path, "--wait", "0", "--", "true",
+            ]);
+            assert_eq!(
+                tried.status.code(),
+                Some(75),
+                "{layout}: {}",
+                stderr(&tried)
+            );
+            let status = output(&["status", "--url", &url, "--key", &path, "--json"]);
+            assert_eq!(
+                status.status.code(),
+                Some(0),
+                "{layout}: {}",
+                stderr(&status)
+            );
+            let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+            if foreign == Foreign::Kazoo {
+                assert_eq!(json["owner"], "their cron", "{json}");
+            }
+            theirs.release();
+            let mut holder = dlock()
+                .args(["run", "--url", &url, "--key", &path, "--", "sh", "-c"])
+                .arg("echo ready; read line || true")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("dlock runs");
+            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            assert!(
+                !foreign_try_lock(foreign, hosts, &path),
+                "{layout} took the lock dlock run holds"
+            );
+            drop(holder.stdin.take());
+            assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+            assert!(
+                foreign_try_lock(foreign, hosts, &path),
+                "{layout} cannot take the lock dlock released"
+            );
+        }
+    }
+
+    /// ZooKeeper (issue 13): `dlock status` and `dlock list`, run as other processes, name
+    /// the owner a `dlock run --owner` stored, its fencing token, when it took the lock and
+    /// the `dlock run` waiting behind it; after the release both say free.
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn zookeeper_status_and_list_name_the_owner() {
+        let url = format!(
+            "{}?prefix=cli-owner-{:016x}",
+            dlock_test_servers::shared_zookeeper().url,
+            rand_id()
+        );
+        let key = "jobs/a";
+        let mut holder = dlock()
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--key",
+                key,
+                "--owner",
+                "cli holder 1",
+            ])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo ready $DLOCK_FENCING_TOKEN; read line || true",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        let ready = lines.next().expect("a line").expect("utf-8");
+        let token: u64 = ready
+            .strip_prefix("ready ")
+            .and_then(|token| token.parse().ok())
+            .unwrap_or_else(|| panic!("ready and a token: {ready}"));
+        let mut waiter = dlock()
+            .args(["run", "--url", &url, "--key", key, "--owner", "cli waiter"])
+            .args(["--wait", "60s", "--", "true"])
+            .spawn()
+            .expect("dlock runs");
+        let status_json = || {
+            let status = output(&["status", "--url", &url, "--key", key, "--json"]);
+            let json: serde_json::Value =
+                serde_json::from_slice(&status.stdout).expect("status --json is JSON");
+            (status.status.code(), json)
+        };
+        // The waiter is a process of its own: poll until it stands in line.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let (code, status) = loop {
+            let (code, status) = status_json();
+            if status["waiters"] == 1 || std::time::Instant::now() >= deadline {
+                break (code, status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code, Some(0), "held: {status}");
+        assert_eq!(status["held"], true, "{status}");
+        assert_eq!(status["owner"], "cli holder 1", "{status}");
+        assert_eq!(status["fencing_token"], token, "{status}");
+        assert_eq!(status["waiters"], 1, "{status}");
+        assert!(status["acquired_at"].is_string(), "{status}");
+        let listed = output(&["list", "--url", &url, "--prefix", "jobs/", "--json"]);
+        assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+        let page: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+        assert_eq!(page["next"], serde_json::Value::Null, "{page}");
+        let locks = page["locks"].as_array().expect("locks");
+        assert_eq!(locks.len(), 1, "{page}");
+        for field in ["key", "held", "owner", "fencing_token", "waiters"] {
+            assert_eq!(locks[0][field], status[field], "{field}: {page}");
+        }
+        let text = output(&["list", "--url", &url]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(
+            text.contains("jobs/a: held by cli holder 1")
+                && text.contains(&format!("fencing token {token}")),
+            "{text}"
+        );
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        assert_eq!(wait(&mut waiter, Duration::from_secs(30)), Some(0));
+        let (code, status) = status_json();
+        assert_eq!(code, Some(1), "free after both ran: {status}");
+        assert_eq!(status["owner"], serde_json::Value::Null, "{status}");
+        let listed = output(&["list", "--url", &url, "--json"]);
+        let page: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+        assert_eq!(page["locks"], serde_json::json!([]), "{page}");
+    }
+
     /// Several `dlock run` on one key: critical sections never overlap and tokens grow in
     /// the order the sections start.
     pub fn parallel_runs_exclude_each_other(url: &str) {

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError,
+    AcquireRequest, Acquired, Capabilities, FencingToken, Introspection, Lease, ListPage,
+    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
     LossNotifier, LossReason, Renewal, Result,
 };
 use tokio::time::Instant;
-use zookeeper_client::{Error, EventType, OneshotWatcher};
+use zookeeper_client::{Client, Error, EventType, OneshotWatcher};
 
-use crate::config::ZooKeeperConfig;
+use crate::config::{Layout, ZooKeeperConfig};
 use crate::error::{is_connection, zk_error};
 use crate::layout;
 use crate::session::{Session, Shared};
@@ -118,6 +119,7 @@ impl ZooKeeperBackend {
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
         let dir = layout::lock_dir(
+            self.shared.config.layout,
             &self.shared.config.namespace,
             &request.options.prefix,
             request.key,
@@ -162,7 +164,12 @@ impl ZooKeeperBackend {
         wait: bool,
     ) -> Result<Option<Option<Acquired>>> {
         let client = session.client()?;
-        let mut attempt = Attempt::new(Arc::clone(session), dir);
+        let mut attempt = Attempt::new(
+            Arc::clone(session),
+            self.shared.config.layout,
+            dir,
+            request.owner(),
+        );
         let created = attempt.create().await?;
         let token = u64::try_from(created.czxid).map_err(|_| {
             LockError::protocol(
@@ -219,6 +226,8 @@ impl ZooKeeperBackend {
         };
         tokio::spawn(watch_held(
             own_watch,
+            Arc::downgrade(session),
+            held.node.clone(),
             Arc::clone(&held.state),
             request.loss.clone(),
             session.retired(),
@@ -228,6 +237,61 @@ impl ZooKeeperBackend {
             valid_until: session.deadline(),
             record: Box::new(held),
         })))
+    }
+
+    /// What the key node `dir` says of its lock: the first node in line holds it (its
+    /// `czxid` is the token, its data the owner, its `ctime` when it joined the line), the
+    /// others wait. Two reads; read again if the holder leaves between them.
+    async fn report_at(
+        session: &Session,
+        layout: Layout,
+        client: &Client,
+        dir: &str,
+    ) -> Result<LockReport> {
+        let free = LockReport::from(LockInfo {
+            held: false,
+            fencing_token: None,
+            remaining_lease: None,
+            waiters: Some(0),
+        });
+        // Each retry means a holder left between two reads; a busy key can hand over many
+        // times a second, so give up (with an error, never a wrong answer) after a few.
+        for _ in 0..16 {
+            let children = match client.list_children(dir).await {
+                Ok(children) => children,
+                Err(Error::NoNode) => return Ok(free),
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            };
+            let line = layout::line(layout, &children);
+            let Some(first) = line.first() else {
+                return Ok(free);
+            };
+            let (data, stat) = match client.get_data(&format!("{dir}/{first}")).await {
+                Ok(read) => read,
+                Err(Error::NoNode) => continue,
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            };
+            let mut report = LockReport::from(LockInfo {
+                held: true,
+                fencing_token: u64::try_from(stat.czxid).ok().map(FencingToken::new),
+                // Another session's time left is the server's secret; the holder's session
+                // timeout would only be an upper bound.
+                remaining_lease: None,
+                waiters: Some(line.len() - 1),
+            });
+            if !data.is_empty() {
+                report = report.with_owner(String::from_utf8_lossy(&data));
+            }
+            if let Ok(millis) = u64::try_from(stat.ctime) {
+                report =
+                    report.with_acquired_at(std::time::UNIX_EPOCH + Duration::from_millis(millis));
+            }
+            return Ok(report);
+        }
+        Err(LockError::protocol(
+            "zookeeper",
+            format!("the holder of {dir} changed during every one of 16 reads"),
+        ))
     }
 
     fn lost_connection<T>(&self, session: &Session, error: Error) -> Result<Option<T>> {
@@ -308,9 +372,12 @@ impl LockBackend for ZooKeeperBackend {
                 held.state.store(LOST, Ordering::Release);
                 return Err(lease.not_held());
             };
-            // Version 0: nobody ever writes to a lock node, and its path is unique to this
-            // acquisition, so this deletes our node and nothing else.
-            match client.delete(&held.node, Some(0)).await {
+            // Version 0: nobody ever writes to a lock node (its data, the owner, is written
+            // by the create), and its path is unique to this acquisition, so this deletes our
+            // node and nothing else.
+            // Foreign layouts: Curator's revocation writes to a holder's node, so any version.
+            let version = (!self.shared.config.layout.is_foreign()).then_some(0);
+            match client.delete(&held.node, version).await {
                 Ok(()) => {
                     held.state.store(RELEASED, Ordering::Release);
                     return Ok(());
@@ -364,6 +431,90 @@ impl LockBackend for ZooKeeperBackend {
             .collect()
     }
 
+    /// Two reads: the key node's children, then the first one's data and `Stat`.
+    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        self.report(key, options).await.map(|report| report.info)
+    }
+
+    /// Owner (the lock node's data, written by its create) and acquisition time (the lock
+    /// node's `ctime`: when the holder joined the line, so for a holder that waited, earlier
+    /// than the grant); every layout's list is its children, in sequence order.
+    fn introspection(&self) -> Introspection {
+        let mut introspection = Introspection::all();
+        introspection.list = !self.shared.config.layout.is_foreign();
+        introspection
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        let config = &self.shared.config;
+        let dir = layout::lock_dir(config.layout, &config.namespace, &options.prefix, key)?;
+        let session = self.shared.session().await?;
+        let client = session.client()?;
+        Self::report_at(&session, config.layout, &client, &dir).await
+    }
+
+    /// One `getChildren` of the prefix's node, which ZooKeeper does not paginate: O(keys
+    /// under the prefix) per page (one reply, bounded by the server's `jute.maxbuffer`, 1 MB
+    /// by default: some 30,000 keys of 30 bytes), then two reads per listed lock, all of a
+    /// page sent at once (pipelined on the session's connection): O(n + page) work, about
+    /// three round trips of latency. Key nodes without contenders (containers the server
+    /// has not removed yet) are skipped.
+    ///
+    /// Foreign layouts cannot list: their lock paths are anywhere in the tree, not gathered
+    /// under one node.
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        if self.shared.config.layout.is_foreign() {
+            return Err(LockError::Unsupported {
+                backend: "zookeeper",
+                operation: "listing the locks of a foreign layout",
+            });
+        }
+        let dir = layout::prefix_dir(&self.shared.config.namespace, &options.prefix)?;
+        let session = self.shared.session().await?;
+        let client = session.client()?;
+        let children = match client.list_children(&dir).await {
+            Ok(children) => children,
+            Err(Error::NoNode) => return Ok(ListPage::default()),
+            Err(error) => return Err(zk_error(session.endpoint(), error)),
+        };
+        let mut keys: Vec<LockKey> = children
+            .iter()
+            .filter_map(|child| layout::key_of(child))
+            .filter(|key| {
+                key.as_str().starts_with(&request.key_prefix)
+                    && request
+                        .after
+                        .as_deref()
+                        .is_none_or(|after| key.as_str() > after)
+            })
+            .collect();
+        // Escaping does not keep the byte order of keys, so sort the keys themselves.
+        keys.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut locks = Vec::with_capacity(request.limit.min(keys.len()));
+        let mut rest = keys.as_slice();
+        while locks.len() < request.limit && !rest.is_empty() {
+            let (batch, after) = rest.split_at((request.limit - locks.len()).min(rest.len()));
+            rest = after;
+            let reports = futures::future::join_all(batch.iter().map(|key| {
+                let node = layout::key_node(&dir, key);
+                let (session, client) = (&session, &client);
+                async move { Self::report_at(session, Layout::Dlock, client, &node).await }
+            }))
+            .await;
+            for (key, report) in batch.iter().zip(reports) {
+                let report = report?;
+                if report.info.held || report.info.waiters.unwrap_or(0) > 0 {
+                    locks.push(ListedLock::new(key.clone(), report));
+                }
+            }
+        }
+        let next = match (rest.is_empty(), locks.last()) {
+            (false, Some(last)) => Some(last.key.as_str().to_owned()),
+            _ => None,
+        };
+        Ok(ListPage::new(locks, next))
+    }
+
     /// One `exists` of the root: a read served by the server the session is connected to.
     async fn ping(&self) -> Result<Duration> {
         let session = self.shared.session().await?;
@@ -402,26 +553,48 @@ const LOST: u8 = 3;
 /// Signals the loss of a held lock when its node is deleted by someone else or its session
 /// ends; ends quietly when the lock is released.
 async fn watch_held(
-    watcher: OneshotWatcher,
+    mut watcher: OneshotWatcher,
+    // Weak: watching must not keep a session alive that everything else let go of.
+    session: std::sync::Weak<Session>,
+    node: String,
     state: Arc<AtomicU8>,
     loss: LossNotifier,
     retired: impl std::future::Future<Output = LossReason>,
 ) {
     tokio::pin!(retired);
-    let reason = tokio::select! {
-        event = watcher.changed() => match event.event_type {
-            EventType::NodeDeleted => LossReason::NotOwner,
-            EventType::Session => LossReason::SessionEnded,
-            // Nobody writes to lock nodes; if someone did, the lock is still ours.
-            _ => retired.await,
-        },
-        reason = &mut retired => reason,
+    let reason = loop {
+        tokio::select! {
+            event = watcher.changed() => match event.event_type {
+                EventType::NodeDeleted => break LossReason::NotOwner,
+                EventType::Session => break LossReason::SessionEnded,
+                // Someone wrote to the node (Curator's revocation request does): the lock is
+                // still ours, but the one-shot watch is spent, so set it again, or a later
+                // deletion would go unnoticed.
+                _ => match rewatch(&session, &node).await {
+                    Some(Some(next)) => watcher = next,
+                    Some(None) => break LossReason::NotOwner,
+                    None => break (&mut retired).await,
+                },
+            },
+            reason = &mut retired => break reason,
+        }
     };
     if state
         .compare_exchange(HELD, LOST, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
         loss.notify_lost(reason);
+    }
+}
+
+/// A new watch on a held node: `Some(None)` if the node is gone, `None` if the session can
+/// no longer ask (its end is then signalled by the session itself).
+async fn rewatch(session: &std::sync::Weak<Session>, node: &str) -> Option<Option<OneshotWatcher>> {
+    let client = session.upgrade()?.client().ok()?;
+    match client.check_and_watch_stat(node).await {
+        Ok((Some(_), watcher)) => Some(Some(watcher)),
+        Ok((None, _)) => Some(None),
+        Err(_) => None,
     }
 }
 

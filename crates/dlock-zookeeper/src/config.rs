@@ -48,6 +48,51 @@ pub struct ZooKeeperConfig {
     /// Digest credentials; nodes the client creates are then readable and writable only by
     /// clients with the same credentials (`CREATOR_ALL_ACL`).
     pub auth: Option<DigestAuth>,
+    /// Whose nodes to read and write: dlock's own, or kazoo's or Curator's.
+    pub layout: Layout,
+}
+
+/// Whose lock nodes a client reads and writes: dlock's own layout, or another library's, so
+/// that dlock and that library exclude each other (URL parameter `layout=`).
+///
+/// With a foreign layout the lock key *is* the other library's lock path: `k` and `/k` are
+/// the same node (as for kazoo and Curator), empty segments are dropped, `.`/`..` are refused,
+/// and only the URL's `prefix` and a lock options' prefix other than the default `dlock` are
+/// put in front. Keys are therefore no longer escaped: `a/b` under prefix `p` and `b` under
+/// prefix `p/a` are one lock, and `list` is not available (locks are not gathered under one
+/// node).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// `layout=dlock` (the default): `/{prefix}/lock={escaped key}/_c_{uuid}-lock-{seq}`;
+    /// every key is a lock of its own and `list` works.
+    #[default]
+    Dlock,
+    /// `layout=kazoo`: kazoo's `Lock(client, path)`: `{path}/{uuid hex}__lock__{seq}`, line
+    /// ordered as kazoo orders it (the text of the sequence after `__lock__`, children
+    /// without that mark ignored), parents created persistent as kazoo's `ensure_path` does.
+    Kazoo,
+    /// `layout=curator`: Curator's `InterProcessMutex(client, path)`:
+    /// `{path}/_c_{uuid}-lock-{seq}` (the names dlock's own layout already uses), line
+    /// ordered as Curator orders it (every child, by the text after its last `lock-`),
+    /// parents created as containers.
+    Curator,
+}
+
+impl Layout {
+    /// The name the URL's `layout=` parameter gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Dlock => "dlock",
+            Layout::Kazoo => "kazoo",
+            Layout::Curator => "curator",
+        }
+    }
+
+    /// Whether it is another library's layout.
+    pub fn is_foreign(self) -> bool {
+        self != Layout::Dlock
+    }
 }
 
 /// A user and password for ZooKeeper's `digest` authentication scheme.
@@ -92,6 +137,7 @@ impl ZooKeeperConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             auth: None,
+            layout: Layout::Dlock,
         }
     }
 
@@ -103,7 +149,8 @@ impl ZooKeeperConfig {
 
     /// Parses `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?query]`
     /// (alias `zk://`). Query parameters: `prefix` (the key namespace), `session_timeout`
-    /// and `connect_timeout` (humantime durations such as `10s` or `500ms`); the lock options
+    /// and `connect_timeout` (humantime durations such as `10s` or `500ms`), `layout`
+    /// (`dlock`, `kazoo` or `curator`, see [`Layout`]); the lock options
     /// (`lease`, `wait`, … see [`BackendUrl::lock_options`]) are left to the locker.
     ///
     /// Bad URLs give [`LockError::InvalidUrl`] with the password replaced by `***`.
@@ -133,9 +180,23 @@ impl ZooKeeperConfig {
                 "prefix" => config.namespace = value.trim_matches('/').to_owned(),
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
+                "layout" => {
+                    config.layout = match value {
+                        "dlock" => Layout::Dlock,
+                        "kazoo" => Layout::Kazoo,
+                        "curator" => Layout::Curator,
+                        other => {
+                            return Err(parsed.invalid(format!(
+                                "layout `{other}` is none of `dlock`, `kazoo`, `curator`"
+                            )))
+                        }
+                    }
+                }
                 other => {
-                    return Err(parsed
-                        .unknown_param(other, &["prefix", "session_timeout", "connect_timeout"]))
+                    return Err(parsed.unknown_param(
+                        other,
+                        &["prefix", "session_timeout", "connect_timeout", "layout"],
+                    ))
                 }
             }
         }
@@ -182,6 +243,7 @@ impl fmt::Debug for ZooKeeperConfig {
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -237,6 +299,7 @@ mod tests {
             "zookeeper://user:hunter2@h?session_timeout=soon",
             "zookeeper://user:hunter2@h?session_timeout=0s",
             "zookeeper://user:hunter2@h?colour=red",
+            "zookeeper://user:hunter2@h?layout=zookeeper",
             "zookeeper://user:hunter2@h?session_timeout=1s&session_timeout=2s",
             "zookeeper://nopassword@h",
             "zookeeper://user:bad%zz@h",
@@ -249,6 +312,22 @@ mod tests {
                 }
                 other => panic!("{url}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn layouts_are_chosen_by_name() {
+        for (url, layout) in [
+            ("zk://h", Layout::Dlock),
+            ("zk://h?layout=dlock", Layout::Dlock),
+            ("zk://h?layout=kazoo", Layout::Kazoo),
+            ("zk://h?layout=curator&prefix=app", Layout::Curator),
+        ] {
+            assert_eq!(
+                ZooKeeperConfig::from_url(url).unwrap().layout,
+                layout,
+                "{url}"
+            );
         }
     }
 

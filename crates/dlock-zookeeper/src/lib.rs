@@ -46,6 +46,18 @@
 //! `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?session_timeout=10s&connect_timeout=5s]`
 //! (alias `zk://`). With credentials, the client authenticates with the `digest` scheme and
 //! creates its nodes with `CREATOR_ALL_ACL`. The password never appears in errors or `Debug`.
+//!
+//! # Sharing locks with kazoo and Curator
+//! `?layout=kazoo` or `?layout=curator` ([`Layout`]) makes the client read and write the
+//! nodes of kazoo's `Lock` or Curator's `InterProcessMutex` exactly, so that it and the other
+//! library exclude each other; the key is then the other library's lock path (`k` and `/k`
+//! alike).
+//!
+//! # Who holds what
+//! Each lock node holds its owner description (written by the create, so no extra write);
+//! `report` reads the first node in line (token = its `czxid`, acquired-at = its `ctime`,
+//! which for a holder that waited is when it joined the line) and counts the rest as
+//! waiters; `list` reads the prefix node's children, then each listed key's line.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -62,7 +74,8 @@ pub use backend::ZooKeeperBackend;
 pub use zookeeper_client;
 
 pub use config::{
-    DigestAuth, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT,
+    DigestAuth, Layout, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT,
+    DEFAULT_SESSION_TIMEOUT,
 };
 /// The URL schemes this crate's [`connect`] takes: `zookeeper://` and its alias `zk://`. The `dlock` facade
 /// routes these to this crate.

@@ -12,6 +12,7 @@ use dlock_core::{AcquireRequest, Backoff, Result};
 use tokio::time::Instant;
 use zookeeper_client::{Client, CreateMode, Error, Stat};
 
+use crate::config::Layout;
 use crate::error::{is_connection, zk_error};
 use crate::layout;
 use crate::session::{Session, Shared};
@@ -38,17 +39,24 @@ pub(crate) struct Attempt {
     name: String,
     /// The node's path once known.
     node: Option<String>,
+    /// What the node holds: the owner description, so that `report` and foreign clients
+    /// (kazoo's `contenders()`) can name the holder without another write.
+    data: Vec<u8>,
+    /// Whose nodes these are: names, order, and how parents are made.
+    layout: Layout,
     kept: bool,
 }
 
 impl Attempt {
-    /// A new attempt in `session` on the key node `dir`.
-    pub(crate) fn new(session: Arc<Session>, dir: &str) -> Self {
+    /// A new attempt in `session` on the key node `dir` of `layout`, for `owner`.
+    pub(crate) fn new(session: Arc<Session>, layout: Layout, dir: &str, owner: &str) -> Self {
         Attempt {
             session,
             dir: dir.to_owned(),
-            name: layout::attempt_name(),
+            name: layout::attempt_name(layout),
             node: None,
+            data: owner.as_bytes().to_vec(),
+            layout,
             kept: false,
         }
     }
@@ -64,7 +72,7 @@ impl Attempt {
             let client = self.session.client()?;
             let options = CreateMode::EphemeralSequential.with_acls(self.session.acls());
             let sent = Instant::now();
-            match client.create(&protected, b"", &options).await {
+            match client.create(&protected, &self.data, &options).await {
                 Ok((stat, sequence)) => {
                     self.session.answered(sent);
                     self.name = format!("{}{sequence}", self.name);
@@ -72,7 +80,14 @@ impl Attempt {
                     return Ok(stat);
                 }
                 Err(Error::NoNode) => {
-                    let parents = CreateMode::Container.with_acls(self.session.acls());
+                    // kazoo's `ensure_path` makes persistent parents and then trusts they
+                    // stay: a container the server removed once empty would fail kazoo's
+                    // next create on that lock with `NoNodeError`.
+                    let mode = match self.layout {
+                        Layout::Kazoo => CreateMode::Persistent,
+                        _ => CreateMode::Container,
+                    };
+                    let parents = mode.with_acls(self.session.acls());
                     match client.mkdir(&self.dir, &parents).await {
                         Ok(()) => {}
                         Err(error) if is_connection(&error) => {
@@ -129,8 +144,8 @@ impl Attempt {
                 }
                 Err(error) => return Err(zk_error(session.endpoint(), error)),
             };
-            let line = layout::line(&names);
-            let Some(position) = line.iter().position(|(_, name)| *name == self.name()) else {
+            let line = layout::line(self.layout, &names);
+            let Some(position) = line.iter().position(|name| *name == self.name()) else {
                 // Our node is gone (deleted from outside): queue again.
                 return Ok(Line::Dropped);
             };
@@ -145,7 +160,7 @@ impl Attempt {
                 request.queued();
                 queued = true;
             }
-            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            let predecessor = format!("{dir}/{}", line[position - 1]);
             match client.check_and_watch_stat(&predecessor).await {
                 Ok((None, _)) => {}
                 Ok((Some(_), watcher)) => {

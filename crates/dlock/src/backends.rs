@@ -99,6 +99,28 @@
 //!   answer was lost counts as released; a waiter's withdrawal cut off by its wait limit during
 //!   a restart goes on in the background.
 //!
+//! ## Layouts: sharing a lock with another library (ZooKeeper)
+//! `layout=` in the URL picks whose nodes a client reads and writes. A foreign layout makes
+//! dlock one more contender in the other library's own line, so the two exclude each other
+//! both ways, wait for each other in one FIFO line, and a crashed holder on either side frees
+//! the lock when its session expires. The lock key is the other library's lock path exactly
+//! (`k` and `/k` are the same node); only the URL's `prefix`, or a lock options' prefix other
+//! than the default `dlock`, is put in front.
+//!
+//! | URL | shares locks with | nodes | line order | parents | tested against |
+//! |---|---|---|---|---|---|
+//! | `zookeeper://…` (`layout=dlock`, default) | other dlock clients | `/{prefix}/lock={escaped key}/_c_{uuid}-lock-{seq}`, data = owner | by sequence, `_c_…-lock-{10 digits}` only | containers | the conformance suite |
+//! | `zookeeper://…?layout=kazoo` | kazoo `client.Lock(path)` (Python) | `{path}/{uuid hex}__lock__{seq}`, data = owner (kazoo's `identifier`) | kazoo's: children matching `__lock__(-?\d{10})$`, by that text | persistent (kazoo's `ensure_path` trusts they stay) | kazoo 2.8 from `python3-kazoo`; the conformance suite but its two key-collision properties |
+//! | `zookeeper://…?layout=curator` | Curator `InterProcessMutex(client, path)` (Java) | `{path}/_c_{uuid}-lock-{seq}` (the names of dlock's own layout), data = owner (Curator writes the client's IP) | Curator's: every child, by the text after its last `lock-` | containers | Curator 5.4 from `libcurator-recipes-java`; the conformance suite but its two key-collision properties |
+//!
+//! What a foreign layout keeps: mutual exclusion with the other library, FIFO, one waiter
+//! woken per release, fencing tokens (the lock node's `czxid`, growing for dlock holders;
+//! the other library does not see them), the session as the lease, `inspect` (holder = first
+//! in line, whoever made it; owner = its node's data). What it gives up: keys are paths, not
+//! escaped names (`a//b` and `a/b` are one lock, `.` and `..` segments are refused, a lock
+//! path may be the parent of another); `list` (locks are anywhere in the tree: `Unsupported`,
+//! and `introspection().list` is false); kazoo's persistent lock path stays after use.
+//!
 //! ## etcd under faults
 //! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's
 //! minimum TTL). List every member in the URL, so a client can go round one that fails

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockInfo, LockKey, LockOptions,
-    Renewal, Result,
+    AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
+    LockBackend, LockInfo, LockKey, LockOptions, LockReport, Renewal, Result,
 };
 use tokio::time::Instant;
 
@@ -89,6 +89,18 @@ impl LockBackend for FrozenRenewals {
 
     async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
         self.inner.inspect(key, options).await
+    }
+
+    fn introspection(&self) -> Introspection {
+        self.inner.introspection()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        self.inner.report(key, options).await
+    }
+
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        self.inner.list(options, request).await
     }
 
     async fn ping(&self) -> Result<Duration> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
 use dlock_core::{LockBackend, LockError, LockGuard, Locker};
-use dlock_zookeeper::{ZooKeeperBackend, ZooKeeperConfig};
+use dlock_zookeeper::{Layout, ZooKeeperBackend, ZooKeeperConfig};
 
 use crate::conformance_support::CountingProxy;
 
@@ -20,6 +20,10 @@ pub struct ZooKeeperTarget {
     /// The servers through the proxies, for the clients under test.
     proxied_url: String,
     proxies: Vec<CountingProxy>,
+    /// Whose nodes the clients write (the suite runs once per layout).
+    layout: Layout,
+    /// The session timeout the suite's short-lease tests use.
+    short_lease: Duration,
     /// Whatever must live as long as the target (a cluster test's shared gate).
     _holding: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -28,6 +32,11 @@ impl ZooKeeperTarget {
     /// A target for the servers of `url` (`zookeeper://host:port,host:port…`, no path or
     /// options).
     pub async fn new(url: &str) -> ZooKeeperTarget {
+        ZooKeeperTarget::with_layout(url, Layout::Dlock).await
+    }
+
+    /// [`ZooKeeperTarget::new`] with clients that write `layout`'s nodes.
+    pub async fn with_layout(url: &str, layout: Layout) -> ZooKeeperTarget {
         let hosts = url.trim_start_matches("zookeeper://");
         let count = Arc::new(AtomicU64::new(0));
         let mut proxies = Vec::new();
@@ -39,8 +48,18 @@ impl ZooKeeperTarget {
             hosts: hosts.to_owned(),
             proxied_url: format!("zookeeper://{}", proxied.join(",")),
             proxies,
+            layout,
+            short_lease: Duration::from_secs(2),
             _holding: None,
         }
+    }
+
+    /// Sessions of `lease` for the suite's short-lease tests: an ensemble of three JVMs on a
+    /// loaded two-core machine can miss a 2 s session's heartbeats.
+    #[allow(dead_code)]
+    pub fn short_lease(mut self, lease: Duration) -> ZooKeeperTarget {
+        self.short_lease = lease;
+        self
     }
 
     /// Keeps `value` alive as long as the target.
@@ -51,9 +70,11 @@ impl ZooKeeperTarget {
     }
 
     fn config(&self, lease: Duration) -> ZooKeeperConfig {
-        ZooKeeperConfig::from_url(&self.proxied_url)
+        let mut config = ZooKeeperConfig::from_url(&self.proxied_url)
             .expect("the harness gives a valid URL")
-            .session_timeout(lease)
+            .session_timeout(lease);
+        config.layout = self.layout;
+        config
     }
 
     fn backend(locker: &Locker) -> &ZooKeeperBackend {
@@ -67,7 +88,7 @@ impl ZooKeeperTarget {
 #[async_trait]
 impl ConformanceTarget for ZooKeeperTarget {
     fn short_lease(&self) -> Duration {
-        Duration::from_secs(2)
+        self.short_lease
     }
 
     async fn connect(&self, lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
