@@ -168,11 +168,13 @@ impl Node {
     }
 
     /// Runs the acquire script. `waiter` is `(id, how long its entry counts, the number of
-    /// this request)`; `None` only tries.
+    /// this request)`; `None` only tries. `description` is the owner description stored
+    /// with the lock (and with the waiter's entry, for a hand-over).
     pub(crate) async fn acquire(
         &self,
         names: &LockNames,
         owner: &str,
+        description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
         fair: bool,
@@ -184,6 +186,7 @@ impl Node {
             .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
+            .key(&names.index)
             .arg(owner)
             .arg(millis(lease))
             .arg(waiter_id)
@@ -191,6 +194,8 @@ impl Node {
             .arg(if fair { 1 } else { 0 })
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(attempt)
+            .arg(description)
+            .arg(&names.member)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -223,6 +228,7 @@ impl Node {
             .extend
             .key(&names.lock)
             .key(&names.fence)
+            .key(&names.index)
             .arg(owner)
             .arg(millis(ttl))
             .invoke_async(&mut self.connection.clone())
@@ -239,6 +245,7 @@ impl Node {
             invocation
                 .key(&names.lock)
                 .key(&names.fence)
+                .key(&names.index)
                 .arg(*owner)
                 .arg(millis(*ttl));
         }
@@ -301,9 +308,11 @@ impl Node {
             .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
+            .key(&names.index)
             .arg(member)
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(if fair { 1 } else { 0 })
+            .arg(&names.member)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))
@@ -324,7 +333,7 @@ impl Node {
 }
 
 /// What [`Node::inspect`] read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Inspection {
     /// The holder's remaining lease; `None` when the lock is free.
     pub(crate) holder_ttl: Option<Duration>,
@@ -332,28 +341,88 @@ pub(crate) struct Inspection {
     pub(crate) fence: u64,
     /// How many entries the waiting line has (dead ones included until skipped).
     pub(crate) waiters: usize,
+    /// What the lock's value says of its holder, if it says it.
+    pub(crate) holder: Option<Holder>,
+}
+
+/// The holder as the lock's value names it: `<owner id>\n<acquired at ms>\n<description>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The owner id (decides ownership).
+    pub(crate) id: String,
+    /// When it took the lock, server milliseconds since the Unix epoch.
+    pub(crate) acquired_ms: u64,
+    /// Its owner description.
+    pub(crate) description: String,
+}
+
+impl Holder {
+    /// Reads a lock's value; `None` for a bare owner id (an older version's, or set by hand).
+    pub(crate) fn parse(value: &str) -> Option<Holder> {
+        let mut parts = value.splitn(3, '\n');
+        let (id, ms, description) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Holder {
+            id: id.to_owned(),
+            acquired_ms: ms.parse().ok()?,
+            description: description.to_owned(),
+        })
+    }
 }
 
 impl Node {
-    /// Reads the lock's state without changing it.
-    pub(crate) async fn inspect(&self, names: &LockNames) -> Result<Inspection> {
-        let reply: Vec<i64> = scripts()
-            .inspect
+    /// Reads the lock's state. With `listing`, a lock found free also leaves the index
+    /// (its holder expired without a release); otherwise nothing changes.
+    pub(crate) async fn inspect(&self, names: &LockNames, listing: bool) -> Result<Inspection> {
+        let script = &scripts().inspect;
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(&names.lock)
             .key(&names.fence)
-            .key(&names.queue)
+            .key(&names.queue);
+        if listing {
+            invocation.key(&names.index).arg(&names.member);
+        }
+        let (ttl, fence, waiters, value): (i64, i64, i64, String) = invocation
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
-        match reply.as_slice() {
-            [ttl, fence, waiters] => Ok(Inspection {
-                // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
-                holder_ttl: (*ttl != -2).then(|| Duration::from_millis((*ttl).max(0) as u64)),
-                fence: (*fence).max(0) as u64,
-                waiters: (*waiters).max(0) as usize,
-            }),
-            other => Err(unexpected("inspect", other)),
+        Ok(Inspection {
+            // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
+            holder_ttl: (ttl != -2).then(|| Duration::from_millis(ttl.max(0) as u64)),
+            fence: fence.max(0) as u64,
+            waiters: waiters.max(0) as usize,
+            holder: Holder::parse(&value),
+        })
+    }
+
+    /// Up to `limit` keys of the index `index` that start with `key_prefix` and come after
+    /// `after`, in byte order: one `ZRANGEBYLEX`, O(log n + limit).
+    pub(crate) async fn index_page(
+        &self,
+        index: &str,
+        key_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let mut from = format!("[{key_prefix}").into_bytes();
+        if let Some(after) = after.filter(|a| *a >= key_prefix) {
+            from = format!("({after}").into_bytes();
         }
+        // Keys are UTF-8, which has no 0xFF byte: every key starting with the prefix sorts
+        // before the prefix followed by 0xFF.
+        let mut to = format!("[{key_prefix}").into_bytes();
+        to.push(0xFF);
+        let to: &[u8] = if key_prefix.is_empty() { b"+" } else { &to };
+        redis::cmd("ZRANGEBYLEX")
+            .arg(index)
+            .arg(from)
+            .arg(to)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))
     }
 
     /// One `PING`, timed.

@@ -154,13 +154,15 @@ impl Shared {
             .collect()
     }
 
-    /// One try at the lock on every instance, under `owner`. With `waiter` (its id, how long
+    /// One try at the lock on every instance, under `owner`, stored with the owner
+    /// `description`. With `waiter` (its id, how long
     /// its entry counts, the number of this request) it joins the line where the lock is
     /// busy; without, it only tries. A grant short of a majority is given back.
     pub(crate) async fn attempt(
         &self,
         names: &LockNames,
         owner: &str,
+        description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
     ) -> Attempt {
@@ -173,14 +175,17 @@ impl Shared {
         let count = self.instances();
         let call = {
             let (names, owner) = (names.clone(), owner.to_owned());
+            let description = description.to_owned();
             let waiter = waiter.map(|(id, wait, number)| (id.to_owned(), wait, number));
             move |node: Node| {
                 let (names, owner, waiter) = (names.clone(), owner.clone(), waiter.clone());
+                let description = description.clone();
                 async move {
                     let waiter = waiter
                         .as_ref()
                         .map(|(id, wait, number)| (id.as_str(), *wait, *number));
-                    node.acquire(&names, &owner, lease, waiter, fair).await
+                    node.acquire(&names, &owner, &description, lease, waiter, fair)
+                        .await
                 }
             }
         };

@@ -58,7 +58,9 @@ pub(crate) async fn acquire(
     // uncontended path costs one script call; a waiter joins the line from its next call
     // on (first come, first served counts from the join).
     place.may_hold = true;
-    let tried = shared.attempt(names, &owner, lease, None).await;
+    let tried = shared
+        .attempt(names, &owner, request.owner(), lease, None)
+        .await;
     // Answered: a grant is returned, a partial one was given back; after a failure the
     // request may still be applied.
     place.may_hold = matches!(tried, Attempt::Failed(_));
@@ -95,7 +97,9 @@ pub(crate) async fn acquire(
                 owner = owner_for_attempt(&mut place);
                 let sent = Instant::now();
                 let waiter = Some((place.id.as_str(), entry_ttl, number));
-                let attempt = shared.attempt(names, &owner, lease, waiter).await;
+                let attempt = shared
+                    .attempt(names, &owner, request.owner(), lease, waiter)
+                    .await;
                 place.may_hold = matches!(attempt, Attempt::Failed(_));
                 (attempt, sent)
             }
