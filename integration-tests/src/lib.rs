@@ -34,6 +34,7 @@ mod nemesis;
 mod process;
 mod proxy;
 mod redis;
+mod sentinel;
 mod workload;
 mod zookeeper;
 
@@ -47,6 +48,7 @@ pub use nemesis::{ClientSpec, WorkloadRun};
 pub use process::{free_port, ServerProcess};
 pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
+pub use sentinel::{SentinelDeployment, SENTINEL_MASTER};
 pub use workload::{connect_and_run, fenced_write, run_client, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
 

@@ -108,15 +108,25 @@ mod layout;
 mod node;
 mod quorum;
 mod scripts;
+mod sentinel;
 mod session;
 mod tls;
 mod waiter;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};
-/// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS), `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS). The `dlock` facade
-/// routes these to this crate.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+redlock", "rediss+redlock"];
+/// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
+/// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
+/// `rediss+sentinel://` (the primary of a Sentinel deployment). The `dlock` facade routes
+/// these to this crate.
+pub const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+redlock",
+    "rediss+redlock",
+    "redis+sentinel",
+    "rediss+sentinel",
+];
 
 /// Connects to the Redis instance(s) named by `url`: `redis://[user:password@]host:port[/db]`,
 /// `rediss://…` (TLS), `redis+redlock://host1:port,host2:port,host3:port` (see

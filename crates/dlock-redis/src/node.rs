@@ -72,6 +72,14 @@ impl Waiters {
         self.lock().remove(waiter);
     }
 
+    /// Tells every waiter that messages may have been missed (the client now talks to
+    /// another instance: a Sentinel failover), so it looks again and listens anew.
+    pub(crate) fn reconnected(&self) {
+        for sender in self.lock().values() {
+            let _ = sender.send(Wake::Reconnected);
+        }
+    }
+
     fn dispatch(&self, push: PushInfo) {
         match push.kind {
             PushKind::Message => {
@@ -140,7 +148,8 @@ impl Node {
         waiters: Arc<Waiters>,
     ) -> Result<Node> {
         let name = endpoint.to_string();
-        let client = client_for(config, endpoint).map_err(|e| LockError::connection(&name, e))?;
+        let client =
+            client_for(config, endpoint, false).map_err(|e| LockError::connection(&name, e))?;
         let dispatch = move |push: PushInfo| -> std::result::Result<(), ()> {
             waiters.dispatch(push);
             Ok(())
@@ -165,6 +174,11 @@ impl Node {
             connection,
             endpoint: name,
         })
+    }
+
+    /// The instance's address, `host:port`.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// Runs the acquire script. `waiter` is `(id, how long its entry counts, the number of
@@ -458,15 +472,23 @@ async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> 
     Ok(())
 }
 
-fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<redis::Client> {
-    let mut settings = redis::RedisConnectionInfo::default()
-        .set_db(config.db)
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    if let Some(user) = &config.username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &config.password {
-        settings = settings.set_password(password);
+/// A client for `endpoint`: an instance, with the configured credentials and database, or a
+/// sentinel (`sentinel`), without them (sentinels are assumed to need no password).
+pub(crate) fn client_for(
+    config: &RedisConfig,
+    endpoint: &Endpoint,
+    sentinel: bool,
+) -> redis::RedisResult<redis::Client> {
+    let mut settings =
+        redis::RedisConnectionInfo::default().set_protocol(redis::ProtocolVersion::RESP3);
+    if !sentinel {
+        settings = settings.set_db(config.db);
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
     }
     let addr = if config.tls {
         redis::ConnectionAddr::TcpTls {

@@ -69,10 +69,15 @@ impl Shared {
         if count == 1 {
             // One instance: nothing to wait for in parallel, and no task to pay for.
             if asked[0] {
-                replies[0] = Some(match self.node_now(0) {
+                let reply = match self.node_now(0) {
                     Ok(node) => call(node).await,
                     Err(error) => Err(error),
-                });
+                };
+                if matches!(&reply, Err(error) if error.is_transient()) {
+                    // Behind Sentinel, the primary may have been replaced.
+                    self.suspect_primary(0);
+                }
+                replies[0] = Some(reply);
             }
             return replies;
         }

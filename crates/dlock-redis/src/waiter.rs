@@ -202,6 +202,9 @@ struct PlaceInLine {
     attempt: u64,
     /// Instances that confirmed they route this waiter's wake-ups to us.
     listening: Vec<bool>,
+    /// The connection (generation of its slot) each confirmation came from: a new
+    /// connection (a reconnect, a Sentinel failover) must be asked again.
+    listened_on: Vec<u64>,
     /// Instances asked to (the answer may still come): where `Drop` stops listening.
     asked_to_listen: Vec<bool>,
     in_line: Vec<bool>,
@@ -225,6 +228,7 @@ impl PlaceInLine {
             wakes,
             attempt: 0,
             listening: vec![false; count],
+            listened_on: vec![0; count],
             asked_to_listen: vec![false; count],
             in_line: vec![false; count],
             owner: String::new(),
@@ -237,6 +241,17 @@ impl PlaceInLine {
     /// down). Like every Redlock call, it goes on with the majority that answers.
     async fn listen(&mut self) -> Result<()> {
         let quorum = self.shared.config.quorum();
+        let generations: Vec<u64> = (0..self.listening.len())
+            .map(|index| self.shared.generation(index))
+            .collect();
+        for ((listening, on), now) in self
+            .listening
+            .iter_mut()
+            .zip(&self.listened_on)
+            .zip(&generations)
+        {
+            *listening &= on == now;
+        }
         let already = self.listening.iter().filter(|l| **l).count();
         if already >= quorum {
             // Enough: an instance that did not answer (down, frozen) is not asked again, so
@@ -261,7 +276,10 @@ impl PlaceInLine {
         let mut first_error = None;
         for (index, reply) in replies.into_iter().enumerate() {
             match reply {
-                Some(Ok(())) => self.listening[index] = true,
+                Some(Ok(())) => {
+                    self.listening[index] = true;
+                    self.listened_on[index] = generations[index];
+                }
                 Some(Err(error)) => {
                     first_error.get_or_insert(error);
                 }
@@ -404,6 +422,9 @@ where
             Ok(()) => return,
             Err(error) if error.is_transient() && Instant::now() < give_up => {
                 tracing::debug!(%error, "{what}: trying again");
+                if let Some(shared) = shared.upgrade() {
+                    shared.suspect_primary(index);
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => {

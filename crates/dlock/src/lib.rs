@@ -99,7 +99,14 @@ const BACKENDS: &[(&str, &[&str])] = &[
     ("memory", &["memory"]),
     (
         "redis",
-        &["redis", "rediss", "redis+redlock", "rediss+redlock"],
+        &[
+            "redis",
+            "rediss",
+            "redis+redlock",
+            "rediss+redlock",
+            "redis+sentinel",
+            "rediss+sentinel",
+        ],
     ),
     ("zookeeper", &["zookeeper", "zk"]),
     ("etcd", &["etcd", "etcds"]),
