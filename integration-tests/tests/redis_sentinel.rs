@@ -16,7 +16,6 @@ use dlock_core::{LockBackend, LockError, LockGuard, LockKey, LockOptions, Locker
 use dlock_test_servers::{free_port, SentinelDeployment, SENTINEL_MASTER};
 use tokio::time::Instant;
 
-mod conformance_support;
 mod redis_support;
 
 /// How long the sentinels wait before they call an unreachable primary down.
