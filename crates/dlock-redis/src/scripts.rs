@@ -103,7 +103,7 @@ local function hand_over(lock, fence, queue, deadlines, prefix, index)
   local now = server_ms()
   while true do
     local head = redis.call('LINDEX', queue, 0)
-    if not head then return end
+    if not head then return false end
     local lease = tonumber(string.match(head, ':(%d+)$'))
     local deadline, attempt, description = entry_of(deadlines, head)
     leave_line(queue, deadlines, head)
@@ -115,19 +115,20 @@ local function hand_over(lock, fence, queue, deadlines, prefix, index)
         keep_index(index, lease)
         -- To the first live one: a dead next in line would learn nothing.
         wake_first(queue, deadlines, prefix, 'h', lease, now)
-        return
+        return true
       end
     end
   end
 end
 -- The lock is free: hand it over (fair) or wake the first live waiter to come and take it.
+-- True when it was handed over (the lock is held again, and stays in the index).
 local function lock_freed(lock, fence, queue, deadlines, prefix, fair, index)
-  if redis.call('LLEN', queue) == 0 then return end
+  if redis.call('LLEN', queue) == 0 then return false end
   if fair then
-    hand_over(lock, fence, queue, deadlines, prefix, index)
-  else
-    wake_first(queue, deadlines, prefix, 'r', 0, server_ms())
+    return hand_over(lock, fence, queue, deadlines, prefix, index)
   end
+  wake_first(queue, deadlines, prefix, 'r', 0, server_ms())
+  return false
 end
 ";
 
@@ -242,8 +243,9 @@ if not ok then return -1 end
 if holder_id(holder) ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
 fence_after_lock(fence)
-lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1', index)
-if redis.call('EXISTS', lock) == 0 then redis.call('ZREM', index, ARGV[4]) end
+if not lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1', index) then
+  redis.call('ZREM', index, ARGV[4])
+end
 return 1
 ";
 
@@ -295,8 +297,9 @@ if ok and holder_id(holder) == waiter then
   redis.call('DEL', lock)
   fence_after_lock(fence)
   leave_line(queue, deadlines, waiter)
-  lock_freed(lock, fence, queue, deadlines, prefix, fair, index)
-  if redis.call('EXISTS', lock) == 0 then redis.call('ZREM', index, ARGV[4]) end
+  if not lock_freed(lock, fence, queue, deadlines, prefix, fair, index) then
+    redis.call('ZREM', index, ARGV[4])
+  end
   return 1
 end
 local was_first = redis.call('LINDEX', queue, 0) == waiter
