@@ -762,6 +762,13 @@ mod redis_introspection {
             .collect();
         status_and_list_name_the_holder(&format!("redis+redlock://{}", hosts.join(",")));
     }
+
+    /// Issue 12: the same through Sentinel (`redis+sentinel://s1,s2,s3/<master>`).
+    #[test]
+    fn sentinel() {
+        let deployment = dlock_test_servers::SentinelDeployment::start(Duration::from_secs(1));
+        status_and_list_name_the_holder(&deployment.url());
+    }
 }
 
 fn rand_id() -> u64 {
