@@ -89,8 +89,20 @@ async fn eventually<T>(
 /// token is above the holder's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_while_held_and_waited_for() {
+    held_and_waited_for_across(|deployment| deployment.failover()).await;
+}
+
+/// The same when the primary is killed (SIGKILL): the sentinels see it down after
+/// `DOWN_AFTER` and promote the replica; whatever the replica had not received is lost, and
+/// tokens still grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_killed_while_held_and_waited_for() {
+    held_and_waited_for_across(|deployment| deployment.primary.process().kill()).await;
+}
+
+async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) {
     let started = std::time::Instant::now();
-    let deployment = SentinelDeployment::start(DOWN_AFTER);
+    let mut deployment = SentinelDeployment::start(DOWN_AFTER);
     eprintln!("deployment ready after {:?}", started.elapsed());
     let url = deployment.url();
     let old_primary = deployment.current_primary().expect("a primary");
@@ -121,7 +133,7 @@ async fn failover_while_held_and_waited_for() {
     )
     .await;
 
-    deployment.failover();
+    fail(&mut deployment);
     let failover = std::time::Instant::now();
     let new_primary = eventually(
         Duration::from_secs(30),
