@@ -94,8 +94,9 @@ impl RedisBackend {
         &self.inner.config
     }
 
-    /// The Redis key that holds the lock `key` under `prefix` (its owner id, expiring with
-    /// the lease), for operators and tests that look at or tamper with it.
+    /// The Redis key that holds the lock `key` under `prefix` (its owner id, acquisition
+    /// time and owner description, expiring with the lease), for operators and tests that
+    /// look at or tamper with it.
     pub fn lock_key_name(&self, prefix: &str, key: &LockKey) -> String {
         LockNames::new(&self.inner.config.namespace, prefix, key).lock
     }

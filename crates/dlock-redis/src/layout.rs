@@ -6,7 +6,8 @@ use dlock_core::LockKey;
 /// on Redis Cluster (every script touches one slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LockNames {
-    /// The lock itself: a string holding the owner id, with the lease as its expiry.
+    /// The lock itself: a string holding the owner id, acquisition time and owner
+    /// description (see `scripts::HOLDER`), with the lease as its expiry.
     pub(crate) lock: String,
     /// The fence counter: bumped by every acquisition; it expires a few seconds after the
     /// lock does (tokens then restart from the server clock, see `scripts`).

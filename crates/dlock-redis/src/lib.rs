@@ -1,6 +1,7 @@
-//! The Redis backend of **dlock**: locks on one Redis instance or on a Redlock quorum of
-//! independent instances, fenced, renewed in batches, and handed from holder to waiter by the
-//! server rather than by polling.
+//! The Redis backend of **dlock**: locks on one Redis instance, on the primary of a Sentinel
+//! deployment (followed across failovers), or on a Redlock quorum of independent instances,
+//! fenced, renewed in batches, and handed from holder to waiter by the server rather than by
+//! polling.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -18,12 +19,22 @@
 //! ```
 //!
 //! # Layout in Redis
-//! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock` (the
-//! owner id, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
+//! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock`
+//! (`<owner id>\n<acquired at, server ms>\n<owner description>`, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
 //! `…:deadlines` (the waiting line). They share one hash tag, so every script touches one
 //! Redis Cluster slot, except the batched renewal, which takes every key a client holds (on a
 //! cluster it would have to be split per slot; this crate talks to single instances and
-//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits.
+//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits. The
+//! held locks of a namespace and prefix are listed in `dlock:{<namespace>|<p>}:index` (a
+//! sorted set of keys, for `list`), which expires with its longest lock.
+//!
+//! # Sentinel
+//! `redis+sentinel://s1:p,s2:p,s3:p/<master-name>`: the client asks the sentinels for the
+//! primary when it connects, every second, and when the primary fails a call (or answers
+//! `READONLY`); it moves to the instance they name, and waiters listen and queue there anew.
+//! Replication is asynchronous, so a failover can lose a lock (it may be granted twice);
+//! fencing tokens keep growing across it (the server-clock floor), so fenced writes stay
+//! safe.
 //!
 //! **What a lock name costs after release: nothing, a few seconds later.** The fence counter
 //! expires 5 s after the lock does (released, or its lease ran out), and the line's keys
