@@ -813,6 +813,114 @@ fn redlock_run_with_a_frozen_instance_exits_0() {
     );
 }
 
+/// Issue 13 on Redis and Redlock: `dlock status` and `dlock list`, run as their own processes,
+/// name the holder a `dlock run --owner` stored, its token and the waiter behind it, and list
+/// nothing once both are done.
+#[cfg(feature = "redis")]
+mod redis_introspection {
+    use super::*;
+
+    fn json_of(output: &Output) -> serde_json::Value {
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(output)))
+    }
+
+    fn status_and_list_name_the_holder(base: &str) {
+        let url = format!("{base}?prefix=cli-introspect-{:08x}", rand_id() as u32);
+        let key = "jobs/report";
+        let owner = "ops@cli-test/4711/nightly";
+        let mut holder = dlock()
+            .args(["run", "--url", &url, "--key", key, "--owner", owner, "--"])
+            .args(["sh", "-c", "echo $DLOCK_FENCING_TOKEN; read line || true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        let token: u64 = lines
+            .next()
+            .expect("a line")
+            .expect("utf-8")
+            .parse()
+            .expect("the token");
+        let mut waiter = dlock()
+            .args([
+                "run", "--url", &url, "--key", key, "--wait", "60s", "--", "true",
+            ])
+            .spawn()
+            .expect("dlock runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = output(&["status", "--url", &url, "--key", key, "--json"]);
+            assert_eq!(status.status.code(), Some(0), "held: {}", stderr(&status));
+            let json = json_of(&status);
+            if json["waiters"] == 1 {
+                break json;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never stood in line: {json}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status["held"], true, "{status}");
+        assert_eq!(status["owner"], owner, "{status}");
+        assert_eq!(status["fencing_token"], token, "{status}");
+        assert!(status["acquired_at"].is_string(), "{status}");
+        assert!(status["remaining_lease_ms"].is_u64(), "{status}");
+        let text = output(&["status", "--url", &url, "--key", key]);
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains(&format!("held by {owner} since")),
+            "{text:?}"
+        );
+        let listed = output(&["list", "--url", &url, "--prefix", "jobs/", "--json"]);
+        assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+        let listed = json_of(&listed);
+        let locks = listed["locks"].as_array().expect("locks");
+        assert_eq!(locks.len(), 1, "{listed}");
+        assert_eq!(locks[0]["key"], key, "{listed}");
+        assert_eq!(locks[0]["owner"], owner, "{listed}");
+        assert_eq!(locks[0]["fencing_token"], token, "{listed}");
+        assert_eq!(locks[0]["waiters"], 1, "{listed}");
+        assert_eq!(listed["next"], serde_json::Value::Null, "{listed}");
+        let elsewhere = output(&["list", "--url", &url, "--prefix", "mail/", "--json"]);
+        assert_eq!(json_of(&elsewhere)["locks"], serde_json::json!([]));
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        assert_eq!(wait(&mut waiter, Duration::from_secs(30)), Some(0));
+        let after = output(&["list", "--url", &url, "--json"]);
+        assert_eq!(
+            json_of(&after)["locks"],
+            serde_json::json!([]),
+            "nothing held"
+        );
+    }
+
+    #[test]
+    fn single_instance() {
+        status_and_list_name_the_holder(&dlock_test_servers::shared_redis().url);
+    }
+
+    #[test]
+    fn redlock() {
+        let servers: Vec<_> = (0..3)
+            .map(|_| dlock_test_servers::RedisServer::start())
+            .collect();
+        let hosts: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        status_and_list_name_the_holder(&format!("redis+redlock://{}", hosts.join(",")));
+    }
+
+    /// Issue 12: the same through Sentinel (`redis+sentinel://s1,s2,s3/<master>`).
+    #[test]
+    fn sentinel() {
+        let deployment = dlock_test_servers::SentinelDeployment::start(Duration::from_secs(1));
+        status_and_list_name_the_holder(&deployment.url());
+    }
+}
+
 fn rand_id() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -5,15 +5,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::collections::BTreeSet;
+use std::time::UNIX_EPOCH;
+
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, FencingToken, Lease, LockBackend, LockError, LockInfo,
-    LockKey, LockOptions, LossReason, Renewal, Result, MIN_LEASE,
+    AcquireRequest, Acquired, Capabilities, FencingToken, Introspection, Lease, ListPage,
+    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
+    LossReason, Renewal, Result, MIN_LEASE,
 };
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::error::BACKEND;
-use crate::layout::LockNames;
+use crate::layout::{index_name, LockNames};
 use crate::node::Node;
 use crate::quorum::{first_error, Attempt};
 use crate::session::Shared;
@@ -90,8 +94,9 @@ impl RedisBackend {
         &self.inner.config
     }
 
-    /// The Redis key that holds the lock `key` under `prefix` (its owner id, expiring with
-    /// the lease), for operators and tests that look at or tamper with it.
+    /// The Redis key that holds the lock `key` under `prefix` (its owner id, acquisition
+    /// time and owner description, expiring with the lease), for operators and tests that
+    /// look at or tamper with it.
     pub fn lock_key_name(&self, prefix: &str, key: &LockKey) -> String {
         LockNames::new(&self.inner.config.namespace, prefix, key).lock
     }
@@ -125,7 +130,7 @@ impl LockBackend for RedisBackend {
         );
         let owner = inner.next_id();
         match inner
-            .attempt(&names, &owner, request.options.lease, None)
+            .attempt(&names, &owner, request.owner(), request.options.lease, None)
             .await
         {
             Attempt::Granted {
@@ -281,7 +286,27 @@ impl LockBackend for RedisBackend {
     }
 
     async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
-        self.inspect_lock(key, options).await
+        Ok(self.report(key, options).await?.info)
+    }
+
+    /// Owner and acquisition time live in the lock's value; the index of held locks per
+    /// namespace and prefix pages through them in key order.
+    fn introspection(&self) -> Introspection {
+        Introspection::all()
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
+        let names = LockNames::new(&self.inner.config.namespace, &options.prefix, key);
+        self.report_lock(names, false).await
+    }
+
+    /// One `ZRANGEBYLEX` of the prefix's index per instance (O(log n + page)), then one
+    /// inspect script per listed key, all in flight at once. Entries of locks that expired
+    /// without a release are dropped as they are met, and the next entries read in their
+    /// place, so a page may cost more than one round of reads after holders crashed. Only
+    /// held locks are listed (a lock that is only waited for is free at that moment).
+    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        self.list_locks(options, request).await
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -290,12 +315,13 @@ impl LockBackend for RedisBackend {
 }
 
 impl RedisBackend {
-    async fn inspect_lock(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+    /// What a majority of the instances say of the lock; `listing` drops the index entry of
+    /// a lock found free.
+    async fn report_lock(&self, names: LockNames, listing: bool) -> Result<LockReport> {
         let inner = &self.inner;
-        let names = LockNames::new(&inner.config.namespace, &options.prefix, key);
         let call = move |node: Node| {
             let names = names.clone();
-            async move { node.inspect(&names).await }
+            async move { node.inspect(&names, listing).await }
         };
         let replies = inner.on_quorum(None, None, call, |_| false).await;
         let replies = inner.answers(replies);
@@ -306,8 +332,9 @@ impl RedisBackend {
             }));
         }
         let holding: Vec<_> = answered.iter().filter(|i| i.holder_ttl.is_some()).collect();
-        let held = holding.len() >= inner.config.quorum();
-        Ok(LockInfo {
+        let quorum = inner.config.quorum();
+        let held = holding.len() >= quorum;
+        let info = LockInfo {
             held,
             // The holder's token is the value a majority was raised to; an instance that
             // granted after the majority settled may have issued a higher one of its own
@@ -324,7 +351,97 @@ impl RedisBackend {
                 .then(|| holding.iter().filter_map(|i| i.holder_ttl).min())
                 .flatten(),
             waiters: answered.iter().map(|i| i.waiters).max(),
-        })
+        };
+        let mut report = LockReport::from(info);
+        // The holder is the owner id a majority holds the lock under (Redlock: one id per
+        // attempt, on every instance it won); it took the lock when the quorum-th of them
+        // granted it.
+        let holders: Vec<_> = holding.iter().filter_map(|i| i.holder.as_ref()).collect();
+        let majority = held
+            .then(|| {
+                holders
+                    .iter()
+                    .find(|h| holders.iter().filter(|o| o.id == h.id).count() >= quorum)
+            })
+            .flatten();
+        if let Some(holder) = majority {
+            let mut times: Vec<u64> = holders
+                .iter()
+                .filter(|o| o.id == holder.id)
+                .map(|o| o.acquired_ms)
+                .collect();
+            times.sort_unstable();
+            report = report
+                .with_owner(holder.description.clone())
+                .with_acquired_at(UNIX_EPOCH + Duration::from_millis(times[quorum - 1]));
+        }
+        Ok(report)
+    }
+
+    async fn list_locks(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        let inner = &self.inner;
+        let namespace = &inner.config.namespace;
+        let index = index_name(namespace, &options.prefix);
+        let limit = request.limit;
+        let mut locks = Vec::new();
+        let mut cursor = request.after.clone();
+        loop {
+            let call = {
+                let (index, key_prefix) = (index.clone(), request.key_prefix.clone());
+                let cursor = cursor.clone();
+                move |node: Node| {
+                    let (index, key_prefix, cursor) =
+                        (index.clone(), key_prefix.clone(), cursor.clone());
+                    async move {
+                        node.index_page(&index, &key_prefix, cursor.as_deref(), limit)
+                            .await
+                    }
+                }
+            };
+            let replies = inner.answers(inner.on_quorum(None, None, call, |_| false).await);
+            let pages: Vec<&Vec<String>> = replies.iter().filter_map(|r| r.as_ref().ok()).collect();
+            if pages.len() < inner.config.quorum() {
+                return Err(first_error(replies).unwrap_or_else(|| {
+                    LockError::protocol(BACKEND, "too few instances answered the listing")
+                }));
+            }
+            // Keys up to the end of the shortest full page are complete on every instance
+            // that answered; later ones are read in the next round.
+            let horizon = pages
+                .iter()
+                .filter(|page| page.len() >= limit)
+                .filter_map(|page| page.last())
+                .min()
+                .cloned();
+            let candidates: BTreeSet<&String> = pages
+                .iter()
+                .flat_map(|page| page.iter())
+                .filter(|key| horizon.as_ref().is_none_or(|h| *key <= h))
+                .collect();
+            let keys: Vec<LockKey> = candidates
+                .into_iter()
+                // An entry that is no key (written by hand) cannot be a lock of ours.
+                .filter_map(|key| LockKey::new(key.as_str()).ok())
+                .collect();
+            let reports = futures::future::try_join_all(keys.iter().map(|key| {
+                self.report_lock(LockNames::new(namespace, &options.prefix, key), true)
+            }))
+            .await?;
+            for (key, report) in keys.into_iter().zip(reports) {
+                if !report.info.held {
+                    continue;
+                }
+                locks.push(ListedLock::new(key, report));
+                if locks.len() == limit {
+                    let next = locks.last().map(|lock| lock.key.as_str().to_owned());
+                    return Ok(ListPage::new(locks, next));
+                }
+            }
+            match horizon {
+                Some(horizon) => cursor = Some(horizon),
+                None => return Ok(ListPage::new(locks, None)),
+            }
+        }
     }
 
     async fn ping_all(&self) -> Result<Duration> {

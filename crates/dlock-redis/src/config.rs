@@ -16,6 +16,8 @@ use dlock_core::{BackendUrl, LockError, Result};
 /// | `rediss://…` | one instance over TLS |
 /// | `redis+redlock://host1:port,host2:port,host3:port` | Redlock over independent instances |
 /// | `rediss+redlock://…` | Redlock over TLS |
+/// | `redis+sentinel://s1:26379,s2:26379,s3:26379/<master-name>` | the primary a Sentinel deployment names, followed across failovers |
+/// | `rediss+sentinel://…` | the same, TLS to the sentinels and the primary |
 ///
 /// Query parameters: `prefix` (a namespace put in front of every Redis key this client uses),
 /// `connect_timeout`, `response_timeout` and `retry_limit` (humantime durations: `500ms`,
@@ -60,6 +62,9 @@ pub struct RedisConfig {
     pub retry_limit: Duration,
     /// Redlock's clock drift allowance, as a fraction of the lease (plus 2 ms).
     pub drift_factor: f64,
+    /// Sentinel: the name of the primary the sentinels monitor. Then `endpoints` holds the
+    /// sentinels, and the client talks to one instance, the primary they name.
+    pub sentinel_master: Option<String>,
 }
 
 /// One Redis instance.
@@ -100,19 +105,23 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(3),
             retry_limit: Duration::from_secs(10),
             drift_factor: 0.01,
+            sentinel_master: None,
         }
     }
 
-    /// Parses a `redis://`, `rediss://`, `redis+redlock://` or `rediss+redlock://` URL.
+    /// Parses a `redis://`, `rediss://`, `redis+redlock://`, `rediss+redlock://`,
+    /// `redis+sentinel://` or `rediss+sentinel://` URL.
     ///
     /// Errors are [`LockError::InvalidUrl`] with any password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = BackendUrl::parse(url, 6379)?;
-        let (tls, redlock) = match parsed.scheme.as_str() {
-            "redis" => (false, false),
-            "rediss" => (true, false),
-            "redis+redlock" => (false, true),
-            "rediss+redlock" => (true, true),
+        let (tls, redlock, sentinel) = match parsed.scheme.as_str() {
+            "redis" => (false, false, false),
+            "rediss" => (true, false, false),
+            "redis+redlock" => (false, true, false),
+            "rediss+redlock" => (true, true, false),
+            "redis+sentinel" => (false, false, true),
+            "rediss+sentinel" => (true, false, true),
             other => return Err(parsed.invalid(format!("unknown scheme `{other}`"))),
         };
         let endpoints: Vec<Endpoint> = parsed
@@ -127,7 +136,7 @@ impl RedisConfig {
                 port: host.port,
             })
             .collect();
-        if !redlock && endpoints.len() != 1 {
+        if !redlock && !sentinel && endpoints.len() != 1 {
             return Err(parsed.invalid("several hosts need the `redis+redlock://` scheme"));
         }
         if redlock && (endpoints.len() < 3 || endpoints.len().is_multiple_of(2)) {
@@ -146,6 +155,12 @@ impl RedisConfig {
             ..RedisConfig::single(first.host, first.port)
         };
         match parsed.path.trim_matches('/') {
+            "" if sentinel => {
+                return Err(
+                    parsed.invalid("name the primary: `redis+sentinel://hosts/<master-name>`")
+                )
+            }
+            master if sentinel => config.sentinel_master = Some(master.to_owned()),
             "" => {}
             db => {
                 config.db = db
@@ -204,7 +219,17 @@ impl RedisConfig {
 
     /// How many instances must agree: all of one, or a majority for Redlock.
     pub fn quorum(&self) -> usize {
-        self.endpoints.len() / 2 + 1
+        self.instances() / 2 + 1
+    }
+
+    /// How many instances the client takes locks on: one behind Sentinel (whatever the
+    /// number of sentinels), else one per endpoint.
+    pub fn instances(&self) -> usize {
+        if self.sentinel_master.is_some() {
+            1
+        } else {
+            self.endpoints.len()
+        }
     }
 }
 
@@ -223,6 +248,7 @@ impl fmt::Debug for RedisConfig {
             .field("response_timeout", &self.response_timeout)
             .field("retry_limit", &self.retry_limit)
             .field("drift_factor", &self.drift_factor)
+            .field("sentinel_master", &self.sentinel_master)
             .finish()
     }
 }
@@ -248,6 +274,17 @@ mod tests {
         assert_eq!(redlock.endpoints.len(), 3);
         assert_eq!(redlock.quorum(), 2);
         assert_eq!(redlock.response_timeout, Duration::from_millis(250));
+        let sentinel =
+            RedisConfig::from_url("redis+sentinel://:pw@a:26379,b:26380,c:26381/primary").unwrap();
+        assert_eq!(sentinel.sentinel_master.as_deref(), Some("primary"));
+        assert_eq!(sentinel.endpoints.len(), 3);
+        assert_eq!((sentinel.instances(), sentinel.quorum()), (1, 1));
+        assert!(!sentinel.redlock && !sentinel.tls);
+        assert!(
+            RedisConfig::from_url("rediss+sentinel://a:1/m")
+                .unwrap()
+                .tls
+        );
     }
 
     #[test]
@@ -257,6 +294,7 @@ mod tests {
             "redis://:hunter2@h:1?what=ever",
             "redis://:hunter2@h:1,h:2",
             "redis+redlock://:hunter2@h:1,h:2",
+            "redis+sentinel://:hunter2@h:1,h:2",
             "http://:hunter2@h:1",
             "redis://:hunter2@h:99999",
             "redis://:hunter2@h:1?connect_timeout=soon",

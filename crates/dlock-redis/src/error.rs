@@ -17,8 +17,13 @@ pub(crate) fn to_lock_error(endpoint: &str, error: redis::RedisError) -> LockErr
         || error.is_unrecoverable_error()
         || matches!(
             error.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::ReadOnly
+            )
         )
+        // A primary demoted by a failover (Sentinel) answers writes, also a script's, with
+        // READONLY: the lock is elsewhere now, worth retrying once the client follows.
+        || error.to_string().contains("READONLY")
     {
         LockError::connection(endpoint, error)
     } else {

@@ -6,7 +6,8 @@ use dlock_core::LockKey;
 /// on Redis Cluster (every script touches one slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LockNames {
-    /// The lock itself: a string holding the owner id, with the lease as its expiry.
+    /// The lock itself: a string holding the owner id, acquisition time and owner
+    /// description (see `scripts::HOLDER`), with the lease as its expiry.
     pub(crate) lock: String,
     /// The fence counter: bumped by every acquisition; it expires a few seconds after the
     /// lock does (tokens then restart from the server clock, see `scripts`).
@@ -15,6 +16,12 @@ pub(crate) struct LockNames {
     pub(crate) queue: String,
     /// Each waiter's deadline (server milliseconds), a hash keyed by waiter id.
     pub(crate) deadlines: String,
+    /// The index of held locks under the same namespace and prefix, for `list`: a sorted
+    /// set of lock keys (all with score 0, so it is ordered by key bytes), living as long as
+    /// its longest-held lock. Not under the lock's hash tag: one per prefix.
+    pub(crate) index: String,
+    /// The lock's key as the index names it.
+    pub(crate) member: String,
 }
 
 impl LockNames {
@@ -35,8 +42,16 @@ impl LockNames {
             fence: format!("dlock:{{{tag}}}:fence"),
             queue: format!("dlock:{{{tag}}}:queue"),
             deadlines: format!("dlock:{{{tag}}}:deadlines"),
+            index: index_name(namespace, prefix),
+            member: key.as_str().to_owned(),
         }
     }
+}
+
+/// The index of held locks under `namespace` and `prefix` (see [`LockNames::index`]); the
+/// `:index` suffix keeps it apart from every lock's keys, even where its tag equals a lock's.
+pub(crate) fn index_name(namespace: &str, prefix: &str) -> String {
+    format!("dlock:{{{}|{}}}:index", escape(namespace), escape(prefix))
 }
 
 /// The prefix of the pub/sub channel a waiter is woken on (`<prefix><waiter id>`); scripts

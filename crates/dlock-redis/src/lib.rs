@@ -1,6 +1,7 @@
-//! The Redis backend of **dlock**: locks on one Redis instance or on a Redlock quorum of
-//! independent instances, fenced, renewed in batches, and handed from holder to waiter by the
-//! server rather than by polling.
+//! The Redis backend of **dlock**: locks on one Redis instance, on the primary of a Sentinel
+//! deployment (followed across failovers), or on a Redlock quorum of independent instances,
+//! fenced, renewed in batches, and handed from holder to waiter by the server rather than by
+//! polling.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -18,12 +19,22 @@
 //! ```
 //!
 //! # Layout in Redis
-//! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock` (the
-//! owner id, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
+//! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock`
+//! (`<owner id>\n<acquired at, server ms>\n<owner description>`, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
 //! `…:deadlines` (the waiting line). They share one hash tag, so every script touches one
 //! Redis Cluster slot, except the batched renewal, which takes every key a client holds (on a
 //! cluster it would have to be split per slot; this crate talks to single instances and
-//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits.
+//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits. The
+//! held locks of a namespace and prefix are listed in `dlock:{<namespace>|<p>}:index` (a
+//! sorted set of keys, for `list`), which expires with its longest lock.
+//!
+//! # Sentinel
+//! `redis+sentinel://s1:p,s2:p,s3:p/<master-name>`: the client asks the sentinels for the
+//! primary when it connects, every second, and when the primary fails a call (or answers
+//! `READONLY`); it moves to the instance they name, and waiters listen and queue there anew.
+//! Replication is asynchronous, so a failover can lose a lock (it may be granted twice);
+//! fencing tokens keep growing across it (the server-clock floor), so fenced writes stay
+//! safe.
 //!
 //! **What a lock name costs after release: nothing, a few seconds later.** The fence counter
 //! expires 5 s after the lock does (released, or its lease ran out), and the line's keys
@@ -108,15 +119,25 @@ mod layout;
 mod node;
 mod quorum;
 mod scripts;
+mod sentinel;
 mod session;
 mod tls;
 mod waiter;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};
-/// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS), `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS). The `dlock` facade
-/// routes these to this crate.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+redlock", "rediss+redlock"];
+/// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
+/// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
+/// `rediss+sentinel://` (the primary of a Sentinel deployment). The `dlock` facade routes
+/// these to this crate.
+pub const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+redlock",
+    "rediss+redlock",
+    "redis+sentinel",
+    "rediss+sentinel",
+];
 
 /// Connects to the Redis instance(s) named by `url`: `redis://[user:password@]host:port[/db]`,
 /// `rediss://…` (TLS), `redis+redlock://host1:port,host2:port,host3:port` (see

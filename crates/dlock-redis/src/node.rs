@@ -72,6 +72,14 @@ impl Waiters {
         self.lock().remove(waiter);
     }
 
+    /// Tells every waiter that messages may have been missed (the client now talks to
+    /// another instance: a Sentinel failover), so it looks again and listens anew.
+    pub(crate) fn reconnected(&self) {
+        for sender in self.lock().values() {
+            let _ = sender.send(Wake::Reconnected);
+        }
+    }
+
     fn dispatch(&self, push: PushInfo) {
         match push.kind {
             PushKind::Message => {
@@ -140,7 +148,8 @@ impl Node {
         waiters: Arc<Waiters>,
     ) -> Result<Node> {
         let name = endpoint.to_string();
-        let client = client_for(config, endpoint).map_err(|e| LockError::connection(&name, e))?;
+        let client =
+            client_for(config, endpoint, false).map_err(|e| LockError::connection(&name, e))?;
         let dispatch = move |push: PushInfo| -> std::result::Result<(), ()> {
             waiters.dispatch(push);
             Ok(())
@@ -167,12 +176,19 @@ impl Node {
         })
     }
 
+    /// The instance's address, `host:port`.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Runs the acquire script. `waiter` is `(id, how long its entry counts, the number of
-    /// this request)`; `None` only tries.
+    /// this request)`; `None` only tries. `description` is the owner description stored
+    /// with the lock (and with the waiter's entry, for a hand-over).
     pub(crate) async fn acquire(
         &self,
         names: &LockNames,
         owner: &str,
+        description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
         fair: bool,
@@ -184,6 +200,7 @@ impl Node {
             .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
+            .key(&names.index)
             .arg(owner)
             .arg(millis(lease))
             .arg(waiter_id)
@@ -191,6 +208,8 @@ impl Node {
             .arg(if fair { 1 } else { 0 })
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(attempt)
+            .arg(description)
+            .arg(&names.member)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -223,6 +242,7 @@ impl Node {
             .extend
             .key(&names.lock)
             .key(&names.fence)
+            .key(&names.index)
             .arg(owner)
             .arg(millis(ttl))
             .invoke_async(&mut self.connection.clone())
@@ -239,6 +259,7 @@ impl Node {
             invocation
                 .key(&names.lock)
                 .key(&names.fence)
+                .key(&names.index)
                 .arg(*owner)
                 .arg(millis(*ttl));
         }
@@ -301,9 +322,11 @@ impl Node {
             .key(&names.fence)
             .key(&names.queue)
             .key(&names.deadlines)
+            .key(&names.index)
             .arg(member)
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(if fair { 1 } else { 0 })
+            .arg(&names.member)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))
@@ -324,7 +347,7 @@ impl Node {
 }
 
 /// What [`Node::inspect`] read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Inspection {
     /// The holder's remaining lease; `None` when the lock is free.
     pub(crate) holder_ttl: Option<Duration>,
@@ -332,28 +355,88 @@ pub(crate) struct Inspection {
     pub(crate) fence: u64,
     /// How many entries the waiting line has (dead ones included until skipped).
     pub(crate) waiters: usize,
+    /// What the lock's value says of its holder, if it says it.
+    pub(crate) holder: Option<Holder>,
+}
+
+/// The holder as the lock's value names it: `<owner id>\n<acquired at ms>\n<description>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The owner id (decides ownership).
+    pub(crate) id: String,
+    /// When it took the lock, server milliseconds since the Unix epoch.
+    pub(crate) acquired_ms: u64,
+    /// Its owner description.
+    pub(crate) description: String,
+}
+
+impl Holder {
+    /// Reads a lock's value; `None` for a bare owner id (an older version's, or set by hand).
+    pub(crate) fn parse(value: &str) -> Option<Holder> {
+        let mut parts = value.splitn(3, '\n');
+        let (id, ms, description) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Holder {
+            id: id.to_owned(),
+            acquired_ms: ms.parse().ok()?,
+            description: description.to_owned(),
+        })
+    }
 }
 
 impl Node {
-    /// Reads the lock's state without changing it.
-    pub(crate) async fn inspect(&self, names: &LockNames) -> Result<Inspection> {
-        let reply: Vec<i64> = scripts()
-            .inspect
+    /// Reads the lock's state. With `listing`, a lock found free also leaves the index
+    /// (its holder expired without a release); otherwise nothing changes.
+    pub(crate) async fn inspect(&self, names: &LockNames, listing: bool) -> Result<Inspection> {
+        let script = &scripts().inspect;
+        let mut invocation = script.prepare_invoke();
+        invocation
             .key(&names.lock)
             .key(&names.fence)
-            .key(&names.queue)
+            .key(&names.queue);
+        if listing {
+            invocation.key(&names.index).arg(&names.member);
+        }
+        let (ttl, fence, waiters, value): (i64, i64, i64, String) = invocation
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
-        match reply.as_slice() {
-            [ttl, fence, waiters] => Ok(Inspection {
-                // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
-                holder_ttl: (*ttl != -2).then(|| Duration::from_millis((*ttl).max(0) as u64)),
-                fence: (*fence).max(0) as u64,
-                waiters: (*waiters).max(0) as usize,
-            }),
-            other => Err(unexpected("inspect", other)),
+        Ok(Inspection {
+            // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
+            holder_ttl: (ttl != -2).then(|| Duration::from_millis(ttl.max(0) as u64)),
+            fence: fence.max(0) as u64,
+            waiters: waiters.max(0) as usize,
+            holder: Holder::parse(&value),
+        })
+    }
+
+    /// Up to `limit` keys of the index `index` that start with `key_prefix` and come after
+    /// `after`, in byte order: one `ZRANGEBYLEX`, O(log n + limit).
+    pub(crate) async fn index_page(
+        &self,
+        index: &str,
+        key_prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let mut from = format!("[{key_prefix}").into_bytes();
+        if let Some(after) = after.filter(|a| *a >= key_prefix) {
+            from = format!("({after}").into_bytes();
         }
+        // Keys are UTF-8, which has no 0xFF byte: every key starting with the prefix sorts
+        // before the prefix followed by 0xFF.
+        let mut to = format!("[{key_prefix}").into_bytes();
+        to.push(0xFF);
+        let to: &[u8] = if key_prefix.is_empty() { b"+" } else { &to };
+        redis::cmd("ZRANGEBYLEX")
+            .arg(index)
+            .arg(from)
+            .arg(to)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))
     }
 
     /// One `PING`, timed.
@@ -389,15 +472,23 @@ async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> 
     Ok(())
 }
 
-fn client_for(config: &RedisConfig, endpoint: &Endpoint) -> redis::RedisResult<redis::Client> {
-    let mut settings = redis::RedisConnectionInfo::default()
-        .set_db(config.db)
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    if let Some(user) = &config.username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &config.password {
-        settings = settings.set_password(password);
+/// A client for `endpoint`: an instance, with the configured credentials and database, or a
+/// sentinel (`sentinel`), without them (sentinels are assumed to need no password).
+pub(crate) fn client_for(
+    config: &RedisConfig,
+    endpoint: &Endpoint,
+    sentinel: bool,
+) -> redis::RedisResult<redis::Client> {
+    let mut settings =
+        redis::RedisConnectionInfo::default().set_protocol(redis::ProtocolVersion::RESP3);
+    if !sentinel {
+        settings = settings.set_db(config.db);
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
     }
     let addr = if config.tls {
         redis::ConnectionAddr::TcpTls {

@@ -69,10 +69,15 @@ impl Shared {
         if count == 1 {
             // One instance: nothing to wait for in parallel, and no task to pay for.
             if asked[0] {
-                replies[0] = Some(match self.node_now(0) {
+                let reply = match self.node_now(0) {
                     Ok(node) => call(node).await,
                     Err(error) => Err(error),
-                });
+                };
+                if matches!(&reply, Err(error) if error.is_transient()) {
+                    // Behind Sentinel, the primary may have been replaced.
+                    self.suspect_primary(0);
+                }
+                replies[0] = Some(reply);
             }
             return replies;
         }
@@ -154,13 +159,15 @@ impl Shared {
             .collect()
     }
 
-    /// One try at the lock on every instance, under `owner`. With `waiter` (its id, how long
+    /// One try at the lock on every instance, under `owner`, stored with the owner
+    /// `description`. With `waiter` (its id, how long
     /// its entry counts, the number of this request) it joins the line where the lock is
     /// busy; without, it only tries. A grant short of a majority is given back.
     pub(crate) async fn attempt(
         &self,
         names: &LockNames,
         owner: &str,
+        description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
     ) -> Attempt {
@@ -173,14 +180,17 @@ impl Shared {
         let count = self.instances();
         let call = {
             let (names, owner) = (names.clone(), owner.to_owned());
+            let description = description.to_owned();
             let waiter = waiter.map(|(id, wait, number)| (id.to_owned(), wait, number));
             move |node: Node| {
                 let (names, owner, waiter) = (names.clone(), owner.clone(), waiter.clone());
+                let description = description.clone();
                 async move {
                     let waiter = waiter
                         .as_ref()
                         .map(|(id, wait, number)| (id.as_str(), *wait, *number));
-                    node.acquire(&names, &owner, lease, waiter, fair).await
+                    node.acquire(&names, &owner, &description, lease, waiter, fair)
+                        .await
                 }
             }
         };

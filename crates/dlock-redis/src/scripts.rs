@@ -45,12 +45,14 @@ local function leave_line(queue, deadlines, entry)
   redis.call('LREM', queue, 1, entry)
   redis.call('HDEL', deadlines, entry)
 end
--- The entry's deadline (nil when it has none) and the number of its latest request.
+-- The entry's deadline (nil when it has none), the number of its latest request and the
+-- waiter's owner description: `<deadline>/<request>/<description>`.
 local function entry_of(deadlines, entry)
   local value = redis.call('HGET', deadlines, entry)
-  if not value then return nil, '0' end
+  if not value then return nil, '0', '' end
   local deadline = string.match(value, '^%d+')
-  return deadline and tonumber(deadline), string.match(value, '/(%d+)$') or '0'
+  return deadline and tonumber(deadline), string.match(value, '^%d+/(%d+)') or '0',
+    string.match(value, '^%d+/%d+/(.*)$') or ''
 end
 local function expired(deadlines, entry, now)
   local deadline = entry_of(deadlines, entry)
@@ -97,40 +99,43 @@ end
 -- which of its requests the grant answers, and tell the next one it is now first. Dead
 -- entries are dropped on the way; a waiter that stopped listening is found by the grant
 -- reaching nobody (the lock is set only when the grant reached it).
-local function hand_over(lock, fence, queue, deadlines, prefix)
+local function hand_over(lock, fence, queue, deadlines, prefix, index)
   local now = server_ms()
   while true do
     local head = redis.call('LINDEX', queue, 0)
-    if not head then return end
+    if not head then return false end
     local lease = tonumber(string.match(head, ':(%d+)$'))
-    local deadline, attempt = entry_of(deadlines, head)
+    local deadline, attempt, description = entry_of(deadlines, head)
     leave_line(queue, deadlines, head)
     if lease and lease > 0 and deadline and deadline > now then
       local token = bump_fence(fence, now, lease)
       local message = head .. ' g ' .. string.format('%.0f', token) .. ' ' .. attempt
       if redis.call('PUBLISH', channel_of(head, prefix), message) > 0 then
-        redis.call('SET', lock, head, 'PX', lease)
+        redis.call('SET', lock, holder_value(head, now, description), 'PX', lease)
+        keep_index(index, lease)
         -- To the first live one: a dead next in line would learn nothing.
         wake_first(queue, deadlines, prefix, 'h', lease, now)
-        return
+        return true
       end
     end
   end
 end
 -- The lock is free: hand it over (fair) or wake the first live waiter to come and take it.
-local function lock_freed(lock, fence, queue, deadlines, prefix, fair)
-  if redis.call('LLEN', queue) == 0 then return end
+-- True when it was handed over (the lock is held again, and stays in the index).
+local function lock_freed(lock, fence, queue, deadlines, prefix, fair, index)
+  if redis.call('LLEN', queue) == 0 then return false end
   if fair then
-    hand_over(lock, fence, queue, deadlines, prefix)
-  else
-    wake_first(queue, deadlines, prefix, 'r', 0, server_ms())
+    return hand_over(lock, fence, queue, deadlines, prefix, index)
   end
+  wake_first(queue, deadlines, prefix, 'r', 0, server_ms())
+  return false
 end
 ";
 
-/// KEYS: lock, fence, queue, deadlines.
+/// KEYS: lock, fence, queue, deadlines, index.
 /// ARGV: owner, lease ms, waiter id ('' for a try), how long the entry counts (ms), fair
-/// (1/0), channel prefix, the number of this request of the waiter.
+/// (1/0), channel prefix, the number of this request of the waiter, the owner description,
+/// the lock's key in the index.
 ///
 /// A free lock goes to the first live waiter in line (fair), or, unfair (Redlock), to any
 /// waiter already in line; a newcomer gets it only when nobody live waits. A fair grant takes
@@ -143,14 +148,16 @@ end
 /// `{0, holder's pttl, 0}` otherwise (no expiry, or a try), and `{-1}` when the lock key
 /// holds another type.
 const ACQUIRE: &str = r"
-local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lock, fence, queue, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local owner, lease, waiter = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local wait_ms, fair, prefix, attempt = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6], ARGV[7]
+local description, key_name = ARGV[8], ARGV[9]
 local kind = redis.call('TYPE', lock).ok
 if kind ~= 'none' and kind ~= 'string' then return {-1} end
-if kind == 'string' and redis.call('GET', lock) == owner then
+if kind == 'string' and holder_id(redis.call('GET', lock)) == owner then
   -- Handed over to us by a release (we may have missed the message): confirm it.
   redis.call('PEXPIRE', lock, lease)
+  keep_index(index, lease)
   local token = tonumber(redis.call('GET', fence) or '0')
   if token > 0 then
     redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
@@ -181,7 +188,9 @@ if kind == 'none' then
       head = redis.call('LINDEX', queue, 0)
     end
     local token = bump_fence(fence, now, lease)
-    redis.call('SET', lock, owner, 'PX', lease)
+    redis.call('SET', lock, holder_value(owner, now, description), 'PX', lease)
+    redis.call('ZADD', index, 0, key_name)
+    keep_index(index, lease)
     if head and head ~= waiter then
       wake_first(queue, deadlines, prefix, 'h', lease, now)
     end
@@ -193,7 +202,8 @@ now = now or server_ms()
 if not redis.call('HGET', deadlines, waiter) then
   redis.call('RPUSH', queue, waiter)
 end
-redis.call('HSET', deadlines, waiter, string.format('%.0f/%s', now + wait_ms, attempt))
+redis.call('HSET', deadlines, waiter,
+  string.format('%.0f/%s/%s', now + wait_ms, attempt, description))
 local keep = math.max(wait_ms, redis.call('PTTL', queue))
 redis.call('PEXPIRE', queue, keep)
 redis.call('PEXPIRE', deadlines, keep)
@@ -221,62 +231,75 @@ end
 return {0, pttl, 0}
 ";
 
-/// KEYS: lock, fence, queue, deadlines. ARGV: owner, channel prefix, fair (1/0).
+/// KEYS: lock, fence, queue, deadlines, index. ARGV: owner, channel prefix, fair (1/0), the
+/// lock's key in the index.
 /// Returns 1 when released, 0 when the lock is not ours, -1 when the key holds another type.
-/// A fair line gets the lock handed over to its first live waiter in the same step.
+/// A fair line gets the lock handed over to its first live waiter in the same step; a lock
+/// nobody took over leaves the index.
 const RELEASE: &str = r"
-local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lock, fence, queue, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ok, holder = pcall(redis.call, 'GET', lock)
 if not ok then return -1 end
-if holder ~= ARGV[1] then return 0 end
+if holder_id(holder) ~= ARGV[1] then return 0 end
 redis.call('DEL', lock)
 fence_after_lock(fence)
-lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1')
+if not lock_freed(lock, fence, queue, deadlines, ARGV[2], ARGV[3] == '1', index) then
+  redis.call('ZREM', index, ARGV[4])
+end
 return 1
 ";
 
-/// KEYS: lock, fence. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for a key
-/// of another type. The fence counter lives as long as the lock, plus `FENCE_GRACE`.
+/// KEYS: lock, fence, index. ARGV: owner, ms. Returns 1 when extended, 0 when not ours, -1 for
+/// a key of another type. The fence counter lives as long as the lock, plus `FENCE_GRACE`;
+/// the index at least as long as the lock.
 const EXTEND: &str = r"
 local ok, holder = pcall(redis.call, 'GET', KEYS[1])
 if not ok then return -1 end
-if holder ~= ARGV[1] then return 0 end
+if holder_id(holder) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + FENCE_GRACE)
+keep_index(KEYS[3], tonumber(ARGV[2]))
 return 1
 ";
 
-/// KEYS: each lock to renew and its fence counter, in pairs. ARGV: owner and ms for each,
-/// in pairs. Returns one 1 (renewed) or 0 (no longer ours) per lock. The counter lives as
-/// long as the lock, plus `FENCE_GRACE`.
+/// KEYS: each lock to renew, its fence counter and its index, in threes. ARGV: owner and ms
+/// for each, in pairs. Returns one 1 (renewed) or 0 (no longer ours) per lock. The counter
+/// lives as long as the lock, plus `FENCE_GRACE`; each index, touched once per call, at least
+/// as long as its longest lock.
 const RENEW: &str = r"
-local renewed = {}
-for i = 1, #KEYS / 2 do
-  local lock, fence = KEYS[2 * i - 1], KEYS[2 * i]
+local renewed, longest = {}, {}
+for i = 1, #KEYS / 3 do
+  local lock, fence, index = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local ok, holder = pcall(redis.call, 'GET', lock)
-  if ok and holder == ARGV[2 * i - 1] then
-    redis.call('PEXPIRE', lock, ARGV[2 * i])
-    redis.call('PEXPIRE', fence, tonumber(ARGV[2 * i]) + FENCE_GRACE)
+  if ok and holder_id(holder) == ARGV[2 * i - 1] then
+    local ms = tonumber(ARGV[2 * i])
+    redis.call('PEXPIRE', lock, ms)
+    redis.call('PEXPIRE', fence, ms + FENCE_GRACE)
+    if (longest[index] or 0) < ms then longest[index] = ms end
     renewed[i] = 1
   else
     renewed[i] = 0
   end
 end
+for index, ms in pairs(longest) do keep_index(index, ms) end
 return renewed
 ";
 
-/// KEYS: lock, fence, queue, deadlines. ARGV: waiter id, channel prefix, fair (1/0).
+/// KEYS: lock, fence, queue, deadlines, index. ARGV: waiter id, channel prefix, fair (1/0), the
+/// lock's key in the index.
 /// Leaves the line; if the leaver was first, hands its turn on; if the lock was handed over
 /// to it meanwhile, gives the lock back at once.
 const LEAVE: &str = r"
-local lock, fence, queue, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lock, fence, queue, deadlines, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local waiter, prefix, fair = ARGV[1], ARGV[2], ARGV[3] == '1'
 local ok, holder = pcall(redis.call, 'GET', lock)
-if ok and holder == waiter then
+if ok and holder_id(holder) == waiter then
   redis.call('DEL', lock)
   fence_after_lock(fence)
   leave_line(queue, deadlines, waiter)
-  lock_freed(lock, fence, queue, deadlines, prefix, fair)
+  if not lock_freed(lock, fence, queue, deadlines, prefix, fair, index) then
+    redis.call('ZREM', index, ARGV[4])
+  end
   return 1
 end
 local was_first = redis.call('LINDEX', queue, 0) == waiter
@@ -284,7 +307,7 @@ leave_line(queue, deadlines, waiter)
 if was_first then
   local pttl = redis.call('PTTL', lock)
   if pttl == -2 then
-    lock_freed(lock, fence, queue, deadlines, prefix, fair)
+    lock_freed(lock, fence, queue, deadlines, prefix, fair, index)
   else
     wake_first(queue, deadlines, prefix, 'h', pttl, server_ms())
   end
@@ -303,11 +326,43 @@ end
 return 1
 ";
 
-/// KEYS: lock, fence, queue. Returns `{holder's pttl (-2 when free), fence counter, waiters}`
-/// without changing anything.
+/// KEYS: lock, fence, queue, and for a `list`, the index. ARGV: for a `list`, the lock's key in
+/// the index. Returns `{holder's pttl (-2 when free), fence counter, waiters, the lock's value
+/// ('' when free or not a string)}`. Changes nothing, except that a `list` drops the index
+/// entry of a lock it finds free (one whose holder expired without a release).
 const INSPECT: &str = r"
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
-return {redis.call('PTTL', KEYS[1]), fence, redis.call('LLEN', KEYS[3])}
+local pttl = redis.call('PTTL', KEYS[1])
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or not value then value = '' end
+if pttl == -2 and KEYS[4] then redis.call('ZREM', KEYS[4], ARGV[1]) end
+return {pttl, fence, redis.call('LLEN', KEYS[3]), value}
+";
+
+/// Helpers for the lock's value and the index of held locks, shared by every script.
+///
+/// A lock's value is `<owner id>\n<acquired at, server ms>\n<owner description>`: what
+/// `report` and `list` read, in the key that already expires with the lease, so the holder's
+/// details cost no key and no command of their own and can never outlive the lock. (A value
+/// written by an older version, or by hand, is the bare owner id.) Only the id decides
+/// ownership; the description is printable text (checked by core), so it has no newline.
+///
+/// The index (`LockNames::index`) lists the keys of the held locks of one namespace and
+/// prefix: `ZADD` when a lock is taken, `ZREM` when it is freed and nobody took it over; its
+/// expiry is kept at the longest lease of its locks (acquire, extend, renew, hand-over), so it
+/// goes with its last lock. An entry whose lock expired without a release (a crashed holder)
+/// stays until a `list` reading it finds the lock free, or the index expires.
+const HOLDER: &str = r"
+local function holder_id(value)
+  if not value then return nil end
+  return string.match(value, '^[^\n]*')
+end
+local function holder_value(id, now, description)
+  return id .. '\n' .. string.format('%.0f', now) .. '\n' .. description
+end
+local function keep_index(index, ms)
+  if redis.call('PTTL', index) < ms then redis.call('PEXPIRE', index, ms) end
+end
 ";
 
 /// The compiled scripts (their SHA1 digests are computed once).
@@ -326,8 +381,8 @@ pub(crate) fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| {
         let grace = format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
-        let with_line = |body: &str| Script::new(&format!("{grace}{LINE}\n{body}"));
-        let with_grace = |body: &str| Script::new(&format!("{grace}{body}"));
+        let with_line = |body: &str| Script::new(&format!("{grace}{HOLDER}{LINE}\n{body}"));
+        let with_grace = |body: &str| Script::new(&format!("{grace}{HOLDER}{body}"));
         Scripts {
             acquire: with_line(ACQUIRE),
             release: with_line(RELEASE),

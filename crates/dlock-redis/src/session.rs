@@ -31,6 +31,11 @@ pub(crate) struct Shared {
     pub(crate) client_id: String,
     pub(crate) waiters: Arc<Waiters>,
     sequence: AtomicU64,
+    /// How many times each slot was filled: a waiter that listened on an earlier connection
+    /// of the slot must listen again on the new one.
+    generations: Vec<AtomicU64>,
+    /// When the sentinels were last asked for the primary because it failed a call.
+    last_suspicion: Mutex<Option<Instant>>,
     /// This client itself, for the tasks it starts (they must not keep it alive).
     this: Weak<Shared>,
 }
@@ -43,10 +48,12 @@ impl Shared {
     pub(crate) async fn connect(config: RedisConfig) -> Result<Arc<Shared>> {
         config.validate()?;
         let client_id = format!("{:016x}", rand::rng().random::<u64>());
-        let count = config.endpoints.len();
+        let count = config.instances();
         let quorum = config.quorum();
         let shared = Arc::new_cyclic(|this| Shared {
             nodes: (0..count).map(|_| Mutex::new(Slot::Connecting)).collect(),
+            generations: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            last_suspicion: Mutex::new(None),
             config,
             client_id,
             waiters: Arc::new(Waiters::default()),
@@ -90,6 +97,9 @@ impl Shared {
             }
         }
         if up >= quorum {
+            if shared.config.sentinel_master.is_some() {
+                shared.watch_sentinels();
+            }
             return Ok(shared);
         }
         Err(first_error.unwrap_or_else(|| {
@@ -109,6 +119,63 @@ impl Shared {
     /// hands the lock to the first live waiter (Redlock has no order among waiters).
     pub(crate) fn fair(&self) -> bool {
         !self.config.redlock
+    }
+
+    /// How many connections slot `index` has had; changes when it is connected anew.
+    pub(crate) fn generation(&self, index: usize) -> u64 {
+        self.generations[index].load(Ordering::Acquire)
+    }
+
+    /// Behind Sentinel: the primary failed a call (no connection, or `READONLY`: demoted).
+    /// Asks the sentinels (at most once per [`SUSPICION_PAUSE`]) and, if they name another
+    /// instance, connects to it; the waiters are told to look again and listen anew there.
+    /// Until the failover is complete the sentinels still name the old primary, so calls
+    /// keep failing (transiently) and asking.
+    pub(crate) fn suspect_primary(&self, index: usize) {
+        let Some(master) = self.config.sentinel_master.clone() else {
+            return;
+        };
+        {
+            let mut last = lock(&self.last_suspicion);
+            if last.is_some_and(|at| at.elapsed() < SUSPICION_PAUSE) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            let Some(shared) = this.upgrade() else { return };
+            let current = match &*lock(&shared.nodes[index]) {
+                Slot::Up(node) => node.endpoint().to_owned(),
+                // Being connected, or down: the next connection asks the sentinels anyway.
+                _ => return,
+            };
+            match crate::sentinel::primary(&shared.config, &master).await {
+                Ok(primary) if primary.to_string() != current => {
+                    tracing::info!(from = %current, to = %primary, "following the new Redis primary");
+                    *lock(&shared.nodes[index]) = Slot::Connecting;
+                    shared.spawn_connect(index, None);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "asking the sentinels for the primary"),
+            }
+        });
+    }
+
+    /// Behind Sentinel: asks the sentinels every [`SENTINEL_POLL`] whether the primary
+    /// changed, for as long as the client lives. A forced failover (`SENTINEL FAILOVER`, or
+    /// one after a partition) promotes the replica while the old primary still takes writes
+    /// until the sentinels demote it; without asking, the client would write there (writes the
+    /// demotion discards) for as long as that takes (about 10 s in the tests).
+    fn watch_sentinels(&self) {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SENTINEL_POLL).await;
+                let Some(shared) = this.upgrade() else { return };
+                shared.suspect_primary(0);
+            }
+        });
     }
 
     /// A new id, unique to this client: owner ids and waiter ids are made of it.
@@ -156,12 +223,23 @@ impl Shared {
         let config = self.config.clone();
         let waiters = Arc::clone(&self.waiters);
         tokio::spawn(async move {
-            let endpoint = &config.endpoints[index];
-            let connected = Node::connect(&config, endpoint, waiters).await;
+            let mut endpoint = config.endpoints[index].clone();
+            let connected = async {
+                if let Some(master) = &config.sentinel_master {
+                    endpoint = crate::sentinel::primary(&config, master).await?;
+                }
+                Node::connect(&config, &endpoint, Arc::clone(&waiters)).await
+            }
+            .await;
             let outcome = match connected {
                 Ok(node) => {
                     if let Some(shared) = this.upgrade() {
                         *lock(&shared.nodes[index]) = Slot::Up(node);
+                        // The new connection listens for no waiter yet: they must listen
+                        // again, and messages may have been missed meanwhile.
+                        if shared.generations[index].fetch_add(1, Ordering::AcqRel) > 0 {
+                            waiters.reconnected();
+                        }
                     }
                     Ok(())
                 }
@@ -181,6 +259,12 @@ impl Shared {
         });
     }
 }
+
+/// How often a client behind Sentinel asks the sentinels which instance is the primary.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
+
+/// How often at most a client asks the sentinels whether its failing primary was replaced.
+const SUSPICION_PAUSE: Duration = Duration::from_millis(250);
 
 /// How long a Redlock instance that could not be connected to is left alone.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);

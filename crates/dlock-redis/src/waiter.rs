@@ -58,7 +58,9 @@ pub(crate) async fn acquire(
     // uncontended path costs one script call; a waiter joins the line from its next call
     // on (first come, first served counts from the join).
     place.may_hold = true;
-    let tried = shared.attempt(names, &owner, lease, None).await;
+    let tried = shared
+        .attempt(names, &owner, request.owner(), lease, None)
+        .await;
     // Answered: a grant is returned, a partial one was given back; after a failure the
     // request may still be applied.
     place.may_hold = matches!(tried, Attempt::Failed(_));
@@ -95,7 +97,9 @@ pub(crate) async fn acquire(
                 owner = owner_for_attempt(&mut place);
                 let sent = Instant::now();
                 let waiter = Some((place.id.as_str(), entry_ttl, number));
-                let attempt = shared.attempt(names, &owner, lease, waiter).await;
+                let attempt = shared
+                    .attempt(names, &owner, request.owner(), lease, waiter)
+                    .await;
                 place.may_hold = matches!(attempt, Attempt::Failed(_));
                 (attempt, sent)
             }
@@ -198,6 +202,9 @@ struct PlaceInLine {
     attempt: u64,
     /// Instances that confirmed they route this waiter's wake-ups to us.
     listening: Vec<bool>,
+    /// The connection (generation of its slot) each confirmation came from: a new
+    /// connection (a reconnect, a Sentinel failover) must be asked again.
+    listened_on: Vec<u64>,
     /// Instances asked to (the answer may still come): where `Drop` stops listening.
     asked_to_listen: Vec<bool>,
     in_line: Vec<bool>,
@@ -221,6 +228,7 @@ impl PlaceInLine {
             wakes,
             attempt: 0,
             listening: vec![false; count],
+            listened_on: vec![0; count],
             asked_to_listen: vec![false; count],
             in_line: vec![false; count],
             owner: String::new(),
@@ -233,6 +241,17 @@ impl PlaceInLine {
     /// down). Like every Redlock call, it goes on with the majority that answers.
     async fn listen(&mut self) -> Result<()> {
         let quorum = self.shared.config.quorum();
+        let generations: Vec<u64> = (0..self.listening.len())
+            .map(|index| self.shared.generation(index))
+            .collect();
+        for ((listening, on), now) in self
+            .listening
+            .iter_mut()
+            .zip(&self.listened_on)
+            .zip(&generations)
+        {
+            *listening &= on == now;
+        }
         let already = self.listening.iter().filter(|l| **l).count();
         if already >= quorum {
             // Enough: an instance that did not answer (down, frozen) is not asked again, so
@@ -257,7 +276,10 @@ impl PlaceInLine {
         let mut first_error = None;
         for (index, reply) in replies.into_iter().enumerate() {
             match reply {
-                Some(Ok(())) => self.listening[index] = true,
+                Some(Ok(())) => {
+                    self.listening[index] = true;
+                    self.listened_on[index] = generations[index];
+                }
                 Some(Err(error)) => {
                     first_error.get_or_insert(error);
                 }
@@ -400,6 +422,9 @@ where
             Ok(()) => return,
             Err(error) if error.is_transient() && Instant::now() < give_up => {
                 tracing::debug!(%error, "{what}: trying again");
+                if let Some(shared) = shared.upgrade() {
+                    shared.suspect_primary(index);
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => {

@@ -45,6 +45,32 @@
 //! - **Crashed host with half-open connections**: its entries stop counting at most 30 s
 //!   after the waiter last asked (live waiters ask again every 10 s).
 //!
+//! ## Redis behind Sentinel (`redis+sentinel://s1:p,s2:p,s3:p/<master-name>`)
+//! One primary, replicas, and sentinels that promote a replica when the primary fails. The
+//! client asks the sentinels for the primary (`SENTINEL get-master-addr-by-name`, the first
+//! that answers) when it connects, every second, and whenever the primary fails a call
+//! (connection error, `READONLY` from a demoted primary); it then connects to the new primary,
+//! and its waiters listen and stand in line there anew. Everything else is the single
+//! instance's: same scripts, same FIFO line, same keys.
+//!
+//! | | Redis behind Sentinel |
+//! |---|---|
+//! | exclusion holds while | no failover happens. Replication is asynchronous: a failover can lose the latest writes (a lock granted, released or renewed just before it), and the old primary keeps taking writes until the sentinels demote it, so **a lock can be granted twice across a failover** |
+//! | fencing token | the single instance's; the promoted replica has the counter up to what it received, and the server clock floor (`ms × 1000`) carries tokens past what it missed: tokens keep growing across the failover (tested), so fenced writes stay safe |
+//! | after a failover | the client follows within about a second of the sentinels' switch (tested: 1.8 s after `SENTINEL FAILOVER`); calls in between fail with `Connection` (a waiting acquire retries); held locks that reached the replica stay held and are renewed on the new primary, others are signalled lost when their lease runs out unrenewed; a waiter re-joins the line on the new primary and is handed the lock there |
+//! | who holds what (`status`, `list`) | as for a single instance, read on the current primary |
+//! | not covered | sentinels with a password (the URL's credentials go to the primary only); checking the named instance's `ROLE` before use (a sentinel still naming the old primary is asked again on the next error or second) |
+//!
+//! ## Who holds what (`dlock status`, `dlock list`) on Redis and Redlock
+//! The lock's value is `<owner id>\n<acquired at, server ms>\n<owner description>`, so the
+//! owner and acquisition time cost no key and expire with the lock; a hand-over takes the new
+//! holder's description from its entry in the line. `list` reads a per-prefix sorted set of
+//! held lock names (`dlock:{namespace|prefix}:index`, added to on acquire, removed from on
+//! release, expiring with its longest lock): `ZRANGEBYLEX` from the cursor, O(log n + page),
+//! plus one inspect script per listed lock; entries of holders that vanished are dropped when
+//! a list meets them. Redlock: each instance keeps its own; the holder is the owner id a
+//! majority holds the lock under, listed if a majority holds it.
+//!
 //! These faults, and those below for the other backends, are exercised by the fault harness
 //! (`integration-tests/tests/faults_harness.rs`: a workload of processes with a fenced
 //! register and a checker of its history, under process, network, server and cancellation

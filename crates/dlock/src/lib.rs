@@ -8,7 +8,7 @@
 //! | feature     | URL schemes                                   | backend                     |
 //! |-------------|-----------------------------------------------|-----------------------------|
 //! | `memory` (default) | `memory://`                            | in-process reference        |
-//! | `redis`     | `redis://`, `rediss://`, `redis+redlock://`   | Redis, Redlock              |
+//! | `redis`     | `redis://`, `rediss://`, `redis+redlock://`, `redis+sentinel://` | Redis, Redlock, Sentinel |
 //! | `zookeeper` | `zookeeper://`, `zk://`                       | ZooKeeper                   |
 //! | `etcd`      | `etcd://`, `etcds://`                         | etcd                        |
 //!
@@ -99,7 +99,14 @@ const BACKENDS: &[(&str, &[&str])] = &[
     ("memory", &["memory"]),
     (
         "redis",
-        &["redis", "rediss", "redis+redlock", "rediss+redlock"],
+        &[
+            "redis",
+            "rediss",
+            "redis+redlock",
+            "rediss+redlock",
+            "redis+sentinel",
+            "rediss+sentinel",
+        ],
     ),
     ("zookeeper", &["zookeeper", "zk"]),
     ("etcd", &["etcd", "etcds"]),
