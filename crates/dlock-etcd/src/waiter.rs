@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::{AcquireRequest, Backoff, LockError, Result};
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+};
 
 use crate::error::{request, to_lock_error, BACKEND};
 use crate::layout::newest_first;
@@ -31,6 +33,8 @@ pub(crate) struct Contender {
     revision: i64,
     /// The key just ahead of ours and the revision at which we saw it, if any.
     ahead: Option<(Vec<u8>, i64)>,
+    /// Whether we stood behind another key (then the grant time is written after the grant).
+    waited: bool,
 }
 
 impl Contender {
@@ -41,13 +45,14 @@ impl Contender {
         session: &Session,
         dir: &str,
         key: String,
+        value: String,
     ) -> Result<Contender> {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([
                 TxnOp::put(
                     key.as_str(),
-                    "",
+                    value,
                     Some(PutOptions::new().with_lease(session.id())),
                 ),
                 // Our key is the newest, so the second newest is the one just ahead.
@@ -61,6 +66,7 @@ impl Contender {
             key: PendingKey::put(shared, key, txn),
             revision: 0,
             ahead: None,
+            waited: false,
         };
         let response = contender.key.settled().await?;
         if !response.succeeded() {
@@ -88,6 +94,7 @@ impl Contender {
         if self.ahead.is_some() {
             request.queued();
         }
+        self.waited = self.ahead.is_some();
         let outcome = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, self.turn(session))
                 .await
@@ -108,6 +115,11 @@ impl Contender {
     /// Gives up the key's automatic deletion: the lock is held now.
     pub(crate) fn keep(self) -> (String, i64) {
         (self.key.keep(), self.revision)
+    }
+
+    /// Whether the key waited behind another before it got the lock.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
     }
 
     /// Waits for our turn: `true` when first in line, `false` when our key is gone.
@@ -195,7 +207,11 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()>
     let mut stream = request(
         endpoint,
         timeout,
-        watch.watch(key, Some(WatchOptions::new())),
+        // Only deletes wake us: the holder ahead rewrites its value once (the grant time).
+        watch.watch(
+            key,
+            Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])),
+        ),
     )
     .await?;
     let mut checked = false;
