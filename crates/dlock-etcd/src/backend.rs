@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease, ListPage,
+    support, AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease, ListPage,
     ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
     LossReason, Renewal, Result,
 };
@@ -22,7 +22,7 @@ use crate::config::EtcdConfig;
 use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout::{self, Found, Stamp};
 use crate::pending::PendingKey;
-use crate::session::{revision_of, Session, Shared};
+use crate::session::{revision_of, Name, Session, Shared};
 use crate::waiter::{Contender, Line};
 
 /// A client of an etcd cluster that takes dlock locks.
@@ -57,6 +57,8 @@ pub(crate) struct EtcdRecord {
     pub(crate) key: String,
     /// The session (etcd lease) the key is attached to.
     pub(crate) session: Arc<Session>,
+    /// The key's name, given back to the session once the release has removed the key.
+    name: std::sync::Mutex<Option<Name>>,
 }
 
 impl EtcdBackend {
@@ -123,7 +125,7 @@ impl EtcdBackend {
         &self,
         request: &AcquireRequest<'_>,
         session: Arc<Session>,
-        key: String,
+        name: Name,
         revision: i64,
     ) -> Result<Acquired> {
         let token = u64::try_from(revision)
@@ -134,7 +136,11 @@ impl EtcdBackend {
         Ok(Acquired {
             token: FencingToken::new(token),
             valid_until,
-            record: Box::new(EtcdRecord { key, session }),
+            record: Box::new(EtcdRecord {
+                key: name.key().to_owned(),
+                session,
+                name: std::sync::Mutex::new(Some(name)),
+            }),
         })
     }
 
@@ -145,7 +151,8 @@ impl EtcdBackend {
         session: &Arc<Session>,
     ) -> Result<Option<Acquired>> {
         let dir = self.queue_dir(request);
-        let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
+        let name = session.name(&dir);
+        let key = name.key().to_owned();
         // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
         let txn = Txn::new()
             .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
@@ -156,7 +163,7 @@ impl EtcdBackend {
             )]);
         // Armed before the request goes out: a `try_acquire` dropped while it is in flight
         // must not leave a key that holds the lock for the session's whole life.
-        let mut pending = PendingKey::put(&self.inner, key, txn);
+        let mut pending = PendingKey::put(&self.inner, name, txn);
         let response = pending.settled().await?;
         if !response.succeeded() {
             pending.forget();
@@ -202,10 +209,10 @@ impl LockBackend for EtcdBackend {
         let mut tries = 0;
         loop {
             let session = self.inner.session(request.options.lease).await?;
-            let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
+            let name = session.name(&dir);
             let stamp = Stamp::now(request.owner());
             let value = stamp.encode();
-            let contender = match Contender::enqueue(&self.inner, &session, &dir, key, value).await
+            let contender = match Contender::enqueue(&self.inner, &session, &dir, name, value).await
             {
                 Ok(contender) => contender,
                 // etcd expired or revoked the lease before the heartbeat noticed: the
@@ -220,11 +227,11 @@ impl LockBackend for EtcdBackend {
             match contender.wait_for_turn(&session, &request).await? {
                 Line::Holder(contender) => {
                     let waited = contender.waited();
-                    let (key, revision) = contender.keep();
+                    let (name, revision) = contender.keep();
                     if waited {
-                        self.stamp_grant(&key, revision, stamp);
+                        self.stamp_grant(name.key(), revision, stamp);
                     }
-                    return self.acquired(&request, session, key, revision);
+                    return self.acquired(&request, session, name, revision);
                 }
                 // The session ended or our key vanished while we waited: queue again.
                 Line::Dropped => continue,
@@ -263,15 +270,20 @@ impl LockBackend for EtcdBackend {
         // Sent from a task of its own: a caller that stops waiting for the release (a
         // dropped future) must not leave the key holding the lock for the session's whole
         // life, as a request cut off before it reached etcd would.
+        let name = support::lock(&record.name).take();
         let sending = tokio::spawn({
             let backend = self.clone();
             let session = Arc::clone(&record.session);
             async move {
                 let outcome = backend.inner.txn(txn.clone()).await;
-                if outcome.is_err() {
+                match (&outcome, name) {
+                    // Removed, or not this incarnation any more: gone either way (our
+                    // name is ours alone, so no other incarnation can be there).
+                    (Ok(_), Some(name)) => name.give_back(),
                     // The key stays attached to a live session, so it would not expire:
                     // keep trying in the background while the session lives.
-                    backend.retry_release(txn, session);
+                    (Err(_), name) => backend.retry_release(txn, session, name),
+                    (Ok(_), None) => {}
                 }
                 outcome
             }
@@ -480,7 +492,7 @@ impl EtcdBackend {
 
     /// Sends a failed release again, with backoff, until it goes through, the session ends
     /// (its keys vanish with it) or about a minute has passed.
-    fn retry_release(&self, txn: Txn, session: Arc<Session>) {
+    fn retry_release(&self, txn: Txn, session: Arc<Session>, name: Option<Name>) {
         let backend = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -490,7 +502,12 @@ impl EtcdBackend {
                     return;
                 }
                 match backend.inner.txn(txn.clone()).await {
-                    Ok(_) => return,
+                    Ok(_) => {
+                        if let Some(name) = name {
+                            name.give_back();
+                        }
+                        return;
+                    }
                     Err(error) => tracing::debug!(%error, "release retry failed"),
                 }
             }

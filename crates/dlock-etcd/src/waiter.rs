@@ -12,8 +12,8 @@ use etcd_client::{
 
 use crate::error::{request, to_lock_error, BACKEND};
 use crate::layout::newest_first;
-use crate::pending::PendingKey;
-use crate::session::{got, revision_of, Session, Shared};
+use crate::pending::{self, PendingKey};
+use crate::session::{got, revision_of, Name, Session, Shared};
 
 /// Where a contender stands after waiting.
 pub(crate) enum Line {
@@ -44,9 +44,10 @@ impl Contender {
         shared: &Arc<Shared>,
         session: &Session,
         dir: &str,
-        key: String,
+        name: Name,
         value: String,
     ) -> Result<Contender> {
+        let key = name.key().to_owned();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([
@@ -63,14 +64,14 @@ impl Contender {
         let mut contender = Contender {
             shared: Arc::clone(shared),
             dir: dir.to_owned(),
-            key: PendingKey::put(shared, key, txn),
+            key: PendingKey::put(shared, name, txn),
             revision: 0,
             ahead: None,
             waited: false,
         };
         let response = contender.key.settled().await?;
         if !response.succeeded() {
-            contender.key.forget();
+            contender.key.retire();
             return Err(LockError::protocol(
                 BACKEND,
                 format!("contender key {} already existed", contender.key.key()),
@@ -113,7 +114,7 @@ impl Contender {
     }
 
     /// Gives up the key's automatic deletion: the lock is held now.
-    pub(crate) fn keep(self) -> (String, i64) {
+    pub(crate) fn keep(self) -> (Name, i64) {
         (self.key.keep(), self.revision)
     }
 
@@ -179,14 +180,7 @@ impl Contender {
     /// Deletes our key now (the wait was given up); on failure, the drop retries in the
     /// background.
     async fn leave(&mut self) {
-        let mut kv = self.shared.client.kv_client();
-        let inner = &self.shared;
-        let deleted = request(
-            &inner.endpoint,
-            inner.config.request_timeout,
-            kv.delete(self.key.key(), None),
-        )
-        .await;
+        let deleted = pending::delete(&self.shared, self.key.key(), Some(self.revision)).await;
         if deleted.is_ok() {
             self.key.forget();
         }
