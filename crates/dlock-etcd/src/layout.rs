@@ -1,13 +1,15 @@
 //! Where locks live in etcd's key space.
 //!
 //! A lock is a *queue directory* `[namespace/]prefix/key-segment/#`, and every contender of
-//! the lock puts one key in it: `…/#<lease id, hex>-<sequence, hex>`. The contender with
-//! the lowest create revision holds the lock.
+//! the lock puts one key in it: `…/#<lease id, hex>-<slot, hex>`. The contender with
+//! the lowest create revision holds the lock. Names are reused by their session once their
+//! key is gone (see `session::Name`), so a lock taken again and again by one client keeps
+//! using one name, as etcd's own `concurrency.Mutex` does.
 //!
 //! The `#` ends the directory because neither an escaped prefix nor a key segment can
 //! contain one: the directory of one lock is never a string prefix of another lock's keys,
 //! even when one prefix extends another (`app` and `app/k`). The lease id makes a key the
-//! client's own; the sequence number lets several tasks of one client contend for the same
+//! client's own; the slot number lets several tasks of one client contend for the same
 //! lock (they share the lease) without being confused with one another.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -202,8 +204,8 @@ impl Stamp {
 }
 
 /// The key one contender puts in `dir`.
-pub(crate) fn contender_key(dir: &str, lease_id: i64, sequence: u64) -> String {
-    format!("{dir}{lease_id:016x}-{sequence:x}")
+pub(crate) fn contender_key(dir: &str, lease_id: i64, slot: u64) -> String {
+    format!("{dir}{lease_id:016x}-{slot:x}")
 }
 
 /// Options for reading the newest contenders of a queue directory first.
