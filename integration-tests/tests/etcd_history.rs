@@ -36,7 +36,7 @@ async fn names_ever_used(backend: &EtcdBackend, prefix: &str) -> BTreeSet<Vec<u8
     let marker = format!("{prefix}~marker");
     client.put(marker.as_str(), "", None).await.expect("marker");
     let history = WatchOptions::new().with_prefix().with_start_revision(1);
-    let (_watcher, mut stream) = client.watch(prefix, Some(history)).await.expect("watch");
+    let mut stream = client.watch(prefix, Some(history)).await.expect("watch");
     let mut names = BTreeSet::new();
     loop {
         let answer = timeout(PROMPTLY, stream.message())
