@@ -122,7 +122,10 @@ async fn a_cancelled_waiters_clean_up_never_removes_a_newer_incarnation() {
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             let report = holder.inspect(&key).await.expect("inspect");
-            assert!(report.info.held, "round {round}: the lock vanished: {report:?}");
+            assert!(
+                report.info.held,
+                "round {round}: the lock vanished: {report:?}"
+            );
             assert_eq!(
                 report.info.fencing_token,
                 Some(got.fencing_token()),

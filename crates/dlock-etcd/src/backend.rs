@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    support, AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease, ListPage,
-    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
-    LossReason, Renewal, Result,
+    support, AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease,
+    ListPage, ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions,
+    LockReport, LossReason, Renewal, Result,
 };
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,

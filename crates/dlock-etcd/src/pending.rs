@@ -54,7 +54,8 @@ impl PendingKey {
         };
         let outcome = putting.await;
         self.putting = None;
-        let response = outcome.map_err(|error| LockError::backend(BACKEND, error.to_string()))??;
+        let response =
+            outcome.map_err(|error| LockError::backend(BACKEND, error.to_string()))??;
         self.revision = put_revision(&response);
         Ok(response)
     }
@@ -67,7 +68,9 @@ impl PendingKey {
     /// Hands the key over (the lock is held now): dropping no longer deletes it.
     pub(crate) fn keep(mut self) -> Name {
         self.armed = false;
-        self.name.take().expect("a pending key has its name until handed on")
+        self.name
+            .take()
+            .expect("a pending key has its name until handed on")
     }
 
     /// The key is known not to exist (the put did not happen, or it was deleted): nothing
