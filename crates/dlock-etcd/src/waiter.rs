@@ -31,8 +31,10 @@ pub(crate) struct Contender {
     key: PendingKey,
     /// The create revision of our key.
     revision: i64,
-    /// The key just ahead of ours and the revision at which we saw it, if any.
-    ahead: Option<(Vec<u8>, i64)>,
+    /// The key just ahead of ours, the revision at which we saw it and its create revision
+    /// (names are reused: a key of the same name created later is another contender, behind
+    /// us), if any.
+    ahead: Option<(Vec<u8>, i64, i64)>,
     /// Whether we stood behind another key (then the grant time is written after the grant).
     waited: bool,
 }
@@ -81,7 +83,7 @@ impl Contender {
         contender.ahead = got(&response, 1)?
             .into_iter()
             .find(|kv| kv.create_revision() < contender.revision)
-            .map(|kv| (kv.key().to_vec(), contender.revision));
+            .map(|kv| (kv.key().to_vec(), contender.revision, kv.create_revision()));
         Ok(contender)
     }
 
@@ -127,11 +129,11 @@ impl Contender {
     async fn turn(&mut self, session: &Session) -> Result<bool> {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
-            let Some((ahead, read_at)) = self.ahead.clone() else {
+            let Some((ahead, read_at, created)) = self.ahead.clone() else {
                 return Ok(true);
             };
             let woken = tokio::select! {
-                woken = wait_for_delete(&self.shared, &ahead, read_at) => woken,
+                woken = wait_for_delete(&self.shared, &ahead, read_at, created) => woken,
                 _ = session.until_ended() => return Ok(false),
             };
             if let Err(error) = woken {
@@ -173,7 +175,7 @@ impl Contender {
         self.ahead = got(&response, 0)?
             .into_iter()
             .next()
-            .map(|kv| (kv.key().to_vec(), read_at));
+            .map(|kv| (kv.key().to_vec(), read_at, kv.create_revision()));
         Ok(true)
     }
 
@@ -187,15 +189,16 @@ impl Contender {
     }
 }
 
-/// Resolves when `key` (seen at revision `read_at`) may be gone: a delete event, a
-/// cancelled watch, or a check that finds it missing. The caller then looks at the queue.
+/// Resolves when `key` (seen at revision `read_at`, created at `created`) may be gone: a delete
+/// event, a cancelled watch, or a check that finds it missing or re-created. The caller then
+/// looks at the queue.
 ///
 /// The watch starts at the current revision, not at `read_at + 1`: etcd serves watches that
 /// start in the past from a loop that runs every 100 ms, which would add up to 100 ms to a
 /// handoff. Nothing is missed: if anything was written since `read_at` (the answer to the
 /// watch creation carries a later revision), the key is looked up once more after the watch
 /// is in place.
-async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()> {
+async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64) -> Result<()> {
     let (endpoint, timeout) = (inner.endpoint.as_str(), inner.config.request_timeout);
     let mut watch = inner.client.watch_client();
     let mut stream = request(
@@ -239,7 +242,14 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()>
             if now > read_at {
                 let mut kv = inner.client.kv_client();
                 let found = request(endpoint, timeout, kv.get(key, None)).await?;
-                if found.kvs().is_empty() {
+                // A key of that name created after the one we saw is a new incarnation of
+                // a reused name (its holder released and queued again, behind us): the key
+                // ahead is gone. Waiting for this one would wait for a key waiting for us.
+                if found
+                    .kvs()
+                    .first()
+                    .is_none_or(|kv| kv.create_revision() != created)
+                {
                     return Ok(());
                 }
             }
