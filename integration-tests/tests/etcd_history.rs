@@ -140,3 +140,77 @@ async fn a_cancelled_waiters_clean_up_never_removes_a_newer_incarnation() {
         got.release().await.expect("still ours to release");
     }
 }
+
+/// A waiter whose answer to its enqueue is held up while the holder releases and queues
+/// again under the same (reused) key name: when the answer arrives, the name ahead exists
+/// again, but as a new incarnation that queued behind the waiter. The waiter must take it for
+/// gone and get the lock; before, it watched that key, which waited for it in turn (found by
+/// the faults harness's `etcd_restart`, where a server restart made this interleaving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_name_ahead_that_queued_again_behind_us_is_not_waited_for() {
+    use dlock_test_servers::{Direction, FaultProxy};
+    let options = options("reincarnation");
+    let address = shared_etcd()
+        .url
+        .trim_start_matches("etcd://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(address.as_str());
+    let holder_backend = backend().await;
+    let holder = Locker::new(holder_backend.clone())
+        .with_options(options.clone())
+        .expect("options");
+    let waiter_backend = dlock_etcd::connect(&format!("etcd://{}?timeout=5s", proxy.address()))
+        .await
+        .expect("connect through the proxy");
+    let waiter = Locker::new(waiter_backend)
+        .with_options(options.clone())
+        .expect("options");
+    let key = LockKey::new("k").expect("key");
+    // The waiter's session (its lease) exists before its answers are held back.
+    waiter
+        .acquire("warm-up")
+        .await
+        .expect("warm-up")
+        .release()
+        .await
+        .expect("release");
+    let first = holder.acquire("k").await.expect("holder acquires");
+    // Hold the waiter's answers back: its enqueue reaches etcd, its reply does not.
+    proxy.stall(Direction::ToClient);
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire("k").await })
+    };
+    let deadline = Instant::now() + PROMPTLY;
+    while holder.inspect(&key).await.expect("inspect").info.waiters != Some(1) {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The holder releases and queues again, under the same name (now behind the waiter).
+    first.release().await.expect("release");
+    let (queued, in_line) = tokio::sync::oneshot::channel();
+    let again = {
+        let (holder, options) = (holder.clone(), options.clone());
+        tokio::spawn(async move { holder.acquire_observed("k", &options, Some(queued)).await })
+    };
+    timeout(PROMPTLY, in_line)
+        .await
+        .expect("queued in time")
+        .expect("queued");
+    proxy.unstall(Direction::ToClient);
+    let got = timeout(PROMPTLY, waiting)
+        .await
+        .expect("the waiter gets the lock, not a wait on a key waiting for it")
+        .expect("task")
+        .expect("acquire");
+    got.release().await.expect("release");
+    timeout(PROMPTLY, again)
+        .await
+        .expect("the holder gets it back")
+        .expect("task")
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+}
