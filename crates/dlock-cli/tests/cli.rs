@@ -585,6 +585,104 @@ mod across_processes {
         assert_eq!(code, Some(70));
         assert_eq!(lines.next().expect("a line").expect("utf-8"), "terminated");
     }
+
+    /// Issue 13 on etcd, across processes: `dlock run --owner` holds, a second `dlock run`
+    /// waits, and `dlock status --json` / `dlock list --json` from other processes name the
+    /// holder's owner, its token, its acquisition time and the one waiter.
+    #[cfg(feature = "etcd")]
+    mod etcd {
+        use super::*;
+
+        fn json(args: &[&str]) -> serde_json::Value {
+            let out = output(args);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+            serde_json::from_slice(&out.stdout).expect("one JSON value")
+        }
+
+        #[test]
+        fn status_and_list_name_the_owner_token_and_waiters() {
+            let url = format!(
+                "{}?prefix=cli-p13-{:016x}",
+                dlock_test_servers::shared_etcd().url,
+                rand_id()
+            );
+            let url = url.as_str();
+            let mut holder = dlock()
+                .args([
+                    "run",
+                    "--url",
+                    url,
+                    "--key",
+                    "jobs/a",
+                    "--owner",
+                    "etcd holder 1",
+                ])
+                .args(["--", "sh", "-c", "echo ready; read line || true"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("dlock runs");
+            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            let mut waiter = dlock()
+                .args([
+                    "run",
+                    "--url",
+                    url,
+                    "--key",
+                    "jobs/a",
+                    "--owner",
+                    "etcd waiter",
+                ])
+                .args(["--wait", "60s", "--", "true"])
+                .spawn()
+                .expect("dlock runs");
+            // The waiter's process takes a moment to queue: poll, with a deadline.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                let status = json(&["status", "--url", url, "--key", "jobs/a", "--json"]);
+                if status["waiters"] == 1 {
+                    break status;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the waiter never queued: {status}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(status["held"], true, "{status}");
+            assert_eq!(status["owner"], "etcd holder 1", "{status}");
+            assert!(status["fencing_token"].as_u64().is_some(), "{status}");
+            assert!(status["acquired_at"].is_string(), "{status}");
+            assert!(status["remaining_lease_ms"].as_u64().is_some(), "{status}");
+
+            let text = output(&["status", "--url", url, "--key", "jobs/a"]);
+            let text = String::from_utf8_lossy(&text.stdout).into_owned();
+            assert!(text.contains("held by etcd holder 1 since"), "{text}");
+
+            let listed = json(&["list", "--url", url, "--prefix", "jobs/", "--json"]);
+            let locks = listed["locks"].as_array().expect("a list");
+            assert_eq!(locks.len(), 1, "{listed}");
+            assert_eq!(locks[0]["key"], "jobs/a", "{listed}");
+            assert_eq!(locks[0]["owner"], "etcd holder 1", "{listed}");
+            assert_eq!(
+                locks[0]["fencing_token"], status["fencing_token"],
+                "{listed}"
+            );
+            assert_eq!(locks[0]["waiters"], 1, "{listed}");
+            assert_eq!(listed["next"], serde_json::Value::Null, "{listed}");
+            let elsewhere = json(&["list", "--url", url, "--prefix", "mail/", "--json"]);
+            assert_eq!(elsewhere["locks"], serde_json::json!([]), "{elsewhere}");
+
+            drop(holder.stdin.take());
+            assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+            assert_eq!(wait(&mut waiter, Duration::from_secs(30)), Some(0));
+            let free = output(&["status", "--url", url, "--key", "jobs/a", "--json"]);
+            assert_eq!(free.status.code(), Some(1), "free: {}", stderr(&free));
+            let listed = json(&["list", "--url", url, "--json"]);
+            assert_eq!(listed["locks"], serde_json::json!([]), "{listed}");
+        }
+    }
 }
 
 /// The completions and the man page come from the same definition as the options.

@@ -68,11 +68,12 @@ async fn main() {
         let (least, most) = run.shares();
         println!(
             "{clients:>2} clients: {:>6.0} handoffs/s  handoff p50 {:>8.1} µs ({:.2} RTT)  p99 {:>8.1} µs  \
-             client shares {:.0}%…{:.0}% of even  watch events/handoff {:.2}",
+             acquire wait p99 {:>8.1} µs  client shares {:.0}%…{:.0}% of even  watch events/handoff {:.2}",
             run.handoffs_per_second(),
             us(run.handoff.value_at_quantile(0.5)),
             run.handoff.value_at_quantile(0.5) as f64 / rtt_p50,
             us(run.handoff.value_at_quantile(0.99)),
+            us(run.acquire.value_at_quantile(0.99)),
             least * 100.0,
             most * 100.0,
             watch_events as f64 / run.handoff.len().max(1) as f64,

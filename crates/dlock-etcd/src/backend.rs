@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_core::{
-    AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Lease, LockBackend, LockError,
-    LockInfo, LockKey, LockOptions, LossReason, Renewal, Result,
+    support, AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease,
+    ListPage, ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions,
+    LockReport, LossReason, Renewal, Result,
 };
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
@@ -19,9 +20,9 @@ use tokio::time::Instant;
 
 use crate::config::EtcdConfig;
 use crate::error::{is_lease_gone, request, BACKEND};
-use crate::layout;
+use crate::layout::{self, Found, Stamp};
 use crate::pending::PendingKey;
-use crate::session::{revision_of, Session, Shared};
+use crate::session::{revision_of, Name, Session, Shared};
 use crate::waiter::{Contender, Line};
 
 /// A client of an etcd cluster that takes dlock locks.
@@ -56,6 +57,8 @@ pub(crate) struct EtcdRecord {
     pub(crate) key: String,
     /// The session (etcd lease) the key is attached to.
     pub(crate) session: Arc<Session>,
+    /// The key's name, given back to the session once the release has removed the key.
+    name: std::sync::Mutex<Option<Name>>,
 }
 
 impl EtcdBackend {
@@ -122,7 +125,7 @@ impl EtcdBackend {
         &self,
         request: &AcquireRequest<'_>,
         session: Arc<Session>,
-        key: String,
+        name: Name,
         revision: i64,
     ) -> Result<Acquired> {
         let token = u64::try_from(revision)
@@ -133,7 +136,11 @@ impl EtcdBackend {
         Ok(Acquired {
             token: FencingToken::new(token),
             valid_until,
-            record: Box::new(EtcdRecord { key, session }),
+            record: Box::new(EtcdRecord {
+                key: name.key().to_owned(),
+                session,
+                name: std::sync::Mutex::new(Some(name)),
+            }),
         })
     }
 
@@ -144,18 +151,19 @@ impl EtcdBackend {
         session: &Arc<Session>,
     ) -> Result<Option<Acquired>> {
         let dir = self.queue_dir(request);
-        let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
+        let name = session.name(&dir);
+        let key = name.key().to_owned();
         // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
         let txn = Txn::new()
             .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
             .and_then([TxnOp::put(
                 key.as_str(),
-                "",
+                Stamp::now(request.owner()).encode(),
                 Some(PutOptions::new().with_lease(session.id())),
             )]);
         // Armed before the request goes out: a `try_acquire` dropped while it is in flight
         // must not leave a key that holds the lock for the session's whole life.
-        let mut pending = PendingKey::put(&self.inner, key, txn);
+        let mut pending = PendingKey::put(&self.inner, name, txn);
         let response = pending.settled().await?;
         if !response.succeeded() {
             pending.forget();
@@ -172,8 +180,11 @@ impl EtcdBackend {
         let mut tries = 0;
         loop {
             let session = self.inner.session(request.options.lease).await?;
-            let key = layout::contender_key(&dir, session.id(), self.inner.next_sequence());
-            let contender = match Contender::enqueue(&self.inner, &session, &dir, key).await {
+            let name = session.name(&dir);
+            let stamp = Stamp::now(request.owner());
+            let value = stamp.encode();
+            let contender = match Contender::enqueue(&self.inner, &session, &dir, name, value).await
+            {
                 Ok(contender) => contender,
                 // etcd expired or revoked the lease before the heartbeat noticed: the
                 // session is over, and a new one is started at once.
@@ -186,8 +197,12 @@ impl EtcdBackend {
             };
             match contender.wait_for_turn(&session, request).await? {
                 Line::Holder(contender) => {
-                    let (key, revision) = contender.keep();
-                    return self.acquired(request, session, key, revision);
+                    let waited = contender.waited();
+                    let (name, revision) = contender.keep();
+                    if waited {
+                        self.stamp_grant(name.key(), revision, stamp);
+                    }
+                    return self.acquired(request, session, name, revision);
                 }
                 // The session ended or our key vanished while we waited: queue again.
                 Line::Dropped => continue,
@@ -285,15 +300,20 @@ impl LockBackend for EtcdBackend {
         // Sent from a task of its own: a caller that stops waiting for the release (a
         // dropped future) must not leave the key holding the lock for the session's whole
         // life, as a request cut off before it reached etcd would.
+        let name = support::lock(&record.name).take();
         let sending = tokio::spawn({
             let backend = self.clone();
             let session = Arc::clone(&record.session);
             async move {
                 let outcome = backend.inner.txn(txn.clone()).await;
-                if outcome.is_err() {
+                match (&outcome, name) {
+                    // Removed, or not this incarnation any more: gone either way (our
+                    // name is ours alone, so no other incarnation can be there).
+                    (Ok(_), Some(name)) => name.give_back(),
                     // The key stays attached to a live session, so it would not expire:
                     // keep trying in the background while the session lives.
-                    backend.retry_release(txn, session);
+                    (Err(_), name) => backend.retry_release(txn, session, name),
+                    (Ok(_), None) => {}
                 }
                 outcome
             }
@@ -308,37 +328,93 @@ impl LockBackend for EtcdBackend {
         }
     }
 
+    fn introspection(&self) -> Introspection {
+        Introspection::all()
+    }
+
     async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+        Ok(self.report(key, options).await?.info)
+    }
+
+    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
         let dir = layout::queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key);
-        let mut kv = self.inner.client.kv_client();
-        let oldest_first = GetOptions::new()
-            .with_prefix()
-            .with_keys_only()
-            .with_sort(
-                etcd_client::SortTarget::Create,
-                etcd_client::SortOrder::Ascend,
-            )
-            .with_limit(1);
-        let (endpoint, timeout) = (&self.inner.endpoint, self.inner.config.request_timeout);
-        let queue = request(endpoint, timeout, kv.get(dir.as_str(), Some(oldest_first))).await?;
-        let Some(holder) = queue.kvs().first() else {
-            return Ok(LockInfo {
-                waiters: Some(0),
-                ..LockInfo::default()
-            });
+        self.report_dir(&dir).await
+    }
+
+    async fn list(&self, options: &LockOptions, list: &ListRequest) -> Result<ListPage> {
+        let base = layout::lock_base(self.inner.config.namespace.as_deref(), &options.prefix);
+        let range_start = format!("{base}{}", layout::escape_key_prefix(&list.key_prefix));
+        let range_end = layout::prefix_end(range_start.as_bytes());
+        let mut from = match &list.after {
+            // Everything of the cursor's lock (and of longer prefixes under its name) is
+            // behind us.
+            Some(after) => {
+                let after = LockKey::new(after.as_str())?;
+                let after = format!("{base}{}/", after.path_segment());
+                layout::prefix_end(after.as_bytes()).max(range_start.clone().into_bytes())
+            }
+            None => range_start.into_bytes(),
         };
-        let mut leases = self.inner.client.lease_client();
-        let remaining = request(endpoint, timeout, leases.time_to_live(holder.lease(), None))
-            .await?
-            .ttl();
-        Ok(LockInfo {
-            held: true,
-            fencing_token: u64::try_from(holder.create_revision())
-                .ok()
-                .map(FencingToken::new),
-            remaining_lease: u64::try_from(remaining).ok().map(Duration::from_secs),
-            waiters: usize::try_from(queue.count() - 1).ok(),
-        })
+        // One lock more than the page, to know whether there is a next page.
+        let mut found: Vec<(String, LockKey)> = Vec::new();
+        let (endpoint, timeout) = (&self.inner.endpoint, self.inner.config.request_timeout);
+        let mut kv = self.inner.client.kv_client();
+        'scan: while found.len() <= list.limit && from < range_end {
+            // Keys only, a bounded batch: a page costs O(page + its waiters) keys read.
+            let batch = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_keys_only()
+                .with_limit(LIST_BATCH);
+            let answer = request(endpoint, timeout, kv.get(from.clone(), Some(batch))).await?;
+            if answer.kvs().is_empty() {
+                break;
+            }
+            let full = answer.kvs().len() as i64 == LIST_BATCH;
+            let mut next = from.clone();
+            for kv in answer.kvs() {
+                if kv.key() < next.as_slice() {
+                    continue; // inside a lock or nested prefix already stepped over
+                }
+                match layout::classify(&base, kv.key()) {
+                    Found::Lock { dir, key } => {
+                        if !key.as_str().starts_with(&list.key_prefix) {
+                            next = layout::prefix_end(dir.as_bytes());
+                            continue;
+                        }
+                        next = layout::prefix_end(dir.as_bytes());
+                        found.push((dir, key));
+                        if found.len() > list.limit {
+                            break 'scan;
+                        }
+                    }
+                    Found::Nested { skip } => next = layout::prefix_end(skip.as_bytes()),
+                    Found::Foreign => {
+                        next = kv.key().to_vec();
+                        next.push(0);
+                    }
+                }
+            }
+            from = next;
+            if !full {
+                break;
+            }
+        }
+        let more = found.len() > list.limit;
+        found.truncate(list.limit);
+        let mut locks = Vec::with_capacity(found.len());
+        for (dir, key) in found {
+            let report = self.report_dir(&dir).await?;
+            // Released between the scan and the report: not a lock any more.
+            if report.info.held {
+                locks.push(ListedLock::new(key, report));
+            }
+        }
+        let next = if more {
+            locks.last().map(|lock| lock.key.as_str().to_owned())
+        } else {
+            None
+        };
+        Ok(ListPage::new(locks, next))
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -384,9 +460,69 @@ impl LockBackend for EtcdBackend {
 }
 
 impl EtcdBackend {
+    /// Who holds the lock whose queue directory is `dir`: the oldest key (its create
+    /// revision is the token, its value the owner and times), how many keys wait behind it,
+    /// and how long its lease has left. Two requests.
+    async fn report_dir(&self, dir: &str) -> Result<LockReport> {
+        let mut kv = self.inner.client.kv_client();
+        let oldest_first = GetOptions::new()
+            .with_prefix()
+            .with_sort(
+                etcd_client::SortTarget::Create,
+                etcd_client::SortOrder::Ascend,
+            )
+            .with_limit(1);
+        let (endpoint, timeout) = (&self.inner.endpoint, self.inner.config.request_timeout);
+        let queue = request(endpoint, timeout, kv.get(dir, Some(oldest_first))).await?;
+        let Some(holder) = queue.kvs().first() else {
+            return Ok(LockReport::from(LockInfo {
+                waiters: Some(0),
+                ..LockInfo::default()
+            }));
+        };
+        let mut leases = self.inner.client.lease_client();
+        let remaining = request(endpoint, timeout, leases.time_to_live(holder.lease(), None))
+            .await?
+            .ttl();
+        let mut report = LockReport::from(LockInfo {
+            held: true,
+            fencing_token: u64::try_from(holder.create_revision())
+                .ok()
+                .map(FencingToken::new),
+            remaining_lease: u64::try_from(remaining).ok().map(Duration::from_secs),
+            waiters: usize::try_from(queue.count() - 1).ok(),
+        });
+        if let Some(stamp) = Stamp::decode(holder.value()) {
+            report = report
+                .with_acquired_at(stamp.acquired())
+                .with_owner(stamp.owner);
+        }
+        Ok(report)
+    }
+
+    /// Writes the grant time into the value of a key that waited, off the grant's path (the
+    /// lock is the caller's already; until this lands, a report says the time it queued).
+    /// Only while the key is still this incarnation, and keeping its lease.
+    fn stamp_grant(&self, key: &str, revision: i64, mut stamp: Stamp) {
+        stamp.acquired_at = Some(std::time::SystemTime::now());
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::put(
+                key,
+                stamp.encode(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        let shared = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            if let Err(error) = shared.txn(txn).await {
+                tracing::debug!(%error, "writing the grant time failed");
+            }
+        });
+    }
+
     /// Sends a failed release again, with backoff, until it goes through, the session ends
     /// (its keys vanish with it) or about a minute has passed.
-    fn retry_release(&self, txn: Txn, session: Arc<Session>) {
+    fn retry_release(&self, txn: Txn, session: Arc<Session>, name: Option<Name>) {
         let backend = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -396,7 +532,12 @@ impl EtcdBackend {
                     return;
                 }
                 match backend.inner.txn(txn.clone()).await {
-                    Ok(_) => return,
+                    Ok(_) => {
+                        if let Some(name) = name {
+                            name.give_back();
+                        }
+                        return;
+                    }
                     Err(error) => tracing::debug!(%error, "release retry failed"),
                 }
             }
@@ -446,6 +587,9 @@ const LEASE_GONE_RETRIES: u32 = 3;
 /// election, the whole cluster out of reach) before it returns the error: well above a
 /// leader election, like the Redis backend's default `retry_limit`.
 const OUTAGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How many keys one read of a `list` scan fetches (keys only).
+const LIST_BATCH: i64 = 256;
 
 /// The backend's record of `lease`, or a typed error if another backend took it.
 pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {

@@ -1,35 +1,211 @@
 //! Where locks live in etcd's key space.
 //!
 //! A lock is a *queue directory* `[namespace/]prefix/key-segment/#`, and every contender of
-//! the lock puts one key in it: `…/#<lease id, hex>-<sequence, hex>`. The contender with
-//! the lowest create revision holds the lock.
+//! the lock puts one key in it: `…/#<lease id, hex>-<slot, hex>`. The contender with
+//! the lowest create revision holds the lock. Names are reused by their session once their
+//! key is gone (see `session::Name`), so a lock taken again and again by one client keeps
+//! using one name, as etcd's own `concurrency.Mutex` does.
 //!
 //! The `#` ends the directory because neither an escaped prefix nor a key segment can
 //! contain one: the directory of one lock is never a string prefix of another lock's keys,
 //! even when one prefix extends another (`app` and `app/k`). The lease id makes a key the
-//! client's own; the sequence number lets several tasks of one client contend for the same
+//! client's own; the slot number lets several tasks of one client contend for the same
 //! lock (they share the lease) without being confused with one another.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dlock_core::LockKey;
 use etcd_client::GetOptions;
 
+/// Where the locks of `prefix` (and the configured namespace) live: every queue directory
+/// of that prefix is this followed by a key segment and `/#`.
+pub(crate) fn lock_base(namespace: Option<&str>, prefix: &str) -> String {
+    let mut base = String::new();
+    if let Some(namespace) = namespace {
+        base.push_str(&escape_prefix(namespace));
+        base.push('/');
+    }
+    base.push_str(&escape_prefix(prefix));
+    base.push('/');
+    base
+}
+
 /// The queue directory of `key` under `prefix` (and the configured namespace).
 pub(crate) fn queue_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
-    let mut dir = String::new();
-    if let Some(namespace) = namespace {
-        dir.push_str(&escape_prefix(namespace));
-        dir.push('/');
-    }
-    dir.push_str(&escape_prefix(prefix));
-    dir.push('/');
+    let mut dir = lock_base(namespace, prefix);
     dir.push_str(&key.path_segment());
     dir.push_str("/#");
     dir
 }
 
+/// Where a contender key found under `base` belongs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A key in the queue directory `dir` of the lock `key`.
+    Lock {
+        /// The queue directory (ends in `/#`).
+        dir: String,
+        /// The lock's key, unescaped.
+        key: LockKey,
+    },
+    /// A key of a longer prefix (`base` + `segment/` + more): everything under `skip`
+    /// belongs to it, and sorts after our own lock named `segment` (`#` sorts before every
+    /// character an escaped name can hold).
+    Nested {
+        /// The key prefix to step over.
+        skip: String,
+    },
+    /// Not a dlock key at all (written by someone else): step over this one key.
+    Foreign,
+}
+
+/// Classifies `etcd_key`, which starts with `base`.
+pub(crate) fn classify(base: &str, etcd_key: &[u8]) -> Found {
+    let Some(rest) = etcd_key.strip_prefix(base.as_bytes()) else {
+        return Found::Foreign;
+    };
+    let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+        return Found::Foreign;
+    };
+    let segment = &rest[..slash];
+    let after = &rest[slash + 1..];
+    let Ok(segment) = std::str::from_utf8(segment) else {
+        return Found::Foreign;
+    };
+    if after.first() != Some(&b'#') {
+        return Found::Nested {
+            skip: format!("{base}{segment}/"),
+        };
+    }
+    match unescape_segment(segment).and_then(|key| LockKey::new(key).ok()) {
+        Some(key) if key.path_segment() == segment => Found::Lock {
+            dir: format!("{base}{segment}/#"),
+            key,
+        },
+        _ => Found::Foreign,
+    }
+}
+
+/// The inverse of [`LockKey::path_segment`] (`None` for something it never produces).
+fn unescape_segment(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The start of the segments of every key that begins with `key_prefix`: the byte-wise
+/// escape [`LockKey::path_segment`] applies. (The whole keys `.` and `..` are escaped
+/// differently; they are found by the empty prefix only.)
+pub(crate) fn escape_key_prefix(key_prefix: &str) -> String {
+    let mut out = String::with_capacity(key_prefix.len());
+    for byte in key_prefix.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes: the range runs to the end of the key space.
+    vec![0]
+}
+
+/// What a contender key's value says: who put it, when it queued and, once known, when it
+/// was granted. Text lines, because the owner description has no control characters:
+/// `dlock1`, queued-at and acquired-at in Unix milliseconds (the latter empty until a waiter
+/// is granted; a key granted at once is acquired when it queued), then the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The owner description of the acquisition.
+    pub(crate) owner: String,
+    /// When the key was put.
+    pub(crate) queued_at: SystemTime,
+    /// When the key became the holder after waiting (`None`: at `queued_at`, or not yet
+    /// written).
+    pub(crate) acquired_at: Option<SystemTime>,
+}
+
+impl Stamp {
+    /// A stamp put now by `owner`.
+    pub(crate) fn now(owner: &str) -> Stamp {
+        Stamp {
+            owner: owner.to_owned(),
+            queued_at: SystemTime::now(),
+            acquired_at: None,
+        }
+    }
+
+    /// The value to store.
+    pub(crate) fn encode(&self) -> String {
+        let millis = |at: SystemTime| {
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis())
+        };
+        format!(
+            "dlock1\n{}\n{}\n{}",
+            millis(self.queued_at),
+            self.acquired_at
+                .map(millis)
+                .map_or(String::new(), |m| m.to_string()),
+            self.owner
+        )
+    }
+
+    /// Reads a stored value; `None` for an empty or foreign one.
+    pub(crate) fn decode(value: &[u8]) -> Option<Stamp> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut lines = text.splitn(4, '\n');
+        if lines.next()? != "dlock1" {
+            return None;
+        }
+        let at = |text: &str| -> Option<SystemTime> {
+            UNIX_EPOCH.checked_add(Duration::from_millis(text.parse().ok()?))
+        };
+        let queued_at = at(lines.next()?)?;
+        let acquired = lines.next()?;
+        let acquired_at = if acquired.is_empty() {
+            None
+        } else {
+            Some(at(acquired)?)
+        };
+        Some(Stamp {
+            owner: lines.next()?.to_owned(),
+            queued_at,
+            acquired_at,
+        })
+    }
+
+    /// When the holder got the lock, as far as the value says.
+    pub(crate) fn acquired(&self) -> SystemTime {
+        self.acquired_at.unwrap_or(self.queued_at)
+    }
+}
+
 /// The key one contender puts in `dir`.
-pub(crate) fn contender_key(dir: &str, lease_id: i64, sequence: u64) -> String {
-    format!("{dir}{lease_id:016x}-{sequence:x}")
+pub(crate) fn contender_key(dir: &str, lease_id: i64, slot: u64) -> String {
+    format!("{dir}{lease_id:016x}-{slot:x}")
 }
 
 /// Options for reading the newest contenders of a queue directory first.
@@ -64,6 +240,55 @@ mod tests {
 
     fn key(k: &str) -> LockKey {
         LockKey::new(k).unwrap()
+    }
+
+    #[test]
+    fn contender_keys_are_classified_back_to_their_lock() {
+        let base = lock_base(Some("ns"), "app");
+        for name in ["jobs/a", "50%", "..", "a b#c", "é"] {
+            let dir = queue_dir(Some("ns"), "app", &key(name));
+            let found = classify(&base, contender_key(&dir, 7, 1).as_bytes());
+            assert_eq!(
+                found,
+                Found::Lock {
+                    dir,
+                    key: key(name)
+                }
+            );
+        }
+        let nested = contender_key(&queue_dir(Some("ns"), "app/other", &key("k")), 7, 1);
+        assert_eq!(
+            classify(&base, nested.as_bytes()),
+            Found::Nested {
+                skip: "ns/app/other/".into()
+            }
+        );
+        assert_eq!(classify(&base, b"ns/app/plain"), Found::Foreign);
+        assert_eq!(classify(&base, b"ns/app/a%zz/#1"), Found::Foreign);
+        assert!(escape_key_prefix("jobs/") < "jobs%2Fa".to_owned() + "~");
+        assert!(key("jobs/a")
+            .path_segment()
+            .starts_with(&escape_key_prefix("jobs/")));
+        assert_eq!(prefix_end(b"a/#"), b"a/$");
+    }
+
+    #[test]
+    fn stamps_round_trip() {
+        let mut stamp = Stamp::now("host/1/prog with spaces");
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        stamp.queued_at = at;
+        assert_eq!(
+            Stamp::decode(stamp.encode().as_bytes()),
+            Some(stamp.clone())
+        );
+        stamp.acquired_at = Some(at + Duration::from_millis(5));
+        assert_eq!(
+            Stamp::decode(stamp.encode().as_bytes()),
+            Some(stamp.clone())
+        );
+        assert_eq!(stamp.acquired(), at + Duration::from_millis(5));
+        assert_eq!(Stamp::decode(b""), None);
+        assert_eq!(Stamp::decode(b"other"), None);
     }
 
     #[test]

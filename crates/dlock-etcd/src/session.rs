@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dlock_core::support::{lock, spawn_clean_up};
@@ -31,8 +31,6 @@ pub(crate) struct Shared {
     pub(crate) endpoint: String,
     /// Live sessions by lease length in whole seconds.
     pub(crate) sessions: AsyncMutex<HashMap<u64, Arc<Session>>>,
-    /// Makes each contender key of this client unique.
-    sequence: AtomicU64,
     /// Watch events received by waiters, for tests and benchmarks.
     pub(crate) watch_events: AtomicU64,
 }
@@ -71,7 +69,6 @@ impl Shared {
             config,
             endpoint,
             sessions: AsyncMutex::new(HashMap::new()),
-            sequence: AtomicU64::new(0),
             watch_events: AtomicU64::new(0),
         })
     }
@@ -95,11 +92,6 @@ impl Shared {
         .await?;
         sessions.insert(seconds, Arc::clone(&session));
         Ok(session)
-    }
-
-    /// A number no other key of this client carries.
-    pub(crate) fn next_sequence(&self) -> u64 {
-        self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Runs one transaction, bounded by the request timeout.
@@ -147,6 +139,61 @@ pub(crate) struct Session {
     timeout: Duration,
     /// Set when the heartbeat was stopped to simulate a crash: dropping must not revoke.
     abandoned: AtomicBool,
+    /// The contender key names this session can use again.
+    names: Mutex<Names>,
+}
+
+/// Contender key names are reused, as etcd's own `concurrency.Mutex` reuses
+/// `<prefix>/<lease id>`: a new name for every acquisition would leave one more deleted key
+/// in the lock's directory each time, and until etcd compacts its history every range read
+/// of the directory walks all of them (the uncontended rate halved after ~150,000
+/// acquisitions). A name is given back only once its key is known gone from the server, so
+/// two incarnations of one name never overlap; every delete of a name that may be reused is
+/// conditional on the incarnation's create revision, so a late retry cannot remove a newer
+/// one. A name whose key's fate is unknown is never reused.
+#[derive(Default)]
+struct Names {
+    /// Free slot numbers per queue directory.
+    free: HashMap<String, Vec<u64>>,
+    /// The next slot number never used by this session.
+    next: u64,
+}
+
+/// At most this many queue directories keep free names per session: beyond, a given-back
+/// name is dropped (never reused), so memory stays bounded however many locks a client
+/// touches. Reuse matters for locks taken again and again, which stay in the map.
+const MAX_FREE_DIRS: usize = 4096;
+
+/// A contender key name lent out by a session until its key is known gone from the server.
+/// Dropping it without [`Name::give_back`] retires the name for good, the safe default.
+pub(crate) struct Name {
+    session: Weak<Session>,
+    dir: String,
+    slot: u64,
+    key: String,
+}
+
+impl Name {
+    /// The etcd key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The key is gone from the server and no request that could put it is in flight: the
+    /// session may use the name again.
+    pub(crate) fn give_back(self) {
+        let Some(session) = self.session.upgrade() else {
+            return;
+        };
+        if session.ended().is_some() {
+            return;
+        }
+        let mut names = lock(&session.names);
+        let free = &mut names.free;
+        if free.len() < MAX_FREE_DIRS || free.contains_key(&self.dir) {
+            free.entry(self.dir).or_default().push(self.slot);
+        }
+    }
 }
 
 /// What the session and its heartbeat task share.
@@ -219,12 +266,30 @@ impl Session {
             endpoint: endpoint.to_owned(),
             timeout,
             abandoned: AtomicBool::new(false),
+            names: Mutex::new(Names::default()),
         }))
     }
 
     /// The etcd lease id.
     pub(crate) fn id(&self) -> i64 {
         self.shared.id
+    }
+
+    /// A name for a contender key in `dir`: one this session used before and got back, else
+    /// a new one.
+    pub(crate) fn name(self: &Arc<Self>, dir: &str) -> Name {
+        let mut names = lock(&self.names);
+        let reused = names.free.get_mut(dir).and_then(Vec::pop);
+        let slot = reused.unwrap_or_else(|| {
+            names.next += 1;
+            names.next - 1
+        });
+        Name {
+            session: Arc::downgrade(self),
+            dir: dir.to_owned(),
+            slot,
+            key: crate::layout::contender_key(dir, self.id(), slot),
+        }
     }
 
     /// Until when the lease surely runs, on this process's clock.

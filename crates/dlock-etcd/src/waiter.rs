@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::{AcquireRequest, Backoff, LockError, Result};
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+};
 
 use crate::error::{request, to_lock_error, BACKEND};
 use crate::layout::newest_first;
-use crate::pending::PendingKey;
-use crate::session::{got, revision_of, Session, Shared};
+use crate::pending::{self, PendingKey};
+use crate::session::{got, revision_of, Name, Session, Shared};
 
 /// Where a contender stands after waiting.
 pub(crate) enum Line {
@@ -29,8 +31,12 @@ pub(crate) struct Contender {
     key: PendingKey,
     /// The create revision of our key.
     revision: i64,
-    /// The key just ahead of ours and the revision at which we saw it, if any.
-    ahead: Option<(Vec<u8>, i64)>,
+    /// The key just ahead of ours, the revision at which we saw it and its create revision
+    /// (names are reused: a key of the same name created later is another contender, behind
+    /// us), if any.
+    ahead: Option<(Vec<u8>, i64, i64)>,
+    /// Whether we stood behind another key (then the grant time is written after the grant).
+    waited: bool,
 }
 
 impl Contender {
@@ -40,14 +46,16 @@ impl Contender {
         shared: &Arc<Shared>,
         session: &Session,
         dir: &str,
-        key: String,
+        name: Name,
+        value: String,
     ) -> Result<Contender> {
+        let key = name.key().to_owned();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([
                 TxnOp::put(
                     key.as_str(),
-                    "",
+                    value,
                     Some(PutOptions::new().with_lease(session.id())),
                 ),
                 // Our key is the newest, so the second newest is the one just ahead.
@@ -58,13 +66,14 @@ impl Contender {
         let mut contender = Contender {
             shared: Arc::clone(shared),
             dir: dir.to_owned(),
-            key: PendingKey::put(shared, key, txn),
+            key: PendingKey::put(shared, name, txn),
             revision: 0,
             ahead: None,
+            waited: false,
         };
         let response = contender.key.settled().await?;
         if !response.succeeded() {
-            contender.key.forget();
+            contender.key.retire();
             return Err(LockError::protocol(
                 BACKEND,
                 format!("contender key {} already existed", contender.key.key()),
@@ -74,7 +83,7 @@ impl Contender {
         contender.ahead = got(&response, 1)?
             .into_iter()
             .find(|kv| kv.create_revision() < contender.revision)
-            .map(|kv| (kv.key().to_vec(), contender.revision));
+            .map(|kv| (kv.key().to_vec(), contender.revision, kv.create_revision()));
         Ok(contender)
     }
 
@@ -88,6 +97,7 @@ impl Contender {
         if self.ahead.is_some() {
             request.queued();
         }
+        self.waited = self.ahead.is_some();
         let outcome = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, self.turn(session))
                 .await
@@ -106,19 +116,24 @@ impl Contender {
     }
 
     /// Gives up the key's automatic deletion: the lock is held now.
-    pub(crate) fn keep(self) -> (String, i64) {
+    pub(crate) fn keep(self) -> (Name, i64) {
         (self.key.keep(), self.revision)
+    }
+
+    /// Whether the key waited behind another before it got the lock.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
     }
 
     /// Waits for our turn: `true` when first in line, `false` when our key is gone.
     async fn turn(&mut self, session: &Session) -> Result<bool> {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
-            let Some((ahead, read_at)) = self.ahead.clone() else {
+            let Some((ahead, read_at, created)) = self.ahead.clone() else {
                 return Ok(true);
             };
             let woken = tokio::select! {
-                woken = wait_for_delete(&self.shared, &ahead, read_at) => woken,
+                woken = wait_for_delete(&self.shared, &ahead, read_at, created) => woken,
                 _ = session.until_ended() => return Ok(false),
             };
             if let Err(error) = woken {
@@ -160,42 +175,40 @@ impl Contender {
         self.ahead = got(&response, 0)?
             .into_iter()
             .next()
-            .map(|kv| (kv.key().to_vec(), read_at));
+            .map(|kv| (kv.key().to_vec(), read_at, kv.create_revision()));
         Ok(true)
     }
 
     /// Deletes our key now (the wait was given up); on failure, the drop retries in the
     /// background.
     async fn leave(&mut self) {
-        let mut kv = self.shared.client.kv_client();
-        let inner = &self.shared;
-        let deleted = request(
-            &inner.endpoint,
-            inner.config.request_timeout,
-            kv.delete(self.key.key(), None),
-        )
-        .await;
+        let deleted = pending::delete(&self.shared, self.key.key(), Some(self.revision)).await;
         if deleted.is_ok() {
             self.key.forget();
         }
     }
 }
 
-/// Resolves when `key` (seen at revision `read_at`) may be gone: a delete event, a
-/// cancelled watch, or a check that finds it missing. The caller then looks at the queue.
+/// Resolves when `key` (seen at revision `read_at`, created at `created`) may be gone: a delete
+/// event, a cancelled watch, or a check that finds it missing or re-created. The caller then
+/// looks at the queue.
 ///
 /// The watch starts at the current revision, not at `read_at + 1`: etcd serves watches that
 /// start in the past from a loop that runs every 100 ms, which would add up to 100 ms to a
 /// handoff. Nothing is missed: if anything was written since `read_at` (the answer to the
 /// watch creation carries a later revision), the key is looked up once more after the watch
 /// is in place.
-async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()> {
+async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64) -> Result<()> {
     let (endpoint, timeout) = (inner.endpoint.as_str(), inner.config.request_timeout);
     let mut watch = inner.client.watch_client();
     let mut stream = request(
         endpoint,
         timeout,
-        watch.watch(key, Some(WatchOptions::new())),
+        // Only deletes wake us: the holder ahead rewrites its value once (the grant time).
+        watch.watch(
+            key,
+            Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])),
+        ),
     )
     .await?;
     let mut checked = false;
@@ -229,7 +242,14 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64) -> Result<()>
             if now > read_at {
                 let mut kv = inner.client.kv_client();
                 let found = request(endpoint, timeout, kv.get(key, None)).await?;
-                if found.kvs().is_empty() {
+                // A key of that name created after the one we saw is a new incarnation of
+                // a reused name (its holder released and queued again, behind us): the key
+                // ahead is gone. Waiting for this one would wait for a key waiting for us.
+                if found
+                    .kvs()
+                    .first()
+                    .is_none_or(|kv| kv.create_revision() != created)
+                {
                     return Ok(());
                 }
             }

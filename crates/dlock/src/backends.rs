@@ -15,7 +15,7 @@
 //! | order for a contended key | FIFO | FIFO (a line kept in Redis; a releasing holder queues behind the waiters) | no order promised, but no barging | FIFO (sequence) | FIFO (create revision) |
 //! | server unreachable | — | held locks are signalled lost when their lease runs out unrenewed; waiters retry, then report `Connection` | fine while a majority answers; a frozen or slow minority costs no time (below) | locks survive a disconnection shorter than the session; after that, lost on the client's own clock | locks survive an outage shorter than the TTL; after that, lost |
 //! | server restart | — | a restart that loses writes (no persistence, RDB snapshots, AOF `everysec`; a failover to a lagging replica) forgets or rolls back locks: fencing tokens keep growing, so fenced writes stay safe, and a reloaded waiting line stalls nobody (gone waiters' entries are skipped). Configure `appendonly yes` + `appendfsync always` to keep exclusion itself across restarts | one instance restarting is covered by the majority | sessions survive a restart shorter than their timeout | the lease survives a restart shorter than its TTL (same data dir) |
-//! | a lock name after release costs | nothing | nothing a few seconds later: the fence counter expires 5 s after the lock, an idle line's keys go with its last entry | the same on each instance | nothing once the server removes the empty container node | nothing (the key is deleted; its revisions until compaction) |
+//! | a lock name after release costs | nothing | nothing a few seconds later: the fence counter expires 5 s after the lock, an idle line's keys go with its last entry | the same on each instance | nothing once the server removes the empty container node | nothing (the key is deleted; its revisions stay until compaction, but a client reuses one key name per lock, so the history a read walks grows with clients, not with acquisitions) |
 //!
 //! ## When to choose which
 //! - **memory**: unit tests of code that takes locks, single-process tools, examples.
@@ -164,6 +164,11 @@
 //!   again through a member that has one, instead of waiting until their lease ends.
 //! - **Server outage**: shorter than the TTL, locks are kept; longer, they are signalled lost.
 //!   **Holder killed**: its keys go when etcd expires the lease (the TTL plus up to 3 s).
+//!
+//! Who holds what (`Locker::inspect`, `Locker::list`, `dlock status`, `dlock list`): the owner
+//! description and the client's queue/grant times are the value of the contender key (the
+//! grant time of a waiter that got the lock is written just after the grant); the token is
+//! the key's create revision, the waiters the other keys of the lock's queue.
 //!
 //! ## Clusters
 //! List every member in the URL: `etcd://h1:2379,h2:2379,h3:2379`,
