@@ -65,6 +65,9 @@ async fn every_backend_scheme_reaches_its_backend() {
     for scheme in dlock::redis::SCHEMES {
         let hosts = if scheme.ends_with("redlock") {
             format!("{closed},127.0.0.1:2,127.0.0.1:3")
+        } else if scheme.ends_with("sentinel") {
+            // Sentinels, and the name of the primary they watch.
+            format!("{closed}/primary")
         } else {
             closed.to_owned()
         };
