@@ -17,7 +17,6 @@
 //! never in tests.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -393,15 +392,16 @@ impl Contender for EtcdLock {
 
 async fn etcd_lock_clients(address: &str, n: usize) -> Contenders {
     let mut clients: Vec<Arc<dyn Contender>> = Vec::new();
-    let keepalives = Arc::new(Mutex::new(HashMap::new()));
-    for index in 0..n {
+    for _ in 0..n {
         let mut client = etcd_client::Client::connect([address], None)
             .await
             .expect("etcd connect");
         // One lease per client, kept alive as a user of `lock()` must.
         let lease = client.lease_grant(30, None).await.expect("lease").id();
-        let (mut keeper, _stream) = client.lease_keep_alive(lease).await.expect("keepalive");
-        let task = tokio::spawn(async move {
+        let (mut keeper, stream) = client.lease_keep_alive(lease).await.expect("keepalive");
+        // Runs for the rest of the benchmark, holding the stream the answers come back on.
+        tokio::spawn(async move {
+            let _stream = stream;
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 if keeper.keep_alive().await.is_err() {
@@ -409,7 +409,6 @@ async fn etcd_lock_clients(address: &str, n: usize) -> Contenders {
                 }
             }
         });
-        keepalives.lock().unwrap().insert(index, task);
         clients.push(Arc::new(EtcdLock { client, lease }));
     }
     Contenders {
