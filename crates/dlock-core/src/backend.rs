@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::inspect::{Introspection, ListPage, ListRequest, LockReport};
 use crate::key::LockKey;
 use crate::lease::{lock, Lease, LossNotifier, LossReason};
+use crate::mode::LockMode;
 use crate::options::LockOptions;
 use crate::token::FencingToken;
 
@@ -109,6 +110,53 @@ pub trait LockBackend: Any + Send + Sync + fmt::Debug {
         })
     }
 
+    /// Whether the backend can take locks in `mode` ([`LockOptions::mode`]): shared readers
+    /// and semaphore permits need a line that grants several contenders at once. The
+    /// [`Locker`](crate::Locker) refuses a mode the backend does not declare with
+    /// [`LockError::Unsupported`](crate::LockError::Unsupported), so a backend that ignores
+    /// the mode can never grant a semaphore's permit as if it were the only one. The
+    /// default supports only [`LockMode::Exclusive`].
+    fn supports(&self, mode: LockMode) -> bool {
+        mode == LockMode::Exclusive
+    }
+
+    /// Replaces the owner description stored with a held lock ([`AcquireRequest::owner`]),
+    /// if the lock is still ours (checked on the server, atomically), without touching its
+    /// lease, token or place; [`LockError::NotHeld`](crate::LockError::NotHeld) otherwise.
+    /// An [`Election`](crate::Election)'s leader publishes its value this way
+    /// ([`Leadership::proclaim`](crate::Leadership::proclaim)). `owner` is already checked.
+    ///
+    /// The default is [`LockError::Unsupported`](crate::LockError::Unsupported).
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        let _ = (lease, owner);
+        Err(crate::LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: "updating a held lock's owner",
+        })
+    }
+
+    /// Resolves when the lock on `key` may have changed since `seen` was read (a new
+    /// holder, a release, an expiry, a new owner description): the caller then reads
+    /// [`LockBackend::report`] again. Spurious wake-ups are allowed; missed changes are not.
+    /// [`Election::observe`](crate::Election::observe) waits here.
+    ///
+    /// Backends that can be told by the server (a watch, a notification) override it; the
+    /// default sleeps [`CHANGE_POLL_INTERVAL`], or less if the holder's lease ends sooner.
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        let _ = (key, options);
+        let poll = seen
+            .info
+            .remaining_lease
+            .map_or(CHANGE_POLL_INTERVAL, |left| left.min(CHANGE_POLL_INTERVAL));
+        tokio::time::sleep(poll).await;
+        Ok(())
+    }
+
     /// One round trip to the server, the cheapest the backend's lock operations make, timed.
     /// Benchmarks report lock latencies as multiples of it.
     async fn ping(&self) -> Result<Duration> {
@@ -118,6 +166,9 @@ pub trait LockBackend: Any + Send + Sync + fmt::Debug {
         })
     }
 }
+
+/// How often [`LockBackend::wait_for_change`]'s default reads the lock again.
+pub const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What the server knows of one lock, as [`LockBackend::inspect`] reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,6 +243,12 @@ impl<'a> AcquireRequest<'a> {
     /// identity: the owner check on release must keep using the backend's own unguessable id.
     pub fn owner(&self) -> &str {
         self.options.effective_owner()
+    }
+
+    /// How the lock is to be shared ([`LockOptions::mode`]); a backend only sees modes it
+    /// [`supports`](LockBackend::supports).
+    pub fn mode(&self) -> LockMode {
+        self.options.mode
     }
 
     /// Also sets `flag` when the request stands in line, so the locker can count handoffs.

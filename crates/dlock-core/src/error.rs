@@ -68,6 +68,18 @@ pub enum LockError {
         /// What was expected and what came back.
         detail: String,
     },
+    /// Another contender for the key holds or waits for it in a mode that cannot share a
+    /// line with this one: a semaphore asked for with another permit count, or a mutex or a
+    /// read-write lock on a semaphore's key ([`LockMode`](crate::LockMode)). Nothing was taken.
+    #[error("lock `{key}` is used as {found}, not as {requested}: every client must use one key the same way")]
+    IncompatibleMode {
+        /// The key that was asked for.
+        key: String,
+        /// The mode this request asked for.
+        requested: crate::LockMode,
+        /// The mode another contender uses it in.
+        found: crate::LockMode,
+    },
     /// The backend cannot do this (inspecting a lock, measuring a round trip…).
     #[error("the {backend} backend does not support {operation}")]
     Unsupported {

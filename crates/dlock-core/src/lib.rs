@@ -45,6 +45,7 @@
 mod backend;
 mod backend_url;
 mod backoff;
+mod election;
 mod error;
 mod guard;
 mod inspect;
@@ -54,7 +55,10 @@ mod lease;
 mod locker;
 mod memory;
 pub mod metrics;
+mod mode;
 mod options;
+mod rw_lock;
+mod semaphore;
 pub mod support;
 mod token;
 
@@ -65,9 +69,12 @@ pub mod contract {
     #![doc = include_str!("../SEMANTICS.md")]
 }
 
-pub use backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
+pub use backend::{
+    AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal, CHANGE_POLL_INTERVAL,
+};
 pub use backend_url::{redact_url, BackendUrl, HostPort, LOCK_OPTION_PARAMS};
 pub use backoff::Backoff;
+pub use election::{Election, Leader, LeaderChanges, Leadership};
 pub use error::{BoxError, LockError, Result};
 pub use guard::LockGuard;
 pub use inspect::{
@@ -78,9 +85,12 @@ pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
 pub use lease::{Lease, LossNotifier, LossReason};
 pub use locker::{Locker, WAIT_LIMIT_GRACE};
 pub use memory::{MemoryBackend, MemoryServer};
+pub use mode::{turn, LockMode, Turn, MAX_PERMITS};
 pub use options::{
     default_owner, LockOptions, MAX_LEASE, MAX_OWNER_LEN, MAX_PREFIX_LEN, MIN_LEASE,
 };
+pub use rw_lock::RwLock;
+pub use semaphore::Semaphore;
 pub use token::FencingToken;
 
 /// Re-exported so backend crates implement [`LockBackend`] with the same macro version.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backend::{AcquireRequest, Capabilities, LockBackend};
+use crate::election::Election;
 use crate::error::{LockError, Result};
 use crate::guard::LockGuard;
 use crate::inspect::{ListPage, ListRequest, LockReport};
@@ -16,7 +17,10 @@ use crate::keepalive::Keepalive;
 use crate::key::IntoLockKey;
 use crate::lease::{Lease, LeaseState};
 use crate::metrics::Attempt;
+use crate::mode::LockMode;
 use crate::options::LockOptions;
+use crate::rw_lock::RwLock;
+use crate::semaphore::Semaphore;
 
 /// How long past its wait limit an `acquire` may run before the locker gives up on the
 /// backend and reports [`LockError::Timeout`] itself (P9).
@@ -134,7 +138,7 @@ impl Locker {
         queued: Option<oneshot::Sender<()>>,
     ) -> Result<LockGuard> {
         let key = key.into_lock_key()?;
-        options.validate()?;
+        self.check(options)?;
         let attempt = self.attempt(&key, options);
         let granted = self
             .wait_for_grant(&key, options, queued, &attempt)
@@ -156,7 +160,7 @@ impl Locker {
         options: &LockOptions,
     ) -> Result<Option<LockGuard>> {
         let key = key.into_lock_key()?;
-        options.validate()?;
+        self.check(options)?;
         let attempt = self.attempt(&key, options);
         let tried = self
             .try_once(&key, options, &attempt)
@@ -175,6 +179,27 @@ impl Locker {
                 Err(error)
             }
         }
+    }
+
+    /// A counting semaphore named `name` with `permits` permits, under this locker's
+    /// options (see [`Semaphore`]). [`LockError::InvalidKey`] or
+    /// [`LockError::InvalidOptions`] for a bad name or count; taking a permit on a backend
+    /// without semaphores is [`LockError::Unsupported`].
+    pub fn semaphore(&self, name: impl IntoLockKey, permits: u32) -> Result<Semaphore> {
+        let mode = LockMode::Permit(permits);
+        mode.validate()?;
+        let options = self.options.clone().mode(mode);
+        Ok(Semaphore::new(self.clone(), name.into_lock_key()?, options))
+    }
+
+    /// A read-write lock named `name`, under this locker's options (see [`RwLock`]).
+    pub fn rw_lock(&self, name: impl IntoLockKey) -> Result<RwLock> {
+        Ok(RwLock::new(self.clone(), name.into_lock_key()?))
+    }
+
+    /// The leader election named `name`, under this locker's options (see [`Election`]).
+    pub fn election(&self, name: impl IntoLockKey) -> Result<Election> {
+        Ok(Election::new(self.clone(), name.into_lock_key()?))
     }
 
     /// What the server knows of the lock on `key` under this locker's options: held, token,
@@ -308,6 +333,22 @@ impl Locker {
         };
         let fresh = self.fresh(key, options, acquired, &state, None).await;
         Ok(fresh.map(|acquired| (acquired, state)))
+    }
+
+    /// `options` are in range and the backend can take locks in their mode.
+    fn check(&self, options: &LockOptions) -> Result<()> {
+        options.validate()?;
+        if self.backend().supports(options.mode) {
+            return Ok(());
+        }
+        Err(LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: match options.mode {
+                LockMode::Exclusive => "exclusive locks",
+                LockMode::Shared => "shared (read) locks",
+                LockMode::Permit(_) => "semaphores",
+            },
+        })
     }
 
     fn attempt(&self, key: &crate::LockKey, options: &LockOptions) -> Attempt {

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::{LockError, Result};
+use crate::mode::LockMode;
 
 /// The shortest lease any backend is asked for.
 pub const MIN_LEASE: Duration = Duration::from_millis(10);
@@ -55,6 +56,10 @@ pub struct LockOptions {
     /// Anyone who can read the lock can read this: never put a secret in it. It is a
     /// description, not an identity: the server's owner check uses its own unguessable id.
     pub owner: Option<String>,
+    /// How the key is shared: alone (the default, a mutex), with other readers, or as one of
+    /// N permits. [`Locker::rw_lock`](crate::Locker::rw_lock) and
+    /// [`Locker::semaphore`](crate::Locker::semaphore) set it for you.
+    pub mode: LockMode,
 }
 
 impl Default for LockOptions {
@@ -66,6 +71,7 @@ impl Default for LockOptions {
             keepalive_interval: None,
             prefix: "dlock".to_owned(),
             owner: None,
+            mode: LockMode::Exclusive,
         }
     }
 }
@@ -155,6 +161,12 @@ impl LockOptions {
         self
     }
 
+    /// Sets how the key is shared (see [`LockMode`]).
+    pub fn mode(mut self, mode: LockMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
     /// The owner description in force: the one set, or [`default_owner`].
     pub fn effective_owner(&self) -> &str {
         match &self.owner {
@@ -215,13 +227,13 @@ impl LockOptions {
         if let Some(owner) = &self.owner {
             check_owner(owner)?;
         }
-        Ok(())
+        self.mode.validate()
     }
 }
 
 /// The owner description rules: stored with the lock and shown to operators, so bounded and
 /// printable.
-fn check_owner(owner: &str) -> Result<()> {
+pub(crate) fn check_owner(owner: &str) -> Result<()> {
     if owner.is_empty() {
         return Err(LockError::invalid_options("owner description is empty"));
     }
@@ -266,6 +278,7 @@ mod tests {
             LockOptions::default().owner("esc\u{1b}[31m"),
             LockOptions::default().owner("del\u{7f}"),
             LockOptions::default().owner("c1\u{85}"),
+            LockOptions::default().mode(LockMode::Permit(0)),
         ];
         for options in bad {
             assert!(
