@@ -108,6 +108,7 @@
 
 pub mod bench;
 mod counting;
+mod primitives;
 pub mod suite;
 
 /// Writing a backend, from nothing to the facade and the command: the repository's
@@ -229,6 +230,19 @@ macro_rules! conformance_tests {
             p12_ping_times_a_round_trip,
             p13_report_names_the_holder,
             p13_list_pages_through_held_locks,
+            p14_semaphore_admits_exactly_its_permits,
+            p14_semaphore_holders_never_exceed_its_permits,
+            p14_semaphore_permit_counts_must_agree,
+            p14_crashed_permit_holder_frees_its_permit,
+            p14_cancelled_permit_waiter_leaves_nothing_behind,
+            p15_readers_share_and_writers_exclude,
+            p15_waiting_writer_is_not_starved_by_new_readers,
+            p15_readers_and_writers_never_overlap,
+            p15_cancelled_reader_leaves_nothing_behind,
+            p16_one_leader_at_a_time_and_terms_grow,
+            p16_leader_and_its_value_are_visible,
+            p16_observe_follows_leader_changes,
+            p16_lost_leadership_is_signalled,
         );
     };
     (@each $target:expr; $($name:ident),* $(,)?) => {
