@@ -6,9 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use dlock_core::{
-    LockBackend, LockError, LockGuard, LockMode, LockOptions, LockReport, Locker,
-};
+use dlock_core::{LockBackend, LockError, LockGuard, LockMode, LockOptions, LockReport, Locker};
 use dlock_test_servers::shared_zookeeper;
 use dlock_zookeeper::zookeeper_client::Client;
 use dlock_zookeeper::{Layout, ZooKeeperBackend, ZooKeeperConfig};
@@ -56,13 +54,14 @@ async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>)
         .unwrap_or_else(|_| panic!("waited {limit:?} for {what}"))
 }
 
-/// Starts `acquire` in a task and returns once it stands in line (its `queued` signal), with
-/// the task's handle.
+/// Starts `acquire` in `mode` (under the locker's own options) in a task and returns once it
+/// stands in line (its `queued` signal), with the task's handle.
 async fn queued(
     locker: &Locker,
     key: &str,
-    options: LockOptions,
+    mode: LockMode,
 ) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
+    let options = locker.options().clone().mode(mode);
     let (sent, in_line) = oneshot::channel();
     let (locker, key) = (locker.clone(), key.to_owned());
     let task =
@@ -80,7 +79,10 @@ async fn still_waits(task: &mut tokio::task::JoinHandle<Result<LockGuard, LockEr
     }
 }
 
-async fn granted(task: tokio::task::JoinHandle<Result<LockGuard, LockError>>, who: &str) -> LockGuard {
+async fn granted(
+    task: tokio::task::JoinHandle<Result<LockGuard, LockError>>,
+    who: &str,
+) -> LockGuard {
     within(SOON, who, task)
         .await
         .expect("the task ran")
@@ -90,7 +92,10 @@ async fn granted(task: tokio::task::JoinHandle<Result<LockGuard, LockError>>, wh
 /// The key node a held lock's node stands in.
 fn key_node(guard: &LockGuard) -> String {
     let node = ZooKeeperBackend::node_path(guard.lease()).expect("a zookeeper lease");
-    node.rsplit_once('/').expect("a node below its key").0.to_owned()
+    node.rsplit_once('/')
+        .expect("a node below its key")
+        .0
+        .to_owned()
 }
 
 /// A session of its own that looks at the tree directly.
@@ -116,10 +121,6 @@ async fn children_become(admin: &Client, dir: &str, count: usize) {
     .await
 }
 
-fn shared() -> LockOptions {
-    LockOptions::default().mode(LockMode::Shared)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_share_and_exclude_a_writer() {
     let prefix = prefix("readers-share");
@@ -140,20 +141,28 @@ async fn readers_share_and_exclude_a_writer() {
         w.rw_lock("k").unwrap().try_write().await.unwrap().is_none(),
         "readers hold: no writer"
     );
-    let mut writer = queued(&w, "k", LockOptions::default()).await;
+    let mut writer = queued(&w, "k", LockMode::Exclusive).await;
     assert_eq!(a.inspect("k").await.unwrap().info.waiters, Some(1));
     first.release().await.unwrap();
     still_waits(&mut writer, "the writer behind one reader").await;
+    let second_token = second.fencing_token();
     second.release().await.unwrap();
     let writer = granted(writer, "the writer once the readers left").await;
-    assert!(writer.fencing_token() > second.fencing_token());
+    assert!(writer.fencing_token() > second_token);
     assert!(
         a.rw_lock("k").unwrap().try_read().await.unwrap().is_none(),
         "a writer holds: no reader"
     );
+    let writer_token = writer.fencing_token();
     writer.release().await.unwrap();
-    let after = a.rw_lock("k").unwrap().try_read().await.unwrap().expect("free again");
-    assert!(after.fencing_token() > writer.fencing_token());
+    let after = a
+        .rw_lock("k")
+        .unwrap()
+        .try_read()
+        .await
+        .unwrap()
+        .expect("free again");
+    assert!(after.fencing_token() > writer_token);
     after.release().await.unwrap();
 }
 
@@ -164,8 +173,8 @@ async fn a_reader_behind_a_waiting_writer_waits() {
     let (w, _) = client(&prefix).await;
     let (b, _) = client(&prefix).await;
     let reader = a.rw_lock("k").unwrap().read().await.unwrap();
-    let writer = queued(&w, "k", LockOptions::default()).await;
-    let mut late_reader = queued(&b, "k", shared()).await;
+    let writer = queued(&w, "k", LockMode::Exclusive).await;
+    let mut late_reader = queued(&b, "k", LockMode::Shared).await;
     assert!(
         b.rw_lock("k").unwrap().try_read().await.unwrap().is_none(),
         "a reader does not pass a waiting writer"
@@ -177,9 +186,10 @@ async fn a_reader_behind_a_waiting_writer_waits() {
     reader.release().await.unwrap();
     let writer = granted(writer, "the writer").await;
     still_waits(&mut late_reader, "the reader behind the holding writer").await;
+    let writer_token = writer.fencing_token();
     writer.release().await.unwrap();
     let late = granted(late_reader, "the late reader").await;
-    assert!(late.fencing_token() > writer.fencing_token());
+    assert!(late.fencing_token() > writer_token);
     late.release().await.unwrap();
 }
 
@@ -200,24 +210,36 @@ async fn n_permits_and_the_next_waits_until_a_release() {
         );
     }
     let tokens: Vec<_> = holders.iter().map(LockGuard::fencing_token).collect();
-    assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "{tokens:?}");
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "{tokens:?}"
+    );
     let (fourth, backend) = &clients[3];
     let semaphore = fourth.semaphore("s", 3).unwrap();
-    assert!(semaphore.try_acquire().await.unwrap().is_none(), "three of three taken");
+    assert!(
+        semaphore.try_acquire().await.unwrap().is_none(),
+        "three of three taken"
+    );
     let report = fourth.inspect("s").await.unwrap();
     assert!(report.info.held);
-    assert_eq!(report.info.fencing_token, Some(tokens[0]), "the oldest holder");
+    assert_eq!(
+        report.info.fencing_token,
+        Some(tokens[0]),
+        "the oldest holder"
+    );
     assert_eq!(report.info.waiters, Some(0));
 
-    let options = LockOptions::default().mode(LockMode::Permit(3));
-    let mut waiter = queued(fourth, "s", options).await;
+    let mut waiter = queued(fourth, "s", LockMode::Permit(3)).await;
     assert_eq!(fourth.inspect("s").await.unwrap().info.waiters, Some(1));
     still_waits(&mut waiter, "the fourth contender").await;
     let woken_before = backend.wakeups();
     // The middle holder leaves: any departure frees a permit.
     holders.remove(1).release().await.unwrap();
     let fourth_guard = granted(waiter, "the fourth contender after a release").await;
-    assert!(backend.wakeups() > woken_before, "woken by the server's watch");
+    assert!(
+        backend.wakeups() > woken_before,
+        "woken by the server's watch"
+    );
     assert!(fourth_guard.fencing_token() > tokens[2]);
     let report = fourth.inspect("s").await.unwrap();
     assert_eq!(report.info.waiters, Some(0), "{report:?}");
@@ -235,13 +257,22 @@ async fn a_permit_count_mismatch_is_incompatible_and_leaves_no_node() {
     let holder = a.semaphore("s", 2).unwrap().acquire().await.unwrap();
     let dir = key_node(&holder);
     for (what, outcome) in [
-        ("a waiting acquire with 3 permits", b.semaphore("s", 3).unwrap().acquire().await.map(|_| ())),
+        (
+            "a waiting acquire with 3 permits",
+            b.semaphore("s", 3).unwrap().acquire().await.map(|_| ()),
+        ),
         (
             "a try with 3 permits",
             b.semaphore("s", 3).unwrap().try_acquire().await.map(|_| ()),
         ),
-        ("a mutex on the semaphore's key", b.acquire("s").await.map(|_| ())),
-        ("a reader on the semaphore's key", b.rw_lock("s").unwrap().read().await.map(|_| ())),
+        (
+            "a mutex on the semaphore's key",
+            b.acquire("s").await.map(|_| ()),
+        ),
+        (
+            "a reader on the semaphore's key",
+            b.rw_lock("s").unwrap().read().await.map(|_| ()),
+        ),
     ] {
         match outcome {
             Err(LockError::IncompatibleMode { .. }) => {}
@@ -257,7 +288,11 @@ async fn a_permit_count_mismatch_is_incompatible_and_leaves_no_node() {
         Err(LockError::IncompatibleMode { .. }) => {}
         other => panic!("expected IncompatibleMode, got {other:?}"),
     }
-    let children = admin().await.list_children(&key_node(&mutex)).await.unwrap();
+    let children = admin()
+        .await
+        .list_children(&key_node(&mutex))
+        .await
+        .unwrap();
     assert_eq!(children.len(), 1, "{children:?}");
     mutex.release().await.unwrap();
     holder.release().await.unwrap();
@@ -271,14 +306,13 @@ async fn a_cancelled_permit_waiter_leaves_no_node() {
     let (c, _) = client(&prefix).await;
     let holder = a.semaphore("s", 1).unwrap().acquire().await.unwrap();
     let dir = key_node(&holder);
-    let options = LockOptions::default().mode(LockMode::Permit(1));
-    let waiter = queued(&b, "s", options.clone()).await;
+    let waiter = queued(&b, "s", LockMode::Permit(1)).await;
     let admin = admin().await;
     children_become(&admin, &dir, 2).await;
     waiter.abort();
     children_become(&admin, &dir, 1).await;
     // The next contender is served at once after the holder, not behind a ghost.
-    let next = queued(&c, "s", options).await;
+    let next = queued(&c, "s", LockMode::Permit(1)).await;
     holder.release().await.unwrap();
     granted(next, "the contender behind the cancelled one")
         .await
@@ -293,12 +327,20 @@ async fn a_timed_out_reader_leaves_no_node() {
     let (a, _) = client(&prefix).await;
     let (b, _) = client(&prefix).await;
     let writer = a.acquire("k").await.unwrap();
-    let options = shared().wait(Duration::from_millis(300));
+    let options = b
+        .options()
+        .clone()
+        .mode(LockMode::Shared)
+        .wait(Duration::from_millis(300));
     match b.acquire_with("k", &options).await {
         Err(LockError::Timeout { .. }) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
-    let children = admin().await.list_children(&key_node(&writer)).await.unwrap();
+    let children = admin()
+        .await
+        .list_children(&key_node(&writer))
+        .await
+        .unwrap();
     assert_eq!(children.len(), 1, "{children:?}");
     writer.release().await.unwrap();
 }
@@ -375,7 +417,10 @@ async fn wait_for_change_resolves_on_release_proclaim_and_a_first_holder() {
     let mut change = change_after(&watcher, "e", &options, seen);
     stays_unchanged(&mut change).await;
     let mut leadership = a.election("e").unwrap().campaign("alpha").await.unwrap();
-    within(SOON, "the first holder", change).await.unwrap().unwrap();
+    within(SOON, "the first holder", change)
+        .await
+        .unwrap()
+        .unwrap();
 
     // A new owner description changes no child: the holder's data watch sees it.
     let seen = b.inspect("e").await.unwrap();
@@ -394,10 +439,14 @@ async fn wait_for_change_resolves_on_release_proclaim_and_a_first_holder() {
     within(SOON, "the release", change).await.unwrap().unwrap();
 
     // A stale `seen` resolves at once.
-    within(SOON, "a stale report", change_after(&watcher, "e", &options, seen))
-        .await
-        .unwrap()
-        .unwrap();
+    within(
+        SOON,
+        "a stale report",
+        change_after(&watcher, "e", &options, seen),
+    )
+    .await
+    .unwrap()
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,12 +456,24 @@ async fn observers_follow_the_leader() {
     let (b, _) = client(&prefix).await;
     let (c, _) = client(&prefix).await;
     let mut changes = c.election("e").unwrap().observe();
-    assert_eq!(within(SOON, "no leader", changes.next()).await.unwrap(), None);
+    assert_eq!(
+        within(SOON, "no leader", changes.next()).await.unwrap(),
+        None
+    );
     let mut first = a.election("e").unwrap().campaign("alpha").await.unwrap();
-    let seen = within(SOON, "alpha", changes.next()).await.unwrap().unwrap();
-    assert_eq!((seen.value.as_str(), seen.term), ("alpha", Some(first.term())));
+    let seen = within(SOON, "alpha", changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (seen.value.as_str(), seen.term),
+        ("alpha", Some(first.term()))
+    );
     first.proclaim("alpha-2").await.unwrap();
-    let seen = within(SOON, "alpha-2", changes.next()).await.unwrap().unwrap();
+    let seen = within(SOON, "alpha-2", changes.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.value, "alpha-2");
     let second = tokio::spawn({
         let b = b.clone();
@@ -421,13 +482,18 @@ async fn observers_follow_the_leader() {
     let first_term = first.term();
     first.resign().await.unwrap();
     // Either "no leader" passes by too quickly to be seen, or it is seen first.
-    let mut seen = within(SOON, "the next leader", changes.next()).await.unwrap();
+    let mut seen = within(SOON, "the next leader", changes.next())
+        .await
+        .unwrap();
     if seen.is_none() {
         seen = within(SOON, "beta", changes.next()).await.unwrap();
     }
     let seen = seen.expect("beta leads");
     let second = second.await.unwrap().unwrap();
-    assert_eq!((seen.value.as_str(), seen.term), ("beta", Some(second.term())));
+    assert_eq!(
+        (seen.value.as_str(), seen.term),
+        ("beta", Some(second.term()))
+    );
     assert!(second.term() > first_term);
     second.resign().await.unwrap();
 }
@@ -442,8 +508,24 @@ async fn foreign_layouts_support_only_exclusive_locks() {
         assert!(!backend.supports(LockMode::Permit(2)), "{layout:?}");
         let path = format!("/{prefix}/s");
         for (what, outcome) in [
-            ("a permit", locker.semaphore(path.as_str(), 2).unwrap().acquire().await.map(|_| ())),
-            ("a reader", locker.rw_lock(path.as_str()).unwrap().read().await.map(|_| ())),
+            (
+                "a permit",
+                locker
+                    .semaphore(path.as_str(), 2)
+                    .unwrap()
+                    .acquire()
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                "a reader",
+                locker
+                    .rw_lock(path.as_str())
+                    .unwrap()
+                    .read()
+                    .await
+                    .map(|_| ()),
+            ),
         ] {
             match outcome {
                 Err(LockError::Unsupported { .. }) => {}
@@ -451,7 +533,12 @@ async fn foreign_layouts_support_only_exclusive_locks() {
             }
         }
         // A writer is a mutex, which the foreign layout does map.
-        let writer = locker.rw_lock(path.as_str()).unwrap().write().await.unwrap();
+        let writer = locker
+            .rw_lock(path.as_str())
+            .unwrap()
+            .write()
+            .await
+            .unwrap();
         writer.release().await.unwrap();
     }
 }
