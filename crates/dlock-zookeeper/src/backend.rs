@@ -87,8 +87,9 @@ impl ZooKeeperBackend {
         Some(client.session().clone())
     }
 
-    /// How many times a waiter of this client was woken by the deletion of the node before
-    /// its own (P8: one per release that concerns it, never a herd).
+    /// How many times a waiter of this client was woken by the server: the node it waited
+    /// for went (P8: one per release that concerns it, never a herd), or, for a semaphore's
+    /// permit, its key's line changed.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn wakeups(&self) -> u64 {
