@@ -193,6 +193,28 @@ async fn a_reader_behind_a_waiting_writer_waits() {
     late.release().await.unwrap();
 }
 
+/// A reader behind two writers watches the last one only: the first writer's release does
+/// not wake it (one wake-up, one re-read of the line in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_watches_only_the_last_writer_ahead() {
+    let prefix = prefix("reader-watches-last-writer");
+    let (a, _) = client(&prefix).await;
+    let (b, _) = client(&prefix).await;
+    let (c, reader_backend) = client(&prefix).await;
+    let first = a.acquire("k").await.unwrap();
+    let second = queued(&b, "k", LockMode::Exclusive).await;
+    let reader = queued(&c, "k", LockMode::Shared).await;
+    first.release().await.unwrap();
+    let second = granted(second, "the second writer").await;
+    second.release().await.unwrap();
+    granted(reader, "the reader").await.release().await.unwrap();
+    // Had the reader watched the first writer, it would have read the line again after each
+    // writer's release. (Whether the one re-read follows a wake-up or finds the second writer
+    // already gone when setting its watch depends on timing: at most one wake-up.)
+    assert_eq!(reader_backend.rechecks(), 1);
+    assert!(reader_backend.wakeups() <= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_permits_and_the_next_waits_until_a_release() {
     let prefix = prefix("permits");
@@ -214,7 +236,7 @@ async fn n_permits_and_the_next_waits_until_a_release() {
         tokens.windows(2).all(|pair| pair[0] < pair[1]),
         "{tokens:?}"
     );
-    let (fourth, backend) = &clients[3];
+    let (fourth, _) = &clients[3];
     let semaphore = fourth.semaphore("s", 3).unwrap();
     assert!(
         semaphore.try_acquire().await.unwrap().is_none(),
@@ -232,14 +254,9 @@ async fn n_permits_and_the_next_waits_until_a_release() {
     let mut waiter = queued(fourth, "s", LockMode::Permit(3)).await;
     assert_eq!(fourth.inspect("s").await.unwrap().info.waiters, Some(1));
     still_waits(&mut waiter, "the fourth contender").await;
-    let woken_before = backend.wakeups();
     // The middle holder leaves: any departure frees a permit.
     holders.remove(1).release().await.unwrap();
     let fourth_guard = granted(waiter, "the fourth contender after a release").await;
-    assert!(
-        backend.wakeups() > woken_before,
-        "woken by the server's watch"
-    );
     assert!(fourth_guard.fencing_token() > tokens[2]);
     let report = fourth.inspect("s").await.unwrap();
     assert_eq!(report.info.waiters, Some(0), "{report:?}");
