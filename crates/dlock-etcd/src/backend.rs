@@ -35,7 +35,8 @@ use crate::waiter::{Contender, Line};
 /// contender; the oldest key (lowest create revision) holds the lock, and each waiter
 /// watches only the key just ahead of it (P8, P10). The fencing token is the create
 /// revision of the holder's key, which etcd itself can check: see
-/// [`fence`](crate::fence).
+/// [`fence`](crate::fence). Every [`LockMode`] is supported: readers and semaphore permits
+/// queue in the same line, tagged with their mode.
 ///
 /// ```no_run
 /// # #[tokio::main]
