@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Acquire KEY, run COMMAND while holding it, release it when COMMAND ends.
     Run(RunArgs),
+    /// Campaign to lead NAME, run COMMAND while leading, resign when COMMAND ends.
+    Elect(ElectArgs),
+    /// Print NAME's leader, then one line per leader change.
+    Observe(ObserveArgs),
     /// Print whether KEY is held (exit 0) or free (exit 1), by whom, since when.
     Status(StatusArgs),
     /// List the locks held or waited for, with their holders, under a key prefix.
@@ -65,9 +69,61 @@ pub struct RunArgs {
     /// secrets) [default: the URL's `owner`, else host/pid/dlock].
     #[arg(long)]
     pub owner: Option<String>,
+    /// Hold one of N permits of KEY (a semaphore: at most N commands at once, every
+    /// `dlock run` on KEY giving the same N) instead of KEY's lock [default: the lock].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=dlock::MAX_PERMITS as i64))]
+    pub permits: Option<u32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+/// `dlock elect`.
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The election's name.
+    #[arg(long)]
+    pub name: String,
+    /// The value this candidate publishes while it leads, as `dlock observe` shows it (at
+    /// most 256 printable bytes, no secrets) [default: the URL's `owner`, else
+    /// host/pid/dlock].
+    #[arg(long)]
+    pub value: Option<String>,
+    /// Lease of the leadership, renewed in the background while COMMAND runs [default: the
+    /// URL's `lease`, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How long to campaign; 0 leads only if nobody does [default: the URL's `wait`, else
+    /// wait forever].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+    /// After leadership is lost: SIGTERM to COMMAND, then SIGKILL after this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `dlock observe`.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The election's name.
+    #[arg(long)]
+    pub name: String,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many lines [default: until interrupted].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 /// `dlock status`.
