@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::backend::{AcquireRequest, Acquired, Capabilities, LockBackend, LockInfo, Renewal};
@@ -14,11 +14,13 @@ use crate::error::{LockError, Result};
 use crate::inspect::{Introspection, ListPage, ListRequest, ListedLock, LockReport};
 use crate::key::LockKey;
 use crate::lease::{lock, Lease, LossNotifier, LossReason};
+use crate::mode::{turn, LockMode, Turn};
 use crate::options::LockOptions;
 use crate::token::FencingToken;
 
 /// A lock backend that lives in this process: real TTL expiry, fencing tokens, a FIFO line of
-/// waiters woken one at a time, loss signals and cancellation safety. It reports everything
+/// waiters, every [`LockMode`] (mutex, readers and writers, semaphore permits), loss signals
+/// and cancellation safety. It reports everything
 /// an operator may ask ([`Introspection::all`]): each holder's owner description and
 /// acquisition time, and the locks under a prefix.
 ///
@@ -49,6 +51,9 @@ pub struct MemoryBackend {
 /// The shared lock table behind [`MemoryBackend`] clients.
 pub struct MemoryServer {
     table: Mutex<Table>,
+    /// Bumped, under the table lock, whenever a holder or owner description changes, for
+    /// [`LockBackend::wait_for_change`].
+    changes: watch::Sender<u64>,
 }
 
 impl MemoryServer {
@@ -56,6 +61,7 @@ impl MemoryServer {
     pub fn new() -> Arc<Self> {
         Arc::new(MemoryServer {
             table: Mutex::new(Table::default()),
+            changes: watch::Sender::new(0),
         })
     }
 
@@ -72,19 +78,22 @@ impl MemoryServer {
         }
     }
 
-    /// Makes the table forget the holder of `key` under `prefix`, as if an operator deleted
-    /// the key: the holder's guard is signalled lost and the first waiter is woken.
-    /// Returns whether there was a holder.
+    /// Makes the table forget the holders of `key` under `prefix` (all of them, for a key
+    /// held shared or by several permits), as if an operator deleted the key: their guards
+    /// are signalled lost and the waiters are woken. Returns whether there was a holder.
     pub fn forget(&self, prefix: &str, key: &LockKey) -> bool {
         let mut table = self.table();
         let Some(entry) = table.keys.get_mut(&entry_name(prefix, key)) else {
             return false;
         };
-        let Some(holder) = entry.holder.take() else {
+        if entry.holders.is_empty() {
             return false;
-        };
-        holder.loss.notify_lost(LossReason::NotOwner);
-        entry.wake_head();
+        }
+        for holder in entry.holders.drain(..) {
+            holder.loss.notify_lost(LossReason::NotOwner);
+        }
+        entry.wake_waiters();
+        self.changed();
         true
     }
 
@@ -103,6 +112,12 @@ impl MemoryServer {
 
     fn table(&self) -> MutexGuard<'_, Table> {
         lock(&self.table)
+    }
+
+    /// Tells [`LockBackend::wait_for_change`] callers to look again; called with the table
+    /// locked, so a caller that subscribed under the lock misses nothing.
+    fn changed(&self) {
+        self.changes.send_modify(|version| *version += 1);
     }
 }
 
@@ -143,12 +158,13 @@ impl LockBackend for MemoryBackend {
         table.check_reachable()?;
         let now = Instant::now();
         let entry = table.entry(&name, &request);
-        entry.expire_holder(now);
-        if entry.holder.is_some() || !entry.waiters.is_empty() {
+        entry.expire_holders(now, &self.server);
+        let turn = entry.turn(&request, None);
+        if !matches!(turn, Ok(Turn::Granted)) {
             table.drop_if_idle(&name);
-            return Ok(None);
+            return turn.map(|_| None);
         }
-        Ok(Some(table.grant(&name, &request, now)))
+        Ok(Some(table.grant(&name, &request, now, &self.server)))
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
@@ -160,16 +176,20 @@ impl LockBackend for MemoryBackend {
                 table.check_reachable()?;
                 let now = Instant::now();
                 let entry = table.entry(&name, &request);
-                entry.expire_holder(now);
-                let my_turn = match &place {
-                    Some(place) => entry.waiters.front().map(|w| w.id) == Some(place.id),
-                    None => entry.waiters.is_empty(),
-                };
-                if my_turn && entry.holder.is_none() {
-                    if let Some(place) = place.take() {
-                        place.leave_line(entry);
+                entry.expire_holders(now, &self.server);
+                match entry.turn(&request, place.as_ref().map(|place| place.id)) {
+                    Ok(Turn::Granted) => {
+                        if let Some(place) = place.take() {
+                            place.leave_line(entry);
+                        }
+                        return Ok(table.grant(&name, &request, now, &self.server));
                     }
-                    return Ok(table.grant(&name, &request, now));
+                    Ok(_) => {}
+                    Err(error) => {
+                        // `place` drops after the table lock is released and leaves the line.
+                        drop(table);
+                        return Err(error);
+                    }
                 }
                 if request.deadline.is_some_and(|deadline| now >= deadline) {
                     // `place` drops after the table lock is released and leaves the line.
@@ -185,6 +205,7 @@ impl LockBackend for MemoryBackend {
                         let entry = table.keys.get_mut(&name).expect("entry exists");
                         entry.waiters.push_back(Waiter {
                             id,
+                            mode: request.mode(),
                             wake: Arc::clone(&wake),
                         });
                         request.queued();
@@ -198,13 +219,8 @@ impl LockBackend for MemoryBackend {
                     }
                 };
                 let entry = &table.keys[&name];
-                let at_head = entry.waiters.front().map(|w| w.id) == Some(place.id);
-                // Only the first in line watches the holder's expiry: one timer, no herd.
-                let holder_expiry = entry
-                    .holder
-                    .as_ref()
-                    .filter(|_| at_head)
-                    .map(|h| h.expires_at);
+                // A holder's expiry may be this waiter's turn: wake then at the latest.
+                let holder_expiry = entry.holders.iter().map(|h| h.expires_at).min();
                 (
                     place.wake.clone(),
                     min_instant(holder_expiry, request.deadline),
@@ -228,7 +244,7 @@ impl LockBackend for MemoryBackend {
         let mut table = self.server.table();
         table.check_reachable()?;
         let now = Instant::now();
-        match table.owned_holder(record, now) {
+        match table.owned_holder(record, now, &self.server) {
             Some(holder) => {
                 holder.expires_at = now + ttl;
                 Ok(now + ttl)
@@ -242,13 +258,14 @@ impl LockBackend for MemoryBackend {
         let mut table = self.server.table();
         table.check_reachable()?;
         let now = Instant::now();
-        if table.owned_holder(record, now).is_none() {
+        if table.owned_holder(record, now, &self.server).is_none() {
             return Err(lease.not_held());
         }
         let entry = table.keys.get_mut(&record.name).expect("holder's entry");
-        entry.holder = None;
-        entry.wake_head();
+        entry.holders.retain(|holder| holder.owner != record.owner);
+        entry.wake_waiters();
         table.drop_if_idle(&record.name);
+        self.server.changed();
         Ok(())
     }
 
@@ -260,7 +277,7 @@ impl LockBackend for MemoryBackend {
             .iter()
             .map(|lease| {
                 let record = record(lease)?;
-                Ok(match table.owned_holder(record, now) {
+                Ok(match table.owned_holder(record, now, &self.server) {
                     Some(holder) => {
                         holder.expires_at = now + lease.ttl();
                         Renewal::Renewed {
@@ -287,7 +304,7 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         Ok(
             match table.keys.get_mut(&entry_name(&options.prefix, key)) {
-                Some(entry) => entry.report(now),
+                Some(entry) => entry.report(now, &self.server),
                 None => LockReport::from(LockInfo {
                     waiters: Some(0),
                     ..LockInfo::default()
@@ -299,6 +316,7 @@ impl LockBackend for MemoryBackend {
     /// Sorts the matching entries of the whole table: O(n log n) in the locks held or waited
     /// for in this process, which is what a test or a tool holds.
     async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        let server = Arc::clone(&self.server);
         let mut table = self.server.table();
         table.check_reachable()?;
         let now = Instant::now();
@@ -319,12 +337,67 @@ impl LockBackend for MemoryBackend {
         let locks: Vec<ListedLock> = matching
             .into_iter()
             .take(request.limit)
-            .map(|entry| ListedLock::new(entry.key.clone(), entry.report(now)))
+            .map(|entry| ListedLock::new(entry.key.clone(), entry.report(now, &server)))
             .collect();
         let next = more
             .then(|| locks.last().map(|lock| lock.key.as_str().to_owned()))
             .flatten();
         Ok(ListPage::new(locks, next))
+    }
+
+    fn supports(&self, _mode: LockMode) -> bool {
+        true
+    }
+
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        let record = record(lease)?;
+        let mut table = self.server.table();
+        table.check_reachable()?;
+        let now = Instant::now();
+        match table.owned_holder(record, now, &self.server) {
+            Some(holder) => {
+                holder.description = owner.to_owned();
+                self.server.changed();
+                Ok(())
+            }
+            None => Err(lease.not_held()),
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        let (mut changes, expiry) = {
+            let mut table = self.server.table();
+            table.check_reachable()?;
+            let now = Instant::now();
+            let current = match table.keys.get_mut(&entry_name(&options.prefix, key)) {
+                Some(entry) => entry.report(now, &self.server),
+                None => LockReport::default(),
+            };
+            if !same_holder(&current, seen) {
+                return Ok(());
+            }
+            // Subscribed under the table lock: every later change bumps the version.
+            let changes = self.server.changes.subscribe();
+            (changes, current.info.remaining_lease.map(|left| now + left))
+        };
+        // Expiry is noticed lazily, by whoever looks next: be the one who looks.
+        match expiry {
+            Some(at) => {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => {
+                let _ = changes.changed().await;
+            }
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<Duration> {
@@ -364,12 +437,14 @@ struct Entry {
     /// The lock's key and prefix as the client gave them, for `list`.
     key: LockKey,
     prefix: String,
-    holder: Option<Holder>,
+    /// Oldest first: one for an exclusive lock, any number of readers or permit holders.
+    holders: Vec<Holder>,
     waiters: VecDeque<Waiter>,
 }
 
 struct Holder {
     owner: u64,
+    mode: LockMode,
     token: FencingToken,
     expires_at: Instant,
     loss: LossNotifier,
@@ -380,6 +455,7 @@ struct Holder {
 
 struct Waiter {
     id: u64,
+    mode: LockMode,
     wake: Arc<Notify>,
 }
 
@@ -436,28 +512,36 @@ impl Table {
         self.keys.entry(name.to_owned()).or_insert_with(|| Entry {
             key: request.key.clone(),
             prefix: request.options.prefix.clone(),
-            holder: None,
+            holders: Vec::new(),
             waiters: VecDeque::new(),
         })
     }
 
-    fn grant(&mut self, name: &str, request: &AcquireRequest<'_>, now: Instant) -> Acquired {
+    fn grant(
+        &mut self,
+        name: &str,
+        request: &AcquireRequest<'_>,
+        now: Instant,
+        server: &MemoryServer,
+    ) -> Acquired {
         self.last_token += 1;
         self.next_owner += 1;
         let token = FencingToken::new(self.last_token);
         let owner = self.next_owner;
         let expires_at = now + request.options.lease;
         let entry = self.keys.get_mut(name).expect("entry exists");
-        entry.holder = Some(Holder {
+        entry.holders.push(Holder {
             owner,
+            mode: request.mode(),
             token,
             expires_at,
             loss: request.loss.clone(),
             description: request.owner().to_owned(),
             acquired_at: SystemTime::now(),
         });
-        // The next in line now waits for a new holder: let it arm its expiry timer.
-        entry.wake_head();
+        // Those in line now wait for a new holder too: let them arm their expiry timers.
+        entry.wake_waiters();
+        server.changed();
         Acquired {
             token,
             valid_until: expires_at,
@@ -468,20 +552,25 @@ impl Table {
         }
     }
 
-    fn owned_holder(&mut self, record: &MemoryRecord, now: Instant) -> Option<&mut Holder> {
+    fn owned_holder(
+        &mut self,
+        record: &MemoryRecord,
+        now: Instant,
+        server: &MemoryServer,
+    ) -> Option<&mut Holder> {
         let entry = self.keys.get_mut(&record.name)?;
-        entry.expire_holder(now);
+        entry.expire_holders(now, server);
         entry
-            .holder
-            .as_mut()
-            .filter(|holder| holder.owner == record.owner)
+            .holders
+            .iter_mut()
+            .find(|holder| holder.owner == record.owner)
     }
 
     fn drop_if_idle(&mut self, name: &str) {
         if self
             .keys
             .get(name)
-            .is_some_and(|e| e.holder.is_none() && e.waiters.is_empty())
+            .is_some_and(|e| e.holders.is_empty() && e.waiters.is_empty())
         {
             self.keys.remove(name);
         }
@@ -489,9 +578,9 @@ impl Table {
 }
 
 impl Entry {
-    fn report(&mut self, now: Instant) -> LockReport {
-        self.expire_holder(now);
-        let holder = self.holder.as_ref();
+    fn report(&mut self, now: Instant, server: &MemoryServer) -> LockReport {
+        self.expire_holders(now, server);
+        let holder = self.holders.first();
         LockReport {
             info: LockInfo {
                 held: holder.is_some(),
@@ -504,27 +593,55 @@ impl Entry {
         }
     }
 
-    fn expire_holder(&mut self, now: Instant) {
-        if self.holder.as_ref().is_some_and(|h| now >= h.expires_at) {
-            if let Some(holder) = self.holder.take() {
+    /// Whether `request`, standing in line as waiter `place` (or about to join at the end),
+    /// holds the key now: [`turn`] over the holders and the waiters ahead of it.
+    fn turn(&self, request: &AcquireRequest<'_>, place: Option<u64>) -> Result<Turn> {
+        let waiters_ahead = self
+            .waiters
+            .iter()
+            .take_while(|waiter| Some(waiter.id) != place)
+            .map(|waiter| waiter.mode);
+        let ahead: Vec<LockMode> = self
+            .holders
+            .iter()
+            .map(|holder| holder.mode)
+            .chain(waiters_ahead)
+            .collect();
+        turn(request.key.as_str(), request.mode(), &ahead)
+    }
+
+    fn expire_holders(&mut self, now: Instant, server: &MemoryServer) {
+        let before = self.holders.len();
+        self.holders.retain(|holder| {
+            let live = now < holder.expires_at;
+            if !live {
                 holder.loss.notify_lost(LossReason::NotOwner);
             }
+            live
+        });
+        if self.holders.len() != before {
+            self.wake_waiters();
+            server.changed();
         }
     }
 
-    fn wake_head(&self) {
-        if let Some(head) = self.waiters.front() {
-            head.wake.notify_one();
+    /// Every waiter looks at the line again: in memory a herd costs nothing, and a release
+    /// may admit several readers at once.
+    fn wake_waiters(&self) {
+        for waiter in &self.waiters {
+            waiter.wake.notify_one();
         }
     }
 
     fn remove_waiter(&mut self, id: u64) {
-        let was_head = self.waiters.front().map(|w| w.id) == Some(id);
         self.waiters.retain(|w| w.id != id);
-        if was_head {
-            self.wake_head();
-        }
+        self.wake_waiters();
     }
+}
+
+/// Whether two reports name the same holder with the same owner description.
+fn same_holder(a: &LockReport, b: &LockReport) -> bool {
+    a.info.held == b.info.held && a.info.fencing_token == b.info.fencing_token && a.owner == b.owner
 }
 
 fn entry_name(prefix: &str, key: &LockKey) -> String {
