@@ -180,3 +180,117 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, ErrorKind> {
+        Cli::try_parse_from(std::iter::once("dlock").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+            .map_err(|error| error.kind())
+    }
+
+    fn run_with_permits(permits: &str) -> Result<Command, ErrorKind> {
+        parse(&[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--permits",
+            permits,
+            "--",
+            "true",
+        ])
+    }
+
+    #[test]
+    fn permits_are_1_to_max_permits() {
+        for bad in ["0", "1025", "-1", "three", ""] {
+            assert!(run_with_permits(bad).is_err(), "--permits {bad:?} accepted");
+        }
+        for (given, expected) in [("1", 1), ("3", 3), ("1024", dlock::MAX_PERMITS)] {
+            match run_with_permits(given) {
+                Ok(Command::Run(args)) => assert_eq!(args.permits, Some(expected)),
+                other => panic!("--permits {given}: {other:?}"),
+            }
+        }
+        match parse(&["run", "--url", "memory://", "--key", "k", "--", "true"]) {
+            Ok(Command::Run(args)) => assert_eq!(args.permits, None, "the lock by default"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn elect_needs_a_name_and_a_command() {
+        assert_eq!(
+            parse(&["elect", "--url", "memory://", "--", "true"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["elect", "--url", "memory://", "--name", "n"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        match parse(&[
+            "elect",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--value",
+            "10.0.0.7",
+            "--ttl",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ]) {
+            Ok(Command::Elect(args)) => {
+                assert_eq!(args.name, "n");
+                assert_eq!(args.value.as_deref(), Some("10.0.0.7"));
+                assert_eq!(args.ttl, Some(Duration::from_secs(2)));
+                assert_eq!(args.wait, None, "the URL's wait unless given");
+                assert_eq!(args.command, ["sh", "-c", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn observe_needs_a_name_and_counts_from_1() {
+        assert_eq!(
+            parse(&["observe", "--url", "memory://"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert!(parse(&[
+            "observe",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--count",
+            "0"
+        ])
+        .is_err());
+        match parse(&[
+            "observe",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--json",
+            "--count",
+            "2",
+        ]) {
+            Ok(Command::Observe(args)) => {
+                assert!(args.json);
+                assert_eq!(args.count, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use dlock::{LockError, LockGuard, Leadership, Locker};
+use dlock::{Leadership, LockError, LockGuard, Locker};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
