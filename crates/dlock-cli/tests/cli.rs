@@ -788,6 +788,7 @@ while :; do sleep 0.05; done"#,
         std::fs::remove_file(&marker).expect("the first leader's marker");
         let (second, second_term) = next_leader();
         let took_over = killed.elapsed();
+        eprintln!("{url}: the next leader took over {took_over:?} after the kill");
         let lease = humantime::parse_duration(ttl).expect("a duration");
         assert_ne!(second, first);
         assert!(second_term > first_term, "{second_term} after {first_term}");
@@ -896,7 +897,12 @@ while :; do sleep 0.05; done"#,
             .collect();
         for holder in &mut holders {
             let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            if let Some(line) = lines.next() {
+                assert_eq!(line.expect("utf-8"), "ready");
+            } else {
+                let code = wait(holder, Duration::from_secs(30));
+                panic!("a permit holder exited {code:?} before its command ran (stderr above)");
+            }
         }
         for (extra, code) in [
             (&["--permits", "3"][..], 75),
@@ -1081,10 +1087,16 @@ fn completions_and_man_page_are_generated() {
     let bash = output(&["completions", "bash"]);
     assert_eq!(bash.status.code(), Some(0), "{}", stderr(&bash));
     let script = String::from_utf8_lossy(&bash.stdout);
-    assert!(
-        script.contains("--ttl") && script.contains("status"),
-        "{script}"
-    );
+    for word in [
+        "--ttl",
+        "status",
+        "elect",
+        "observe",
+        "--permits",
+        "--value",
+    ] {
+        assert!(script.contains(word), "{word} missing: {script}");
+    }
     let man = output(&["manpage"]);
     assert_eq!(man.status.code(), Some(0), "{}", stderr(&man));
     let page = String::from_utf8_lossy(&man.stdout);
