@@ -60,3 +60,27 @@ pub fn usage_error(error: clap::Error) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dlock::LockMode;
+
+    use super::*;
+
+    /// A key used in another mode than the other clients' is the command line's fault: 64, not
+    /// "unavailable" (69), which scripts retry.
+    #[test]
+    fn a_mode_mismatch_is_bad_usage() {
+        let mismatch = LockError::IncompatibleMode {
+            key: "downloads".to_owned(),
+            requested: LockMode::Permit(2),
+            found: LockMode::Permit(3),
+        };
+        assert_eq!(code_of(&mismatch), USAGE);
+        let unsupported = LockError::Unsupported {
+            backend: "redis",
+            operation: "semaphores",
+        };
+        assert_eq!(code_of(&unsupported), UNAVAILABLE);
+    }
+}
