@@ -1,5 +1,5 @@
 //! The conformance suite of **dlock**: one test per property of the lock contract
-//! ([`dlock_core::contract`], P1 … P13), run unchanged against every backend.
+//! ([`dlock_core::contract`], P1 … P16), run unchanged against every backend.
 //!
 //! # Proving a new backend
 //!
@@ -81,6 +81,12 @@
 //!   [`introspection`](dlock_core::LockBackend::introspection) promises): `report` names the
 //!   holder's owner description and acquisition time and counts the waiters, `list` pages
 //!   through the locks under a prefix in key order.
+//! - **Semaphores, read-write locks, elections** (P14–P16, for the modes the backend
+//!   [`supports`](dlock_core::LockBackend::supports)): at most N permit holders, disagreeing
+//!   permit counts refused, readers sharing and writers excluding, a waiting writer never
+//!   overtaken by new readers, tokens in grant order, one leader at a time with growing terms,
+//!   `proclaim` visible to everyone, observers woken while they wait, lost leadership
+//!   signalled.
 //! - **Names** (P12): keys that differ in case, slashes, percent- or plus-like spellings,
 //!   Unicode normalisation, whitespace or only after a long common start are distinct
 //!   locks, a prefix never runs into its key, bad input is a typed error, an unreachable
@@ -108,6 +114,7 @@
 
 pub mod bench;
 mod counting;
+mod primitives;
 pub mod suite;
 
 /// Writing a backend, from nothing to the facade and the command: the repository's
@@ -229,6 +236,19 @@ macro_rules! conformance_tests {
             p12_ping_times_a_round_trip,
             p13_report_names_the_holder,
             p13_list_pages_through_held_locks,
+            p14_semaphore_admits_exactly_its_permits,
+            p14_semaphore_holders_never_exceed_its_permits,
+            p14_semaphore_permit_counts_must_agree,
+            p14_crashed_permit_holder_frees_its_permit,
+            p14_cancelled_permit_waiter_leaves_nothing_behind,
+            p15_readers_share_and_writers_exclude,
+            p15_waiting_writer_is_not_starved_by_new_readers,
+            p15_readers_and_writers_never_overlap,
+            p15_cancelled_reader_leaves_nothing_behind,
+            p16_one_leader_at_a_time_and_terms_grow,
+            p16_leader_and_its_value_are_visible,
+            p16_observe_follows_leader_changes,
+            p16_lost_leadership_is_signalled,
         );
     };
     (@each $target:expr; $($name:ident),* $(,)?) => {

@@ -19,20 +19,21 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::counting::CountingBackend;
+pub use crate::primitives::*;
 use crate::ConformanceTarget;
 
 /// What "promptly" means in these tests: far above a healthy round trip, far below the
 /// default lease, so passing it shows the server woke the waiter rather than a lease expiry.
-const PROMPTLY: Duration = Duration::from_secs(5);
+pub(crate) const PROMPTLY: Duration = Duration::from_secs(5);
 /// The lease of tests that never wait for one to run out.
-const LONG_LEASE: Duration = Duration::from_secs(20);
+pub(crate) const LONG_LEASE: Duration = Duration::from_secs(20);
 /// What the crash and expiry tests allow on top of a lease and the declared
 /// `crash_release_bound`: the waiter's wake-up and grant. Measured on a loaded 2-core machine
 /// (six agents building and testing), from the crash to the next grant, beyond the lease:
 /// 1–3 ms on Redis and Redlock, 16–490 ms on etcd (its lessor checks expiry every 500 ms),
 /// 0.2–0.55 s on ZooKeeper, always inside the declared bound. 250 ms covers scheduling stalls
 /// of that machine and still catches a backend that frees a second later than it declares.
-const CRASH_SLACK: Duration = Duration::from_millis(250);
+pub(crate) const CRASH_SLACK: Duration = Duration::from_millis(250);
 /// What the loss tests allow on top of a renewal interval and lease/3: one renewal round
 /// trip and scheduling. Measured from the forget to the signal: < 1 ms on ZooKeeper (a
 /// watch), ~0.2 s on Redis and ~0.55 s on etcd (the next renewal), all well inside the
@@ -1311,13 +1312,13 @@ pub async fn p08_handover_takes_a_few_round_trips(target: &dyn ConformanceTarget
 }
 
 /// Per-test clients and a key prefix no other test uses.
-struct Fixture<'t> {
+pub(crate) struct Fixture<'t> {
     target: &'t dyn ConformanceTarget,
     prefix: String,
 }
 
 impl<'t> Fixture<'t> {
-    async fn new(target: &'t dyn ConformanceTarget, test: &str) -> Fixture<'t> {
+    pub(crate) async fn new(target: &'t dyn ConformanceTarget, test: &str) -> Fixture<'t> {
         let run: u64 = rand::random();
         Fixture {
             target,
@@ -1325,7 +1326,7 @@ impl<'t> Fixture<'t> {
         }
     }
 
-    fn options(&self, lease: Duration) -> LockOptions {
+    pub(crate) fn options(&self, lease: Duration) -> LockOptions {
         LockOptions {
             lease,
             prefix: self.prefix.clone(),
@@ -1343,7 +1344,7 @@ impl<'t> Fixture<'t> {
     }
 
     /// `N` independent clients.
-    async fn lockers<const N: usize>(&self, lease: Duration) -> [Locker; N] {
+    pub(crate) async fn lockers<const N: usize>(&self, lease: Duration) -> [Locker; N] {
         let mut lockers = Vec::with_capacity(N);
         for _ in 0..N {
             lockers.push(self.locker(lease).await);
@@ -1353,7 +1354,7 @@ impl<'t> Fixture<'t> {
             .unwrap_or_else(|_| unreachable!("exactly N lockers"))
     }
 
-    async fn locker(&self, lease: Duration) -> Locker {
+    pub(crate) async fn locker(&self, lease: Duration) -> Locker {
         let backend = self.target.connect(lease).await.expect("connect a client");
         Locker::from_backend(backend)
             .with_options(self.options(lease))
@@ -1491,7 +1492,11 @@ fn assert_grows(last: &mut Option<FencingToken>, token: FencingToken) {
 }
 
 /// Awaits `future`, failing the test with `what` if it takes longer than `limit`.
-async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>, what: &str) -> T {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = T>,
+    what: &str,
+) -> T {
     tokio::time::timeout(limit, future)
         .await
         .unwrap_or_else(|_| panic!("waited {limit:?} for {what}"))
@@ -1514,12 +1519,12 @@ async fn first_finished(
     .await
 }
 
-fn ms(millis: u64) -> Duration {
+pub(crate) fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
 /// Prints a measured value; `cargo test -- --nocapture` shows them, to set the bounds by.
-fn measured(what: &str, value: impl std::fmt::Debug) {
+pub(crate) fn measured(what: &str, value: impl std::fmt::Debug) {
     eprintln!("measured: {what}: {value:?}");
 }
 
