@@ -975,6 +975,7 @@ while :; do sleep 0.05; done"#,
             })
             .max()
             .unwrap_or(0);
+        eprintln!("{url}: at most {most} of 10 `dlock run --permits 3` inside at once");
         assert!(most <= 3, "{most} commands inside at once: {sections:?}");
         let mut tokens: Vec<u64> = sections.iter().map(|s| s.0).collect();
         tokens.sort_unstable();
