@@ -677,10 +677,30 @@ mod across_processes {
     /// A command still running when its lock is lost (the server froze past the lease) is
     /// terminated and dlock exits 70.
     pub fn lost_lock_terminates_the_command_with_70(url: &str, ttl: &str, server: &ServerProcess) {
+        lost_terminates_the_command_with_70(&["run", "--key"], url, ttl, server);
+    }
+
+    /// Issue 15: the same for `dlock elect` when its leadership is lost.
+    pub fn lost_leadership_terminates_the_command_with_70(
+        url: &str,
+        ttl: &str,
+        server: &ServerProcess,
+    ) {
+        lost_terminates_the_command_with_70(&["elect", "--name"], url, ttl, server);
+    }
+
+    /// `how` is the subcommand and the flag that names the lock.
+    fn lost_terminates_the_command_with_70(
+        how: &[&str],
+        url: &str,
+        ttl: &str,
+        server: &ServerProcess,
+    ) {
         let key = format!("cli-lost-{:016x}", rand_id());
         let mut run = dlock()
+            .arg(how[0])
             .args([
-                "run", "--url", url, "--key", &key, "--ttl", ttl, "--grace", "2s", "--",
+                "--url", url, how[1], &key, "--ttl", ttl, "--grace", "2s", "--",
             ])
             .args([
                 "sh",
@@ -1254,6 +1274,17 @@ macro_rules! backend_tests {
                 let mut server = $private();
                 let url = format!("{}{}", server.url(), $suffix);
                 across_processes::lost_lock_terminates_the_command_with_70(
+                    &url,
+                    $ttl,
+                    server.process(),
+                );
+            }
+
+            #[test]
+            fn lost_leadership_terminates_the_command_with_70() {
+                let mut server = $private();
+                let url = format!("{}{}", server.url(), $suffix);
+                across_processes::lost_leadership_terminates_the_command_with_70(
                     &url,
                     $ttl,
                     server.process(),
