@@ -97,7 +97,7 @@ pub struct ElectArgs {
     /// URL's `lease`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
-    /// How long to campaign; 0 leads only if nobody does [default: the URL's `wait`, else
+    /// How long to campaign; 0 leads only if nobody leads or campaigns [default: the URL's `wait`, else
     /// wait forever].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
