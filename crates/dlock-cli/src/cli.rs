@@ -97,8 +97,8 @@ pub struct ElectArgs {
     /// URL's `lease`, else 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
-    /// How long to campaign; 0 leads only if nobody leads or campaigns [default: the URL's `wait`, else
-    /// wait forever].
+    /// How long to campaign; 0 leads only if nobody leads or campaigns [default: the URL's
+    /// `wait`, else wait forever].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
     /// After leadership is lost: SIGTERM to COMMAND, then SIGKILL after this.
