@@ -1325,7 +1325,7 @@ backend_tests!(
     url_suffix = "",
     ttl = "2s",
     connect = dlock::etcd::connect,
-    permits = [#[ignore = "needs semaphore support on etcd; un-ignore when merged"]]
+    permits = []
 );
 
 /// Regression (issue 9): Redlock over three instances, one frozen with SIGSTOP (it accepts
