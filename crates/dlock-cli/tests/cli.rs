@@ -1314,7 +1314,7 @@ backend_tests!(
     url_suffix = "?session_timeout=2s",
     ttl = "2s",
     connect = dlock::zookeeper::connect,
-    permits = [#[ignore = "needs semaphore support on ZooKeeper; un-ignore when merged"]]
+    permits = []
 );
 backend_tests!(
     etcd,
