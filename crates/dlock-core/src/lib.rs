@@ -90,7 +90,7 @@ pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
 pub use lease::{Lease, LossNotifier, LossReason};
 pub use locker::{Locker, WAIT_LIMIT_GRACE};
 pub use memory::{MemoryBackend, MemoryServer};
-pub use mode::{turn, LockMode, Turn, MAX_PERMITS};
+pub use mode::{holders, turn, LockMode, Turn, MAX_PERMITS};
 pub use options::{
     default_owner, LockOptions, MAX_LEASE, MAX_OWNER_LEN, MAX_PREFIX_LEN, MIN_LEASE,
 };

@@ -147,6 +147,24 @@ pub fn turn(key: &str, mode: LockMode, ahead: &[LockMode]) -> Result<Turn> {
     })
 }
 
+/// How many contenders at the front of a line (modes oldest first) hold the key: the
+/// leading ones whose [`turn`] is granted. A contender that is not granted ends the count:
+/// everyone behind it waits behind a waiter. Backends use it to count holders and waiters
+/// for [`LockReport`](crate::LockReport).
+///
+/// ```
+/// use dlock_core::{holders, LockMode};
+///
+/// let (w, r) = (LockMode::Exclusive, LockMode::Shared);
+/// assert_eq!(holders(&[r, r, w, r]), 2);
+/// assert_eq!(holders(&[LockMode::Permit(2); 3]), 2);
+/// ```
+pub fn holders(line: &[LockMode]) -> usize {
+    (0..line.len())
+        .take_while(|&i| matches!(turn("", line[i], &line[..i]), Ok(Turn::Granted)))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +209,17 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn holders_are_the_granted_head_of_the_line() {
+        let p = LockMode::Permit(2);
+        assert_eq!(holders(&[]), 0);
+        assert_eq!(holders(&[W, W]), 1);
+        assert_eq!(holders(&[R, R, W, R]), 2);
+        assert_eq!(holders(&[W, R, R]), 1);
+        assert_eq!(holders(&[p, p, p]), 2);
+        assert_eq!(holders(&[p, LockMode::Permit(3), p]), 1);
     }
 
     #[test]

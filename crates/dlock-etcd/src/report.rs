@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dlock_core::{turn, FencingToken, LockInfo, LockMode, LockReport, Result, Turn};
+use dlock_core::{FencingToken, LockInfo, LockMode, LockReport, Result};
 use etcd_client::{GetOptions, KeyValue};
 
 use crate::error::{request, to_lock_error};
@@ -105,10 +105,7 @@ async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
 /// count: everyone behind it is behind a waiter, or a writer's reader.)
 fn granted(dir: &str, line: &[KeyValue]) -> usize {
     let modes: Vec<LockMode> = line.iter().map(|kv| mode_of(dir, kv.key())).collect();
-    (0..modes.len())
-        .find(|&i| !matches!(turn("", modes[i], &modes[..i]), Ok(Turn::Granted)))
-        .unwrap_or(modes.len())
-        .max(1)
+    dlock_core::holders(&modes).max(1)
 }
 
 /// Resolves when the lock of `dir` may have changed since `seen` was read: a watch on the

@@ -18,7 +18,7 @@
 //!   The `-lock-` mark stays last, so a dlock from before modes sees readers and permit
 //!   holders as exclusive contenders: it waits for them, and never takes a key they hold.
 
-use dlock_core::{turn, LockError, LockKey, LockMode, LockOptions, Result, Turn, MAX_PERMITS};
+use dlock_core::{LockError, LockKey, LockMode, LockOptions, Result, MAX_PERMITS};
 
 use crate::config::Layout;
 
@@ -232,9 +232,7 @@ fn mode_of(name: &str) -> LockMode {
 /// about to leave it.
 pub(crate) fn holders(line: &[Contender<'_>]) -> usize {
     let modes: Vec<LockMode> = line.iter().map(|contender| contender.mode).collect();
-    (0..modes.len())
-        .take_while(|&i| matches!(turn("", modes[i], &modes[..i]), Ok(Turn::Granted)))
-        .count()
+    dlock_core::holders(&modes)
 }
 
 /// The contenders among a key node's children in `layout`, first in line first, ordered
