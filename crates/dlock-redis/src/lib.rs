@@ -123,6 +123,7 @@ mod sentinel;
 mod session;
 mod tls;
 mod waiter;
+mod watch;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};

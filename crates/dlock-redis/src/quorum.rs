@@ -6,7 +6,7 @@
 use std::task::Poll;
 use std::time::Duration;
 
-use dlock_core::{LockError, Result};
+use dlock_core::{LockError, LockMode, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -162,7 +162,8 @@ impl Shared {
     /// One try at the lock on every instance, under `owner`, stored with the owner
     /// `description`. With `waiter` (its id, how long
     /// its entry counts, the number of this request) it joins the line where the lock is
-    /// busy; without, it only tries. A grant short of a majority is given back.
+    /// busy; without, it only tries. A grant short of a majority is given back. `mode` is
+    /// the one `owner` and the waiter id carry.
     pub(crate) async fn attempt(
         &self,
         names: &LockNames,
@@ -170,6 +171,7 @@ impl Shared {
         description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
+        mode: LockMode,
     ) -> Attempt {
         let started = Instant::now();
         // Only the time until a majority answered counts against the lease, and no answer
@@ -189,7 +191,7 @@ impl Shared {
                     let waiter = waiter
                         .as_ref()
                         .map(|(id, wait, number)| (id.as_str(), *wait, *number));
-                    node.acquire(&names, &owner, &description, lease, waiter, fair)
+                    node.acquire(&names, &owner, &description, lease, waiter, fair, mode)
                         .await
                 }
             }
