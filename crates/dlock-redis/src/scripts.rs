@@ -675,3 +675,75 @@ pub(crate) fn scripts() -> &'static Scripts {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use dlock_core::{turn, LockMode, Turn};
+
+    use super::*;
+
+    /// Calls the scripts' `turn` with ARGV = the mode, then the modes ahead.
+    const TURN_CASE: &str = r"
+local ahead = {}
+for i = 2, #ARGV do ahead[#ahead + 1] = ARGV[i] end
+local verdict, found = turn(ARGV[1], ahead)
+return {verdict, found or ''}
+";
+
+    /// The server's copy of the rule says what `dlock_core::turn` says, for every mode
+    /// against every line of up to three contenders ahead.
+    #[tokio::test]
+    async fn the_scripts_turn_rule_is_dlock_cores() {
+        let server = dlock_test_servers::shared_redis();
+        let client = redis::Client::open(server.url.as_str()).expect("client");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let script = Script::new(&format!(
+            "local FENCE_GRACE = 0\n{HOLDER}{LINE}\n{TURN_CASE}"
+        ));
+        let modes = [
+            LockMode::Exclusive,
+            LockMode::Shared,
+            LockMode::Permit(1),
+            LockMode::Permit(2),
+            LockMode::Permit(3),
+        ];
+        let mut lines: Vec<Vec<LockMode>> = vec![vec![]];
+        for length in 1..=3 {
+            let shorter: Vec<Vec<LockMode>> = lines
+                .iter()
+                .filter(|l| l.len() == length - 1)
+                .cloned()
+                .collect();
+            for line in shorter {
+                for mode in modes {
+                    let mut longer = line.clone();
+                    longer.push(mode);
+                    lines.push(longer);
+                }
+            }
+        }
+        for mode in modes {
+            for ahead in &lines {
+                let mut call = script.prepare_invoke();
+                call.arg(mode.label());
+                for other in ahead {
+                    call.arg(other.label());
+                }
+                let (verdict, found): (String, String) =
+                    call.invoke_async(&mut connection).await.expect("turn");
+                let expected = match turn("k", mode, ahead) {
+                    Ok(Turn::Granted) => ("granted".to_owned(), String::new()),
+                    Ok(Turn::WaitFor(_) | Turn::WaitForAny) => ("wait".to_owned(), String::new()),
+                    Err(dlock_core::LockError::IncompatibleMode { found, .. }) => {
+                        ("incompatible".to_owned(), found.label())
+                    }
+                    Err(other) => panic!("{other}"),
+                };
+                assert_eq!((verdict, found), expected, "{mode} behind {ahead:?}");
+            }
+        }
+    }
+}
