@@ -236,6 +236,7 @@ end
 -- that stopped listening is found by the grant reaching nobody (it holds the key only when
 -- the grant reached it). True when anyone was granted.
 local function hand_over(k)
+  if redis.call('LLEN', k.queue) == 0 then return false end
   local now = server_ms()
   local ahead = holders_of(k)
   local granted = nil
