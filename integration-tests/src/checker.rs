@@ -16,6 +16,9 @@ pub struct CheckConfig {
     /// Extra time allowed on top of lease + bound for the machine itself (scheduling, a
     /// reconnect); say in the test why it is what it is.
     pub slack: Duration,
+    /// How many clients may be inside at once: 1 for a mutex or an election, N for a
+    /// semaphore of N permits.
+    pub capacity: usize,
 }
 
 /// One acquisition, as the history shows it.
@@ -154,7 +157,11 @@ pub fn check(events: &[Event], config: &CheckConfig) -> Report {
     let acquisitions = acquisitions(events, &mut report);
     report.acquisitions = acquisitions.len();
     check_tokens(&acquisitions, &mut report);
-    check_overlaps(&acquisitions, &mut report);
+    if config.capacity > 1 {
+        check_capacity(&acquisitions, config.capacity, &mut report);
+    } else {
+        check_overlaps(&acquisitions, &mut report);
+    }
     check_liveness(events, &acquisitions, config, &mut report);
     report
 }
@@ -314,6 +321,43 @@ fn check_overlaps(acquisitions: &[Acquisition], report: &mut Report) {
     }
 }
 
+/// P14 by the log: never more than `capacity` clients inside at once, unless one of them was
+/// told by its guard that it had lost its permit. (Permit holders write nothing fenced, and
+/// enter in any order, so neither fencing nor stale grants apply.)
+fn check_capacity(acquisitions: &[Acquisition], capacity: usize, report: &mut Report) {
+    let mut inside: Vec<(&Acquisition, u64, u64)> = acquisitions
+        .iter()
+        .filter_map(|a| Some((a, a.entered?, a.exited.unwrap_or(u64::MAX))))
+        .collect();
+    inside.sort_by_key(|(_, entered, _)| *entered);
+    for (i, (b, b_in, _)) in inside.iter().enumerate() {
+        let together: Vec<&Acquisition> = inside[..i]
+            .iter()
+            .filter(|(a, _, a_out)| *a_out > *b_in && a.client != b.client)
+            .map(|(a, _, _)| *a)
+            .chain(std::iter::once(*b))
+            .collect();
+        if together.len() <= capacity {
+            continue;
+        }
+        let line = format!(
+            "{} clients inside at {} with {capacity} permits: {}",
+            together.len(),
+            b_in,
+            together
+                .iter()
+                .map(|a| format!("{} (token {})", a.client, a.token))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if together.iter().any(|a| a.signalled_loss()) {
+            report.overlaps_signalled.push(line);
+        } else {
+            report.p1_violations.push(line);
+        }
+    }
+}
+
 /// P3: after every heal, some client acquires within lease + bound + slack, unless the run
 /// ended sooner.
 fn check_liveness(
@@ -375,6 +419,7 @@ mod tests {
             lease: Duration::from_secs(1),
             crash_release_bound: Duration::ZERO,
             slack: Duration::ZERO,
+            capacity: 1,
         }
     }
 
@@ -453,6 +498,30 @@ mod tests {
         lines.extend(round(5, "b", 2, EventKind::WriteOk, "held"));
         let report = check(&sorted(lines), &config());
         assert_eq!(report.p1_violations.len(), 1, "{report}");
+    }
+
+    #[test]
+    fn more_holders_than_permits_break_p14() {
+        let permits = CheckConfig {
+            capacity: 2,
+            ..config()
+        };
+        // Two permit holders at once: allowed.
+        let mut lines = round(0, "a", 1, EventKind::Idle, "held");
+        lines.extend(round(5, "b", 2, EventKind::Idle, "held"));
+        let report = check(&sorted(lines.clone()), &permits);
+        assert_eq!(report.violations(), 0, "{report}");
+        // A third inside with them, everybody sure: a violation.
+        lines.extend(round(8, "c", 3, EventKind::Idle, "held"));
+        let report = check(&sorted(lines), &permits);
+        assert_eq!(report.p1_violations.len(), 1, "{report}");
+        // The same, but one of them knew it had lost its permit: signalled.
+        let mut lines = round(0, "a", 1, EventKind::Idle, "lost");
+        lines.extend(round(5, "b", 2, EventKind::Idle, "held"));
+        lines.extend(round(8, "c", 3, EventKind::Idle, "held"));
+        let report = check(&sorted(lines), &permits);
+        assert_eq!(report.overlaps_signalled.len(), 1, "{report}");
+        assert_eq!(report.violations(), 0, "{report}");
     }
 
     #[test]

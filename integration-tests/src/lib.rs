@@ -58,7 +58,7 @@ pub use process::{free_port, ServerProcess};
 pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
 pub use sentinel::{SentinelDeployment, SENTINEL_MASTER};
-pub use workload::{connect_and_run, fenced_write, run_client, WorkloadConfig};
+pub use workload::{connect_and_run, fenced_write, run_client, Primitive, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
 pub use zookeeper_ensemble::{shared_zookeeper_ensemble, ZooKeeperEnsemble};
 

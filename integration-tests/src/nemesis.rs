@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use crate::checker::{check, CheckConfig, Report};
 use crate::history::{read_history, Event, EventKind, HistoryWriter};
 use crate::process::spawn_tied_to_this_process;
+use crate::workload::Primitive;
 
 /// One run: a directory with the history and the fenced register, and the client processes.
 pub struct WorkloadRun {
@@ -40,6 +41,8 @@ pub struct ClientSpec {
     pub iterations: Option<u64>,
     /// How long to run.
     pub duration: Option<Duration>,
+    /// What the clients take.
+    pub primitive: Primitive,
 }
 
 struct Client {
@@ -97,6 +100,7 @@ impl WorkloadRun {
             .arg("--stop-file")
             .arg(self.dir.path().join("stop"))
             .arg("--stay")
+            .args(spec.primitive.flags())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dlock::{LockError, LockOptions, Locker};
+use dlock::{LockError, LockGuard, LockMode, LockOptions, Locker};
 use tokio::time::Instant;
 
 use crate::history::{EventKind, HistoryWriter};
@@ -37,6 +37,40 @@ pub struct WorkloadConfig {
     pub duration: Option<Duration>,
     /// …or once this file exists.
     pub stop_file: Option<PathBuf>,
+    /// What the clients take: the mutex, a permit, or the leadership.
+    pub primitive: Primitive,
+}
+
+/// What workload clients contend for on their one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Primitive {
+    /// The key's mutex (`acquire`).
+    #[default]
+    Mutex,
+    /// One of this many permits of a semaphore. Its holders do not write to the fenced
+    /// register: several hold at once, each with its own token.
+    Semaphore(u32),
+    /// The leadership of an election (`campaign` with the client's name, `resign`).
+    Election,
+}
+
+impl Primitive {
+    /// How many clients may be inside at once.
+    pub fn capacity(self) -> usize {
+        match self {
+            Primitive::Semaphore(permits) => permits as usize,
+            Primitive::Mutex | Primitive::Election => 1,
+        }
+    }
+
+    /// The `dlock-workload` flags that ask for it.
+    pub fn flags(self) -> Vec<String> {
+        match self {
+            Primitive::Mutex => Vec::new(),
+            Primitive::Semaphore(permits) => vec!["--permits".to_owned(), permits.to_string()],
+            Primitive::Election => vec!["--election".to_owned()],
+        }
+    }
 }
 
 impl WorkloadConfig {
@@ -53,6 +87,7 @@ impl WorkloadConfig {
             iterations: Some(20),
             duration: None,
             stop_file: None,
+            primitive: Primitive::Mutex,
         }
     }
 }
@@ -92,7 +127,7 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
             return acquisitions;
         }
         history.record(client, EventKind::Start, None, "");
-        let guard = match locker.acquire_with(config.key.as_str(), &options).await {
+        let guard = match take(locker, config, &options).await {
             Ok(guard) => guard,
             Err(error) => {
                 history.record(client, EventKind::Failed, None, &error.to_string());
@@ -109,7 +144,7 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
         // As an application would: write only while the guard says the lock is ours, and
         // let fencing catch what the guard cannot know.
         let held = guard.is_held();
-        if held {
+        if held && config.primitive.capacity() == 1 {
             let kind = match fenced_write(&config.register, token) {
                 Ok(true) => EventKind::WriteOk,
                 Ok(false) => EventKind::WriteRefused,
@@ -132,6 +167,57 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
             Err(error) => error.to_string(),
         };
         history.record(client, EventKind::Released, Some(token), &released);
+    }
+}
+
+/// Takes what `config.primitive` names on `config.key`.
+async fn take(
+    locker: &Locker,
+    config: &WorkloadConfig,
+    options: &LockOptions,
+) -> Result<Held, LockError> {
+    let key = config.key.as_str();
+    match config.primitive {
+        Primitive::Mutex => locker.acquire_with(key, options).await.map(Held::Lock),
+        Primitive::Semaphore(permits) => {
+            let options = options.clone().mode(LockMode::Permit(permits));
+            locker.acquire_with(key, &options).await.map(Held::Lock)
+        }
+        Primitive::Election => locker
+            .election(key)?
+            .campaign_with(&config.client, options)
+            .await
+            .map(Held::Leadership),
+    }
+}
+
+/// A held lock, permit or leadership, as the loop uses it.
+enum Held {
+    Lock(LockGuard),
+    Leadership(dlock::Leadership),
+}
+
+impl Held {
+    fn guard(&self) -> &LockGuard {
+        match self {
+            Held::Lock(guard) => guard,
+            Held::Leadership(leadership) => leadership.guard(),
+        }
+    }
+
+    fn fencing_token(&self) -> dlock::FencingToken {
+        self.guard().fencing_token()
+    }
+
+    fn is_held(&self) -> bool {
+        self.guard().is_held()
+    }
+
+    async fn release(self) -> Result<(), LockError> {
+        match self {
+            Held::Lock(guard) => guard.release().await,
+            Held::Leadership(leadership) => leadership.resign().await,
+        }
     }
 }
 

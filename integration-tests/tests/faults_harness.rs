@@ -12,7 +12,8 @@ use dlock::LockOptions;
 use dlock_test_servers::{
     cancel_at_poll, count_polls, etcd_leftovers, read_history, redis_leftovers, run_client,
     zookeeper_leftovers, CheckConfig, ClientSpec, Direction, EtcdServer, EventKind, FaultProxy,
-    HistoryWriter, RedisServer, Report, WorkloadConfig, WorkloadRun, ZooKeeperServer, NEMESIS,
+    HistoryWriter, Primitive, RedisServer, Report, WorkloadConfig, WorkloadRun, ZooKeeperServer,
+    NEMESIS,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_dlock-workload");
@@ -30,6 +31,8 @@ struct Target {
     prefix: String,
     lease: Duration,
     bound: Duration,
+    /// What the clients take (the mutex unless a scenario says otherwise).
+    primitive: Primitive,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,7 +57,14 @@ impl Target {
             prefix: unique_prefix(test),
             lease,
             bound,
+            primitive: Primitive::Mutex,
         }
+    }
+
+    /// The same target, its clients taking `primitive` instead of the mutex.
+    fn taking(mut self, primitive: Primitive) -> Target {
+        self.primitive = primitive;
+        self
     }
 
     /// The URL a client uses, reaching the servers at `addresses` (the servers themselves or
@@ -92,6 +102,7 @@ impl Target {
             wait: Duration::from_secs(20),
             iterations: Some(iterations),
             duration: None,
+            primitive: self.primitive,
         }
     }
 
@@ -110,6 +121,7 @@ impl Target {
             lease: self.lease,
             crash_release_bound: self.bound,
             slack: SLACK,
+            capacity: self.primitive.capacity(),
         }
     }
 
@@ -751,6 +763,7 @@ fn memory_with_cancellations() {
             lease: Duration::from_secs(1),
             crash_release_bound: Duration::from_millis(50),
             slack: SLACK,
+            capacity: 1,
         },
     );
     println!("{report}");
@@ -1018,6 +1031,68 @@ fn etcd_cancellations_in_flight() {
 fn etcd_restart() {
     let (mut server, target) = etcd("etcd-restart");
     server_restarts(&target, 1, || server.process().restart());
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 15: semaphores (never more holders than permits) and elections (never two leaders)
+// under the same schedules. A Redis restart without persistence is left out: it forgets
+// every permit, and permit holders write nothing fenced, so nothing is promised there.
+
+/// Three clients on a semaphore of two permits: one always waits.
+const PERMITS: Primitive = Primitive::Semaphore(2);
+
+#[test]
+fn redis_semaphore_holder_pauses() {
+    let (_server, target) = redis("redis-sem-pause");
+    holder_pauses(&target.taking(PERMITS));
+}
+
+#[test]
+fn redis_semaphore_kills() {
+    let (_server, target) = redis("redis-sem-kill");
+    kills(&target.taking(PERMITS));
+}
+
+#[test]
+fn redis_election_holder_pauses() {
+    let (_server, target) = redis("redis-elect-pause");
+    holder_pauses(&target.taking(Primitive::Election));
+}
+
+#[test]
+fn zookeeper_semaphore_holder_pauses() {
+    let (_server, target) = zookeeper("zk-sem-pause");
+    holder_pauses(&target.taking(PERMITS));
+}
+
+#[test]
+fn zookeeper_semaphore_restart() {
+    let (mut server, target) = zookeeper("zk-sem-restart");
+    server_restarts(&target.taking(PERMITS), 1, || server.process().restart());
+}
+
+#[test]
+fn zookeeper_election_kills() {
+    let (_server, target) = zookeeper("zk-elect-kill");
+    kills(&target.taking(Primitive::Election));
+}
+
+#[test]
+fn etcd_semaphore_holder_pauses() {
+    let (_server, target) = etcd("etcd-sem-pause");
+    holder_pauses(&target.taking(PERMITS));
+}
+
+#[test]
+fn etcd_semaphore_restart() {
+    let (mut server, target) = etcd("etcd-sem-restart");
+    server_restarts(&target.taking(PERMITS), 1, || server.process().restart());
+}
+
+#[test]
+fn etcd_election_kills() {
+    let (_server, target) = etcd("etcd-elect-kill");
+    kills(&target.taking(Primitive::Election));
 }
 
 /// `SAVE` on the Redis server at `address`.

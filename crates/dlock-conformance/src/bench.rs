@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{Lease, LockError, LockOptions, Locker};
+use dlock_core::{Lease, LockError, LockMode, LockOptions, Locker};
 pub use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
@@ -113,6 +113,20 @@ pub async fn contended(
     duration: Duration,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Contended, LockError> {
+    contended_in_modes(clients, options, &[options.mode], keys, duration, progress).await
+}
+
+/// Like [`contended`], client `i` taking the keys in `modes[i % modes.len()]`: a semaphore
+/// (`[Permit(n)]`), readers and writers (`[Shared, Shared, Shared, Exclusive]`). A handoff is
+/// then a grant to another client than the key's previous grantee.
+pub async fn contended_in_modes(
+    clients: &[Locker],
+    options: &LockOptions,
+    modes: &[LockMode],
+    keys: u32,
+    duration: Duration,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Contended, LockError> {
     let keys = keys.max(1);
     let started = Instant::now();
     let deadline = started + duration;
@@ -120,7 +134,9 @@ pub async fn contended(
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(clients.len());
     for (index, client) in clients.iter().enumerate() {
-        let (client, options) = (client.clone(), options.clone());
+        let mode = modes.get(index % modes.len().max(1)).copied();
+        let options = options.clone().mode(mode.unwrap_or(options.mode));
+        let client = client.clone();
         let (last_release, total) = (Arc::clone(&last_release), Arc::clone(&total));
         tasks.push(tokio::spawn(async move {
             let (mut acquire, mut handoff, mut count) = (histogram(), histogram(), 0u64);
@@ -188,6 +204,31 @@ pub async fn contended(
         per_client,
         elapsed: started.elapsed(),
     })
+}
+
+/// How long an observer takes to see leader changes: `rounds` times, `leader` campaigns
+/// (the time until `observer`'s [`observe`](dlock_core::Election::observe) reports it is
+/// recorded) and resigns (likewise, until it reports nobody). One histogram of both.
+pub async fn observed_leader_changes(
+    leader: &Locker,
+    observer: &Locker,
+    rounds: usize,
+) -> Result<Histogram<u64>, LockError> {
+    let mut histogram = histogram();
+    let election = leader.election("election")?;
+    let mut changes = observer.election("election")?.observe();
+    changes.next().await?;
+    for round in 0..rounds {
+        let started = Instant::now();
+        let leadership = election.campaign(&format!("leader-{round}")).await?;
+        while changes.next().await?.is_none() {}
+        record(&mut histogram, started.elapsed());
+        let started = Instant::now();
+        leadership.resign().await?;
+        while changes.next().await?.is_some() {}
+        record(&mut histogram, started.elapsed());
+    }
+    Ok(histogram)
 }
 
 /// What [`many_keys`] measured.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
-    LockBackend, LockInfo, LockKey, LockOptions, LockReport, Renewal, Result,
+    LockBackend, LockInfo, LockKey, LockMode, LockOptions, LockReport, Renewal, Result,
 };
 use tokio::time::Instant;
 
@@ -86,18 +86,38 @@ impl LockBackend for RequestCounting {
         self.inner.list(options, request).await
     }
 
+    fn supports(&self, mode: LockMode) -> bool {
+        self.inner.supports(mode)
+    }
+
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        self.count();
+        self.inner.update_owner(lease, owner).await
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        self.inner.wait_for_change(key, options, seen).await
+    }
+
     async fn ping(&self) -> Result<Duration> {
         self.count();
         self.inner.ping().await
     }
 }
 
-/// Delegates to `inner` and counts `renew` and `extend` calls.
+/// Delegates to `inner` and counts `renew` and `extend` calls, and the calls to
+/// `wait_for_change` that have begun.
 #[derive(Debug)]
 pub(crate) struct CountingBackend {
     inner: Arc<dyn LockBackend>,
     pub(crate) renew_calls: AtomicUsize,
     pub(crate) extend_calls: AtomicUsize,
+    pub(crate) change_waits: tokio::sync::watch::Sender<usize>,
 }
 
 impl CountingBackend {
@@ -106,6 +126,7 @@ impl CountingBackend {
             inner,
             renew_calls: AtomicUsize::new(0),
             extend_calls: AtomicUsize::new(0),
+            change_waits: tokio::sync::watch::Sender::new(0),
         })
     }
 }
@@ -152,5 +173,27 @@ impl LockBackend for CountingBackend {
 
     async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
         self.inner.list(options, request).await
+    }
+
+    fn supports(&self, mode: LockMode) -> bool {
+        self.inner.supports(mode)
+    }
+
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        self.inner.update_owner(lease, owner).await
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        self.change_waits.send_modify(|waits| *waits += 1);
+        self.inner.wait_for_change(key, options, seen).await
+    }
+
+    async fn ping(&self) -> Result<Duration> {
+        self.inner.ping().await
     }
 }

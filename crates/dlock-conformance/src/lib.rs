@@ -1,5 +1,5 @@
 //! The conformance suite of **dlock**: one test per property of the lock contract
-//! ([`dlock_core::contract`], P1 … P13), run unchanged against every backend.
+//! ([`dlock_core::contract`], P1 … P16), run unchanged against every backend.
 //!
 //! # Proving a new backend
 //!
@@ -81,6 +81,12 @@
 //!   [`introspection`](dlock_core::LockBackend::introspection) promises): `report` names the
 //!   holder's owner description and acquisition time and counts the waiters, `list` pages
 //!   through the locks under a prefix in key order.
+//! - **Semaphores, read-write locks, elections** (P14–P16, for the modes the backend
+//!   [`supports`](dlock_core::LockBackend::supports)): at most N permit holders, disagreeing
+//!   permit counts refused, readers sharing and writers excluding, a waiting writer never
+//!   overtaken by new readers, tokens in grant order, one leader at a time with growing terms,
+//!   `proclaim` visible to everyone, observers woken while they wait, lost leadership
+//!   signalled.
 //! - **Names** (P12): keys that differ in case, slashes, percent- or plus-like spellings,
 //!   Unicode normalisation, whitespace or only after a long common start are distinct
 //!   locks, a prefix never runs into its key, bad input is a typed error, an unreachable

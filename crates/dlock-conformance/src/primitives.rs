@@ -7,10 +7,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use dlock_core::{LockError, LockGuard, LockMode, LockOptions, Locker};
+use dlock_core::{Leader, LeaderChanges, LockError, LockGuard, LockMode, LockOptions, Locker};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::counting::CountingBackend;
 use crate::suite::{measured, ms, within, Fixture, CRASH_SLACK, LONG_LEASE, PROMPTLY};
 use crate::ConformanceTarget;
 
@@ -422,21 +423,23 @@ pub async fn p16_leader_and_its_value_are_visible(target: &dyn ConformanceTarget
     assert_eq!(observer.leader().await.expect("leader"), None);
 }
 
-/// `observe` reports the current leader, then each change: a new leader, a proclaimed
-/// value, nobody leading (P16).
+/// `observe` reports the current leader, then each change (a new leader, a proclaimed
+/// value, nobody leading), waking an observer that already waits (P16).
 pub async fn p16_observe_follows_leader_changes(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p16-observe").await;
-    let [alice, bob] = fixture.lockers(LONG_LEASE).await;
+    let alice = fixture.locker(LONG_LEASE).await;
+    let watched = CountingBackend::new(target.connect(LONG_LEASE).await.expect("connect"));
+    let bob = Locker::from_backend(watched.clone())
+        .with_options(fixture.options(LONG_LEASE))
+        .expect("options");
     let Some(observer) = election_of(&bob, "p16_observe_follows_leader_changes").await else {
         return;
     };
     let mut changes = observer.observe();
-    assert_eq!(
-        within(PROMPTLY, changes.next(), "the first read")
-            .await
-            .expect("observe"),
-        None
-    );
+    let first = within(PROMPTLY, changes.next(), "the first read").await;
+    assert_eq!(first.expect("observe"), None);
+    // Each change happens while the observer waits for one, so only a wake-up finds it.
+    let observing = next_change(changes, &watched).await;
     let mut leadership = alice
         .election("k")
         .expect("election")
@@ -444,28 +447,24 @@ pub async fn p16_observe_follows_leader_changes(target: &dyn ConformanceTarget) 
         .await
         .expect("alice leads");
     let started = Instant::now();
-    let seen = within(PROMPTLY, changes.next(), "the new leader to be observed")
+    let (changes, seen) = within(PROMPTLY, observing, "the new leader to be observed")
         .await
-        .expect("observe")
-        .expect("a leader");
+        .expect("observer task");
     measured("p16 campaign to observed", started.elapsed());
-    assert_eq!(seen.value, "v1");
+    assert_eq!(seen.expect("observe").expect("a leader").value, "v1");
+    let mut observing = next_change(changes, &watched).await;
     if leadership.proclaim("v2").await.is_ok() {
-        let seen = within(
-            PROMPTLY,
-            changes.next(),
-            "the proclaimed value to be observed",
-        )
-        .await
-        .expect("observe")
-        .expect("a leader");
-        assert_eq!(seen.value, "v2");
+        let (changes, seen) = within(PROMPTLY, observing, "the new value to be observed")
+            .await
+            .expect("observer task");
+        assert_eq!(seen.expect("observe").expect("a leader").value, "v2");
+        observing = next_change(changes, &watched).await;
     }
     leadership.resign().await.expect("alice resigns");
-    let seen = within(PROMPTLY, changes.next(), "the resignation to be observed")
+    let (_, seen) = within(PROMPTLY, observing, "the resignation to be observed")
         .await
-        .expect("observe");
-    assert_eq!(seen, None);
+        .expect("observer task");
+    assert_eq!(seen.expect("observe"), None);
 }
 
 /// A leader whose lock the server forgot is told, like a lock's holder, and the next leader
@@ -495,6 +494,28 @@ pub async fn p16_lost_leadership_is_signalled(target: &dyn ConformanceTarget) {
         .await
         .expect("bob leads");
     assert!(next.term() > leadership.term());
+}
+
+/// The observer's next change, awaited in a task, returned once the observer waits for the
+/// server to tell it of one (its backend, `watched`, entered `wait_for_change`).
+async fn next_change(
+    mut changes: LeaderChanges,
+    watched: &CountingBackend,
+) -> tokio::task::JoinHandle<(LeaderChanges, Result<Option<Leader>, LockError>)> {
+    let mut waits = watched.change_waits.subscribe();
+    let waited = *waits.borrow_and_update();
+    let task = tokio::spawn(async move {
+        let seen = changes.next().await;
+        (changes, seen)
+    });
+    within(
+        PROMPTLY,
+        waits.wait_for(|n| *n > waited),
+        "the observer to wait",
+    )
+    .await
+    .expect("the counter lives");
+    task
 }
 
 /// Whether `client`'s backend takes locks in `mode`; if not, checks that the locker refuses

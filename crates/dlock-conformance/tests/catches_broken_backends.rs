@@ -15,8 +15,8 @@ use std::time::Duration;
 use dlock_conformance::{async_trait, suite, ConformanceTarget, RequestCounting};
 use dlock_core::{
     AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
-    LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions, LockReport, Locker,
-    LossReason, MemoryServer, Renewal, Result,
+    LockBackend, LockError, LockGuard, LockInfo, LockKey, LockMode, LockOptions, LockReport,
+    Locker, LossReason, MemoryServer, Renewal, Result,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -171,6 +171,60 @@ fn catches_acquire_cancelled_in_flight_leaving_an_orphan() {
     );
 }
 
+#[test]
+fn catches_a_semaphore_granting_one_permit_too_many() {
+    assert_caught(
+        Flaw::OverAdmits,
+        |t| Box::pin(suite::p14_semaphore_admits_exactly_its_permits(t)),
+        "granted a fourth",
+    );
+}
+
+#[test]
+fn catches_a_semaphore_ignoring_disagreeing_counts() {
+    assert_caught(
+        Flaw::PermitCountsIgnored,
+        |t| Box::pin(suite::p14_semaphore_permit_counts_must_agree(t)),
+        "disagreeing with a semaphore",
+    );
+}
+
+#[test]
+fn catches_readers_that_do_not_share() {
+    assert_caught(
+        Flaw::ReadersExclusive,
+        |t| Box::pin(suite::p15_readers_share_and_writers_exclude(t)),
+        "a second reader shares the lock",
+    );
+}
+
+#[test]
+fn catches_readers_overtaking_a_waiting_writer() {
+    assert_caught(
+        Flaw::WritersOutsideTheLine,
+        |t| Box::pin(suite::p15_waiting_writer_is_not_starved_by_new_readers(t)),
+        "overtook a waiting writer",
+    );
+}
+
+#[test]
+fn catches_proclaim_that_changes_nothing() {
+    assert_caught(
+        Flaw::ProclaimIgnored,
+        |t| Box::pin(suite::p16_leader_and_its_value_are_visible(t)),
+        "proclaim was not stored",
+    );
+}
+
+#[test]
+fn catches_observers_that_are_never_woken() {
+    assert_caught(
+        Flaw::ObserveNeverWakes,
+        |t| Box::pin(suite::p16_observe_follows_leader_changes(t)),
+        "to be observed",
+    );
+}
+
 /// One deliberate flaw of a [`Broken`] backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flaw {
@@ -208,6 +262,18 @@ enum Flaw {
     /// An acquire dropped before its first reply leaves a waiter behind on the server that
     /// takes the lock later and keeps it for a lease.
     CancelLeavesOrphan,
+    /// A semaphore of N permits is asked for with N + 1.
+    OverAdmits,
+    /// Each permit count is a semaphore of its own, so disagreeing clients never meet.
+    PermitCountsIgnored,
+    /// Readers take the lock exclusively.
+    ReadersExclusive,
+    /// Writers wait by retrying outside the line, so readers arriving later overtake them.
+    WritersOutsideTheLine,
+    /// `update_owner` answers `Ok` and changes nothing.
+    ProclaimIgnored,
+    /// `wait_for_change` never resolves.
+    ObserveNeverWakes,
 }
 
 /// Runs `test` against a target whose clients have `flaw`, and checks it fails with a
@@ -353,7 +419,12 @@ impl LockBackend for Broken {
                     }
                 }
             }
-            Flaw::CaseInsensitiveKeys | Flaw::PrefixRunsIntoKey | Flaw::LateCrashRelease => {
+            Flaw::CaseInsensitiveKeys
+            | Flaw::PrefixRunsIntoKey
+            | Flaw::LateCrashRelease
+            | Flaw::OverAdmits
+            | Flaw::PermitCountsIgnored
+            | Flaw::ReadersExclusive => {
                 let (key, options) = self.mangle(&request)?;
                 let mangled = AcquireRequest::new(&key, &options, None, request.loss.clone(), None);
                 Ok(self
@@ -369,7 +440,10 @@ impl LockBackend for Broken {
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
         match self.flaw {
             Flaw::LateValidUntil => Ok(late(self.inner.acquire(request).await?)),
-            Flaw::LateCrashRelease => {
+            Flaw::LateCrashRelease
+            | Flaw::OverAdmits
+            | Flaw::PermitCountsIgnored
+            | Flaw::ReadersExclusive => {
                 let (key, options) = self.mangle(&request)?;
                 let mangled = AcquireRequest::new(
                     &key,
@@ -386,6 +460,9 @@ impl LockBackend for Broken {
                 self.inner.acquire(endless).await
             }
             Flaw::PollingWaiters | Flaw::HerdWakeUp => self.acquire_by_retrying(request).await,
+            Flaw::WritersOutsideTheLine if request.mode() == LockMode::Exclusive => {
+                self.acquire_by_retrying(request).await
+            }
             Flaw::CancelLeavesOrphan => {
                 let orphan = Orphan {
                     inner: Some(Arc::clone(&self.inner)),
@@ -476,6 +553,29 @@ impl LockBackend for Broken {
         self.inner.introspection()
     }
 
+    fn supports(&self, mode: LockMode) -> bool {
+        self.inner.supports(mode)
+    }
+
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        match self.flaw {
+            Flaw::ProclaimIgnored => Ok(()),
+            _ => self.inner.update_owner(lease, owner).await,
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        match self.flaw {
+            Flaw::ObserveNeverWakes => std::future::pending().await,
+            _ => self.inner.wait_for_change(key, options, seen).await,
+        }
+    }
+
     async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
         let report = self.inner.report(key, options).await?;
         match self.flaw {
@@ -512,6 +612,15 @@ impl Broken {
                 let lease = options.lease + LATE / 5;
                 (request.key.clone(), options.lease(lease))
             }
+            Flaw::OverAdmits => match options.mode {
+                LockMode::Permit(n) => (request.key.clone(), options.mode(LockMode::Permit(n + 1))),
+                _ => (request.key.clone(), options),
+            },
+            Flaw::PermitCountsIgnored => match options.mode {
+                LockMode::Permit(n) => (LockKey::new(format!("{}#{n}", request.key))?, options),
+                _ => (request.key.clone(), options),
+            },
+            Flaw::ReadersExclusive => (request.key.clone(), options.mode(LockMode::Exclusive)),
             _ => (request.key.clone(), options),
         })
     }

@@ -18,7 +18,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The contract each backend keeps is written down property by property (P1 … P13) in
+//! Beyond the mutex, the same locker gives [semaphores](Locker::semaphore),
+//! [read-write locks](Locker::rw_lock) and [leader elections](Locker::election), on every
+//! backend that [supports](LockBackend::supports) their [`LockMode`], with the guard's
+//! fencing tokens, keepalive and loss signal.
+//!
+//! The contract each backend keeps is written down property by property (P1 … P16) in
 //! [`contract`], and the `dlock-conformance` crate checks it.
 //!
 //! # Observability
@@ -62,7 +67,7 @@ mod semaphore;
 pub mod support;
 mod token;
 
-/// The lock contract every backend keeps, property by property (P1 … P13): what the
+/// The lock contract every backend keeps, property by property (P1 … P16): what the
 /// conformance suite checks and what each backend assumes. This page is the repository's
 /// `crates/dlock-core/SEMANTICS.md`.
 pub mod contract {

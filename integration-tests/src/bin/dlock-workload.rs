@@ -6,6 +6,7 @@
 //! ```text
 //! dlock-workload --url URL --key KEY --client NAME --history FILE --register FILE
 //!                [--hold 20ms] [--wait 30s] [--iterations N] [--duration 60s] [--stop-file PATH] [--stay]
+//!                [--permits N | --election]
 //! ```
 
 use std::io::Read;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dlock_test_servers::{run_client, EventKind, HistoryWriter, WorkloadConfig};
+use dlock_test_servers::{run_client, EventKind, HistoryWriter, Primitive, WorkloadConfig};
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
@@ -75,10 +76,15 @@ fn run(config: WorkloadConfig, history: PathBuf, stay: bool) -> ExitCode {
 fn parse(args: Vec<String>) -> Result<(WorkloadConfig, PathBuf, bool), String> {
     let mut values = std::collections::HashMap::new();
     let mut stay = false;
+    let mut election = false;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         if flag == "--stay" {
             stay = true;
+            continue;
+        }
+        if flag == "--election" {
+            election = true;
             continue;
         }
         let name = flag
@@ -113,6 +119,14 @@ fn parse(args: Vec<String>) -> Result<(WorkloadConfig, PathBuf, bool), String> {
         config.duration = Some(duration(d)?);
     }
     config.stop_file = take("stop-file").map(PathBuf::from);
+    config.primitive = match (take("permits"), election) {
+        (None, false) => Primitive::Mutex,
+        (None, true) => Primitive::Election,
+        (Some(n), false) => {
+            Primitive::Semaphore(n.parse().map_err(|e| format!("bad --permits: {e}"))?)
+        }
+        (Some(_), true) => return Err("--permits and --election exclude each other".to_owned()),
+    };
     if config.iterations.is_none() && config.duration.is_none() && config.stop_file.is_none() {
         config.iterations = Some(20);
     }

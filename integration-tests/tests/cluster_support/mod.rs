@@ -90,6 +90,7 @@ impl Target {
             wait: Duration::from_secs(30),
             iterations: None,
             duration: None,
+            primitive: dlock_test_servers::Primitive::Mutex,
         }
     }
 
@@ -103,6 +104,7 @@ impl Target {
             lease: self.lease,
             crash_release_bound: self.bound,
             slack: SLACK,
+            capacity: 1,
         }
     }
 
