@@ -3,7 +3,8 @@
 //! holders' own keys, the waiting line, the watchers set. Redlock declares only exclusive
 //! locks.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dlock_core::{
@@ -15,7 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+mod conformance_support;
 mod redis_support;
+use conformance_support::CountingProxy;
 use redis_support::command;
 
 /// Much longer than any test: nothing here may be decided by a lease running out, unless the
@@ -590,4 +593,80 @@ async fn redlock_declares_only_exclusive_locks() {
     let leader = locker.election("k").unwrap().leader().await.unwrap();
     assert_eq!(leader.map(|l| l.value).as_deref(), Some("v2"));
     leadership.resign().await.unwrap();
+}
+
+/// How long after a hand-over the wake-ups of waiters it did not admit would show up as
+/// requests: a measuring window, not synchronisation.
+const HERD_WINDOW: Duration = Duration::from_millis(100);
+
+/// Requests to the server from `A`'s release (a writer, or one of two permit holders) until
+/// the waiters it admits hold, and a window after: with `behind` more waiters in line that it
+/// does not admit (readers behind a second writer, permit waiters behind the first).
+async fn release_cost(test: &str, permits: bool, behind: usize) -> u64 {
+    let requests = Arc::new(AtomicU64::new(0));
+    let proxy = CountingProxy::start(&shared_redis().address, &requests).await;
+    let options = options(test);
+    let mut clients = Vec::new();
+    for _ in 0..behind + 4 {
+        let backend = dlock_redis::connect(&format!("redis://{}", proxy.address))
+            .await
+            .expect("connect");
+        clients.push(Locker::new(backend).with_options(options.clone()).unwrap());
+    }
+    let (first, admitted_mode, blocker_mode, rest_mode) = if permits {
+        let permit = options.clone().mode(LockMode::Permit(2));
+        (permit.clone(), permit.clone(), permit.clone(), permit)
+    } else {
+        let read = options.clone().mode(LockMode::Shared);
+        (options.clone(), read.clone(), options.clone(), read)
+    };
+    let mut holders = vec![clients[0].acquire_with("k", &first).await.unwrap()];
+    if permits {
+        holders.push(clients[1].acquire_with("k", &first).await.unwrap());
+    }
+    // Readers: two admitted by the writer's release, then a writer, then the rest.
+    // Permits: one admitted by the release, then the rest.
+    let mut admitted = vec![queued(&clients[2], &admitted_mode).await];
+    if !permits {
+        admitted.push(queued(&clients[1], &admitted_mode).await);
+    }
+    let mut waiting = vec![queued(&clients[3], &blocker_mode).await];
+    for client in &clients[4..] {
+        waiting.push(queued(client, &rest_mode).await);
+    }
+    let before = requests.load(Ordering::Relaxed);
+    holders.remove(0).release().await.unwrap();
+    for task in admitted {
+        holders.push(woken(task, "a waiter the release admits").await);
+    }
+    tokio::time::sleep(HERD_WINDOW).await;
+    let cost = requests.load(Ordering::Relaxed) - before;
+    for task in &waiting {
+        assert!(
+            !task.is_finished(),
+            "the release admitted a waiter out of turn"
+        );
+    }
+    for task in waiting {
+        task.abort();
+    }
+    for guard in holders {
+        guard.release().await.unwrap();
+    }
+    cost
+}
+
+#[tokio::test]
+async fn a_release_wakes_only_the_waiters_it_admits() {
+    for permits in [false, true] {
+        let few = release_cost("cost-few", permits, 2).await;
+        let many = release_cost("cost-many", permits, 8).await;
+        println!("requests per release (permits: {permits}), 2 / 8 more waiting: {few} / {many}");
+        assert!(
+            many <= few + 1,
+            "a release with 8 more waiters cost {many} requests, with 2 {few}: it wakes \
+             waiters it does not admit"
+        );
+        assert!(few <= 3, "a release cost {few} requests");
+    }
 }
