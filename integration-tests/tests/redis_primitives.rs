@@ -592,6 +592,15 @@ async fn redlock_declares_only_exclusive_locks() {
         .expect("proclaim on Redlock");
     let leader = locker.election("k").unwrap().leader().await.unwrap();
     assert_eq!(leader.map(|l| l.value).as_deref(), Some("v2"));
+    // One instance behind (its update lost): the majority's value is the leader's.
+    let backend = dlock_redis::connect(redlock_url()).await.unwrap();
+    let name = backend.held_key_name(leadership.guard().lease()).unwrap();
+    let value = redis(&["GET", &name]).await;
+    let behind = value.replace("\nv2", "\nv1");
+    assert_ne!(value, behind);
+    redis(&["SET", &name, &behind, "KEEPTTL"]).await;
+    let leader = locker.election("k").unwrap().leader().await.unwrap();
+    assert_eq!(leader.map(|l| l.value).as_deref(), Some("v2"));
     leadership.resign().await.unwrap();
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::config::RedisConfig;
 use crate::error::BACKEND;
 use crate::layout::{index_name, mode_suffix, LockNames};
-use crate::node::Node;
+use crate::node::{Holder, Node};
 use crate::quorum::{first_error, Attempt};
 use crate::session::Shared;
 use crate::waiter;
@@ -462,8 +462,16 @@ impl RedisBackend {
                 .map(|o| o.acquired_ms)
                 .collect();
             times.sort_unstable();
+            // After an `update_owner` that reached only a majority, the description a
+            // majority stores (one instance may lag behind).
+            let same: Vec<&&Holder> = holders.iter().filter(|o| o.id == holder.id).collect();
+            let description = same
+                .iter()
+                .map(|o| &o.description)
+                .find(|d| same.iter().filter(|o| o.description == **d).count() >= quorum)
+                .unwrap_or(&holder.description);
             report = report
-                .with_owner(holder.description.clone())
+                .with_owner(description.clone())
                 .with_acquired_at(UNIX_EPOCH + Duration::from_millis(times[quorum - 1]));
         }
         Ok(report)
