@@ -17,9 +17,11 @@ use crate::quorum::first_error;
 use crate::session::Shared;
 use crate::waiter::PlaceInLine;
 
-/// How long a watcher's id stays in the watchers set at least; a watcher waits at most
-/// [`SAFETY_NET`] before it reads the lock again and lists itself anew.
-const WATCH_TTL: Duration = Duration::from_secs(30);
+/// How long a watcher's id stays in the watchers set at least: a watcher waits at most
+/// [`SAFETY_NET`] after listing itself (and lists itself anew at its next call), so this
+/// covers its wait with room for a slow report read; a set whose watchers are gone and which
+/// no change visited since is gone this long after the last one listed itself.
+const WATCH_TTL: Duration = Duration::from_secs(15);
 
 /// How long a watcher waits at most without a message when no holder's lease ends sooner:
 /// only a safety net for lost messages.
