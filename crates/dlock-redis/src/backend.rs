@@ -48,6 +48,11 @@ use crate::watch::{differs, Watcher};
 ///   now first must be the live one. One release wakes one waiter; a holder's expiry wakes
 ///   every waiter once (one script call each).
 ///
+/// * **Read-write locks and semaphores** (single instance, Sentinel): each shared or permit
+///   holder has a key of its own with its own lease; the scripts' copy of `dlock_core::turn`
+///   decides grants, and a release hands the key to every waiter at the head of the line
+///   whose turn it now is. Redlock declares only exclusive locks (see `supports`).
+///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script joined the line (a waiter first tries without joining).
 /// `try_acquire` never jumps the line, and a holder that releases and asks again queues
