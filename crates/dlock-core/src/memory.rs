@@ -153,6 +153,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        cooperate().await;
         let name = entry_name(&request.options.prefix, request.key);
         let mut table = self.server.table();
         table.check_reachable()?;
@@ -168,6 +169,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        cooperate().await;
         let name = entry_name(&request.options.prefix, request.key);
         let mut place: Option<PlaceInLine> = None;
         loop {
@@ -637,6 +639,13 @@ impl Entry {
         self.waiters.retain(|w| w.id != id);
         self.wake_waiters();
     }
+}
+
+/// Counts against the task's cooperative budget: a task that takes and gives back free locks
+/// in a loop never waits on the table, and would otherwise keep its worker thread from the
+/// tasks that want to join the line (a network backend yields at every round trip).
+async fn cooperate() {
+    tokio::task::consume_budget().await;
 }
 
 /// Whether two reports name the same holder with the same owner description.
