@@ -255,6 +255,8 @@ local function hand_over(k)
         hold(k, head, now, lease, description, token)
         ahead[#ahead + 1] = mode
         granted = math.min(granted or lease, lease)
+        -- Nobody comes in beside a writer: no need to read the next one.
+        if mode == 'exclusive' then break end
       end
     else
       leave_line(k.queue, k.deadlines, head)
@@ -270,10 +272,10 @@ end
 -- A holder let go: hand the key over (fair) or wake the first live waiter to come and take
 -- it. True when it was handed over.
 local function lock_freed(k, fair)
-  if redis.call('LLEN', k.queue) == 0 then return false end
   if fair then
     return hand_over(k)
   end
+  if redis.call('LLEN', k.queue) == 0 then return false end
   wake_first(k.queue, k.deadlines, k.prefix, 'r', 0, server_ms())
   return false
 end
