@@ -110,9 +110,10 @@ local function sooner(a, b)
   return math.min(a, b)
 end
 -- The modes of the key's holders, oldest first, and the least time left of their leases
--- (-2 when nobody holds it); members whose key expired leave the holders set.
-local function holders_of(k)
-  local modes, pttl = {}, redis.call('PTTL', k.lock)
+-- (-2 when nobody holds it); members whose key expired leave the holders set. `lock_pttl`:
+-- the lock key's PTTL when the caller knows it.
+local function holders_of(k, lock_pttl)
+  local modes, pttl = {}, lock_pttl or redis.call('PTTL', k.lock)
   if pttl ~= -2 then modes[1] = 'exclusive' end
   for _, id in ipairs(redis.call('ZRANGE', k.holders, 0, -1)) do
     local left = redis.call('PTTL', k.hp .. id)
@@ -235,10 +236,12 @@ end
 -- tell the first one left that it is first. Dead entries are dropped on the way; a waiter
 -- that stopped listening is found by the grant reaching nobody (it holds the key only when
 -- the grant reached it). True when anyone was granted.
-local function hand_over(k)
+-- `ahead`: the holders' modes when the caller knows them (nobody, after an exclusive
+-- holder let go).
+local function hand_over(k, ahead)
   if redis.call('LLEN', k.queue) == 0 then return false end
   local now = server_ms()
-  local ahead = holders_of(k)
+  ahead = ahead or holders_of(k)
   local granted = nil
   while true do
     local head = redis.call('LINDEX', k.queue, 0)
@@ -270,19 +273,21 @@ local function hand_over(k)
   return false
 end
 -- A holder let go: hand the key over (fair) or wake the first live waiter to come and take
--- it. True when it was handed over.
-local function lock_freed(k, fair)
+-- it. True when it was handed over. `ahead` as for `hand_over`.
+local function lock_freed(k, fair, ahead)
   if fair then
-    return hand_over(k)
+    return hand_over(k, ahead)
   end
   if redis.call('LLEN', k.queue) == 0 then return false end
   wake_first(k.queue, k.deadlines, k.prefix, 'r', 0, server_ms())
   return false
 end
 -- After a holder let go: the line moves on; a key nobody holds any more leaves the index
--- and lets its fence counter run out; watchers hear of the change.
-local function move_on(k, fair)
-  if not lock_freed(k, fair) and not still_held(k) then
+-- and lets its fence counter run out; watchers hear of the change. An exclusive holder held
+-- the key alone (`exclusive_left`): once it let go, nobody holds it, nothing to read.
+local function move_on(k, fair, exclusive_left)
+  local nobody = exclusive_left and {} or nil
+  if not lock_freed(k, fair, nobody) and (exclusive_left or not still_held(k)) then
     fence_after_lock(k.fence)
     redis.call('ZREM', k.index, k.member)
   end
@@ -386,7 +391,7 @@ local now, held_pttl = nil, nil
 if kind == 'none' then
   now = server_ms()
   -- Shared or permit holders may hold the key without its lock key.
-  local modes, least = holders_of(k)
+  local modes, least = holders_of(k, -2)
   held_pttl = least
   if #modes > 0 and not mixes(mode, modes[1]) then return incompatible(k, waiter, modes[1]) end
   local my_turn, head = #modes == 0, redis.call('LINDEX', queue, 0)
@@ -455,7 +460,7 @@ local ok, holder = pcall(redis.call, 'GET', own_key(k, owner))
 if not ok then return -1 end
 if holder_id(holder) ~= owner then return 0 end
 let_go(k, owner)
-move_on(k, fair)
+move_on(k, fair, mode_of(owner) == 'exclusive')
 return 1
 ";
 
@@ -521,7 +526,7 @@ local ok, holder = pcall(redis.call, 'GET', own_key(k, waiter))
 if ok and holder_id(holder) == waiter then
   let_go(k, waiter)
   leave_line(k.queue, k.deadlines, waiter)
-  move_on(k, fair)
+  move_on(k, fair, mode_of(waiter) == 'exclusive')
   return 1
 end
 local was_first = redis.call('LINDEX', k.queue, 0) == waiter
