@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     support, AcquireRequest, Acquired, Backoff, Capabilities, FencingToken, Introspection, Lease,
-    ListPage, ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions,
-    LockReport, LossReason, Renewal, Result,
+    ListPage, ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockMode,
+    LockOptions, LockReport, LossReason, Renewal, Result,
 };
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use crate::config::EtcdConfig;
 use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout::{self, Found, Stamp};
+use crate::line;
 use crate::pending::PendingKey;
+use crate::report;
 use crate::session::{revision_of, Name, Session, Shared};
 use crate::waiter::{Contender, Line};
 
@@ -33,7 +35,8 @@ use crate::waiter::{Contender, Line};
 /// contender; the oldest key (lowest create revision) holds the lock, and each waiter
 /// watches only the key just ahead of it (P8, P10). The fencing token is the create
 /// revision of the holder's key, which etcd itself can check: see
-/// [`fence`](crate::fence).
+/// [`fence`](crate::fence). Every [`LockMode`] is supported: readers and semaphore permits
+/// queue in the same line, tagged with their mode.
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -59,6 +62,9 @@ pub(crate) struct EtcdRecord {
     pub(crate) session: Arc<Session>,
     /// The key's name, given back to the session once the release has removed the key.
     name: std::sync::Mutex<Option<Name>>,
+    /// The key's value as put (times of queueing and grant), which a new owner
+    /// description keeps.
+    stamp: Stamp,
 }
 
 impl EtcdBackend {
@@ -125,8 +131,8 @@ impl EtcdBackend {
         &self,
         request: &AcquireRequest<'_>,
         session: Arc<Session>,
-        name: Name,
-        revision: i64,
+        (name, revision): (Name, i64),
+        stamp: Stamp,
     ) -> Result<Acquired> {
         let token = u64::try_from(revision)
             .map_err(|_| LockError::protocol(BACKEND, format!("negative revision {revision}")))?;
@@ -140,6 +146,7 @@ impl EtcdBackend {
                 key: name.key().to_owned(),
                 session,
                 name: std::sync::Mutex::new(Some(name)),
+                stamp,
             }),
         })
     }
@@ -151,40 +158,69 @@ impl EtcdBackend {
         session: &Arc<Session>,
     ) -> Result<Option<Acquired>> {
         let dir = self.queue_dir(request);
-        let name = session.name(&dir);
+        let (lock, mode) = (request.key.as_str(), request.mode());
+        let name = session.name(&dir, mode);
         let key = name.key().to_owned();
-        // Put our key only if the queue is empty: nobody holds the lock and nobody waits.
+        let stamp = Stamp::now(request.owner());
+        let Some((nobody, refusal)) = line::try_conditions(&dir, mode) else {
+            // A permit: queue, and keep the key only if a permit is free at once.
+            let contender = Contender::enqueue(
+                &self.inner,
+                session,
+                (&dir, lock),
+                (name, mode),
+                stamp.encode(),
+            )
+            .await?;
+            if !contender.granted() {
+                contender.withdraw().await;
+                return Ok(None);
+            }
+            return self
+                .acquired(request, Arc::clone(session), contender.keep(), stamp)
+                .map(Some);
+        };
+        // Put our key only if nobody is in its way; if someone is, tell why.
         let txn = Txn::new()
-            .when([Compare::version(dir.as_str(), CompareOp::Equal, 0).with_prefix()])
+            .when(nobody)
             .and_then([TxnOp::put(
                 key.as_str(),
-                Stamp::now(request.owner()).encode(),
+                stamp.encode(),
                 Some(PutOptions::new().with_lease(session.id())),
-            )]);
+            )])
+            .or_else([refusal]);
         // Armed before the request goes out: a `try_acquire` dropped while it is in flight
         // must not leave a key that holds the lock for the session's whole life.
         let mut pending = PendingKey::put(&self.inner, name, txn);
         let response = pending.settled().await?;
         if !response.succeeded() {
             pending.forget();
+            line::refused(lock, &dir, mode, &response)?;
             return Ok(None);
         }
         let revision = revision_of(&response)?;
-        self.acquired(request, Arc::clone(session), pending.keep(), revision)
-            .map(Some)
+        self.acquired(
+            request,
+            Arc::clone(session),
+            (pending.keep(), revision),
+            stamp,
+        )
+        .map(Some)
     }
 
     /// One `acquire`: queue, wait for the turn, queue again if the key was dropped.
     async fn acquire_once(&self, request: &AcquireRequest<'_>) -> Result<Acquired> {
         let dir = self.queue_dir(request);
+        let (lock, mode) = (request.key.as_str(), request.mode());
         let mut tries = 0;
         loop {
             let session = self.inner.session(request.options.lease).await?;
-            let name = session.name(&dir);
-            let stamp = Stamp::now(request.owner());
+            let name = session.name(&dir, mode);
+            let mut stamp = Stamp::now(request.owner());
             let value = stamp.encode();
-            let contender = match Contender::enqueue(&self.inner, &session, &dir, name, value).await
-            {
+            let enqueued =
+                Contender::enqueue(&self.inner, &session, (&dir, lock), (name, mode), value).await;
+            let contender = match enqueued {
                 Ok(contender) => contender,
                 // etcd expired or revoked the lease before the heartbeat noticed: the
                 // session is over, and a new one is started at once.
@@ -200,9 +236,10 @@ impl EtcdBackend {
                     let waited = contender.waited();
                     let (name, revision) = contender.keep();
                     if waited {
-                        self.stamp_grant(name.key(), revision, stamp);
+                        stamp.acquired_at = Some(std::time::SystemTime::now());
+                        self.stamp_grant(name.key(), revision, &stamp);
                     }
-                    return self.acquired(request, session, name, revision);
+                    return self.acquired(request, session, (name, revision), stamp);
                 }
                 // The session ended or our key vanished while we waited: queue again.
                 Line::Dropped => continue,
@@ -337,8 +374,49 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
-        let dir = layout::queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key);
-        self.report_dir(&dir).await
+        self.report_dir(&self.dir_of(key, options)).await
+    }
+
+    fn supports(&self, mode: LockMode) -> bool {
+        // Every mode stands in the one line of create revisions (see `line`).
+        matches!(
+            mode,
+            LockMode::Exclusive | LockMode::Shared | LockMode::Permit(_)
+        )
+    }
+
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        let record = record(lease)?;
+        let stamp = Stamp {
+            owner: owner.to_owned(),
+            ..record.stamp.clone()
+        };
+        // Only while the key is still ours (this incarnation), keeping its lease.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                record.key.as_str(),
+                CompareOp::Equal,
+                token_revision(lease),
+            )])
+            .and_then([TxnOp::put(
+                record.key.as_str(),
+                stamp.encode(),
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        if self.inner.txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(lease.not_held())
+        }
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        report::wait_for_change(&self.inner, &self.dir_of(key, options), seen).await
     }
 
     async fn list(&self, options: &LockOptions, list: &ListRequest) -> Result<ListPage> {
@@ -460,53 +538,27 @@ impl LockBackend for EtcdBackend {
 }
 
 impl EtcdBackend {
-    /// Who holds the lock whose queue directory is `dir`: the oldest key (its create
-    /// revision is the token, its value the owner and times), how many keys wait behind it,
-    /// and how long its lease has left. Two requests.
+    /// The queue directory of `key` under `options`.
+    fn dir_of(&self, key: &LockKey, options: &LockOptions) -> String {
+        layout::queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key)
+    }
+
+    /// Who holds the lock whose queue directory is `dir` (see [`report::report_dir`]).
     async fn report_dir(&self, dir: &str) -> Result<LockReport> {
-        let mut kv = self.inner.client.kv_client();
-        let oldest_first = GetOptions::new()
-            .with_prefix()
-            .with_sort(
-                etcd_client::SortTarget::Create,
-                etcd_client::SortOrder::Ascend,
-            )
-            .with_limit(1);
-        let (endpoint, timeout) = (&self.inner.endpoint, self.inner.config.request_timeout);
-        let queue = request(endpoint, timeout, kv.get(dir, Some(oldest_first))).await?;
-        let Some(holder) = queue.kvs().first() else {
-            return Ok(LockReport::from(LockInfo {
-                waiters: Some(0),
-                ..LockInfo::default()
-            }));
-        };
-        let mut leases = self.inner.client.lease_client();
-        let remaining = request(endpoint, timeout, leases.time_to_live(holder.lease(), None))
-            .await?
-            .ttl();
-        let mut report = LockReport::from(LockInfo {
-            held: true,
-            fencing_token: u64::try_from(holder.create_revision())
-                .ok()
-                .map(FencingToken::new),
-            remaining_lease: u64::try_from(remaining).ok().map(Duration::from_secs),
-            waiters: usize::try_from(queue.count() - 1).ok(),
-        });
-        if let Some(stamp) = Stamp::decode(holder.value()) {
-            report = report
-                .with_acquired_at(stamp.acquired())
-                .with_owner(stamp.owner);
-        }
-        Ok(report)
+        report::report_dir(&self.inner, dir).await
     }
 
     /// Writes the grant time into the value of a key that waited, off the grant's path (the
     /// lock is the caller's already; until this lands, a report says the time it queued).
-    /// Only while the key is still this incarnation, and keeping its lease.
-    fn stamp_grant(&self, key: &str, revision: i64, mut stamp: Stamp) {
-        stamp.acquired_at = Some(std::time::SystemTime::now());
+    /// Only while the key is still this incarnation and its value the one put: a new owner
+    /// description ([`LockBackend::update_owner`]) that lands first carries the grant time
+    /// itself and must not be overwritten with the old owner. The lease is kept.
+    fn stamp_grant(&self, key: &str, revision: i64, stamp: &Stamp) {
         let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, revision),
+                Compare::mod_revision(key, CompareOp::Equal, revision),
+            ])
             .and_then([TxnOp::put(
                 key,
                 stamp.encode(),

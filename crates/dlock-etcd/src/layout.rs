@@ -6,6 +6,16 @@
 //! key is gone (see `session::Name`), so a lock taken again and again by one client keeps
 //! using one name, as etcd's own `concurrency.Mutex` does.
 //!
+//! A contender's [`LockMode`] is part of its key's name, because it never changes during the
+//! key's life and every contender must learn the modes of those ahead of it from a
+//! keys-only read: an exclusive contender's name is untagged, as it always was (older dlock
+//! processes and etcd's own lock recipes queue the same way), a reader's starts with
+//! `~shared-` and a semaphore permit's with `~permit-<n>-`. Every tag starts with `~`,
+//! which sorts after the hex digits of an untagged name, so one range read finds the
+//! untagged contenders alone ([`untagged_end`]) and another the permits alone
+//! ([`permit_prefix`]): a reader learns the newest writer ahead of it without reading the
+//! other readers.
+//!
 //! The `#` ends the directory because neither an escaped prefix nor a key segment can
 //! contain one: the directory of one lock is never a string prefix of another lock's keys,
 //! even when one prefix extends another (`app` and `app/k`). The lease id makes a key the
@@ -14,7 +24,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dlock_core::LockKey;
+use dlock_core::{LockKey, LockMode};
 use etcd_client::GetOptions;
 
 /// Where the locks of `prefix` (and the configured namespace) live: every queue directory
@@ -203,12 +213,54 @@ impl Stamp {
     }
 }
 
-/// The key one contender puts in `dir`.
-pub(crate) fn contender_key(dir: &str, lease_id: i64, slot: u64) -> String {
-    format!("{dir}{lease_id:016x}-{slot:x}")
+/// The key one contender in `mode` puts in `dir`: exclusive ones untagged, as before modes
+/// existed, the others tagged with their mode (see the module documentation).
+pub(crate) fn contender_key(dir: &str, lease_id: i64, slot: u64, mode: LockMode) -> String {
+    match mode {
+        LockMode::Exclusive => format!("{dir}{lease_id:016x}-{slot:x}"),
+        LockMode::Shared => format!("{dir}{SHARED_TAG}{lease_id:016x}-{slot:x}"),
+        LockMode::Permit(permits) => {
+            format!("{dir}{PERMIT_TAG}{permits}-{lease_id:016x}-{slot:x}")
+        }
+    }
 }
 
-/// Options for reading the newest contenders of a queue directory first.
+/// What a reader's key name starts with, after the queue directory.
+const SHARED_TAG: &str = "~shared-";
+/// What a semaphore permit's key name starts with, after the queue directory; the permit
+/// count and a `-` follow.
+const PERMIT_TAG: &str = "~permit-";
+
+/// The mode of the contender key `key` of the queue `dir`, from its name. Anything not
+/// tagged is exclusive: dlock's own untagged keys, and keys of other lock clients queueing
+/// in the directory, who must be waited for like any holder.
+pub(crate) fn mode_of(dir: &str, key: &[u8]) -> LockMode {
+    let name = key.strip_prefix(dir.as_bytes()).unwrap_or(key);
+    if name.starts_with(SHARED_TAG.as_bytes()) {
+        return LockMode::Shared;
+    }
+    name.strip_prefix(PERMIT_TAG.as_bytes())
+        .and_then(|rest| {
+            let digits = rest.iter().position(|&b| b == b'-')?;
+            std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+        })
+        .map_or(LockMode::Exclusive, LockMode::Permit)
+}
+
+/// The end of the range `[dir, untagged_end(dir))`, which holds exactly the untagged
+/// (exclusive) contenders of `dir`: every tag starts with `~`. (A foreign key whose name
+/// starts with `~` or a later byte is not in it; nothing of dlock or etcd's recipes puts
+/// one there.)
+pub(crate) fn untagged_end(dir: &str) -> String {
+    format!("{dir}~")
+}
+
+/// The prefix of every semaphore permit's key in `dir`, whatever its count.
+pub(crate) fn permit_prefix(dir: &str) -> String {
+    format!("{dir}{PERMIT_TAG}")
+}
+
+/// Options for reading the newest contenders of a queue directory first (keys only).
 pub(crate) fn newest_first(limit: i64) -> GetOptions {
     GetOptions::new()
         .with_prefix()
@@ -216,6 +268,19 @@ pub(crate) fn newest_first(limit: i64) -> GetOptions {
         .with_sort(
             etcd_client::SortTarget::Create,
             etcd_client::SortOrder::Descend,
+        )
+        .with_limit(limit)
+}
+
+/// Options for reading the oldest contenders of a queue directory first (keys only; no
+/// limit for 0).
+pub(crate) fn oldest_first(limit: i64) -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Ascend,
         )
         .with_limit(limit)
 }
@@ -247,7 +312,10 @@ mod tests {
         let base = lock_base(Some("ns"), "app");
         for name in ["jobs/a", "50%", "..", "a b#c", "é"] {
             let dir = queue_dir(Some("ns"), "app", &key(name));
-            let found = classify(&base, contender_key(&dir, 7, 1).as_bytes());
+            let found = classify(
+                &base,
+                contender_key(&dir, 7, 1, LockMode::Exclusive).as_bytes(),
+            );
             assert_eq!(
                 found,
                 Found::Lock {
@@ -256,7 +324,12 @@ mod tests {
                 }
             );
         }
-        let nested = contender_key(&queue_dir(Some("ns"), "app/other", &key("k")), 7, 1);
+        let nested = contender_key(
+            &queue_dir(Some("ns"), "app/other", &key("k")),
+            7,
+            1,
+            LockMode::Shared,
+        );
         assert_eq!(
             classify(&base, nested.as_bytes()),
             Found::Nested {
@@ -270,6 +343,43 @@ mod tests {
             .path_segment()
             .starts_with(&escape_key_prefix("jobs/")));
         assert_eq!(prefix_end(b"a/#"), b"a/$");
+    }
+
+    #[test]
+    fn modes_are_read_back_from_key_names_and_sorted_apart() {
+        let dir = queue_dir(None, "app", &key("k"));
+        let modes = [
+            LockMode::Exclusive,
+            LockMode::Shared,
+            LockMode::Permit(1),
+            LockMode::Permit(1024),
+        ];
+        for mode in modes {
+            for (lease, slot) in [(0, 0), (0x7fff_ffff_ffff_ffff, 0x1f), (0x694d_8c1a, 3)] {
+                let name = contender_key(&dir, lease, slot, mode);
+                assert_eq!(mode_of(&dir, name.as_bytes()), mode, "{name}");
+                // Untagged keys, and only they, are in the untagged range.
+                let untagged = name.as_str() < untagged_end(&dir).as_str();
+                assert_eq!(untagged, mode == LockMode::Exclusive, "{name}");
+                let permit = name.starts_with(&permit_prefix(&dir));
+                assert_eq!(permit, matches!(mode, LockMode::Permit(_)), "{name}");
+            }
+        }
+        // The exclusive key format is the one dlock always used.
+        assert_eq!(
+            contender_key("p/k/#", 0x2a, 0x1b, LockMode::Exclusive),
+            "p/k/#000000000000002a-1b"
+        );
+        // etcd's own `concurrency.Mutex` key (unpadded lease) and anything else foreign
+        // count as exclusive.
+        assert_eq!(
+            mode_of(&dir, format!("{dir}694d8c1a").as_bytes()),
+            LockMode::Exclusive
+        );
+        assert_eq!(
+            mode_of(&dir, format!("{dir}~permit-x-1").as_bytes()),
+            LockMode::Exclusive
+        );
     }
 
     #[test]
@@ -307,12 +417,14 @@ mod tests {
             .collect();
         for (i, a) in dirs.iter().enumerate() {
             for (j, b) in dirs.iter().enumerate() {
-                let contender = contender_key(b, 7, 1);
-                assert_eq!(
-                    i == j,
-                    contender.starts_with(a.as_str()),
-                    "{a} vs {contender}"
-                );
+                for mode in [LockMode::Exclusive, LockMode::Shared, LockMode::Permit(3)] {
+                    let contender = contender_key(b, 7, 1, mode);
+                    assert_eq!(
+                        i == j,
+                        contender.starts_with(a.as_str()),
+                        "{a} vs {contender}"
+                    );
+                }
             }
         }
     }

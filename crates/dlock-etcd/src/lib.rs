@@ -4,7 +4,11 @@
 //! attaches every lock key and every waiting key to it. A lock is a queue of keys ordered by
 //! create revision: the oldest holds the lock, each waiter watches only the key just ahead
 //! of it, and the fencing token is the holder key's create revision, which etcd can check
-//! for you ([`fence`]).
+//! for you ([`fence`]). Readers of a [`RwLock`](dlock_core::RwLock) and permits of a
+//! [`Semaphore`](dlock_core::Semaphore) stand in the same line, their mode in their key's
+//! name: a reader waits only for the newest writer ahead of it, a permit for any contender
+//! ahead to leave while every permit is taken. An [`Election`](dlock_core::Election)'s
+//! leader publishes its value in its key, and observers are woken by a watch.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -29,7 +33,9 @@ mod config;
 mod error;
 pub mod fence;
 mod layout;
+mod line;
 mod pending;
+mod report;
 mod session;
 mod tls;
 mod waiter;

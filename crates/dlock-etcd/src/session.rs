@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dlock_core::support::{lock, spawn_clean_up};
-use dlock_core::{Backoff, LockError, LossNotifier, LossReason, Result};
+use dlock_core::{Backoff, LockError, LockMode, LossNotifier, LossReason, Result};
 use etcd_client::{
-    Client, ConnectOptions, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOpResponse,
-    TxnResponse,
+    Client, ConnectOptions, GetResponse, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, Txn,
+    TxnOpResponse, TxnResponse,
 };
 use tokio::sync::watch;
 use tokio::sync::Mutex as AsyncMutex;
@@ -112,8 +112,13 @@ pub(crate) fn revision_of(response: &TxnResponse) -> Result<i64> {
 
 /// The key-values of the `index`th operation of a transaction, which must be a get.
 pub(crate) fn got(response: &TxnResponse, index: usize) -> Result<Vec<etcd_client::KeyValue>> {
+    got_answer(response, index).map(|mut get| get.take_kvs())
+}
+
+/// The answer to the `index`th operation of a transaction, which must be a get.
+pub(crate) fn got_answer(response: &TxnResponse, index: usize) -> Result<GetResponse> {
     match response.op_responses().into_iter().nth(index) {
-        Some(TxnOpResponse::Get(mut get)) => Ok(get.take_kvs()),
+        Some(TxnOpResponse::Get(get)) => Ok(get),
         other => Err(LockError::protocol(
             BACKEND,
             format!("expected a range answer at position {index}, got {other:?}"),
@@ -275,9 +280,10 @@ impl Session {
         self.shared.id
     }
 
-    /// A name for a contender key in `dir`: one this session used before and got back, else
-    /// a new one.
-    pub(crate) fn name(self: &Arc<Self>, dir: &str) -> Name {
+    /// A name for a contender key in `mode` in `dir`: a slot this session used before and
+    /// got back, else a new one. (A slot is lent to one contender at a time, so the keys of
+    /// one slot in different modes never exist together either.)
+    pub(crate) fn name(self: &Arc<Self>, dir: &str, mode: LockMode) -> Name {
         let mut names = lock(&self.names);
         let reused = names.free.get_mut(dir).and_then(Vec::pop);
         let slot = reused.unwrap_or_else(|| {
@@ -288,7 +294,7 @@ impl Session {
             session: Arc::downgrade(self),
             dir: dir.to_owned(),
             slot,
-            key: crate::layout::contender_key(dir, self.id(), slot),
+            key: crate::layout::contender_key(dir, self.id(), slot, mode),
         }
     }
 

@@ -1,24 +1,25 @@
 //! How a waiter stands in line and is woken: its key in a lock's queue, put with one
-//! transaction, a watch on the key just ahead of it, and the key taken out again when the
-//! wait is given up.
+//! transaction, a watch on the one key ahead of it whose leaving can give it its turn (on
+//! every key ahead of it for a semaphore permit), and the key taken out again when the wait
+//! is given up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlock_core::{AcquireRequest, Backoff, LockError, Result};
+use dlock_core::{AcquireRequest, Backoff, LockError, LockMode, Result};
 use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
 };
 
 use crate::error::{request, to_lock_error, BACKEND};
-use crate::layout::newest_first;
+use crate::line::{self, Next};
 use crate::pending::{self, PendingKey};
-use crate::session::{got, revision_of, Name, Session, Shared};
+use crate::session::{revision_of, Name, Session, Shared};
 
 /// Where a contender stands after waiting.
 pub(crate) enum Line {
-    /// First in line: the lock is ours.
-    Holder(Contender),
+    /// Its turn came: the lock is ours.
+    Holder(Box<Contender>),
     /// Our key is gone (the session ended, or someone deleted it): queue again.
     Dropped,
 }
@@ -28,47 +29,50 @@ pub(crate) enum Line {
 pub(crate) struct Contender {
     shared: Arc<Shared>,
     dir: String,
+    /// The lock's key, for errors.
+    lock: String,
+    mode: LockMode,
     key: PendingKey,
     /// The create revision of our key.
     revision: i64,
-    /// The key just ahead of ours, the revision at which we saw it and its create revision
-    /// (names are reused: a key of the same name created later is another contender, behind
-    /// us), if any.
-    ahead: Option<(Vec<u8>, i64, i64)>,
+    /// Where we stand, as last read.
+    next: Next,
     /// Whether we stood behind another key (then the grant time is written after the grant).
     waited: bool,
 }
 
 impl Contender {
-    /// Puts `key` into the queue `dir` under the session's lease and reads the key just
-    /// ahead of it, in one transaction (one round trip).
+    /// Puts `key` into the queue `dir` under the session's lease and reads what its turn in
+    /// `mode` depends on, in one transaction (one round trip). If someone ahead uses the
+    /// lock `lock` in a mode that cannot share a line with ours, our key is taken out again
+    /// and the error is [`LockError::IncompatibleMode`].
     pub(crate) async fn enqueue(
         shared: &Arc<Shared>,
         session: &Session,
-        dir: &str,
-        name: Name,
+        (dir, lock): (&str, &str),
+        (name, mode): (Name, LockMode),
         value: String,
     ) -> Result<Contender> {
         let key = name.key().to_owned();
+        let mut ops = vec![TxnOp::put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(session.id())),
+        )];
+        ops.extend(line::enqueue_reads(dir, mode));
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(session.id())),
-                ),
-                // Our key is the newest, so the second newest is the one just ahead.
-                TxnOp::get(dir, Some(newest_first(2))),
-            ]);
+            .and_then(ops);
         // Armed before the request goes out: if this future is dropped mid-flight, the key
         // may exist on the server and must not be left behind.
         let mut contender = Contender {
             shared: Arc::clone(shared),
             dir: dir.to_owned(),
+            lock: lock.to_owned(),
+            mode,
             key: PendingKey::put(shared, name, txn),
             revision: 0,
-            ahead: None,
+            next: Next::Granted,
             waited: false,
         };
         let response = contender.key.settled().await?;
@@ -80,24 +84,38 @@ impl Contender {
             ));
         }
         contender.revision = revision_of(&response)?;
-        contender.ahead = got(&response, 1)?
-            .into_iter()
-            .find(|kv| kv.create_revision() < contender.revision)
-            .map(|kv| (kv.key().to_vec(), contender.revision, kv.create_revision()));
+        match line::decide(lock, dir, mode, contender.revision, &response, 1) {
+            Ok(next) => contender.next = next,
+            Err(error) => {
+                contender.leave().await;
+                return Err(error);
+            }
+        }
         Ok(contender)
     }
 
-    /// Waits until every key ahead of ours is gone, the session ends, or the request's
-    /// deadline passes (then our key is deleted and the error is `Timeout`).
+    /// Whether the lock is ours as last read.
+    pub(crate) fn granted(&self) -> bool {
+        self.next == Next::Granted
+    }
+
+    /// Takes our key out of the line now (a `try_acquire` that found no free turn); on
+    /// failure, the drop retries in the background.
+    pub(crate) async fn withdraw(mut self) {
+        self.leave().await;
+    }
+
+    /// Waits until our turn comes, the session ends, or the request's deadline passes
+    /// (then our key is deleted and the error is `Timeout`).
     pub(crate) async fn wait_for_turn(
         mut self,
         session: &Session,
         request: &AcquireRequest<'_>,
     ) -> Result<Line> {
-        if self.ahead.is_some() {
+        self.waited = !self.granted();
+        if self.waited {
             request.queued();
         }
-        self.waited = self.ahead.is_some();
         let outcome = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, self.turn(session))
                 .await
@@ -105,8 +123,13 @@ impl Contender {
             None => Some(self.turn(session).await),
         };
         match outcome {
-            Some(Ok(true)) => Ok(Line::Holder(self)),
+            Some(Ok(true)) => Ok(Line::Holder(Box::new(self))),
             Some(Ok(false)) => Ok(Line::Dropped),
+            // Someone ahead uses the key another way: leave nothing behind.
+            Some(Err(error @ LockError::IncompatibleMode { .. })) => {
+                self.leave().await;
+                Err(error)
+            }
             Some(Err(error)) => Err(error),
             None => {
                 self.leave().await;
@@ -125,23 +148,34 @@ impl Contender {
         self.waited
     }
 
-    /// Waits for our turn: `true` when first in line, `false` when our key is gone.
+    /// Waits for our turn: `true` when it came, `false` when our key is gone.
     async fn turn(&mut self, session: &Session) -> Result<bool> {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
-            let Some((ahead, read_at, created)) = self.ahead.clone() else {
-                return Ok(true);
+            let woken = match self.next.clone() {
+                Next::Granted => return Ok(true),
+                Next::WaitFor {
+                    key,
+                    read_at,
+                    created,
+                } => tokio::select! {
+                    woken = wait_for_delete(&self.shared, &key, read_at, created) => woken,
+                    _ = session.until_ended() => return Ok(false),
+                },
+                Next::WaitForAny { read_at } => tokio::select! {
+                    woken = self.wait_for_departure(read_at) => woken,
+                    _ = session.until_ended() => return Ok(false),
+                },
             };
-            let woken = tokio::select! {
-                woken = wait_for_delete(&self.shared, &ahead, read_at, created) => woken,
-                _ = session.until_ended() => return Ok(false),
-            };
-            if let Err(error) = woken {
-                if !error.is_transient() {
-                    return Err(error);
+            match woken {
+                Ok(Woken::Checked(false)) => return Ok(false),
+                Ok(Woken::Checked(true)) => continue,
+                Ok(Woken::Gone) => {}
+                Err(error) if !error.is_transient() => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "watch failed; checking the queue again");
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
-                tracing::debug!(%error, "watch failed; checking the queue again");
-                tokio::time::sleep(backoff.next_delay()).await;
             }
             match self.check_queue().await {
                 Ok(still_queued) if !still_queued => return Ok(false),
@@ -154,8 +188,8 @@ impl Contender {
         }
     }
 
-    /// Confirms our key still exists (so its lease lives) and finds the key now just ahead
-    /// of it, in one transaction. `false` if our key is gone.
+    /// Confirms our key still exists (so its lease lives) and reads where it stands now,
+    /// in one transaction. `false` if our key is gone.
     async fn check_queue(&mut self) -> Result<bool> {
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -163,20 +197,89 @@ impl Contender {
                 CompareOp::Equal,
                 self.revision,
             )])
-            .and_then([TxnOp::get(
-                self.dir.as_str(),
-                Some(newest_first(1).with_max_create_revision(self.revision - 1)),
-            )]);
+            .and_then(line::recheck_reads(&self.dir, self.mode, self.revision));
         let response = self.shared.txn(txn).await?;
         if !response.succeeded() {
             return Ok(false);
         }
-        let read_at = revision_of(&response)?;
-        self.ahead = got(&response, 0)?
-            .into_iter()
-            .next()
-            .map(|kv| (kv.key().to_vec(), read_at, kv.create_revision()));
+        self.next = line::decide(
+            &self.lock,
+            &self.dir,
+            self.mode,
+            self.revision,
+            &response,
+            0,
+        )?;
         Ok(true)
+    }
+
+    /// Waits, every permit ahead of us being taken, until a contender ahead of ours leaves:
+    /// a watch on the queue directory for deletes of keys older than ours.
+    ///
+    /// As in [`wait_for_delete`], the watch starts at the current revision, and if anything
+    /// was written since the line was read at `read_at`, the line is read again once the
+    /// watch is in place; if that read finds us still waiting for any, the same watch goes
+    /// on, so a busy cluster whose revision always moves never makes this loop.
+    async fn wait_for_departure(&mut self, read_at: i64) -> Result<Woken> {
+        let (endpoint, timeout) = (
+            self.shared.endpoint.clone(),
+            self.shared.config.request_timeout,
+        );
+        let mut watch = self.shared.client.watch_client();
+        let options = WatchOptions::new()
+            .with_prefix()
+            // Arrivals behind us change nothing; a departure's previous value tells whether
+            // it stood ahead of us.
+            .with_filters([WatchFilterType::NoPut])
+            .with_prev_key();
+        let mut stream = request(
+            &endpoint,
+            timeout,
+            watch.watch(self.dir.as_str(), Some(options)),
+        )
+        .await?;
+        let mut checked = false;
+        loop {
+            let answer = if checked {
+                stream
+                    .message()
+                    .await
+                    .map_err(|e| to_lock_error(&endpoint, e))?
+            } else {
+                request(&endpoint, timeout, stream.message()).await?
+            };
+            let Some(answer) = answer else {
+                return Err(LockError::connection(endpoint, "the watch stream closed"));
+            };
+            if answer.canceled() {
+                return Ok(Woken::Gone);
+            }
+            let events = answer.events();
+            if !events.is_empty() {
+                self.shared
+                    .watch_events
+                    .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let ahead_left = events.iter().any(|event| {
+                event.event_type() == EventType::Delete
+                    && event
+                        .prev_kv()
+                        .is_none_or(|kv| kv.create_revision() < self.revision)
+            });
+            if ahead_left {
+                return Ok(Woken::Gone);
+            }
+            if !checked && answer.created() {
+                checked = true;
+                let now = answer.header().map_or(i64::MAX, |h| h.revision());
+                if now > read_at {
+                    let still_queued = self.check_queue().await?;
+                    if !still_queued || !matches!(self.next, Next::WaitForAny { .. }) {
+                        return Ok(Woken::Checked(still_queued));
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes our key now (the wait was given up); on failure, the drop retries in the
@@ -189,6 +292,14 @@ impl Contender {
     }
 }
 
+/// Why a wait for a contender ahead ended.
+enum Woken {
+    /// A contender ahead may have left: read the line again.
+    Gone,
+    /// The line was read again already while waiting: `false` if our key is gone.
+    Checked(bool),
+}
+
 /// Resolves when `key` (seen at revision `read_at`, created at `created`) may be gone: a delete
 /// event, a cancelled watch, or a check that finds it missing or re-created. The caller then
 /// looks at the queue.
@@ -198,7 +309,7 @@ impl Contender {
 /// handoff. Nothing is missed: if anything was written since `read_at` (the answer to the
 /// watch creation carries a later revision), the key is looked up once more after the watch
 /// is in place.
-async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64) -> Result<()> {
+async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64) -> Result<Woken> {
     let (endpoint, timeout) = (inner.endpoint.as_str(), inner.config.request_timeout);
     let mut watch = inner.client.watch_client();
     let mut stream = request(
@@ -225,7 +336,7 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64)
             return Err(LockError::connection(endpoint, "the watch stream closed"));
         };
         if answer.canceled() {
-            return Ok(());
+            return Ok(Woken::Gone);
         }
         let events = answer.events();
         if !events.is_empty() {
@@ -234,7 +345,7 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64)
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         if events.iter().any(|e| e.event_type() == EventType::Delete) {
-            return Ok(());
+            return Ok(Woken::Gone);
         }
         if !checked && answer.created() {
             checked = true;
@@ -250,7 +361,7 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64)
                     .first()
                     .is_none_or(|kv| kv.create_revision() != created)
                 {
-                    return Ok(());
+                    return Ok(Woken::Gone);
                 }
             }
         }
