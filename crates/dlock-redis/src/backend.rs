@@ -429,20 +429,23 @@ impl RedisBackend {
         }
         let holding: Vec<_> = answered.iter().filter(|i| i.holder_ttl.is_some()).collect();
         let quorum = inner.config.quorum();
-        let held = holding.len() >= quorum;
+        // The holder's token is the value a majority was raised to before its acquire
+        // returned (`settle_token`); an instance that granted after the majority settled may
+        // have issued a higher one of its own (tokens follow each instance's clock). So the
+        // token is the highest value a majority of the holding instances share; while the
+        // raises are still under way no value is (the quorum-th highest would be a lower,
+        // passing one), and the lock reads as not held yet: an election's observer never
+        // sees a term the leader does not have.
+        let fences: Vec<u64> = holding.iter().map(|i| i.fence).collect();
+        let settled = fences
+            .iter()
+            .copied()
+            .filter(|fence| fences.iter().filter(|other| *other == fence).count() >= quorum)
+            .max();
+        let held = holding.len() >= quorum && settled.is_some();
         let info = LockInfo {
             held,
-            // The holder's token is the value a majority was raised to; an instance that
-            // granted after the majority settled may have issued a higher one of its own
-            // (tokens follow each instance's clock), so the quorum-th highest is the token.
-            fencing_token: held
-                .then(|| {
-                    let mut fences: Vec<u64> = holding.iter().map(|i| i.fence).collect();
-                    fences.sort_unstable_by(|a, b| b.cmp(a));
-                    fences.get(inner.config.quorum() - 1).copied()
-                })
-                .flatten()
-                .map(FencingToken::new),
+            fencing_token: settled.filter(|_| held).map(FencingToken::new),
             remaining_lease: held
                 .then(|| holding.iter().filter_map(|i| i.holder_ttl).min())
                 .flatten(),

@@ -396,6 +396,18 @@ impl Node {
         Ok(())
     }
 
+    /// Tells the lock's watchers that it changed.
+    pub(crate) async fn notify(&self, names: &LockNames) -> Result<()> {
+        let _: i64 = scripts()
+            .notify
+            .key(&names.watchers)
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
+        Ok(())
+    }
+
     /// Raises the fence counter to at least `token`.
     pub(crate) async fn raise_fence(&self, names: &LockNames, token: u64) -> Result<()> {
         let _: i64 = scripts()
@@ -531,6 +543,7 @@ async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> 
         &all.inspect,
         &all.update_owner,
         &all.watch,
+        &all.notify,
     ]
     .map(|script| {
         let mut connection = connection.clone();

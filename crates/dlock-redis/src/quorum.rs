@@ -243,11 +243,14 @@ impl Shared {
                 tokio::time::timeout_at(valid_until, self.settle_token(names, &tokens)).await;
             match settled {
                 Ok(Ok(token)) if Instant::now() < valid_until => {
+                    if !fair {
+                        self.notify_watchers(names, &granted).await;
+                    }
                     return Attempt::Granted {
                         token,
                         valid_until,
                         granted,
-                    }
+                    };
                 }
                 Ok(Ok(_)) | Err(_) => {}
                 Ok(Err(error)) => failures.push(error),
@@ -280,6 +283,29 @@ impl Shared {
             in_line,
             look_again,
             split: granted_count > 0,
+        }
+    }
+
+    /// Tells the watchers of a Redlock grant, on the instances that granted it, once its
+    /// token is settled: sent after the raises on the same connections, so it runs after
+    /// them, and not awaited (the grant costs no round trip more). A watcher woken earlier
+    /// could read a term lower than the holder's (the quorum-th highest counter before the
+    /// raises).
+    async fn notify_watchers(&self, names: &LockNames, granted: &[bool]) {
+        for (index, _) in granted.iter().enumerate().filter(|(_, g)| **g) {
+            let Ok(node) = self.node_now(index) else {
+                continue;
+            };
+            let names = names.clone();
+            let mut call = Box::pin(async move { node.notify(&names).await });
+            // Polled once here, the command is on the connection behind the raises.
+            if futures::poll!(call.as_mut()).is_pending() {
+                tokio::spawn(async move {
+                    if let Err(error) = call.await {
+                        tracing::debug!(%error, "telling watchers of a Redlock grant");
+                    }
+                });
+            }
         }
     }
 

@@ -417,7 +417,9 @@ if kind == 'none' then
     if head and head ~= waiter then
       wake_first(queue, deadlines, prefix, 'h', lease, now)
     end
-    changed(k)
+    -- On Redlock the token is settled on a majority after this (`RAISE_FENCE`): watchers are
+    -- told then (`NOTIFY`), or they could read a term that is not the holder's yet.
+    if fair then changed(k) end
     return {1, token}
   end
 end
@@ -567,6 +569,13 @@ notify_watchers(KEYS[2], ARGV[3])
 return 1
 ";
 
+/// KEYS: watchers. ARGV: the wake channel prefix. Tells every watcher that the lock changed:
+/// a Redlock grant, once its token is settled on a majority.
+const NOTIFY: &str = r"
+notify_watchers(KEYS[1], ARGV[1])
+return 1
+";
+
 /// KEYS: watchers. ARGV: watcher id, how long the entry counts (ms). Lists a watcher, who
 /// must already listen on its wake channel, until a message finds it gone or the set expires.
 const WATCH: &str = r"
@@ -661,6 +670,7 @@ pub(crate) struct Scripts {
     pub(crate) inspect: Script,
     pub(crate) update_owner: Script,
     pub(crate) watch: Script,
+    pub(crate) notify: Script,
 }
 
 /// The scripts, shared by every client of the process.
@@ -680,6 +690,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             inspect: Script::new(INSPECT),
             update_owner: with_grace(UPDATE_OWNER),
             watch: with_grace(WATCH),
+            notify: with_grace(NOTIFY),
         }
     })
 }
