@@ -549,16 +549,73 @@ async fn wait_for_change_returns_at_once_when_the_lock_changed_already() {
 
 /// Two more instances next to the shared one, for Redlock.
 fn redlock_url() -> &'static str {
-    static TRIO: OnceLock<(Vec<RedisServer>, String)> = OnceLock::new();
+    &redlock_trio().0
+}
+
+/// A Redlock URL and the addresses of its instances.
+type Trio = (String, Vec<String>);
+
+/// The Redlock URL and the addresses of its three instances.
+fn redlock_trio() -> &'static Trio {
+    static TRIO: OnceLock<(Vec<RedisServer>, Trio)> = OnceLock::new();
     &TRIO
         .get_or_init(|| {
             let servers = vec![RedisServer::start(), RedisServer::start()];
             let mut addresses = vec![shared_redis().address.clone()];
             addresses.extend(servers.iter().map(|s| format!("127.0.0.1:{}", s.port())));
             let url = format!("redis+redlock://{}", addresses.join(","));
-            (servers, url)
+            (servers, (url, addresses))
         })
         .1
+}
+
+/// A Redlock lock whose token is still being settled (the instances behind not raised yet)
+/// reads as not held; once a majority shares the highest counter, that is its token, even
+/// with a late instance ahead of it.
+#[tokio::test]
+async fn redlock_report_shows_only_a_settled_token() {
+    let options = options("redlock-settle");
+    let (url, addresses) = redlock_trio();
+    let backend = dlock_redis::connect(url).await.expect("connect");
+    let key = LockKey::new("k").unwrap();
+    let lock = backend.lock_key_name(&options.prefix, &key);
+    let fence = backend.fence_key_name(&options.prefix, &key);
+    let set = |fences: [u64; 3]| {
+        let (lock, fence) = (lock.clone(), fence.clone());
+        async move {
+            for (address, value) in addresses.iter().zip(fences) {
+                let holder = "0123456789abcdef:7\n1795726321896\nleader";
+                for args in [
+                    vec!["SET", lock.as_str(), holder, "PX", "10000"],
+                    vec!["SET", fence.as_str(), &value.to_string(), "PX", "15000"],
+                ] {
+                    command(address, &args).await.expect("SET");
+                }
+            }
+        }
+    };
+    // Granted with 100, 90 and 95; the raises to 100 not done yet.
+    set([100, 90, 95]).await;
+    let report = backend.report(&key, &options).await.unwrap();
+    assert!(
+        !report.info.held,
+        "an unsettled token was reported: {report:?}"
+    );
+    // One raised: a majority at 100.
+    set([100, 100, 95]).await;
+    let report = backend.report(&key, &options).await.unwrap();
+    assert!(report.info.held);
+    assert_eq!(report.info.fencing_token.map(|t| t.get()), Some(100));
+    assert_eq!(report.owner.as_deref(), Some("leader"));
+    // An instance that granted late, with a counter of its own above the token.
+    set([100, 100, 120]).await;
+    let report = backend.report(&key, &options).await.unwrap();
+    assert_eq!(report.info.fencing_token.map(|t| t.get()), Some(100));
+    for address in addresses {
+        command(address, &["DEL", &lock, &fence])
+            .await
+            .expect("DEL");
+    }
 }
 
 #[tokio::test]
