@@ -56,6 +56,15 @@ macro_rules! foreign_layout_suite {
             p12_ping_times_a_round_trip,
             p13_report_names_the_holder,
             p13_list_pages_through_held_locks,
+            // Semaphores and readers are not mapped onto the other library's recipes: these
+            // check that they are refused. An election is a mutex with an owner: it runs.
+            p14_semaphore_admits_exactly_its_permits,
+            p14_semaphore_permit_counts_must_agree,
+            p15_readers_share_and_writers_exclude,
+            p16_one_leader_at_a_time_and_terms_grow,
+            p16_leader_and_its_value_are_visible,
+            p16_observe_follows_leader_changes,
+            p16_lost_leadership_is_signalled,
         );
     };
 }

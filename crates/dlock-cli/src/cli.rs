@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Acquire KEY, run COMMAND while holding it, release it when COMMAND ends.
     Run(RunArgs),
+    /// Campaign to lead NAME, run COMMAND while leading, resign when COMMAND ends.
+    Elect(ElectArgs),
+    /// Print NAME's leader, then one line per leader change.
+    Observe(ObserveArgs),
     /// Print whether KEY is held (exit 0) or free (exit 1), by whom, since when.
     Status(StatusArgs),
     /// List the locks held or waited for, with their holders, under a key prefix.
@@ -65,9 +69,61 @@ pub struct RunArgs {
     /// secrets) [default: the URL's `owner`, else host/pid/dlock].
     #[arg(long)]
     pub owner: Option<String>,
+    /// Hold one of N permits of KEY (a semaphore: at most N commands at once, every
+    /// `dlock run` on KEY giving the same N) instead of KEY's lock [default: the lock].
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=dlock::MAX_PERMITS as i64))]
+    pub permits: Option<u32>,
     /// The command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+/// `dlock elect`.
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The election's name.
+    #[arg(long)]
+    pub name: String,
+    /// The value this candidate publishes while it leads, as `dlock observe` shows it (at
+    /// most 256 printable bytes, no secrets) [default: the URL's `owner`, else
+    /// host/pid/dlock].
+    #[arg(long)]
+    pub value: Option<String>,
+    /// Lease of the leadership, renewed in the background while COMMAND runs [default: the
+    /// URL's `lease`, else 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// How long to campaign; 0 leads only if nobody leads or campaigns [default: the URL's
+    /// `wait`, else wait forever].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+    /// After leadership is lost: SIGTERM to COMMAND, then SIGKILL after this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `dlock observe`.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// Backend URL.
+    #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
+    pub url: String,
+    /// The election's name.
+    #[arg(long)]
+    pub name: String,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many lines [default: until interrupted].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 /// `dlock status`.
@@ -123,4 +179,118 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, ErrorKind> {
+        Cli::try_parse_from(std::iter::once("dlock").chain(args.iter().copied()))
+            .map(|cli| cli.command)
+            .map_err(|error| error.kind())
+    }
+
+    fn run_with_permits(permits: &str) -> Result<Command, ErrorKind> {
+        parse(&[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--permits",
+            permits,
+            "--",
+            "true",
+        ])
+    }
+
+    #[test]
+    fn permits_are_1_to_max_permits() {
+        for bad in ["0", "1025", "-1", "three", ""] {
+            assert!(run_with_permits(bad).is_err(), "--permits {bad:?} accepted");
+        }
+        for (given, expected) in [("1", 1), ("3", 3), ("1024", dlock::MAX_PERMITS)] {
+            match run_with_permits(given) {
+                Ok(Command::Run(args)) => assert_eq!(args.permits, Some(expected)),
+                other => panic!("--permits {given}: {other:?}"),
+            }
+        }
+        match parse(&["run", "--url", "memory://", "--key", "k", "--", "true"]) {
+            Ok(Command::Run(args)) => assert_eq!(args.permits, None, "the lock by default"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn elect_needs_a_name_and_a_command() {
+        assert_eq!(
+            parse(&["elect", "--url", "memory://", "--", "true"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["elect", "--url", "memory://", "--name", "n"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        match parse(&[
+            "elect",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--value",
+            "10.0.0.7",
+            "--ttl",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ]) {
+            Ok(Command::Elect(args)) => {
+                assert_eq!(args.name, "n");
+                assert_eq!(args.value.as_deref(), Some("10.0.0.7"));
+                assert_eq!(args.ttl, Some(Duration::from_secs(2)));
+                assert_eq!(args.wait, None, "the URL's wait unless given");
+                assert_eq!(args.command, ["sh", "-c", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn observe_needs_a_name_and_counts_from_1() {
+        assert_eq!(
+            parse(&["observe", "--url", "memory://"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert!(parse(&[
+            "observe",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--count",
+            "0"
+        ])
+        .is_err());
+        match parse(&[
+            "observe",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--json",
+            "--count",
+            "2",
+        ]) {
+            Ok(Command::Observe(args)) => {
+                assert!(args.json);
+                assert_eq!(args.count, Some(2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

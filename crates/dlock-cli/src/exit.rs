@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use dlock::LockError;
 
-/// Bad usage: options, URL, key.
+/// Bad usage: options, URL, key, or a key used in another mode than the other clients'.
 pub const USAGE: u8 = 64;
 /// The backend cannot be reached.
 pub const UNAVAILABLE: u8 = 69;
@@ -26,7 +26,10 @@ pub fn code_of(error: &LockError) -> u8 {
     match error {
         LockError::InvalidKey { .. }
         | LockError::InvalidOptions { .. }
-        | LockError::InvalidUrl { .. } => USAGE,
+        | LockError::InvalidUrl { .. }
+        // `--permits 3` on a key others lock as a mutex or with `--permits 2`: fixed by the
+        // command line, not by retrying.
+        | LockError::IncompatibleMode { .. } => USAGE,
         LockError::Timeout { .. } => TEMPFAIL,
         LockError::NotHeld { .. } => SOFTWARE,
         _ => UNAVAILABLE,
@@ -55,5 +58,29 @@ pub fn usage_error(error: clap::Error) -> ExitCode {
             eprintln!("dlock: {line} (see dlock --help)");
             ExitCode::from(USAGE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dlock::LockMode;
+
+    use super::*;
+
+    /// A key used in another mode than the other clients' is the command line's fault: 64, not
+    /// "unavailable" (69), which scripts retry.
+    #[test]
+    fn a_mode_mismatch_is_bad_usage() {
+        let mismatch = LockError::IncompatibleMode {
+            key: "downloads".to_owned(),
+            requested: LockMode::Permit(2),
+            found: LockMode::Permit(3),
+        };
+        assert_eq!(code_of(&mismatch), USAGE);
+        let unsupported = LockError::Unsupported {
+            backend: "redis",
+            operation: "semaphores",
+        };
+        assert_eq!(code_of(&unsupported), UNAVAILABLE);
     }
 }

@@ -1,16 +1,20 @@
-//! `dlock`: run a command under a distributed lock, inspect and list locks, benchmark a
-//! backend.
+//! `dlock`: run a command under a distributed lock, a semaphore's permit or an election's
+//! leadership, follow an election, inspect and list locks, benchmark a backend.
 //!
 //! The interface is `crates/dlock-cli/CLI.md`; scripts depend on its options and exit codes.
 #![deny(missing_docs)]
 
 mod bench;
 mod cli;
+mod connect;
 mod docs;
+mod elect;
 mod exit;
 mod list;
+mod observe;
 mod run;
 mod status;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -34,6 +38,8 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Elect(args) => elect::elect(args).await,
+            Command::Observe(args) => observe::observe(args).await,
             Command::Status(args) => status::status(args).await,
             Command::List(args) => list::list(args).await,
             Command::Bench(args) => bench::bench(args).await,

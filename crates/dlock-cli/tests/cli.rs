@@ -39,6 +39,52 @@ fn bad_usage_exits_64_with_one_line() {
         &["run", "--url", "memory://", "--key", "", "--", "true"],
         &["status", "--url", "memory://?lease=0s", "--key", "k"],
         &["frobnicate"],
+        &[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--permits",
+            "0",
+            "--",
+            "true",
+        ],
+        &[
+            "run",
+            "--url",
+            "memory://",
+            "--key",
+            "k",
+            "--permits",
+            "1025",
+            "--",
+            "true",
+        ],
+        &["elect", "--url", "memory://", "--", "true"],
+        &["elect", "--url", "memory://", "--name", "n"],
+        &["elect", "--url", "memory://", "--name", "", "--", "true"],
+        &[
+            "elect",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--value",
+            "a\nb",
+            "--",
+            "true",
+        ],
+        &["observe", "--url", "memory://"],
+        &[
+            "observe",
+            "--url",
+            "memory://",
+            "--name",
+            "n",
+            "--count",
+            "0",
+        ],
     ] {
         let output = output(args);
         assert_eq!(
@@ -79,6 +125,74 @@ fn the_child_gets_key_and_token_and_its_exit_code_passes_through() {
     assert!(
         stderr(&output).contains("memory://"),
         "the memory note is shown"
+    );
+}
+
+#[test]
+fn a_permit_holder_gets_key_and_token_and_its_exit_code_passes_through() {
+    for permits in ["1", "3"] {
+        let output = dlock()
+            .args(["run", "--url", "memory://", "--key", "jobs/a"])
+            .args(["--permits", permits, "--"])
+            .args([
+                "sh",
+                "-c",
+                "echo \"$DLOCK_KEY $DLOCK_FENCING_TOKEN\"; exit 3",
+            ])
+            .output()
+            .expect("dlock runs");
+        assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "jobs/a 1");
+    }
+}
+
+#[test]
+fn the_leader_gets_name_and_term_and_its_exit_code_passes_through() {
+    let output = dlock()
+        .args(["elect", "--url", "memory://", "--name", "scheduler"])
+        .args(["--value", "10.0.0.7:8080", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo \"$DLOCK_KEY $DLOCK_FENCING_TOKEN\"; exit 4",
+        ])
+        .output()
+        .expect("dlock runs");
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "scheduler 1"
+    );
+}
+
+#[test]
+fn observe_on_memory_prints_nobody_then_stops_at_count() {
+    let plain = output(&[
+        "observe",
+        "--url",
+        "memory://",
+        "--name",
+        "n",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "-\n");
+    let json = output(&[
+        "observe",
+        "--url",
+        "memory://",
+        "--name",
+        "n",
+        "--count",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let line: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(
+        line,
+        serde_json::json!({"name": "n", "leader": false, "term": null, "value": null})
     );
 }
 
@@ -563,10 +677,30 @@ mod across_processes {
     /// A command still running when its lock is lost (the server froze past the lease) is
     /// terminated and dlock exits 70.
     pub fn lost_lock_terminates_the_command_with_70(url: &str, ttl: &str, server: &ServerProcess) {
+        lost_terminates_the_command_with_70(&["run", "--key"], url, ttl, server);
+    }
+
+    /// Issue 15: the same for `dlock elect` when its leadership is lost.
+    pub fn lost_leadership_terminates_the_command_with_70(
+        url: &str,
+        ttl: &str,
+        server: &ServerProcess,
+    ) {
+        lost_terminates_the_command_with_70(&["elect", "--name"], url, ttl, server);
+    }
+
+    /// `how` is the subcommand and the flag that names the lock.
+    fn lost_terminates_the_command_with_70(
+        how: &[&str],
+        url: &str,
+        ttl: &str,
+        server: &ServerProcess,
+    ) {
         let key = format!("cli-lost-{:016x}", rand_id());
         let mut run = dlock()
+            .arg(how[0])
             .args([
-                "run", "--url", url, "--key", &key, "--ttl", ttl, "--grace", "2s", "--",
+                "--url", url, how[1], &key, "--ttl", ttl, "--grace", "2s", "--",
             ])
             .args([
                 "sh",
@@ -584,6 +718,289 @@ mod across_processes {
         server.resume();
         assert_eq!(code, Some(70));
         assert_eq!(lines.next().expect("a line").expect("utf-8"), "terminated");
+    }
+
+    /// A `dlock` process in a process group of its own, with its command: killing the group
+    /// is the machine dying (dlock and its command at once). Killed on drop, so a failing
+    /// test leaves nothing running.
+    struct Group(Child);
+
+    impl Group {
+        fn spawn(command: &mut Command) -> Group {
+            use std::os::unix::process::CommandExt;
+            Group(command.process_group(0).spawn().expect("dlock runs"))
+        }
+
+        fn kill(&mut self) {
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe {
+                libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for Group {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                self.kill();
+            }
+        }
+    }
+
+    /// Issue 15: three `dlock elect` on one name. One leads; killed with its command
+    /// (SIGKILL to both), the next takes over once the lease has run out; the leaders after
+    /// it follow one another as each command ends. Each command takes a marker file with
+    /// O_EXCL while it runs, so two at once would show; terms grow.
+    pub fn killed_leader_is_replaced_within_the_lease(url: &str, ttl: &str) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("log");
+        let marker = dir.path().join("leader");
+        let name = format!("cli-elect-{:016x}", rand_id());
+        // `set -C` (noclobber) creates the marker with O_EXCL: it fails if another leader's
+        // command still has it.
+        let script = format!(
+            r#"set -C
+if ! true > "{marker}"; then echo overlap >> "{log}"; fi
+echo "start $$ $DLOCK_FENCING_TOKEN" >> "{log}"
+trap 'rm -f "{marker}"; echo "end $$" >> "{log}"; exit 0' TERM
+echo "leading $DLOCK_FENCING_TOKEN"
+while :; do sleep 0.05; done"#,
+            marker = marker.display(),
+            log = log.display()
+        );
+        let (lines, leading) = std::sync::mpsc::channel();
+        let mut candidates: Vec<Group> = (0..3)
+            .map(|index| {
+                let value = format!("candidate-{index}");
+                let mut group = Group::spawn(
+                    dlock()
+                        .args(["elect", "--url", url, "--name", &name, "--value", &value])
+                        .args(["--ttl", ttl, "--wait", "60s", "--grace", "2s", "--"])
+                        .args(["sh", "-c", &script])
+                        .stdout(Stdio::piped()),
+                );
+                let stdout = group.0.stdout.take().expect("stdout");
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                        let _ = lines.send((index, line));
+                    }
+                });
+                group
+            })
+            .collect();
+        let next_leader = || -> (usize, u64) {
+            let (index, line) = leading
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a candidate leads");
+            let term = line
+                .strip_prefix("leading ")
+                .and_then(|term| term.parse().ok())
+                .unwrap_or_else(|| panic!("`leading TERM`: {line}"));
+            (index, term)
+        };
+
+        let (first, first_term) = next_leader();
+        candidates[first].kill();
+        let killed = std::time::Instant::now();
+        // Its command was killed with it; the marker it leaves is not a leader's.
+        std::fs::remove_file(&marker).expect("the first leader's marker");
+        let (second, second_term) = next_leader();
+        let took_over = killed.elapsed();
+        eprintln!("{url}: the next leader took over {took_over:?} after the kill");
+        let lease = humantime::parse_duration(ttl).expect("a duration");
+        assert_ne!(second, first);
+        assert!(second_term > first_term, "{second_term} after {first_term}");
+        // The lease, then the waiter's wake-up and a process start on a loaded machine.
+        assert!(
+            took_over < lease + Duration::from_secs(4),
+            "the next leader took {took_over:?} with a {lease:?} lease"
+        );
+
+        signal(&candidates[second].0, libc::SIGTERM);
+        assert_eq!(
+            wait(&mut candidates[second].0, Duration::from_secs(30)),
+            Some(0)
+        );
+        let (third, third_term) = next_leader();
+        assert!(third != first && third != second);
+        assert!(third_term > second_term, "{third_term} after {second_term}");
+        signal(&candidates[third].0, libc::SIGTERM);
+        assert_eq!(
+            wait(&mut candidates[third].0, Duration::from_secs(30)),
+            Some(0)
+        );
+
+        let log = std::fs::read_to_string(&log).expect("the commands wrote");
+        let entries: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+        let shape: Vec<&str> = entries.iter().map(|entry| entry[0]).collect();
+        // No overlap line; the killed leader never ended, each later one ended before the next
+        // started.
+        assert_eq!(shape, ["start", "start", "end", "start", "end"], "{log}");
+        assert_eq!(entries[1][1], entries[2][1], "{log}");
+        assert_eq!(entries[3][1], entries[4][1], "{log}");
+        let terms: Vec<u64> = [0, 1, 3]
+            .map(|i| entries[i][2].parse().expect("a term"))
+            .to_vec();
+        assert_eq!(terms, [first_term, second_term, third_term], "{log}");
+    }
+
+    /// Issue 15: `dlock observe --count 2` prints the leader a `dlock elect` process
+    /// published, then `-` once it resigned, and exits 0.
+    pub fn observe_prints_the_leader_then_its_change(url: &str) {
+        let name = format!("cli-observe-{:016x}", rand_id());
+        let mut leader = dlock()
+            .args(["elect", "--url", url, "--name", &name, "--value", "web 1"])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo $DLOCK_FENCING_TOKEN; read line || true",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let term: u64 = BufReader::new(leader.stdout.take().expect("stdout"))
+            .lines()
+            .next()
+            .expect("a line")
+            .expect("utf-8")
+            .parse()
+            .expect("the term");
+        let mut observer = dlock()
+            .args(["observe", "--url", url, "--name", &name, "--count", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(observer.stdout.take().expect("stdout")).lines();
+        assert_eq!(
+            lines.next().expect("a line").expect("utf-8"),
+            format!("{term} web 1")
+        );
+        drop(leader.stdin.take());
+        assert_eq!(wait(&mut leader, Duration::from_secs(30)), Some(0));
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "-");
+        assert_eq!(wait(&mut observer, Duration::from_secs(30)), Some(0));
+        assert!(lines.next().is_none(), "two lines, then the end");
+
+        let json = output(&[
+            "observe", "--url", url, "--name", &name, "--count", "1", "--json",
+        ]);
+        assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+        let line: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+        assert_eq!(line["leader"], false, "{line}");
+    }
+
+    /// Issue 15: `dlock run --permits 3`. Three holders block a fourth (`--wait 0` exits
+    /// 75), a mismatched count or a plain lock on the key is bad usage (64); then ten runs
+    /// at once never have more than three commands inside, by the commands' own clocks.
+    pub fn permits_admit_at_most_n_at_once(url: &str) {
+        let key = format!("cli-permits-{:016x}", rand_id());
+        let run = |extra: &[&str]| {
+            let mut command = dlock();
+            command
+                .args(["run", "--url", url, "--key", &key])
+                .args(extra);
+            command
+        };
+        let mut holders: Vec<Child> = (0..3)
+            .map(|_| {
+                run(&["--permits", "3", "--", "sh", "-c"])
+                    .arg("echo ready; read line || true")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("dlock runs")
+            })
+            .collect();
+        for holder in &mut holders {
+            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+            if let Some(line) = lines.next() {
+                assert_eq!(line.expect("utf-8"), "ready");
+            } else {
+                let code = wait(holder, Duration::from_secs(30));
+                panic!("a permit holder exited {code:?} before its command ran (stderr above)");
+            }
+        }
+        for (extra, code) in [
+            (&["--permits", "3"][..], 75),
+            (&["--permits", "2"], 64),
+            (&[], 64),
+        ] {
+            let tried = run(extra)
+                .args(["--wait", "0", "--", "true"])
+                .output()
+                .expect("dlock runs");
+            assert_eq!(
+                tried.status.code(),
+                Some(code),
+                "{extra:?}: {}",
+                stderr(&tried)
+            );
+        }
+        for mut holder in holders {
+            drop(holder.stdin.take());
+            assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        }
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("sections");
+        let script = format!(
+            "s=$(date +%s%N); sleep 0.2; e=$(date +%s%N); echo \"$DLOCK_FENCING_TOKEN $s $e\" >> {}",
+            log.display()
+        );
+        let runs: Vec<Child> = (0..10)
+            .map(|_| {
+                run(&[
+                    "--permits",
+                    "3",
+                    "--wait",
+                    "120s",
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .spawn()
+                .expect("dlock runs")
+            })
+            .collect();
+        for mut run in runs {
+            assert_eq!(wait(&mut run, Duration::from_secs(150)), Some(0));
+        }
+        let sections: Vec<(u64, u128, u128)> = std::fs::read_to_string(&log)
+            .expect("the commands wrote")
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(sections.len(), 10);
+        // The most sections inside at once: at some section's start, those begun and not
+        // ended (each section lies within its command's hold of a permit).
+        let most = sections
+            .iter()
+            .map(|&(_, at, _)| {
+                sections
+                    .iter()
+                    .filter(|&&(_, start, end)| start <= at && at < end)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        eprintln!("{url}: at most {most} of 10 `dlock run --permits 3` inside at once");
+        assert!(most <= 3, "{most} commands inside at once: {sections:?}");
+        let mut tokens: Vec<u64> = sections.iter().map(|s| s.0).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        assert_eq!(tokens.len(), 10, "each permit its own token: {sections:?}");
     }
 
     /// Issue 13 on etcd, across processes: `dlock run --owner` holds, a second `dlock run`
@@ -691,10 +1108,16 @@ fn completions_and_man_page_are_generated() {
     let bash = output(&["completions", "bash"]);
     assert_eq!(bash.status.code(), Some(0), "{}", stderr(&bash));
     let script = String::from_utf8_lossy(&bash.stdout);
-    assert!(
-        script.contains("--ttl") && script.contains("status"),
-        "{script}"
-    );
+    for word in [
+        "--ttl",
+        "status",
+        "elect",
+        "observe",
+        "--permits",
+        "--value",
+    ] {
+        assert!(script.contains(word), "{word} missing: {script}");
+    }
     let man = output(&["manpage"]);
     assert_eq!(man.status.code(), Some(0), "{}", stderr(&man));
     let page = String::from_utf8_lossy(&man.stdout);
@@ -790,7 +1213,7 @@ fn url_options_hold_unless_a_flag_is_given() {
 macro_rules! backend_tests {
     ($module:ident, feature = $feature:literal, shared = $shared:path,
      unreachable = $unreachable:literal, private = $private:path, url_suffix = $suffix:literal,
-     ttl = $ttl:literal, connect = $connect:path) => {
+     ttl = $ttl:literal, connect = $connect:path, permits = [$(#[$permits:meta])*]) => {
         #[cfg(feature = $feature)]
         mod $module {
             use dlock_test_servers::free_port;
@@ -828,10 +1251,40 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn killed_leader_is_replaced_within_the_lease() {
+                across_processes::killed_leader_is_replaced_within_the_lease(
+                    &format!("{}{}", $shared().url, $suffix),
+                    $ttl,
+                );
+            }
+
+            #[test]
+            fn observe_prints_the_leader_then_its_change() {
+                across_processes::observe_prints_the_leader_then_its_change(&$shared().url);
+            }
+
+            #[test]
+            $(#[$permits])*
+            fn permits_admit_at_most_n_at_once() {
+                across_processes::permits_admit_at_most_n_at_once(&$shared().url);
+            }
+
+            #[test]
             fn lost_lock_terminates_the_command_with_70() {
                 let mut server = $private();
                 let url = format!("{}{}", server.url(), $suffix);
                 across_processes::lost_lock_terminates_the_command_with_70(
+                    &url,
+                    $ttl,
+                    server.process(),
+                );
+            }
+
+            #[test]
+            fn lost_leadership_terminates_the_command_with_70() {
+                let mut server = $private();
+                let url = format!("{}{}", server.url(), $suffix);
+                across_processes::lost_leadership_terminates_the_command_with_70(
                     &url,
                     $ttl,
                     server.process(),
@@ -849,7 +1302,8 @@ backend_tests!(
     private = dlock_test_servers::RedisServer::start,
     url_suffix = "",
     ttl = "1s",
-    connect = dlock::redis::connect
+    connect = dlock::redis::connect,
+    permits = [#[ignore = "needs semaphore support on Redis; un-ignore when merged"]]
 );
 backend_tests!(
     zookeeper,
@@ -859,7 +1313,8 @@ backend_tests!(
     private = dlock_test_servers::ZooKeeperServer::start,
     url_suffix = "?session_timeout=2s",
     ttl = "2s",
-    connect = dlock::zookeeper::connect
+    connect = dlock::zookeeper::connect,
+    permits = []
 );
 backend_tests!(
     etcd,
@@ -869,7 +1324,8 @@ backend_tests!(
     private = dlock_test_servers::EtcdServer::start,
     url_suffix = "",
     ttl = "2s",
-    connect = dlock::etcd::connect
+    connect = dlock::etcd::connect,
+    permits = []
 );
 
 /// Regression (issue 9): Redlock over three instances, one frozen with SIGSTOP (it accepts

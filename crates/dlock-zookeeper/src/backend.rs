@@ -9,11 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dlock_core::{
     AcquireRequest, Acquired, Capabilities, FencingToken, Introspection, Lease, ListPage,
-    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
-    LossNotifier, LossReason, Renewal, Result,
+    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockMode, LockOptions,
+    LockReport, LossNotifier, LossReason, Renewal, Result,
 };
 use tokio::time::Instant;
-use zookeeper_client::{Client, Error, EventType, OneshotWatcher};
+use zookeeper_client::{Client, Error, EventType, OneshotWatcher, Stat};
 
 use crate::config::{Layout, ZooKeeperConfig};
 use crate::error::{is_connection, zk_error};
@@ -26,6 +26,9 @@ use crate::waiter::{retry_backoff, sleep_until, Attempt, Line};
 /// - **Acquire**: an `EPHEMERAL_SEQUENTIAL` node under the key's node (a `CONTAINER`, so the
 ///   server removes it when empty); the lowest sequence holds the lock, every other contender
 ///   watches only the node just before its own (FIFO, one waiter woken per release).
+/// - **Modes** (dlock's layout only): a reader's or a semaphore permit's node carries its
+///   mode in its name; [`dlock_core::turn`] over the modes ahead decides who holds, and a
+///   waiter watches the one node it waits for, or (a permit) the key's line.
 /// - **Fencing token**: the lock node's creation zxid (see the crate documentation for why it
 ///   strictly grows).
 /// - **Lease**: the session. Its timeout is the lease of every lock of this client, its
@@ -84,8 +87,9 @@ impl ZooKeeperBackend {
         Some(client.session().clone())
     }
 
-    /// How many times a waiter of this client was woken by the deletion of the node before
-    /// its own (P8: one per release that concerns it, never a herd).
+    /// How many times a waiter of this client was woken by the server: the node it waited
+    /// for went (P8: one per release that concerns it, never a herd), or, for a semaphore's
+    /// permit, its key's line changed.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn wakeups(&self) -> u64 {
@@ -118,6 +122,12 @@ impl ZooKeeperBackend {
     }
 
     async fn take(&self, request: &AcquireRequest<'_>, wait: bool) -> Result<Option<Acquired>> {
+        if !self.supports(request.mode()) {
+            return Err(LockError::Unsupported {
+                backend: "zookeeper",
+                operation: "shared and permit modes in a foreign layout",
+            });
+        }
         let dir = layout::lock_dir(
             self.shared.config.layout,
             &self.shared.config.namespace,
@@ -169,6 +179,7 @@ impl ZooKeeperBackend {
             self.shared.config.layout,
             dir,
             request.owner(),
+            request.mode(),
         );
         let created = attempt.create().await?;
         let token = u64::try_from(created.czxid).map_err(|_| {
@@ -240,58 +251,118 @@ impl ZooKeeperBackend {
     }
 
     /// What the key node `dir` says of its lock: the first node in line holds it (its
-    /// `czxid` is the token, its data the owner, its `ctime` when it joined the line), the
-    /// others wait. Two reads; read again if the holder leaves between them.
+    /// `czxid` is the token, its data the owner, its `ctime` when it joined the line; with
+    /// readers or permits it is the oldest of the holders), the contenders [`turn`] does not
+    /// grant wait. Two reads; read again if the first leaves between them.
+    ///
+    /// [`turn`]: dlock_core::turn
     async fn report_at(
         session: &Session,
         layout: Layout,
         client: &Client,
         dir: &str,
     ) -> Result<LockReport> {
-        let free = LockReport::from(LockInfo {
-            held: false,
-            fencing_token: None,
-            remaining_lease: None,
-            waiters: Some(0),
-        });
         // Each retry means a holder left between two reads; a busy key can hand over many
         // times a second, so give up (with an error, never a wrong answer) after a few.
         for _ in 0..16 {
             let children = match client.list_children(dir).await {
                 Ok(children) => children,
-                Err(Error::NoNode) => return Ok(free),
+                Err(Error::NoNode) => return Ok(free_report()),
                 Err(error) => return Err(zk_error(session.endpoint(), error)),
             };
             let line = layout::line(layout, &children);
             let Some(first) = line.first() else {
-                return Ok(free);
+                return Ok(free_report());
             };
-            let (data, stat) = match client.get_data(&format!("{dir}/{first}")).await {
+            let (data, stat) = match client.get_data(&format!("{dir}/{}", first.name)).await {
                 Ok(read) => read,
                 Err(Error::NoNode) => continue,
                 Err(error) => return Err(zk_error(session.endpoint(), error)),
             };
-            let mut report = LockReport::from(LockInfo {
-                held: true,
-                fencing_token: u64::try_from(stat.czxid).ok().map(FencingToken::new),
-                // Another session's time left is the server's secret; the holder's session
-                // timeout would only be an upper bound.
-                remaining_lease: None,
-                waiters: Some(line.len() - 1),
-            });
-            if !data.is_empty() {
-                report = report.with_owner(String::from_utf8_lossy(&data));
-            }
-            if let Ok(millis) = u64::try_from(stat.ctime) {
-                report =
-                    report.with_acquired_at(std::time::UNIX_EPOCH + Duration::from_millis(millis));
-            }
-            return Ok(report);
+            return Ok(report_of(&line, &data, &stat));
         }
         Err(LockError::protocol(
             "zookeeper",
             format!("the holder of {dir} changed during every one of 16 reads"),
         ))
+    }
+
+    /// [`LockBackend::wait_for_change`] in `session`: one pass of reads with watches;
+    /// `Ok(())` once something may have changed since `seen`.
+    async fn wait_for_change_in(
+        &self,
+        session: &Session,
+        dir: &str,
+        seen: &LockReport,
+    ) -> Result<()> {
+        let client = session.client()?;
+        let layout = self.shared.config.layout;
+        let endpoint = session.endpoint();
+        // The server tells every change; the timer only bounds the wait should a watch be
+        // lost with a connection (the client sets its watches again on reconnecting).
+        let safety_net = tokio::time::sleep(session.timeout().max(Duration::from_secs(1)));
+        tokio::pin!(safety_net);
+        let retired = session.retired();
+        tokio::pin!(retired);
+        loop {
+            let (children, line_watch) = match client.list_and_watch_children(dir).await {
+                Ok(read) => read,
+                // No key node, so nobody in line: wait for it to be made.
+                Err(Error::NoNode) => match client.check_and_watch_stat(dir).await {
+                    Ok((Some(_), _)) => continue,
+                    Ok((None, made)) => {
+                        if *seen != free_report() {
+                            return Ok(());
+                        }
+                        tokio::select! {
+                            _ = made.changed() => {}
+                            _ = &mut safety_net => {}
+                            _ = &mut retired => {}
+                        }
+                        return Ok(());
+                    }
+                    Err(error) => return Err(zk_error(endpoint, error)),
+                },
+                Err(error) => return Err(zk_error(endpoint, error)),
+            };
+            let line = layout::line(layout, &children);
+            // The holder's data watch sees a new owner description (a leader's proclaim),
+            // which changes no child.
+            let (current, holder_watch) = match line.first() {
+                None => (free_report(), None),
+                Some(first) => {
+                    match client
+                        .get_and_watch_data(&format!("{dir}/{}", first.name))
+                        .await
+                    {
+                        Ok((data, stat, watcher)) => {
+                            (report_of(&line, &data, &stat), Some(watcher))
+                        }
+                        // The holder just left: a change.
+                        Err(Error::NoNode) => return Ok(()),
+                        Err(error) => return Err(zk_error(endpoint, error)),
+                    }
+                }
+            };
+            if current != *seen {
+                return Ok(());
+            }
+            let holder_changed = async move {
+                match holder_watch {
+                    Some(watcher) => {
+                        watcher.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = line_watch.changed() => {}
+                _ = holder_changed => {}
+                _ = &mut safety_net => {}
+                _ = &mut retired => {}
+            }
+            return Ok(());
+        }
     }
 
     fn lost_connection<T>(&self, session: &Session, error: Error) -> Result<Option<T>> {
@@ -317,6 +388,12 @@ impl LockBackend for ZooKeeperBackend {
             // The server expires sessions on its own tick (2 s by default).
             crash_release_bound: Duration::from_secs(2),
         }
+    }
+
+    /// Every mode in dlock's layout; only [`LockMode::Exclusive`] in a foreign one (kazoo's
+    /// and Curator's read-write locks name their nodes in ways of their own, not mapped).
+    fn supports(&self, mode: LockMode) -> bool {
+        mode == LockMode::Exclusive || !self.shared.config.layout.is_foreign()
     }
 
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
@@ -372,12 +449,10 @@ impl LockBackend for ZooKeeperBackend {
                 held.state.store(LOST, Ordering::Release);
                 return Err(lease.not_held());
             };
-            // Version 0: nobody ever writes to a lock node (its data, the owner, is written
-            // by the create), and its path is unique to this acquisition, so this deletes our
-            // node and nothing else.
-            // Foreign layouts: Curator's revocation writes to a holder's node, so any version.
-            let version = (!self.shared.config.layout.is_foreign()).then_some(0);
-            match client.delete(&held.node, version).await {
+            // Any version: the path is unique to this acquisition (its random attempt id), so
+            // this deletes our node and nothing else, whoever wrote its data last (our own
+            // `update_owner`, or Curator's revocation in its layout).
+            match client.delete(&held.node, None).await {
                 Ok(()) => {
                     held.state.store(RELEASED, Ordering::Release);
                     return Ok(());
@@ -407,6 +482,56 @@ impl LockBackend for ZooKeeperBackend {
                 }
             }
         }
+    }
+
+    /// One `setData` of our own node (its data is the owner description). The node's path is
+    /// unique to this acquisition and the node goes with the session or the release, so the
+    /// write succeeding proves the lock still ours; a missing node is `NotHeld`.
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        let held = held(lease)?;
+        let session = &held.session;
+        if held.state.load(Ordering::Acquire) != HELD || session.retire_if_overdue() {
+            return Err(lease.not_held());
+        }
+        let client = session.client().map_err(|_| lease.not_held())?;
+        let mut backoff = retry_backoff();
+        loop {
+            let sent = Instant::now();
+            match client.set_data(&held.node, owner.as_bytes(), None).await {
+                Ok(_) => {
+                    session.answered(sent);
+                    return Ok(());
+                }
+                Err(Error::NoNode) => {
+                    held.state.store(LOST, Ordering::Release);
+                    return Err(lease.not_held());
+                }
+                // The session ended under us, and the lock with it.
+                Err(_) if session.retire_if_overdue() => return Err(lease.not_held()),
+                // Writing the same data twice does no harm: retry while the session may live.
+                Err(error) if is_connection(&error) => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(zk_error(session.endpoint(), error)),
+            }
+        }
+    }
+
+    /// Server-woken: a children watch on the key node (arrivals and departures) and a data
+    /// watch on the first node in line (a new owner description), both set by the reads
+    /// that compare the lock with `seen`, so nothing between the caller's read and the
+    /// watches is missed; an exists-watch on a missing key node. Three reads per call; the
+    /// session timeout is the timer of last resort.
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        let config = &self.shared.config;
+        let dir = layout::lock_dir(config.layout, &config.namespace, &options.prefix, key)?;
+        let session = self.shared.session().await?;
+        self.wait_for_change_in(&session, &dir, seen).await
     }
 
     /// Costs no round trip: the session's heartbeat keeps every lock of the client alive at
@@ -604,4 +729,34 @@ fn held(lease: &Lease) -> Result<&HeldNode> {
 
 fn is_connection_error(error: &LockError) -> bool {
     matches!(error, LockError::Connection { .. })
+}
+
+/// The report of a key nobody holds or waits for.
+fn free_report() -> LockReport {
+    LockReport::from(LockInfo {
+        held: false,
+        fencing_token: None,
+        remaining_lease: None,
+        waiters: Some(0),
+    })
+}
+
+/// The report of a non-empty `line` whose first node holds `data` and has `stat`.
+fn report_of(line: &[layout::Contender<'_>], data: &[u8], stat: &Stat) -> LockReport {
+    let mut report = LockReport::from(LockInfo {
+        held: true,
+        fencing_token: u64::try_from(stat.czxid).ok().map(FencingToken::new),
+        // Another session's time left is the server's secret; the holder's session
+        // timeout would only be an upper bound.
+        remaining_lease: None,
+        // The first in line always holds: at least one holder.
+        waiters: Some(line.len() - layout::holders(line).max(1)),
+    });
+    if !data.is_empty() {
+        report = report.with_owner(String::from_utf8_lossy(data));
+    }
+    if let Ok(millis) = u64::try_from(stat.ctime) {
+        report = report.with_acquired_at(std::time::UNIX_EPOCH + Duration::from_millis(millis));
+    }
+    report
 }

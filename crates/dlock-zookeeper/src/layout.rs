@@ -11,8 +11,14 @@
 //!   apart) and the only children a key node ever has are lock nodes.
 //! - Lock nodes are named the way Curator's "protected" mode names them: a random id per
 //!   attempt finds a node again whose create reply a connection drop swallowed.
+//! - A contender's [`LockMode`] is in its node's name, so one `getChildren` tells every
+//!   contender's mode (as Curator's read-write lock marks `__READ__` and `__WRIT__`): an
+//!   exclusive contender's name is unchanged (`_c_{id}-lock-{sequence}`), a reader's is
+//!   `_c_{id}-shared-lock-{sequence}`, a semaphore's `_c_{id}-permit.{n}-lock-{sequence}`.
+//!   The `-lock-` mark stays last, so a dlock from before modes sees readers and permit
+//!   holders as exclusive contenders: it waits for them, and never takes a key they hold.
 
-use dlock_core::{LockError, LockKey, LockOptions, Result};
+use dlock_core::{turn, LockError, LockKey, LockMode, LockOptions, Result, Turn, MAX_PERMITS};
 
 use crate::config::Layout;
 
@@ -161,17 +167,38 @@ const KAZOO_MARK: &str = "__lock__";
 /// What Curator's `StandardLockInternalsDriver` sorts by: the text after the last `lock-`.
 const CURATOR_LOCK_NAME: &str = "lock-";
 
+/// What a reader's node name carries before the `-lock-` mark.
+const SHARED_TAG: &str = "shared";
+/// What a semaphore contender's node name carries before its permit count.
+const PERMIT_TAG: &str = "permit.";
+
+/// One contender in a key's line: its node's name, and the mode that name carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Contender<'a> {
+    /// The node's name within the key node.
+    pub(crate) name: &'a str,
+    /// How it holds or waits for the key.
+    pub(crate) mode: LockMode,
+}
+
 /// The name, before the server appends its sequence, of a new attempt's lock node:
-/// `_c_{random uuid}-lock-` (dlock and Curator), `{uuid hex}__lock__` (kazoo).
-pub(crate) fn attempt_name(layout: Layout) -> String {
+/// `_c_{random uuid}-lock-` (dlock and Curator), `{uuid hex}__lock__` (kazoo); in dlock's
+/// layout a shared or permit contender's mode goes before the `-lock-` mark. Foreign layouts
+/// take only [`LockMode::Exclusive`] (the backend refuses the others before this).
+pub(crate) fn attempt_name(layout: Layout, mode: LockMode) -> String {
     let id: u128 = rand::random();
     let hex = format!("{id:032x}");
     if layout == Layout::Kazoo {
         // kazoo's `uuid.uuid4().hex`: 32 lower-case hex digits.
         return format!("{hex}{KAZOO_MARK}");
     }
+    let tag = match (layout, mode) {
+        (Layout::Dlock, LockMode::Shared) => format!("-{SHARED_TAG}"),
+        (Layout::Dlock, LockMode::Permit(permits)) => format!("-{PERMIT_TAG}{permits}"),
+        _ => String::new(),
+    };
     format!(
-        "_c_{}-{}-4{}-a{}-{}{SEQUENCE_MARK}",
+        "_c_{}-{}-4{}-a{}-{}{tag}{SEQUENCE_MARK}",
         &hex[0..8],
         &hex[8..12],
         &hex[13..16],
@@ -180,10 +207,55 @@ pub(crate) fn attempt_name(layout: Layout) -> String {
     )
 }
 
+/// The mode a dlock lock node's name carries (see the module documentation). A name with no
+/// mode, or one this version does not know, is an exclusive contender: what every dlock
+/// before modes wrote, and the one assumption that never lets two holders in together.
+fn mode_of(name: &str) -> LockMode {
+    let Some((head, _)) = name.rsplit_once(SEQUENCE_MARK) else {
+        return LockMode::Exclusive;
+    };
+    // The attempt id's last group is 12 hex digits, so it never reads as a tag.
+    let tag = head.rsplit_once('-').map_or("", |(_, tag)| tag);
+    if tag == SHARED_TAG {
+        return LockMode::Shared;
+    }
+    tag.strip_prefix(PERMIT_TAG)
+        .filter(|count| !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|count| count.parse().ok())
+        .filter(|permits| (1..=MAX_PERMITS).contains(permits))
+        .map_or(LockMode::Exclusive, LockMode::Permit)
+}
+
+/// How many contenders at the head of `line` hold the key, by [`turn`]: holders always
+/// stand first (whoever waits makes everyone behind it wait too), so this is where the
+/// waiters begin. A contender whose mode cannot share the line counts as waiting: it is
+/// about to leave it.
+pub(crate) fn holders(line: &[Contender<'_>]) -> usize {
+    let modes: Vec<LockMode> = line.iter().map(|contender| contender.mode).collect();
+    (0..modes.len())
+        .take_while(|&i| matches!(turn("", modes[i], &modes[..i]), Ok(Turn::Granted)))
+        .count()
+}
+
 /// The contenders among a key node's children in `layout`, first in line first, ordered
 /// exactly as that layout's own library orders them (so that both agree who holds the lock
-/// and whom each waiter watches).
-pub(crate) fn line(layout: Layout, children: &[String]) -> Vec<&str> {
+/// and whom each waiter watches), each with its mode (always exclusive in a foreign layout).
+pub(crate) fn line(layout: Layout, children: &[String]) -> Vec<Contender<'_>> {
+    let names = names_in_line(layout, children);
+    names
+        .into_iter()
+        .map(|name| Contender {
+            name,
+            mode: match layout {
+                Layout::Dlock => mode_of(name),
+                Layout::Kazoo | Layout::Curator => LockMode::Exclusive,
+            },
+        })
+        .collect()
+}
+
+/// The names of [`line`], in order.
+fn names_in_line(layout: Layout, children: &[String]) -> Vec<&str> {
     match layout {
         Layout::Dlock => {
             let mut line: Vec<(i64, &str)> = children
@@ -314,15 +386,21 @@ mod tests {
 
     #[test]
     fn the_line_is_ordered_by_sequence_and_ignores_strangers() {
-        let first = format!("{}0000000007", attempt_name(Layout::Dlock));
-        let second = format!("{}0000000012", attempt_name(Layout::Dlock));
+        let first = format!(
+            "{}0000000007",
+            attempt_name(Layout::Dlock, LockMode::Exclusive)
+        );
+        let second = format!(
+            "{}0000000012",
+            attempt_name(Layout::Dlock, LockMode::Exclusive)
+        );
         let children = vec![
             second.clone(),
             "lock=nested".to_owned(),
             "_c_x-lock-12".to_owned(),
             first.clone(),
         ];
-        let line = line(Layout::Dlock, &children);
+        let line = names_in_line(Layout::Dlock, &children);
         assert_eq!(line, vec![first.as_str(), second.as_str()]);
     }
 
@@ -353,14 +431,14 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(
-            line(Layout::Kazoo, &children),
+            names_in_line(Layout::Kazoo, &children),
             [
                 "ddd__lock__-2147483648",
                 "aaa__lock__0000000001",
                 "bbb__lock__0000000003"
             ]
         );
-        let name = attempt_name(Layout::Kazoo);
+        let name = attempt_name(Layout::Kazoo, LockMode::Exclusive);
         assert!(name.ends_with("__lock__") && name.len() == 32 + 8, "{name}");
     }
 
@@ -375,7 +453,7 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(
-            line(Layout::Curator, &children),
+            names_in_line(Layout::Curator, &children),
             [
                 "lock-0000000001",
                 "_c_b-lock-0000000002",
@@ -387,9 +465,67 @@ mod tests {
 
     #[test]
     fn attempt_names_are_unique_and_curator_shaped() {
-        let (a, b) = (attempt_name(Layout::Dlock), attempt_name(Layout::Dlock));
+        let (a, b) = (
+            attempt_name(Layout::Dlock, LockMode::Exclusive),
+            attempt_name(Layout::Dlock, LockMode::Exclusive),
+        );
         assert_ne!(a, b);
         assert_eq!(a.len(), "_c_".len() + 36 + SEQUENCE_MARK.len());
         assert!(a.ends_with("-lock-"));
+    }
+
+    #[test]
+    fn modes_are_read_back_from_names() {
+        let exclusive = attempt_name(Layout::Dlock, LockMode::Exclusive);
+        // Exclusive names are what every dlock wrote before modes.
+        assert_eq!(exclusive.len(), "_c_".len() + 36 + SEQUENCE_MARK.len());
+        for mode in [
+            LockMode::Exclusive,
+            LockMode::Shared,
+            LockMode::Permit(1),
+            LockMode::Permit(MAX_PERMITS),
+        ] {
+            let name = format!("{}0000000042", attempt_name(Layout::Dlock, mode));
+            assert_eq!(mode_of(&name), mode, "{name}");
+            // A dlock from before modes still reads it as a contender.
+            assert_eq!(sequence(&name), Some(42), "{name}");
+            let children = vec![name.clone()];
+            assert_eq!(line(Layout::Dlock, &children)[0].mode, mode);
+        }
+        for stranger in [
+            "_c_x-permit.0-lock-0000000001",
+            "_c_x-permit.+3-lock-0000000001",
+            "_c_x-permit.99999-lock-0000000001",
+            "_c_x-reader-lock-0000000001",
+        ] {
+            assert_eq!(mode_of(stranger), LockMode::Exclusive, "{stranger}");
+        }
+        // Foreign layouts write and read exclusive contenders only.
+        let curator = format!(
+            "{}0000000001",
+            attempt_name(Layout::Curator, LockMode::Exclusive)
+        );
+        assert_eq!(
+            line(Layout::Curator, &[curator])[0].mode,
+            LockMode::Exclusive
+        );
+    }
+
+    #[test]
+    fn holders_are_the_granted_head_of_the_line() {
+        let of = |modes: &[LockMode]| {
+            let line: Vec<Contender<'_>> = modes
+                .iter()
+                .map(|&mode| Contender { name: "", mode })
+                .collect();
+            holders(&line)
+        };
+        let (w, r, p) = (LockMode::Exclusive, LockMode::Shared, LockMode::Permit(2));
+        assert_eq!(of(&[]), 0);
+        assert_eq!(of(&[w, w]), 1);
+        assert_eq!(of(&[r, r, w, r]), 2);
+        assert_eq!(of(&[w, r, r]), 1);
+        assert_eq!(of(&[p, p, p]), 2);
+        assert_eq!(of(&[p, LockMode::Permit(3), p]), 1);
     }
 }

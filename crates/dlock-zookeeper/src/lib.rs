@@ -23,6 +23,17 @@
 //! The random attempt id in the name (Curator's "protected" mode) finds a node again whose
 //! create reply was lost to a connection drop, instead of leaking it.
 //!
+//! # Readers, semaphores, elections
+//! In dlock's layout a contender's [`LockMode`](dlock_core::LockMode) is part of its node's
+//! name (`_c_{id}-shared-lock-{sequence}` for a reader, `_c_{id}-permit.{n}-lock-{sequence}`
+//! for one of `n` permits; a mutex's name is unchanged), so one read of the line tells every
+//! contender's mode, and [`dlock_core::turn`] decides who holds. A waiter watches the one node
+//! whose leaving can change its turn (a mutex's or writer's predecessor, a reader's last
+//! writer ahead); a permit waiter, for whom any holder's leaving frees a permit, watches the
+//! key node's children. An election's `proclaim` writes the owner description into the
+//! leader's node (`setData`), and observers wait on a children watch of the key node plus a
+//! data watch of the leader's node. The foreign layouts take exclusive locks only.
+//!
 //! # Fencing token
 //! The token is the lock node's creation zxid (`czxid`). Zxids number every write of the
 //! ensemble in one total order that never goes back, also across server restarts (the epoch

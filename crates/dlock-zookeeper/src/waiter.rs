@@ -1,16 +1,16 @@
 //! How a waiter stands in line and is woken: one attempt to take a lock, its ephemeral
-//! sequential node (created so that a lost reply cannot leak it), a watch on the node just
-//! ahead of it, and the node removed in the background if the attempt is dropped before it
-//! wins.
+//! sequential node (created so that a lost reply cannot leak it), a watch on the one node
+//! ahead of it whose leaving can change its turn (or, for a semaphore's permit, on the line
+//! itself), and the node removed in the background if the attempt is dropped before it wins.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::support::spawn_clean_up;
-use dlock_core::{AcquireRequest, Backoff, Result};
+use dlock_core::{turn, AcquireRequest, Backoff, LockMode, Result, Turn};
 use tokio::time::Instant;
-use zookeeper_client::{Client, CreateMode, Error, Stat};
+use zookeeper_client::{Client, CreateMode, Error, OneshotWatcher, Stat};
 
 use crate::config::Layout;
 use crate::error::{is_connection, zk_error};
@@ -44,19 +44,28 @@ pub(crate) struct Attempt {
     data: Vec<u8>,
     /// Whose nodes these are: names, order, and how parents are made.
     layout: Layout,
+    /// How this attempt shares the key; its node's name says so too.
+    mode: LockMode,
     kept: bool,
 }
 
 impl Attempt {
-    /// A new attempt in `session` on the key node `dir` of `layout`, for `owner`.
-    pub(crate) fn new(session: Arc<Session>, layout: Layout, dir: &str, owner: &str) -> Self {
+    /// A new attempt in `session` on the key node `dir` of `layout`, for `owner`, in `mode`.
+    pub(crate) fn new(
+        session: Arc<Session>,
+        layout: Layout,
+        dir: &str,
+        owner: &str,
+        mode: LockMode,
+    ) -> Self {
         Attempt {
             session,
             dir: dir.to_owned(),
-            name: layout::attempt_name(layout),
+            name: layout::attempt_name(layout, mode),
             node: None,
             data: owner.as_bytes().to_vec(),
             layout,
+            mode,
             kept: false,
         }
     }
@@ -107,14 +116,21 @@ impl Attempt {
         }
     }
 
-    /// Waits until this attempt's node is first in its key's line, reading the line again
-    /// each time the node just ahead of it goes: `children` is the first read of the line,
-    /// sent at `sent`. Without `wait`, a node that is not first is withdrawn at once. When
-    /// `request`'s deadline passes, the node is withdrawn and the error is `Timeout`.
+    /// Waits until [`turn`] grants this attempt's node the key, reading the line again each
+    /// time something it waits for happens: `children` is the first read of the line, sent
+    /// at `sent`. Without `wait`, a node that is not granted at once is withdrawn. When
+    /// `request`'s deadline passes, the node is withdrawn and the error is `Timeout`; when
+    /// the line holds a contender this one cannot share it with, the node is withdrawn and
+    /// the error is [`IncompatibleMode`](dlock_core::LockError::IncompatibleMode).
+    ///
+    /// - [`Turn::WaitFor`]: an exists-watch on that one node (the predecessor, for a mutex),
+    ///   so a release wakes only the contenders it concerns.
+    /// - [`Turn::WaitForAny`] (a semaphore's permit): a children watch on the key node, set
+    ///   by the read of the line itself, so no departure between read and watch is missed.
     pub(crate) async fn wait_for_turn(
         self,
         client: &Client,
-        mut children: std::result::Result<Vec<String>, Error>,
+        children: std::result::Result<Vec<String>, Error>,
         mut sent: Instant,
         request: &AcquireRequest<'_>,
         wait: bool,
@@ -124,11 +140,13 @@ impl Attempt {
         let dir = self.dir.clone();
         let mut queued = false;
         let mut backoff = retry_backoff();
+        // The line as last read, and the children watch that read set, if it set one.
+        let mut children = children.map(|names| (names, None::<OneshotWatcher>));
         loop {
-            let names = match children {
-                Ok(names) => {
+            let (names, line_watch) = match children {
+                Ok(read) => {
                     session.answered(sent);
-                    names
+                    read
                 }
                 Err(error) if is_connection(&error) => {
                     if session.retired_reason().is_some() {
@@ -139,19 +157,29 @@ impl Attempt {
                         _ = sleep_until(request.deadline) => return Err(request.timeout()),
                     }
                     sent = Instant::now();
-                    children = client.list_children(&dir).await;
+                    children = client.list_children(&dir).await.map(|names| (names, None));
                     continue;
                 }
+                // The key node is gone, so our node in it is too: queue again.
+                Err(Error::NoNode) => return Ok(Line::Dropped),
                 Err(error) => return Err(zk_error(session.endpoint(), error)),
             };
             let line = layout::line(self.layout, &names);
-            let Some(position) = line.iter().position(|name| *name == self.name()) else {
+            let Some(position) = line.iter().position(|c| c.name == self.name()) else {
                 // Our node is gone (deleted from outside): queue again.
                 return Ok(Line::Dropped);
             };
-            if position == 0 {
-                break;
-            }
+            let ahead: Vec<LockMode> = line[..position].iter().map(|c| c.mode).collect();
+            // `Some(i)`: wait for the contender at `i` to go; `None`: for any to go.
+            let awaited = match turn(request.key.as_str(), self.mode, &ahead) {
+                Ok(Turn::Granted) => break,
+                Ok(Turn::WaitFor(index)) => Some(index),
+                Ok(Turn::WaitForAny) => None,
+                Err(error) => {
+                    self.withdraw().await;
+                    return Err(error);
+                }
+            };
             if !wait {
                 self.withdraw().await;
                 return Ok(Line::Busy);
@@ -160,32 +188,58 @@ impl Attempt {
                 request.queued();
                 queued = true;
             }
-            let predecessor = format!("{dir}/{}", line[position - 1]);
-            match client.check_and_watch_stat(&predecessor).await {
-                Ok((None, _)) => {}
-                Ok((Some(_), watcher)) => {
-                    tokio::select! {
-                        _ = watcher.changed() => {
-                            counters.wakeups.fetch_add(1, Ordering::Relaxed);
+            let woken = match awaited {
+                None => match line_watch {
+                    Some(watcher) => Some(watcher),
+                    // Read the line again, this time with a watch: what it shows is what
+                    // the watch reports changes of.
+                    None => {
+                        sent = Instant::now();
+                        children = client
+                            .list_and_watch_children(&dir)
+                            .await
+                            .map(|(names, watcher)| (names, Some(watcher)));
+                        continue;
+                    }
+                },
+                Some(index) => {
+                    let node = format!("{dir}/{}", line[index].name);
+                    match client.check_and_watch_stat(&node).await {
+                        Ok((None, _)) => None,
+                        Ok((Some(_), watcher)) => Some(watcher),
+                        Err(error) if is_connection(&error) => {
+                            if session.retired_reason().is_some() {
+                                return Ok(Line::Dropped);
+                            }
+                            tokio::time::sleep(backoff.next_delay()).await;
+                            None
                         }
-                        _ = sleep_until(request.deadline) => {
-                            self.withdraw().await;
-                            return Err(request.timeout());
-                        }
-                        _ = session.retired() => return Ok(Line::Dropped),
+                        Err(error) => return Err(zk_error(session.endpoint(), error)),
                     }
                 }
-                Err(error) if is_connection(&error) => {
-                    if session.retired_reason().is_some() {
-                        return Ok(Line::Dropped);
+            };
+            if let Some(watcher) = woken {
+                tokio::select! {
+                    _ = watcher.changed() => {
+                        counters.wakeups.fetch_add(1, Ordering::Relaxed);
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    _ = sleep_until(request.deadline) => {
+                        self.withdraw().await;
+                        return Err(request.timeout());
+                    }
+                    _ = session.retired() => return Ok(Line::Dropped),
                 }
-                Err(error) => return Err(zk_error(session.endpoint(), error)),
             }
             counters.rechecks.fetch_add(1, Ordering::Relaxed);
             sent = Instant::now();
-            children = client.list_children(&dir).await;
+            children = match awaited {
+                Some(_) => client.list_children(&dir).await.map(|names| (names, None)),
+                // A permit waiter most likely waits again: watch the line with the same read.
+                None => client
+                    .list_and_watch_children(&dir)
+                    .await
+                    .map(|(names, watcher)| (names, Some(watcher))),
+            };
         }
         Ok(Line::Holder(self))
     }
