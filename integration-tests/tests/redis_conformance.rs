@@ -71,7 +71,9 @@ impl ConformanceTarget for RedisTarget {
 
     async fn forget(&self, guard: &LockGuard) -> Result<(), LockError> {
         let backend = dlock_redis::connect(&self.url).await?;
-        let name = backend.lock_key_name(&guard.lease().options().prefix, guard.key());
+        // The lock's key for an exclusive holder, the holder's own key for a shared or
+        // permit one.
+        let name = backend.held_key_name(guard.lease())?;
         for address in &self.addresses {
             redis_support::command(address, &["DEL", &name])
                 .await

@@ -10,18 +10,19 @@ use std::time::UNIX_EPOCH;
 
 use dlock_core::{
     AcquireRequest, Acquired, Capabilities, FencingToken, Introspection, Lease, ListPage,
-    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockOptions, LockReport,
-    LossReason, Renewal, Result, MIN_LEASE,
+    ListRequest, ListedLock, LockBackend, LockError, LockInfo, LockKey, LockMode, LockOptions,
+    LockReport, LossReason, Renewal, Result, MIN_LEASE,
 };
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
 use crate::error::BACKEND;
-use crate::layout::{index_name, LockNames};
-use crate::node::Node;
+use crate::layout::{index_name, mode_suffix, LockNames};
+use crate::node::{Holder, Node};
 use crate::quorum::{first_error, Attempt};
 use crate::session::Shared;
 use crate::waiter;
+use crate::watch::{differs, Watcher};
 
 /// Distributed locks in Redis: a single instance (`redis://`, `rediss://`) or Redlock over
 /// independent instances (`redis+redlock://a,b,c`).
@@ -46,6 +47,11 @@ use crate::waiter;
 ///   nothing tells Redis's line that a subscriber left, so the first one to learn that it is
 ///   now first must be the live one. One release wakes one waiter; a holder's expiry wakes
 ///   every waiter once (one script call each).
+///
+/// * **Read-write locks and semaphores** (single instance, Sentinel): each shared or permit
+///   holder has a key of its own with its own lease; the scripts' copy of `dlock_core::turn`
+///   decides grants, and a release hands the key to every waiter at the head of the line
+///   whose turn it now is. Redlock declares only exclusive locks (see `supports`).
 ///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script joined the line (a waiter first tries without joining).
@@ -101,6 +107,15 @@ impl RedisBackend {
         LockNames::new(&self.inner.config.namespace, prefix, key).lock
     }
 
+    /// The Redis key whose value records that `lease` holds its lock (its owner id,
+    /// acquisition time and owner description, expiring with the lease): the lock's key for
+    /// an exclusive holder, the holder's own key for a shared or permit one. For tests that
+    /// make the server forget a holder.
+    pub fn held_key_name(&self, lease: &Lease) -> Result<String> {
+        let record = record(lease)?;
+        Ok(record.names.key_of(&record.owner))
+    }
+
     /// The Redis key that holds the fence counter of the lock `key` under `prefix`.
     pub fn fence_key_name(&self, prefix: &str, key: &LockKey) -> String {
         LockNames::new(&self.inner.config.namespace, prefix, key).fence
@@ -122,15 +137,17 @@ impl LockBackend for RedisBackend {
     }
 
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        self.check_mode(request.mode())?;
         let inner = &self.inner;
         let names = LockNames::new(
             &inner.config.namespace,
             &request.options.prefix,
             request.key,
         );
-        let owner = inner.next_id();
+        let owner = format!("{}{}", inner.next_id(), mode_suffix(request.mode()));
+        let (lease, mode) = (request.options.lease, request.mode());
         match inner
-            .attempt(&names, &owner, request.owner(), request.options.lease, None)
+            .attempt(&names, &owner, request.owner(), lease, None, mode)
             .await
         {
             Attempt::Granted {
@@ -142,6 +159,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+        self.check_mode(request.mode())?;
         let names = LockNames::new(
             &self.inner.config.namespace,
             &request.options.prefix,
@@ -312,9 +330,87 @@ impl LockBackend for RedisBackend {
     async fn ping(&self) -> Result<Duration> {
         self.ping_all().await
     }
+
+    /// Every mode on a single instance (and behind Sentinel), whose scripts keep the line;
+    /// only exclusive locks on Redlock, whose instances each keep a line of their own with
+    /// no order among waiters: a majority of permits per instance would not bound the
+    /// holders of the whole.
+    fn supports(&self, mode: LockMode) -> bool {
+        mode == LockMode::Exclusive || !self.inner.config.redlock
+    }
+
+    /// One script per instance, owner-checked; on Redlock, done when a majority replaced
+    /// it (an instance behind keeps the old description until the lock changes hands;
+    /// `report` reads the description of the majority's holder).
+    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+        let inner = &self.inner;
+        let record = record(lease)?;
+        let (quorum, count) = (inner.config.quorum(), inner.instances());
+        let call = {
+            let (names, id) = (record.names.clone(), record.owner.clone());
+            let description = owner.to_owned();
+            move |node: Node| {
+                let (names, id, description) = (names.clone(), id.clone(), description.clone());
+                async move { node.update_owner(&names, &id, &description).await }
+            }
+        };
+        let replies = inner
+            .on_quorum(None, None, call, |replies| {
+                let updated = replies
+                    .iter()
+                    .filter(|r| matches!(r, Some(Ok(true))))
+                    .count();
+                let refused = replies
+                    .iter()
+                    .filter(|r| matches!(r, Some(Ok(false))))
+                    .count();
+                updated >= quorum || refused > count - quorum
+            })
+            .await;
+        let replies = inner.answers(replies);
+        if replies.iter().filter(|r| matches!(r, Ok(true))).count() >= quorum {
+            return Ok(());
+        }
+        if replies.iter().filter(|r| matches!(r, Ok(false))).count() > count - quorum {
+            return Err(lease.not_held());
+        }
+        Err(first_error(replies).unwrap_or_else(|| lease.not_held()))
+    }
+
+    /// Woken by the server: the watcher listens on its own channel and lists itself with
+    /// the lock, whose grants, releases and owner updates tell it (see `watch`); a timer at
+    /// the holder's remaining lease covers an expiry. Three round trips before waiting:
+    /// listen, list, read the lock again (a change since `seen` returns at once).
+    async fn wait_for_change(
+        &self,
+        key: &LockKey,
+        options: &LockOptions,
+        seen: &LockReport,
+    ) -> Result<()> {
+        let names = LockNames::new(&self.inner.config.namespace, &options.prefix, key);
+        let watcher = Watcher::start(&self.inner, &names).await?;
+        let now = self.report_lock(names, false).await?;
+        if differs(seen, &now) {
+            return Ok(());
+        }
+        watcher.changed(&now).await;
+        Ok(())
+    }
 }
 
 impl RedisBackend {
+    /// Refuses a mode this backend does not declare (the `Locker` already does; this keeps
+    /// a direct call from taking a semaphore's permit as if it were a mutex).
+    fn check_mode(&self, mode: LockMode) -> Result<()> {
+        if self.supports(mode) {
+            return Ok(());
+        }
+        Err(LockError::Unsupported {
+            backend: self.capabilities().name,
+            operation: "shared locks and semaphores on Redlock",
+        })
+    }
+
     /// What a majority of the instances say of the lock; `listing` drops the index entry of
     /// a lock found free.
     async fn report_lock(&self, names: LockNames, listing: bool) -> Result<LockReport> {
@@ -333,20 +429,23 @@ impl RedisBackend {
         }
         let holding: Vec<_> = answered.iter().filter(|i| i.holder_ttl.is_some()).collect();
         let quorum = inner.config.quorum();
-        let held = holding.len() >= quorum;
+        // The holder's token is the value a majority was raised to before its acquire
+        // returned (`settle_token`); an instance that granted after the majority settled may
+        // have issued a higher one of its own (tokens follow each instance's clock). So the
+        // token is the highest value a majority of the holding instances share; while the
+        // raises are still under way no value is (the quorum-th highest would be a lower,
+        // passing one), and the lock reads as not held yet: an election's observer never
+        // sees a term the leader does not have.
+        let fences: Vec<u64> = holding.iter().map(|i| i.fence).collect();
+        let settled = fences
+            .iter()
+            .copied()
+            .filter(|fence| fences.iter().filter(|other| *other == fence).count() >= quorum)
+            .max();
+        let held = holding.len() >= quorum && settled.is_some();
         let info = LockInfo {
             held,
-            // The holder's token is the value a majority was raised to; an instance that
-            // granted after the majority settled may have issued a higher one of its own
-            // (tokens follow each instance's clock), so the quorum-th highest is the token.
-            fencing_token: held
-                .then(|| {
-                    let mut fences: Vec<u64> = holding.iter().map(|i| i.fence).collect();
-                    fences.sort_unstable_by(|a, b| b.cmp(a));
-                    fences.get(inner.config.quorum() - 1).copied()
-                })
-                .flatten()
-                .map(FencingToken::new),
+            fencing_token: settled.filter(|_| held).map(FencingToken::new),
             remaining_lease: held
                 .then(|| holding.iter().filter_map(|i| i.holder_ttl).min())
                 .flatten(),
@@ -371,8 +470,16 @@ impl RedisBackend {
                 .map(|o| o.acquired_ms)
                 .collect();
             times.sort_unstable();
+            // After an `update_owner` that reached only a majority, the description a
+            // majority stores (one instance may lag behind).
+            let same: Vec<&&Holder> = holders.iter().filter(|o| o.id == holder.id).collect();
+            let description = same
+                .iter()
+                .map(|o| &o.description)
+                .find(|d| same.iter().filter(|o| o.description == **d).count() >= quorum)
+                .unwrap_or(&holder.description);
             report = report
-                .with_owner(holder.description.clone())
+                .with_owner(description.clone())
                 .with_acquired_at(UNIX_EPOCH + Duration::from_millis(times[quorum - 1]));
         }
         Ok(report)

@@ -1,6 +1,6 @@
 //! Where one lock lives in Redis: its key, fence counter and waiting line, under one hash tag.
 
-use dlock_core::LockKey;
+use dlock_core::{LockKey, LockMode};
 
 /// The Redis keys of one lock. They share the hash tag `{…}`, so the layout works unchanged
 /// on Redis Cluster (every script touches one slot).
@@ -22,6 +22,14 @@ pub(crate) struct LockNames {
     pub(crate) index: String,
     /// The lock's key as the index names it.
     pub(crate) member: String,
+    /// The shared and permit holders: a sorted set of their owner ids, scored by token (so
+    /// oldest first). Each holder's own key is `holder_prefix` + its owner id.
+    pub(crate) holders: String,
+    /// The prefix of each shared or permit holder's own key, which holds what the lock key
+    /// holds for an exclusive holder, expiring with that holder's lease.
+    pub(crate) holder_prefix: String,
+    /// The ids of the watchers waiting for the lock to change (`wait_for_change`).
+    pub(crate) watchers: String,
 }
 
 impl LockNames {
@@ -44,7 +52,32 @@ impl LockNames {
             deadlines: format!("dlock:{{{tag}}}:deadlines"),
             index: index_name(namespace, prefix),
             member: key.as_str().to_owned(),
+            holders: format!("dlock:{{{tag}}}:holders"),
+            holder_prefix: format!("dlock:{{{tag}}}:holder:"),
+            watchers: format!("dlock:{{{tag}}}:watchers"),
         }
+    }
+
+    /// The key whose value says that `owner` (an owner id with its mode, see
+    /// [`mode_suffix`]) holds the lock: the lock key for an exclusive holder, the holder's own
+    /// key for a shared or permit one.
+    pub(crate) fn key_of(&self, owner: &str) -> String {
+        if owner.contains('@') {
+            format!("{}{owner}", self.holder_prefix)
+        } else {
+            self.lock.clone()
+        }
+    }
+}
+
+/// What an owner or waiter id carries of its mode, after the client's sequence number:
+/// nothing for [`LockMode::Exclusive`] (so exclusive ids are what they always were),
+/// `@shared` or `@permit/<n>` otherwise. The scripts read the mode back from the id (see
+/// `scripts::LINE`).
+pub(crate) fn mode_suffix(mode: LockMode) -> String {
+    match mode {
+        LockMode::Exclusive => String::new(),
+        other => format!("@{}", other.label()),
     }
 }
 
@@ -90,6 +123,9 @@ mod tests {
         assert_eq!(tag(&n.lock), tag(&n.fence));
         assert_eq!(tag(&n.lock), tag(&n.queue));
         assert_eq!(tag(&n.lock), tag(&n.deadlines));
+        assert_eq!(tag(&n.lock), tag(&n.holders));
+        assert_eq!(tag(&n.lock), tag(&n.holder_prefix));
+        assert_eq!(tag(&n.lock), tag(&n.watchers));
     }
 
     #[test]

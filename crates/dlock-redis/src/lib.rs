@@ -28,6 +28,19 @@
 //! held locks of a namespace and prefix are listed in `dlock:{<namespace>|<p>}:index` (a
 //! sorted set of keys, for `list`), which expires with its longest lock.
 //!
+//! # Read-write locks, semaphores, elections
+//! On a single instance (and behind Sentinel) every [`LockMode`](dlock_core::LockMode) is
+//! supported; Redlock supports exclusive locks only (its instances keep lines in no common
+//! order, so a permit count per instance bounds nothing). The exclusive holder is the lock
+//! key; each shared or permit holder owns `…:holder:<owner id>` (same value, its own lease),
+//! listed by token in `…:holders`. The mode rides in the owner and waiter ids (`@shared`,
+//! `@permit/<n>`), and the scripts decide whose turn it is with their copy of
+//! [`dlock_core::turn`]: a release hands the key to every waiter at the head of the line whose
+//! turn it now is (a writer's release admits the readers behind it, a returned permit one
+//! waiter), each with its own token from the key's one counter. `update_owner` (an election's
+//! `proclaim`) is one owner-checked script; `wait_for_change` listens like a waiter and lists
+//! itself in `…:watchers`, which every grant, release and owner update notifies.
+//!
 //! # Sentinel
 //! `redis+sentinel://s1:p,s2:p,s3:p/<master-name>`: the client asks the sentinels for the
 //! primary when it connects, every second, and when the primary fails a call (or answers
@@ -123,6 +136,7 @@ mod sentinel;
 mod session;
 mod tls;
 mod waiter;
+mod watch;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, RedisConfig};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dlock_core::support::lock;
-use dlock_core::{LockError, Result};
+use dlock_core::{LockError, LockMode, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
@@ -34,6 +34,8 @@ pub(crate) enum Wake {
     First(Option<Duration>),
     /// A connection dropped: messages may have been missed, look again.
     Reconnected,
+    /// The lock this watcher watches changed (a grant, a release, a new owner description).
+    Changed,
 }
 
 /// What the acquire script answered.
@@ -108,7 +110,8 @@ impl Waiters {
     }
 }
 
-/// `<waiter> g <token> <attempt>`, `<waiter> r 0`, `<waiter> h <ms or -1>` → (waiter, wake).
+/// `<waiter> g <token> <attempt>`, `<waiter> r 0`, `<waiter> h <ms or -1>`, `<watcher> c 0`
+/// → (waiter or watcher, wake).
 fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.split(' ');
@@ -119,6 +122,7 @@ fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
             attempt: parts.next()?.parse().ok()?,
         },
         "r" => Wake::Released,
+        "c" => Wake::Changed,
         "h" => match value.parse::<i64>().ok()? {
             -1 => Wake::First(None),
             ms => Wake::First(Some(Duration::from_millis(u64::try_from(ms).ok()?))),
@@ -183,7 +187,9 @@ impl Node {
 
     /// Runs the acquire script. `waiter` is `(id, how long its entry counts, the number of
     /// this request)`; `None` only tries. `description` is the owner description stored
-    /// with the lock (and with the waiter's entry, for a hand-over).
+    /// with the lock (and with the waiter's entry, for a hand-over). `mode` is the mode the
+    /// ids carry, for the error when the key is used in another.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn acquire(
         &self,
         names: &LockNames,
@@ -192,6 +198,7 @@ impl Node {
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
         fair: bool,
+        mode: LockMode,
     ) -> Result<AcquireReply> {
         let (waiter_id, wait, attempt) = waiter.unwrap_or(("", Duration::ZERO, 0));
         let reply: Vec<i64> = scripts()
@@ -201,6 +208,8 @@ impl Node {
             .key(&names.queue)
             .key(&names.deadlines)
             .key(&names.index)
+            .key(&names.holders)
+            .key(&names.watchers)
             .arg(owner)
             .arg(millis(lease))
             .arg(waiter_id)
@@ -210,6 +219,7 @@ impl Node {
             .arg(attempt)
             .arg(description)
             .arg(&names.member)
+            .arg(&names.holder_prefix)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -220,6 +230,15 @@ impl Node {
                 look_again: *look_again == 1,
             }),
             [-1] => Err(wrong_type(names)),
+            [-2, found] => Err(LockError::IncompatibleMode {
+                key: names.member.clone(),
+                requested: mode,
+                found: match *found {
+                    0 => LockMode::Exclusive,
+                    -1 => LockMode::Shared,
+                    permits => LockMode::Permit(u32::try_from(permits).unwrap_or(u32::MAX)),
+                },
+            }),
             other => Err(unexpected("acquire", other)),
         }
     }
@@ -240,9 +259,10 @@ impl Node {
     ) -> Result<bool> {
         let reply: i64 = scripts()
             .extend
-            .key(&names.lock)
+            .key(names.key_of(owner))
             .key(&names.fence)
             .key(&names.index)
+            .key(&names.holders)
             .arg(owner)
             .arg(millis(ttl))
             .invoke_async(&mut self.connection.clone())
@@ -257,9 +277,10 @@ impl Node {
         let mut invocation = script.prepare_invoke();
         for (names, owner, ttl) in locks {
             invocation
-                .key(&names.lock)
+                .key(names.key_of(owner))
                 .key(&names.fence)
                 .key(&names.index)
+                .key(&names.holders)
                 .arg(*owner)
                 .arg(millis(*ttl));
         }
@@ -323,13 +344,68 @@ impl Node {
             .key(&names.queue)
             .key(&names.deadlines)
             .key(&names.index)
+            .key(&names.holders)
+            .key(&names.watchers)
             .arg(member)
             .arg(WAKE_CHANNEL_PREFIX)
             .arg(if fair { 1 } else { 0 })
             .arg(&names.member)
+            .arg(&names.holder_prefix)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))
+    }
+
+    /// Replaces the owner description stored with the lock held by `owner`, if it still
+    /// holds it: `Ok(true)` replaced, `Ok(false)` not ours. Watchers hear of it.
+    pub(crate) async fn update_owner(
+        &self,
+        names: &LockNames,
+        owner: &str,
+        description: &str,
+    ) -> Result<bool> {
+        let reply: i64 = scripts()
+            .update_owner
+            .key(names.key_of(owner))
+            .key(&names.watchers)
+            .arg(owner)
+            .arg(description)
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
+        owned(reply, names, "update_owner")
+    }
+
+    /// Lists `watcher` (which already listens on its wake channel) among those told when
+    /// the lock changes, for `ttl` at least.
+    pub(crate) async fn watch(
+        &self,
+        names: &LockNames,
+        watcher: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        let _: i64 = scripts()
+            .watch
+            .key(&names.watchers)
+            .arg(watcher)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
+        Ok(())
+    }
+
+    /// Tells the lock's watchers that it changed.
+    pub(crate) async fn notify(&self, names: &LockNames) -> Result<()> {
+        let _: i64 = scripts()
+            .notify
+            .key(&names.watchers)
+            .arg(WAKE_CHANNEL_PREFIX)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| to_lock_error(&self.endpoint, e))?;
+        Ok(())
     }
 
     /// Raises the fence counter to at least `token`.
@@ -392,7 +468,9 @@ impl Node {
         invocation
             .key(&names.lock)
             .key(&names.fence)
-            .key(&names.queue);
+            .key(&names.queue)
+            .key(&names.holders)
+            .arg(&names.holder_prefix);
         if listing {
             invocation.key(&names.index).arg(&names.member);
         }
@@ -463,6 +541,9 @@ async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> 
         &all.leave,
         &all.raise_fence,
         &all.inspect,
+        &all.update_owner,
+        &all.watch,
+        &all.notify,
     ]
     .map(|script| {
         let mut connection = connection.clone();
@@ -556,6 +637,10 @@ mod tests {
         assert_eq!(
             parse_wake(b"ab:2:500 r 0"),
             Some(("ab:2:500", Wake::Released))
+        );
+        assert_eq!(
+            parse_wake(b"ab:4@permit/3:1 c 0"),
+            Some(("ab:4@permit/3:1", Wake::Changed))
         );
         assert_eq!(
             parse_wake(b"ab:3:500 h 250"),

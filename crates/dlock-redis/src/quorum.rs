@@ -6,7 +6,7 @@
 use std::task::Poll;
 use std::time::Duration;
 
-use dlock_core::{LockError, Result};
+use dlock_core::{LockError, LockMode, Result};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -162,7 +162,8 @@ impl Shared {
     /// One try at the lock on every instance, under `owner`, stored with the owner
     /// `description`. With `waiter` (its id, how long
     /// its entry counts, the number of this request) it joins the line where the lock is
-    /// busy; without, it only tries. A grant short of a majority is given back.
+    /// busy; without, it only tries. A grant short of a majority is given back. `mode` is
+    /// the one `owner` and the waiter id carry.
     pub(crate) async fn attempt(
         &self,
         names: &LockNames,
@@ -170,6 +171,7 @@ impl Shared {
         description: &str,
         lease: Duration,
         waiter: Option<(&str, Duration, u64)>,
+        mode: LockMode,
     ) -> Attempt {
         let started = Instant::now();
         // Only the time until a majority answered counts against the lease, and no answer
@@ -189,7 +191,7 @@ impl Shared {
                     let waiter = waiter
                         .as_ref()
                         .map(|(id, wait, number)| (id.as_str(), *wait, *number));
-                    node.acquire(&names, &owner, &description, lease, waiter, fair)
+                    node.acquire(&names, &owner, &description, lease, waiter, fair, mode)
                         .await
                 }
             }
@@ -241,11 +243,14 @@ impl Shared {
                 tokio::time::timeout_at(valid_until, self.settle_token(names, &tokens)).await;
             match settled {
                 Ok(Ok(token)) if Instant::now() < valid_until => {
+                    if !fair {
+                        self.notify_watchers(names, &granted).await;
+                    }
                     return Attempt::Granted {
                         token,
                         valid_until,
                         granted,
-                    }
+                    };
                 }
                 Ok(Ok(_)) | Err(_) => {}
                 Ok(Err(error)) => failures.push(error),
@@ -278,6 +283,29 @@ impl Shared {
             in_line,
             look_again,
             split: granted_count > 0,
+        }
+    }
+
+    /// Tells the watchers of a Redlock grant, on the instances that granted it, once its
+    /// token is settled: sent after the raises on the same connections, so it runs after
+    /// them, and not awaited (the grant costs no round trip more). A watcher woken earlier
+    /// could read a term lower than the holder's (the quorum-th highest counter before the
+    /// raises).
+    async fn notify_watchers(&self, names: &LockNames, granted: &[bool]) {
+        for (index, _) in granted.iter().enumerate().filter(|(_, g)| **g) {
+            let Ok(node) = self.node_now(index) else {
+                continue;
+            };
+            let names = names.clone();
+            let mut call = Box::pin(async move { node.notify(&names).await });
+            // Polled once here, the command is on the connection behind the raises.
+            if futures::poll!(call.as_mut()).is_pending() {
+                tokio::spawn(async move {
+                    if let Err(error) = call.await {
+                        tracing::debug!(%error, "telling watchers of a Redlock grant");
+                    }
+                });
+            }
         }
     }
 

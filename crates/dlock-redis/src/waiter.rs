@@ -6,12 +6,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dlock_core::support::spawn_clean_up;
-use dlock_core::{AcquireRequest, Backoff, LockError, Result};
+use dlock_core::{AcquireRequest, Backoff, LockError, LockMode, Result};
 use futures::future::join_all;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::layout::LockNames;
+use crate::layout::{mode_suffix, LockNames};
 use crate::node::{Node, Wake};
 use crate::quorum::Attempt;
 use crate::session::Shared;
@@ -37,7 +37,8 @@ pub(crate) async fn acquire(
     names: &LockNames,
 ) -> Result<Grant> {
     let lease = request.options.lease;
-    let mut place = PlaceInLine::new(Arc::clone(shared), names.clone(), lease);
+    let mode = request.mode();
+    let mut place = PlaceInLine::new(Arc::clone(shared), names.clone(), lease, mode);
     // On a fair line the waiter's id is also the owner id a release hands the lock over
     // under (and a waiter that leaves gives back a lock handed to it meanwhile). Redlock
     // waiters stay in line while they hold the lock, so they own it under another id, a
@@ -48,7 +49,7 @@ pub(crate) async fn acquire(
         let owner = if shared.fair() {
             place.id.clone()
         } else {
-            shared.next_id()
+            format!("{}{}", shared.next_id(), mode_suffix(mode))
         };
         place.owner.clone_from(&owner);
         owner
@@ -59,7 +60,7 @@ pub(crate) async fn acquire(
     // on (first come, first served counts from the join).
     place.may_hold = true;
     let tried = shared
-        .attempt(names, &owner, request.owner(), lease, None)
+        .attempt(names, &owner, request.owner(), lease, None, mode)
         .await;
     // Answered: a grant is returned, a partial one was given back; after a failure the
     // request may still be applied.
@@ -98,7 +99,7 @@ pub(crate) async fn acquire(
                 let sent = Instant::now();
                 let waiter = Some((place.id.as_str(), entry_ttl, number));
                 let attempt = shared
-                    .attempt(names, &owner, request.owner(), lease, waiter)
+                    .attempt(names, &owner, request.owner(), lease, waiter, mode)
                     .await;
                 place.may_hold = matches!(attempt, Attempt::Failed(_));
                 (attempt, sent)
@@ -193,7 +194,7 @@ pub(crate) async fn acquire(
 /// or was cancelled at any await point) leaves every line it may stand in, handing the turn
 /// on if it was first (P7), and stops listening, which makes any entry left behind (a leave
 /// that could not reach the server) dead at once.
-struct PlaceInLine {
+pub(crate) struct PlaceInLine {
     shared: Arc<Shared>,
     names: LockNames,
     id: String,
@@ -216,9 +217,20 @@ struct PlaceInLine {
 }
 
 impl PlaceInLine {
-    fn new(shared: Arc<Shared>, names: LockNames, lease: Duration) -> Self {
-        // `<client>:<seq>:<lease ms>`: scripts read the channel and the lease from it.
-        let id = format!("{}:{}", shared.next_id(), lease.as_millis().max(1));
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        names: LockNames,
+        lease: Duration,
+        mode: LockMode,
+    ) -> Self {
+        // `<client>:<seq>[@mode]:<lease ms>`: scripts read the channel, the mode and the
+        // lease from it.
+        let id = format!(
+            "{}{}:{}",
+            shared.next_id(),
+            mode_suffix(mode),
+            lease.as_millis().max(1)
+        );
         let wakes = shared.waiters.register(&id);
         let count = shared.instances();
         PlaceInLine {
@@ -239,7 +251,7 @@ impl PlaceInLine {
     /// Listens for this waiter's wake-ups on every instance not listened on yet; enough when
     /// a quorum listens (an instance where it does not counts its entry dead, as if it were
     /// down). Like every Redlock call, it goes on with the majority that answers.
-    async fn listen(&mut self) -> Result<()> {
+    pub(crate) async fn listen(&mut self) -> Result<()> {
         let quorum = self.shared.config.quorum();
         let generations: Vec<u64> = (0..self.listening.len())
             .map(|index| self.shared.generation(index))
@@ -298,6 +310,20 @@ impl PlaceInLine {
         }
     }
 
+    /// This waiter's id, which names its wake channel.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sleeps until any message for this id (a watcher's: the lock changed, or a connection
+    /// dropped and messages may have been missed), or until `until`.
+    pub(crate) async fn any_wake(&mut self, until: Instant) {
+        tokio::select! {
+            _ = self.wakes.recv() => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+
     /// Numbers the next request, which may put this waiter in line on every instance, or
     /// grant it the lock there.
     fn next_attempt(&mut self) -> u64 {
@@ -336,7 +362,9 @@ impl PlaceInLine {
                         until = until.min(Instant::now() + ttl + Duration::from_millis(1));
                     }
                     Some(Wake::First(None)) => {}
-                    Some(Wake::Released | Wake::Reconnected) | None => return None,
+                    Some(Wake::Released | Wake::Reconnected | Wake::Changed) | None => {
+                        return None
+                    }
                 },
                 _ = tokio::time::sleep_until(until) => return None,
             }
