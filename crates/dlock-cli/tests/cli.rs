@@ -1303,7 +1303,7 @@ backend_tests!(
     url_suffix = "",
     ttl = "1s",
     connect = dlock::redis::connect,
-    permits = [#[ignore = "needs semaphore support on Redis; un-ignore when merged"]]
+    permits = []
 );
 backend_tests!(
     zookeeper,
