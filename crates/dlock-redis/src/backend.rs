@@ -173,7 +173,6 @@ impl LockBackend for RedisBackend {
         let inner = &self.inner;
         let record = record(lease)?;
         let started = Instant::now();
-        let (quorum, count) = (inner.config.quorum(), inner.instances());
         let call = {
             let (names, owner) = (record.names.clone(), record.owner.clone());
             move |node: Node| {
@@ -184,30 +183,11 @@ impl LockBackend for RedisBackend {
         // A majority that answers after the lease ran out on this side extends nothing the
         // holder can still use.
         let deadline = Some(lease.valid_until().max(started));
-        let replies = inner
-            .on_quorum(None, deadline, call, |replies| {
-                let extended = replies
-                    .iter()
-                    .filter(|r| matches!(r, Some(Ok(true))))
-                    .count();
-                let refused = replies
-                    .iter()
-                    .filter(|r| matches!(r, Some(Ok(false))))
-                    .count();
-                extended >= quorum || refused > count - quorum
-            })
-            .await;
-        let replies = inner.answers(replies);
-        let extended = replies.iter().filter(|r| matches!(r, Ok(true))).count();
-        let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
-        if extended >= inner.config.quorum() {
-            return Ok(started + ttl.saturating_sub(inner.drift(ttl)));
-        }
         // Never give anything back here: a failed extend leaves the lock as it was.
-        if refused > inner.instances() - inner.config.quorum() {
-            return Err(lease.not_held());
-        }
-        Err(first_error(replies).unwrap_or_else(|| lease.not_held()))
+        inner
+            .owner_checked(deadline, call, || lease.not_held())
+            .await?;
+        Ok(started + ttl.saturating_sub(inner.drift(ttl)))
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
@@ -345,7 +325,6 @@ impl LockBackend for RedisBackend {
     async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
         let inner = &self.inner;
         let record = record(lease)?;
-        let (quorum, count) = (inner.config.quorum(), inner.instances());
         let call = {
             let (names, id) = (record.names.clone(), record.owner.clone());
             let description = owner.to_owned();
@@ -354,27 +333,7 @@ impl LockBackend for RedisBackend {
                 async move { node.update_owner(&names, &id, &description).await }
             }
         };
-        let replies = inner
-            .on_quorum(None, None, call, |replies| {
-                let updated = replies
-                    .iter()
-                    .filter(|r| matches!(r, Some(Ok(true))))
-                    .count();
-                let refused = replies
-                    .iter()
-                    .filter(|r| matches!(r, Some(Ok(false))))
-                    .count();
-                updated >= quorum || refused > count - quorum
-            })
-            .await;
-        let replies = inner.answers(replies);
-        if replies.iter().filter(|r| matches!(r, Ok(true))).count() >= quorum {
-            return Ok(());
-        }
-        if replies.iter().filter(|r| matches!(r, Ok(false))).count() > count - quorum {
-            return Err(lease.not_held());
-        }
-        Err(first_error(replies).unwrap_or_else(|| lease.not_held()))
+        inner.owner_checked(None, call, || lease.not_held()).await
     }
 
     /// Woken by the server: the watcher listens on its own channel and lists itself with

@@ -142,6 +142,42 @@ impl Shared {
         }
     }
 
+    /// An owner-checked change (`call` answers whether the lock was still ours there) asked
+    /// of every instance, decided as soon as a majority made it or more than a minority
+    /// refused it, and never later than `deadline`. `Ok` when a majority made it; `not_held`
+    /// when too many refused, or when nothing was learnt but refusals; otherwise the first
+    /// instance's error.
+    pub(crate) async fn owner_checked<F, Fut>(
+        &self,
+        deadline: Option<Instant>,
+        call: F,
+        not_held: impl Fn() -> LockError,
+    ) -> Result<()>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<bool>> + Send + 'static,
+    {
+        let (quorum, count) = (self.config.quorum(), self.instances());
+        let tally = |made: bool, replies: &[Option<Result<bool>>]| {
+            replies
+                .iter()
+                .filter(|reply| matches!(reply, Some(Ok(answer)) if *answer == made))
+                .count()
+        };
+        let replies = self
+            .on_quorum(None, deadline, call, |replies| {
+                tally(true, replies) >= quorum || tally(false, replies) > count - quorum
+            })
+            .await;
+        if tally(true, &replies) >= quorum {
+            return Ok(());
+        }
+        if tally(false, &replies) > count - quorum {
+            return Err(not_held());
+        }
+        Err(first_error(self.answers(replies)).unwrap_or_else(not_held))
+    }
+
     /// The replies of [`Shared::on_quorum`], an instance that did not answer in time as a
     /// connection error.
     pub(crate) fn answers<T>(&self, replies: Vec<Option<Result<T>>>) -> Vec<Result<T>> {
