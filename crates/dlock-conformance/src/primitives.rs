@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::counting::CountingBackend;
-use crate::suite::{measured, ms, within, Fixture, CRASH_SLACK, LONG_LEASE, PROMPTLY};
+use crate::suite::{measured, ms, queued_with, within, Fixture, CRASH_SLACK, LONG_LEASE, PROMPTLY};
 use crate::ConformanceTarget;
 
 /// A semaphore of N permits admits N holders at once, refuses the next without waiting, and
@@ -556,14 +556,7 @@ async fn queued(
     client: &Locker,
     options: &LockOptions,
 ) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
-    let (queued, in_line) = oneshot::channel();
-    let (client, options) = (client.clone(), options.clone());
-    let task =
-        tokio::spawn(async move { client.acquire_observed("k", &options, Some(queued)).await });
-    within(PROMPTLY, in_line, "the waiter to queue")
-        .await
-        .expect("the waiter reported it queued");
-    task
+    queued_with(client, "k", options).await
 }
 
 /// Fails the test with `what` if the waiter `task` has already finished.

@@ -1389,15 +1389,24 @@ impl<'t> Fixture<'t> {
         client: &Locker,
         key: &str,
     ) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
-        let (queued, in_line) = oneshot::channel();
-        let (client, key, options) = (client.clone(), key.to_owned(), self.options(LONG_LEASE));
-        let task =
-            tokio::spawn(async move { client.acquire_observed(key, &options, Some(queued)).await });
-        within(PROMPTLY, in_line, "the waiter to queue")
-            .await
-            .expect("the waiter reported it queued");
-        task
+        queued_with(client, key, &self.options(LONG_LEASE)).await
     }
+}
+
+/// A task taking `key` on `client` with `options`, returned once it stands in line.
+pub(crate) async fn queued_with(
+    client: &Locker,
+    key: &str,
+    options: &LockOptions,
+) -> tokio::task::JoinHandle<Result<LockGuard, LockError>> {
+    let (queued, in_line) = oneshot::channel();
+    let (client, key, options) = (client.clone(), key.to_owned(), options.clone());
+    let task =
+        tokio::spawn(async move { client.acquire_observed(key, &options, Some(queued)).await });
+    within(PROMPTLY, in_line, "the waiter to queue")
+        .await
+        .expect("the waiter reported it queued");
+    task
 }
 
 /// Hands key `k` over four times with `waiters` clients always in line (each releasing
