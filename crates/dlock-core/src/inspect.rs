@@ -56,6 +56,18 @@ impl LockReport {
         self.acquired_at = Some(at);
         self
     }
+
+    /// Whether `other` tells of the same holding as this report: held or not, the same
+    /// token, owner description and acquisition time. The remaining lease moves on its own
+    /// and the waiters are not the holder's, so neither counts: this is the change an
+    /// [`Election`](crate::Election)'s observers wait for
+    /// ([`LockBackend::wait_for_change`](crate::LockBackend::wait_for_change)).
+    pub fn same_holder(&self, other: &LockReport) -> bool {
+        self.info.held == other.info.held
+            && self.info.fencing_token == other.info.fencing_token
+            && self.owner == other.owner
+            && self.acquired_at == other.acquired_at
+    }
 }
 
 impl From<LockInfo> for LockReport {

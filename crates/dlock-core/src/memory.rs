@@ -380,7 +380,7 @@ impl LockBackend for MemoryBackend {
                 Some(entry) => entry.report(now, &self.server),
                 None => LockReport::default(),
             };
-            if !same_holder(&current, seen) {
+            if !current.same_holder(seen) {
                 return Ok(());
             }
             // Subscribed under the table lock: every later change bumps the version.
@@ -646,11 +646,6 @@ impl Entry {
 /// tasks that want to join the line (a network backend yields at every round trip).
 async fn cooperate() {
     tokio::task::consume_budget().await;
-}
-
-/// Whether two reports name the same holder with the same owner description.
-fn same_holder(a: &LockReport, b: &LockReport) -> bool {
-    a.info.held == b.info.held && a.info.fencing_token == b.info.fencing_token && a.owner == b.owner
 }
 
 fn entry_name(prefix: &str, key: &LockKey) -> String {

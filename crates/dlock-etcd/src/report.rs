@@ -149,14 +149,9 @@ pub(crate) async fn wait_for_change(shared: &Shared, dir: &str, seen: &LockRepor
     }
 }
 
-/// Whether two reports tell the same holder, owner and line (the remaining lease moves on
-/// its own).
+/// Whether two reports tell the same holder, owner and line.
 fn same_holder(a: &LockReport, b: &LockReport) -> bool {
-    a.info.held == b.info.held
-        && a.info.fencing_token == b.info.fencing_token
-        && a.info.waiters == b.info.waiters
-        && a.owner == b.owner
-        && a.acquired_at == b.acquired_at
+    a.same_holder(b) && a.info.waiters == b.info.waiters
 }
 
 /// The longest a change wait runs without a word from the watch: the watch is what wakes

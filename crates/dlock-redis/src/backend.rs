@@ -22,7 +22,7 @@ use crate::node::{Holder, Node};
 use crate::quorum::{first_error, Attempt};
 use crate::session::Shared;
 use crate::waiter;
-use crate::watch::{differs, Watcher};
+use crate::watch::Watcher;
 
 /// Distributed locks in Redis: a single instance (`redis://`, `rediss://`) or Redlock over
 /// independent instances (`redis+redlock://a,b,c`).
@@ -349,7 +349,7 @@ impl LockBackend for RedisBackend {
         let names = LockNames::new(&self.inner.config.namespace, &options.prefix, key);
         let watcher = Watcher::start(&self.inner, &names).await?;
         let now = self.report_lock(names, false).await?;
-        if differs(seen, &now) {
+        if !now.same_holder(seen) {
             return Ok(());
         }
         watcher.changed(&now).await;

@@ -76,12 +76,3 @@ impl Watcher {
         self.place.any_wake(Instant::now() + wait).await;
     }
 }
-
-/// Whether `now` says something else of the lock than `seen`: another holder (or none), or
-/// another owner description. The remaining lease always differs, and waiters do not count.
-pub(crate) fn differs(seen: &LockReport, now: &LockReport) -> bool {
-    seen.info.held != now.info.held
-        || seen.info.fencing_token != now.info.fencing_token
-        || seen.owner != now.owner
-        || seen.acquired_at != now.acquired_at
-}
