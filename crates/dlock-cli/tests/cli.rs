@@ -535,6 +535,22 @@ mod across_processes {
         assert_eq!(page["locks"], serde_json::json!([]), "{page}");
     }
 
+    /// The critical sections the commands logged to `log`, one `token start end` line each.
+    fn sections(log: &std::path::Path) -> Vec<(u64, u128, u128)> {
+        std::fs::read_to_string(log)
+            .expect("the commands wrote their sections")
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// Several `dlock run` on one key: critical sections never overlap and tokens grow in
     /// the order the sections start.
     pub fn parallel_runs_exclude_each_other(url: &str) {
@@ -557,18 +573,7 @@ mod across_processes {
         for mut run in runs {
             assert_eq!(wait(&mut run, Duration::from_secs(90)), Some(0));
         }
-        let mut sections: Vec<(u64, u128, u128)> = std::fs::read_to_string(&log)
-            .expect("the children wrote")
-            .lines()
-            .map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                (
-                    f[0].parse().unwrap(),
-                    f[1].parse().unwrap(),
-                    f[2].parse().unwrap(),
-                )
-            })
-            .collect();
+        let mut sections = sections(&log);
         assert_eq!(sections.len(), 5);
         sections.sort_by_key(|s| s.1);
         for pair in sections.windows(2) {
@@ -970,18 +975,7 @@ while :; do sleep 0.05; done"#,
         for mut run in runs {
             assert_eq!(wait(&mut run, Duration::from_secs(150)), Some(0));
         }
-        let sections: Vec<(u64, u128, u128)> = std::fs::read_to_string(&log)
-            .expect("the commands wrote")
-            .lines()
-            .map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                (
-                    f[0].parse().unwrap(),
-                    f[1].parse().unwrap(),
-                    f[2].parse().unwrap(),
-                )
-            })
-            .collect();
+        let sections = sections(&log);
         assert_eq!(sections.len(), 10);
         // The most sections inside at once: at some section's start, those begun and not
         // ended (each section lies within its command's hold of a permit).
