@@ -139,7 +139,7 @@ mod waiter;
 mod watch;
 
 pub use backend::RedisBackend;
-pub use config::{Endpoint, RedisConfig};
+pub use config::{Endpoint, Layout, RedisConfig};
 /// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
 /// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
 /// `rediss+sentinel://` (the primary of a Sentinel deployment). The `dlock` facade routes

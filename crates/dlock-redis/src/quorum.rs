@@ -279,7 +279,8 @@ impl Shared {
                 tokio::time::timeout_at(valid_until, self.settle_token(names, &tokens)).await;
             match settled {
                 Ok(Ok(token)) if Instant::now() < valid_until => {
-                    if !fair {
+                    // Redlock with watchers sets to tell (the standard layout keeps none).
+                    if !fair && self.config.layout.has_line() {
                         self.notify_watchers(names, &granted).await;
                     }
                     return Attempt::Granted {
