@@ -372,3 +372,61 @@ async fn dlocks_own_layout_does_not_exclude_them() {
     assert!(tried, "redis-py saw dlock's own layout as a contender");
     guard.release().await.expect("release");
 }
+
+/// A server that refuses `CONFIG GET` (renamed or denied, as managed services do) counts as
+/// one without keyspace notifications, even if it publishes them: the client polls, and a
+/// waiter still gets the lock redis-py releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_config_get_is_polled() {
+    static SERVER: OnceLock<(RedisServer, String)> = OnceLock::new();
+    let (_, address) = SERVER.get_or_init(|| {
+        let server = RedisServer::start_with(&[
+            "--notify-keyspace-events",
+            "KA",
+            "--rename-command",
+            "CONFIG",
+            "config-for-admins-only",
+        ]);
+        let address = format!("127.0.0.1:{}", server.port());
+        (server, address)
+    });
+    let address: &'static str = address.as_str();
+    let key = unique_key("config-refused");
+    let locker = standard(address, Duration::from_secs(10)).await;
+    assert!(
+        !locker.capabilities().server_wakeup,
+        "CONFIG GET is refused: the client cannot know that the server publishes events"
+    );
+    let them = {
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || redis_py_hold(address, &key, Duration::from_secs(30)))
+            .await
+            .expect("they hold")
+    };
+    let (queued, in_line) = oneshot::channel();
+    let waiter = {
+        let (locker, key) = (locker.clone(), key.clone());
+        tokio::spawn(async move {
+            locker
+                .acquire_observed(
+                    key.as_str(),
+                    &LockOptions::default()
+                        .lease(Duration::from_secs(10))
+                        .wait(Duration::from_secs(60)),
+                    Some(queued),
+                )
+                .await
+        })
+    };
+    in_line.await.expect("the dlock waiter waits");
+    tokio::task::spawn_blocking(move || them.release())
+        .await
+        .expect("they released");
+    waiter
+        .await
+        .expect("the waiter task")
+        .expect("dlock gets the lock they released")
+        .release()
+        .await
+        .expect("release");
+}

@@ -53,6 +53,12 @@ use crate::watch::Watcher;
 ///   decides grants, and a release hands the key to every waiter at the head of the line
 ///   whose turn it now is. Redlock declares only exclusive locks (see `supports`).
 ///
+/// * **In the standard layout** (`layout=redis-standard`, see [`Layout`](crate::Layout)) the
+///   same calls run scripts that read and write only the lock key, as redsync and redis-py
+///   do, and its fence counter: there is no line, so waiters are not served in order and
+///   every waiter of a key tries again when it hears of a change (a keyspace event) or when
+///   its polling period or the holder's lease runs out; only exclusive locks, no `list`.
+///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script joined the line (a waiter first tries without joining).
 /// `try_acquire` never jumps the line, and a holder that releases and asks again queues
