@@ -65,6 +65,7 @@ mod mode;
 mod options;
 mod rw_lock;
 mod semaphore;
+mod session_lease;
 pub mod support;
 mod token;
 
