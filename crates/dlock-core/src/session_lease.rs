@@ -128,18 +128,14 @@ impl SessionLease {
         }
     }
 
-    /// Resolves, with the reason, once the session ends; pending forever if the session is
-    /// dropped without ending (nothing was lost).
+    /// Resolves, with the reason, once the session ends. A session dropped without ending
+    /// counts as ended ([`LossReason::SessionEnded`]): no lock outlives its session.
     pub fn until_ended(&self) -> impl Future<Output = LossReason> + Send + 'static {
         let mut state = self.state.subscribe();
         async move {
-            let ended = match state.wait_for(|state| state.ended.is_some()).await {
-                Ok(state) => state.ended,
-                Err(_) => None,
-            };
-            match ended {
-                Some(reason) => reason,
-                None => std::future::pending().await,
+            match state.wait_for(|state| state.ended.is_some()).await {
+                Ok(state) => state.ended.unwrap_or(LossReason::SessionEnded),
+                Err(_) => LossReason::SessionEnded,
             }
         }
     }
