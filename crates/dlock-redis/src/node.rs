@@ -365,9 +365,11 @@ impl Node {
 
     /// Takes `waiter` out of the line, handing its turn on if it was first, and gives back
     /// the lock if it was handed to `waiter` meanwhile.
+    /// Nothing to do where the layout keeps no line.
     pub(crate) async fn leave(&self, names: &LockNames, waiter: &str, fair: bool) -> Result<()> {
-        self.hand_on(&self.scripts.leave, names, waiter, fair)
-            .await?;
+        if let Some(leave) = &self.scripts.leave {
+            self.hand_on(leave, names, waiter, fair).await?;
+        }
         Ok(())
     }
 
@@ -496,16 +498,18 @@ impl Node {
     }
 
     /// Lists `watcher` (which already listens on its wake channel) among those told when
-    /// the lock changes, for `ttl` at least.
+    /// the lock changes, for `ttl` at least. Nothing to do where the layout keeps no
+    /// watchers set (the key's keyspace events, or polling, tell the watcher instead).
     pub(crate) async fn watch(
         &self,
         names: &LockNames,
         watcher: &str,
         ttl: Duration,
     ) -> Result<()> {
-        let _: i64 = self
-            .scripts
-            .watch
+        let Some(watch) = &self.scripts.watch else {
+            return Ok(());
+        };
+        let _: i64 = watch
             .key(&names.watchers)
             .arg(watcher)
             .arg(millis(ttl))
@@ -515,11 +519,13 @@ impl Node {
         Ok(())
     }
 
-    /// Tells the lock's watchers that it changed.
+    /// Tells the lock's watchers that it changed (nothing to do where the layout keeps no
+    /// watchers set).
     pub(crate) async fn notify(&self, names: &LockNames) -> Result<()> {
-        let _: i64 = self
-            .scripts
-            .notify
+        let Some(notify) = &self.scripts.notify else {
+            return Ok(());
+        };
+        let _: i64 = notify
             .key(&names.watchers)
             .arg(WAKE_CHANNEL_PREFIX)
             .invoke_async(&mut self.connection.clone())
@@ -654,19 +660,7 @@ impl Node {
 /// they must load it and send it again: such a resend would overtake commands sent after it
 /// (a Redlock instance that was frozen must run a give-back after the acquire it undoes).
 async fn load_scripts(connection: &ConnectionManager, all: &Scripts) -> redis::RedisResult<()> {
-    let loads = [
-        &all.acquire,
-        &all.release,
-        &all.extend,
-        &all.renew,
-        &all.leave,
-        &all.raise_fence,
-        &all.inspect,
-        &all.update_owner,
-        &all.watch,
-        &all.notify,
-    ]
-    .map(|script| {
+    let loads = all.all().into_iter().map(|script| {
         let mut connection = connection.clone();
         async move { script.load_async(&mut connection).await }
     });

@@ -279,8 +279,7 @@ impl Shared {
                 tokio::time::timeout_at(valid_until, self.settle_token(names, &tokens)).await;
             match settled {
                 Ok(Ok(token)) if Instant::now() < valid_until => {
-                    // Redlock with watchers sets to tell (the standard layout keeps none).
-                    if !fair && self.config.layout.has_line() {
+                    if !fair {
                         self.notify_watchers(names, &granted).await;
                     }
                     return Attempt::Granted {

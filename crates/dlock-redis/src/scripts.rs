@@ -752,24 +752,43 @@ if string.match(value, '^[^\n]*\n%d+\n') then
 end
 return {pttl, token, -1, value}
 ";
-
-    /// No line, no watchers set: leaving, watching and notifying have nothing to do (the
-    /// backend does not call them in this layout).
-    pub(super) const NOTHING: &str = "return 1";
 }
 
-/// The compiled scripts (their SHA1 digests are computed once).
+/// The compiled scripts of one layout (their SHA1 digests are computed once). A layout
+/// without a line (the standard one) has no script to leave it, nor a watchers set to join
+/// or notify: those calls do nothing there, and cost no round trip.
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) release: Script,
     pub(crate) extend: Script,
     pub(crate) renew: Script,
-    pub(crate) leave: Script,
+    pub(crate) leave: Option<Script>,
     pub(crate) raise_fence: Script,
     pub(crate) inspect: Script,
     pub(crate) update_owner: Script,
-    pub(crate) watch: Script,
-    pub(crate) notify: Script,
+    pub(crate) watch: Option<Script>,
+    pub(crate) notify: Option<Script>,
+}
+
+impl Scripts {
+    /// Every script the layout has, to load when connecting.
+    pub(crate) fn all(&self) -> Vec<&Script> {
+        let mut all = vec![
+            &self.acquire,
+            &self.release,
+            &self.extend,
+            &self.renew,
+            &self.raise_fence,
+            &self.inspect,
+            &self.update_owner,
+        ];
+        all.extend(
+            [&self.leave, &self.watch, &self.notify]
+                .into_iter()
+                .flatten(),
+        );
+        all
+    }
 }
 
 /// The scripts of `layout`, shared by every client of the process.
@@ -788,12 +807,12 @@ pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
                 release: with_line(RELEASE),
                 extend: with_grace(EXTEND),
                 renew: with_grace(RENEW),
-                leave: with_line(LEAVE),
+                leave: Some(with_line(LEAVE)),
                 raise_fence: with_grace(RAISE_FENCE),
                 inspect: Script::new(INSPECT),
                 update_owner: with_grace(UPDATE_OWNER),
-                watch: with_grace(WATCH),
-                notify: with_grace(NOTIFY),
+                watch: Some(with_grace(WATCH)),
+                notify: Some(with_grace(NOTIFY)),
             }
         }),
         Layout::RedisStandard => STANDARD.get_or_init(|| {
@@ -809,12 +828,12 @@ pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
                 release: with_fence(standard::RELEASE),
                 extend: with_fence(standard::EXTEND),
                 renew: with_fence(standard::RENEW),
-                leave: Script::new(standard::NOTHING),
+                leave: None,
                 raise_fence: Script::new(&format!("{grace}{HOLDER}{RAISE_FENCE}")),
                 inspect: Script::new(standard::INSPECT),
                 update_owner: with_fence(standard::UPDATE_OWNER),
-                watch: Script::new(standard::NOTHING),
-                notify: Script::new(standard::NOTHING),
+                watch: None,
+                notify: None,
             }
         }),
     }

@@ -337,8 +337,7 @@ impl PlaceInLine {
     /// grant it the lock there.
     fn next_attempt(&mut self) -> u64 {
         self.attempt += 1;
-        // A layout without a line (the standard one) has none to leave.
-        self.in_line = vec![self.shared.config.layout.has_line(); self.in_line.len()];
+        self.in_line = vec![true; self.in_line.len()];
         self.may_hold = true;
         self.attempt
     }

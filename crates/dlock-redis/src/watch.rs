@@ -44,10 +44,6 @@ impl Watcher {
             LockMode::Exclusive,
         );
         place.listen().await?;
-        if !shared.config.layout.has_line() {
-            // No watchers set: the key's keyspace events (or polling) tell of every change.
-            return Ok(Watcher { place });
-        }
         let quorum = shared.config.quorum();
         let call = {
             let (names, id) = (names.clone(), place.id().to_owned());
