@@ -104,7 +104,8 @@ pub struct RedisConfig {
 ///   waiter listens on the key's keyspace channel (`__keyspace@<db>__:<key>`) when the server
 ///   publishes keyspace events for it (`notify-keyspace-events` with `K` and `g`, `$`, `x`,
 ///   or `A` for all three, e.g. `KA`), subscribing before it looks at the key; otherwise (or
-///   when `CONFIG GET` is refused) it polls, every 20 ms at first and every 200 ms at most.
+///   when `CONFIG GET` is refused) it polls: 10–20 ms after its first look, the period
+///   doubling up to 100–200 ms (jittered, the core's `Backoff`).
 ///   The client never changes the server's configuration; it reads it when it connects to
 ///   each instance, and [`Capabilities::server_wakeup`](dlock_core::Capabilities) says which.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

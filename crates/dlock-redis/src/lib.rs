@@ -43,7 +43,7 @@
 //! waiter counts), modes other than exclusive, and `list`. Waiters and observers are woken by
 //! the key's keyspace events (`del`, `expired`, `set`…) where the server publishes them
 //! (`notify-keyspace-events KA`, or at least `K$gx`; the client reads the setting and never
-//! changes it), and otherwise poll every 20–200 ms; [`Capabilities`](dlock_core::Capabilities)
+//! changes it), and otherwise poll (10–20 ms at first, up to 100–200 ms); [`Capabilities`](dlock_core::Capabilities)
 //! says which (`fifo: false`, `server_wakeup` only with notifications). See [`Layout`].
 //!
 //! # Read-write locks, semaphores, elections
