@@ -15,15 +15,66 @@ use crate::foreign_locks::{ForeignLock, PYTHON};
 /// a line or EOF on stdin, releases, prints `released`) and `count` (under the lock, `rounds`
 /// times: read the number in `file`, pause 10 ms, write it plus one; prints `counted`).
 /// `timeout` is the lock's own (its key's expiry, seconds); waiting polls every 20 ms.
+///
+/// Given several addresses (`host:port,host:port,…`), the lock is Redlock as redsync and
+/// node-redlock take it: the same random value `SET NX PX` on every instance, held when a
+/// majority set it, otherwise deleted again where it was set (compare-and-delete, redis-py's
+/// own release script); released by compare-and-delete on every instance.
 const SCRIPT: &str = r#"
 import sys
 import time
+import uuid
 import redis
 
 address, name, mode, timeout = sys.argv[1:5]
-host, port = address.rsplit(":", 1)
-client = redis.Redis(host=host, port=int(port))
-lock = client.lock(name, timeout=float(timeout), sleep=0.02)
+
+
+def client_of(address):
+    host, port = address.rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), socket_timeout=5)
+
+
+class Redlock:
+    def __init__(self, addresses, name, timeout):
+        self.clients = [client_of(a) for a in addresses]
+        self.name, self.ttl = name, int(float(timeout) * 1000)
+        self.token = None
+
+    def acquire(self, blocking=True, blocking_timeout=None):
+        stop_at = None if blocking_timeout is None else time.monotonic() + blocking_timeout
+        while True:
+            token = uuid.uuid4().hex
+            got = 0
+            for client in self.clients:
+                try:
+                    if client.set(self.name, token, nx=True, px=self.ttl):
+                        got += 1
+                except redis.RedisError:
+                    pass
+            if got >= len(self.clients) // 2 + 1:
+                self.token = token
+                return True
+            self._release(token)
+            if not blocking or (stop_at is not None and time.monotonic() > stop_at):
+                return False
+            time.sleep(0.02)
+
+    def release(self):
+        self._release(self.token)
+        self.token = None
+
+    def _release(self, token):
+        for client in self.clients:
+            try:
+                client.eval(redis.lock.Lock.LUA_RELEASE_SCRIPT, 1, self.name, token)
+            except redis.RedisError:
+                pass
+
+
+if "," in address:
+    lock = Redlock(address.split(","), name, timeout)
+else:
+    lock = client_of(address).lock(name, timeout=float(timeout), sleep=0.02)
 if mode == "try":
     got = lock.acquire(blocking=False)
     print("acquired" if got else "busy", flush=True)
@@ -62,7 +113,7 @@ fn command(address: &str, key: &str, mode: &str, timeout: Duration) -> Command {
     command
 }
 
-/// Starts a redis-py client on `address` (`host:port`) that takes the lock `key` with a
+/// Starts a redis-py client on `address` (`host:port`, or several for Redlock) that takes the lock `key` with a
 /// `timeout` (its key's expiry): it has tried once when this returns, and waits (polling)
 /// if that found the lock busy. [`ForeignLock::wait_held`] waits for the grant.
 pub fn redis_py_start(address: &str, key: &str, timeout: Duration) -> ForeignLock {

@@ -1,9 +1,10 @@
 //! `layout=redis-standard` against the real redis-py `Lock` (`python3-redis`, one Python
 //! process per client): `SET key token NX PX`, compare-and-delete, compare-and-pexpire, the
-//! layout redsync, node-redlock and rslock share. dlock and redis-py exclude each other both
-//! ways, wait for each other, and a crashed holder on either side frees the lock for the
-//! other within its lease; a dlock waiter is woken by keyspace notifications where the server
-//! publishes them and polls where it does not.
+//! layout redsync, node-redlock and rslock share; on a Redlock quorum, the same done on each
+//! instance as redsync and node-redlock do (in Python, on redis-py). dlock and they exclude
+//! each other both ways, wait for each other, and a crashed holder on either side frees the
+//! lock for the other within its lease; a dlock waiter is woken by keyspace notifications
+//! where the server publishes them and polls where it does not.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -33,6 +34,24 @@ fn server(notifications: bool) -> &'static str {
         .1
 }
 
+/// Three instances of this test binary's own with keyspace notifications on, for Redlock:
+/// `host:port,host:port,host:port`, as the Python side and the dlock URL both take them.
+fn redlock() -> &'static str {
+    static TRIO: OnceLock<(Vec<RedisServer>, String)> = OnceLock::new();
+    &TRIO
+        .get_or_init(|| {
+            let servers: Vec<RedisServer> = (0..3)
+                .map(|_| RedisServer::start_with(&["--notify-keyspace-events", "KA"]))
+                .collect();
+            let addresses: Vec<String> = servers
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port()))
+                .collect();
+            (servers, addresses.join(","))
+        })
+        .1
+}
+
 /// A key no other test uses, as redis-py is given it.
 fn unique_key(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -42,9 +61,15 @@ fn unique_key(test: &str) -> String {
     format!("interop:{test}:{nanos:x}:{}", std::process::id())
 }
 
-/// A dlock client of `address` in the standard layout, with `lease`.
+/// A dlock client of `address` in the standard layout, with `lease`: Redlock over several
+/// addresses (`a,b,c`).
 async fn standard(address: &str, lease: Duration) -> Locker {
-    let backend = dlock_redis::connect(&format!("redis://{address}?layout=redis-standard"))
+    let scheme = if address.contains(',') {
+        "redis+redlock"
+    } else {
+        "redis"
+    };
+    let backend = dlock_redis::connect(&format!("{scheme}://{address}?layout=redis-standard"))
         .await
         .expect("a redis-standard client");
     Locker::new(backend)
@@ -52,46 +77,48 @@ async fn standard(address: &str, lease: Duration) -> Locker {
         .expect("options")
 }
 
-/// The tests below, with keyspace notifications on and off.
+/// The tests below, on one instance with keyspace notifications on and off, and on a Redlock
+/// quorum of three (redsync's and node-redlock's Redlock, here in Python: the same value
+/// `SET NX PX` on each instance, a majority wins).
 macro_rules! interop_tests {
-    ($module:ident, $notifications:expr) => {
+    ($module:ident, $address:expr, $notifications:expr) => {
         mod $module {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn they_hold_and_dlock_waits_its_turn() {
-                super::they_hold_and_dlock_waits_its_turn($notifications).await;
+                super::they_hold_and_dlock_waits_its_turn($address, $notifications).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dlock_holds_and_they_wait_their_turn() {
-                super::dlock_holds_and_they_wait_their_turn($notifications).await;
+                super::dlock_holds_and_they_wait_their_turn($address).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn their_crashed_holder_frees_the_lock_for_dlock() {
-                super::their_crashed_holder_frees_the_lock_for_dlock($notifications).await;
+                super::their_crashed_holder_frees_the_lock_for_dlock($address).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_crashed_dlock_holder_frees_the_lock_for_them() {
-                super::a_crashed_dlock_holder_frees_the_lock_for_them($notifications).await;
+                super::a_crashed_dlock_holder_frees_the_lock_for_them($address).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_mixed_crowd_never_overlaps() {
-                super::a_mixed_crowd_never_overlaps($notifications).await;
+                super::a_mixed_crowd_never_overlaps($address).await;
             }
         }
     };
 }
 
-interop_tests!(notifications_on, true);
-interop_tests!(notifications_off, false);
+interop_tests!(notifications_on, super::server(true), true);
+interop_tests!(notifications_off, super::server(false), false);
+interop_tests!(redlock, super::redlock(), true);
 
 /// They hold: dlock's try fails, `inspect` says held (by nobody dlock can name: their value
 /// is their secret token), and a waiting dlock acquire gets the lock once they release it,
 /// woken by the `del` notification or by its polling. The client declares which.
-async fn they_hold_and_dlock_waits_its_turn(notifications: bool) {
-    let address = server(notifications);
+async fn they_hold_and_dlock_waits_its_turn(address: &'static str, notifications: bool) {
     let key = unique_key("they-hold");
     let them = {
         let key = key.clone();
@@ -160,8 +187,7 @@ async fn they_hold_and_dlock_waits_its_turn(notifications: bool) {
 
 /// dlock holds: their non-blocking acquire fails; their blocking acquire, started while
 /// dlock holds, gets the lock once dlock releases it; then dlock's try fails.
-async fn dlock_holds_and_they_wait_their_turn(notifications: bool) {
-    let address = server(notifications);
+async fn dlock_holds_and_they_wait_their_turn(address: &'static str) {
     let key = unique_key("dlock-holds");
     let locker = standard(address, Duration::from_secs(10)).await;
     let guard = locker.acquire(key.as_str()).await.expect("acquire");
@@ -201,9 +227,8 @@ async fn dlock_holds_and_they_wait_their_turn(notifications: bool) {
 
 /// Their holder killed with SIGKILL (no release): its key expires with its timeout, and a
 /// waiting dlock acquire gets the lock by then plus the backend's declared bound.
-async fn their_crashed_holder_frees_the_lock_for_dlock(notifications: bool) {
+async fn their_crashed_holder_frees_the_lock_for_dlock(address: &'static str) {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let address = server(notifications);
     let key = unique_key("they-crash");
     let locker = standard(address, Duration::from_secs(10)).await;
     let set_before = Instant::now();
@@ -232,9 +257,8 @@ async fn their_crashed_holder_frees_the_lock_for_dlock(notifications: bool) {
 
 /// A dlock holder that "crashes" (no release, no more renewals): their blocking acquire,
 /// already waiting, gets the lock once its lease runs out, plus their polling period.
-async fn a_crashed_dlock_holder_frees_the_lock_for_them(notifications: bool) {
+async fn a_crashed_dlock_holder_frees_the_lock_for_them(address: &'static str) {
     const LEASE: Duration = Duration::from_secs(2);
-    let address = server(notifications);
     let key = unique_key("dlock-crash");
     let locker = standard(address, LEASE).await;
     let guard = locker.acquire(key.as_str()).await.expect("acquire");
@@ -264,9 +288,8 @@ async fn a_crashed_dlock_holder_frees_the_lock_for_them(notifications: bool) {
 /// Two redis-py processes and two dlock clients each increment one counter file 8 times
 /// under the lock, with a pause between the read and the write: any overlap loses an
 /// increment, so the file must end at 32.
-async fn a_mixed_crowd_never_overlaps(notifications: bool) {
+async fn a_mixed_crowd_never_overlaps(address: &'static str) {
     const ROUNDS: u32 = 8;
-    let address = server(notifications);
     let key = unique_key("crowd");
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("counter");
