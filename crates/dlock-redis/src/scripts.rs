@@ -795,48 +795,99 @@ impl Scripts {
 pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
     static DLOCK: OnceLock<Scripts> = OnceLock::new();
     static STANDARD: OnceLock<Scripts> = OnceLock::new();
-    let grace = || format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
     match layout {
         Layout::Dlock => DLOCK.get_or_init(|| {
-            let grace = grace();
-            let with_line =
-                |body: &str| Script::new(&format!("{grace}{HOLDER}{FENCE}{LINE}\n{body}"));
-            let with_grace = |body: &str| Script::new(&format!("{grace}{HOLDER}{body}"));
+            let with_helpers = |body: &str| script(&[HOLDER, FENCE, LINE], body);
             Scripts {
-                acquire: with_line(ACQUIRE),
-                release: with_line(RELEASE),
-                extend: with_grace(EXTEND),
-                renew: with_grace(RENEW),
-                leave: Some(with_line(LEAVE)),
-                raise_fence: with_grace(RAISE_FENCE),
+                acquire: with_helpers(ACQUIRE),
+                release: with_helpers(RELEASE),
+                extend: with_helpers(EXTEND),
+                renew: with_helpers(RENEW),
+                leave: Some(with_helpers(LEAVE)),
+                raise_fence: with_helpers(RAISE_FENCE),
                 inspect: Script::new(INSPECT),
-                update_owner: with_grace(UPDATE_OWNER),
-                watch: Some(with_grace(WATCH)),
-                notify: Some(with_grace(NOTIFY)),
+                update_owner: with_helpers(UPDATE_OWNER),
+                watch: Some(with_helpers(WATCH)),
+                notify: Some(with_helpers(NOTIFY)),
             }
         }),
         Layout::RedisStandard => STANDARD.get_or_init(|| {
-            let grace = grace();
-            let with_fence = |body: &str| {
-                Script::new(&format!(
-                    "{grace}{HOLDER}{FENCE}{}\n{body}",
-                    standard::EXTEND_HELD
-                ))
-            };
+            let with_helpers = |body: &str| script(&[HOLDER, FENCE, standard::EXTEND_HELD], body);
             Scripts {
-                acquire: with_fence(standard::ACQUIRE),
-                release: with_fence(standard::RELEASE),
-                extend: with_fence(standard::EXTEND),
-                renew: with_fence(standard::RENEW),
+                acquire: with_helpers(standard::ACQUIRE),
+                release: with_helpers(standard::RELEASE),
+                extend: with_helpers(standard::EXTEND),
+                renew: with_helpers(standard::RENEW),
                 leave: None,
-                raise_fence: Script::new(&format!("{grace}{HOLDER}{RAISE_FENCE}")),
+                raise_fence: with_helpers(RAISE_FENCE),
                 inspect: Script::new(standard::INSPECT),
-                update_owner: with_fence(standard::UPDATE_OWNER),
+                update_owner: with_helpers(standard::UPDATE_OWNER),
                 watch: None,
                 notify: None,
             }
         }),
     }
+}
+
+/// The script of `body`: `FENCE_GRACE`, then the helper functions of `library` that `body`
+/// names, directly or through other helpers, in the library's order (a Lua local must be
+/// defined before the functions that call it), then `body`.
+///
+/// Only those, because Redis runs a script's whole text on every call and every
+/// `local function` makes a closure each time (issue 14; what it saves is in
+/// `notes/performance.md`). Which helpers a body needs is found from the text, so a helper
+/// a script starts to call is never left out by hand.
+fn script(library: &[&str], body: &str) -> Script {
+    Script::new(&script_text(library, body))
+}
+
+fn script_text(library: &[&str], body: &str) -> String {
+    let helpers: Vec<(&str, String)> = library.iter().flat_map(|part| helpers_of(part)).collect();
+    let mut needed = vec![false; helpers.len()];
+    let mut unread = vec![body.to_owned()];
+    while let Some(text) = unread.pop() {
+        for (i, (name, source)) in helpers.iter().enumerate() {
+            if !needed[i] && mentions(&text, name) {
+                needed[i] = true;
+                unread.push(source.clone());
+            }
+        }
+    }
+    let mut text = format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
+    for ((_, source), _) in helpers.iter().zip(&needed).filter(|(_, needed)| **needed) {
+        text.push_str(source);
+    }
+    text.push('\n');
+    text.push_str(body);
+    text
+}
+
+/// The helper functions of a block of them, each with its name: a helper runs from its
+/// `local function` line to the next one (comments above a helper ride with the one before).
+fn helpers_of(block: &str) -> Vec<(&str, String)> {
+    let mut helpers: Vec<(&str, String)> = Vec::new();
+    for line in block.lines() {
+        if let Some(rest) = line.strip_prefix("local function ") {
+            let name = rest.split('(').next().unwrap_or(rest).trim();
+            helpers.push((name, String::new()));
+        }
+        if let Some((_, source)) = helpers.last_mut() {
+            source.push_str(line);
+            source.push('\n');
+        }
+    }
+    helpers
+}
+
+/// Whether `text` names `name` as a whole word (not as a field: `x.name`, `x:name`). A local
+/// variable of the same name counts too, which only ever adds a helper.
+fn mentions(text: &str, name: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(|c| is_word(c) || c == '.' || c == ':') && !after.is_some_and(is_word)
+    })
 }
 
 #[cfg(test)]
@@ -853,6 +904,23 @@ local verdict, found = turn(ARGV[1], ahead)
 return {verdict, found or ''}
 ";
 
+    /// A script carries the helpers its body calls and those they call, and no others.
+    #[test]
+    fn a_script_carries_only_the_helpers_it_calls() {
+        let text = script_text(&[HOLDER, FENCE, LINE], TURN_CASE);
+        for called in ["turn", "mixes", "permits_of"] {
+            assert!(
+                text.contains(&format!("local function {called}(")),
+                "{called}"
+            );
+        }
+        assert!(!text.contains("local function hand_over("), "{text}");
+        let extend = script_text(&[HOLDER, FENCE, LINE], EXTEND);
+        assert!(!extend.contains("local function turn("), "{extend}");
+        assert!(mentions("x = turn(a)", "turn"));
+        assert!(!mentions("x = k.turn + returned", "turn"));
+    }
+
     /// The server's copy of the rule says what `dlock_core::turn` says, for every mode
     /// against every line of up to three contenders ahead.
     #[tokio::test]
@@ -863,9 +931,7 @@ return {verdict, found or ''}
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        let script = Script::new(&format!(
-            "local FENCE_GRACE = 0\n{HOLDER}{FENCE}{LINE}\n{TURN_CASE}"
-        ));
+        let script = script(&[HOLDER, FENCE, LINE], TURN_CASE);
         let modes = [
             LockMode::Exclusive,
             LockMode::Shared,
