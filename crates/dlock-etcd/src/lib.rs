@@ -41,7 +41,7 @@ mod tls;
 mod waiter;
 
 pub use backend::EtcdBackend;
-pub use config::{Credentials, EtcdConfig, TlsFiles, DEFAULT_PORT};
+pub use config::{Credentials, EtcdConfig, Layout, TlsFiles, DEFAULT_PORT};
 
 /// The `etcd-client` crate this backend is built on, whose types the [`fence`] helpers and
 /// [`EtcdBackend::client`] use.
