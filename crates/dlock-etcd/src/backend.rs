@@ -38,6 +38,10 @@ use crate::waiter::{Contender, Line};
 /// [`fence`](crate::fence). Every [`LockMode`] is supported: readers and semaphore permits
 /// queue in the same line, tagged with their mode.
 ///
+/// With [`Layout::EtcdConcurrency`] (URL `layout=etcd-concurrency`) the keys are those of
+/// etcd's `concurrency.Mutex` instead (`NAME/{lease id hex}`, see [`Layout`]), exclusive
+/// locks and elections only, one lease per concurrent contender of one name.
+///
 /// ```no_run
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), dlock_core::LockError> {

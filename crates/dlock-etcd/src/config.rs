@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(doc)]
+use dlock_core::LockKey;
 use dlock_core::{BackendUrl, LockError};
 
 /// The port etcd listens on for clients unless told otherwise.
@@ -54,7 +56,10 @@ pub struct EtcdConfig {
 /// dlock prefix. The URL's `prefix` (namespace) and a lock options' prefix other than the
 /// default `dlock` are put in front, each followed by `/`, as Go's
 /// `namespace.NewKV(kv, "prefix/")` would (an explicit `LockOptions::prefix("dlock")` is
-/// indistinguishable from the default and adds nothing either). Only
+/// indistinguishable from the default and adds nothing either). Every [`LockKey`]
+/// (1 to 512 bytes, no control characters; an empty or otherwise bad key is refused by
+/// [`LockKey::new`] with [`LockError::InvalidKey`]) is a name Go's
+/// Mutex takes too. Only
 /// [`LockMode::Exclusive`](dlock_core::LockMode::Exclusive) locks (and elections) are
 /// taken in that layout, and `list` is unsupported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
