@@ -17,6 +17,10 @@ command -v openssl >/dev/null || need+=(openssl)
 # Curator and a JDK for the Curator layout interop tests (a small Java program compiled by the test).
 command -v javac >/dev/null || need+=(default-jdk-headless)
 [ -f /usr/share/java/curator-recipes.jar ] || need+=(libcurator-recipes-java libcurator-framework-java)
+# etcdctl (its `lock` command is etcd's Go concurrency.Mutex) for the etcd layout interop tests.
+command -v etcdctl >/dev/null || need+=(etcd-client)
+# redis-py's Lock (the standard SET NX PX layout) for the Redis layout interop tests.
+/usr/bin/python3 -c "import redis" 2>/dev/null || need+=(python3-redis)
 
 if ((${#need[@]})); then
     sudo=""

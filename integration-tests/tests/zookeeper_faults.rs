@@ -383,7 +383,7 @@ async fn lock_lost_on_the_holders_clock_is_removed_from_the_server() {
         .expect("valid options");
     let (other, _) = client(&server.url(), session, &prefix).await;
     let guard = holder.acquire("k").await.expect("acquire");
-    frozen.freeze();
+    frozen.layer().freeze();
     let (queued, in_line) = oneshot::channel();
     let waiting = {
         let other = other.clone();

@@ -11,7 +11,7 @@ use dlock_core::{Leader, LeaderChanges, LockError, LockGuard, LockMode, LockOpti
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::counting::CountingBackend;
+use crate::counting::{counting, CountingBackend};
 use crate::suite::{measured, ms, queued_with, within, Fixture, CRASH_SLACK, LONG_LEASE, PROMPTLY};
 use crate::ConformanceTarget;
 
@@ -428,7 +428,7 @@ pub async fn p16_leader_and_its_value_are_visible(target: &dyn ConformanceTarget
 pub async fn p16_observe_follows_leader_changes(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p16-observe").await;
     let alice = fixture.locker(LONG_LEASE).await;
-    let watched = CountingBackend::new(target.connect(LONG_LEASE).await.expect("connect"));
+    let watched = counting(target.connect(LONG_LEASE).await.expect("connect"));
     let bob = Locker::from_backend(watched.clone())
         .with_options(fixture.options(LONG_LEASE))
         .expect("options");
@@ -502,7 +502,7 @@ async fn next_change(
     mut changes: LeaderChanges,
     watched: &CountingBackend,
 ) -> tokio::task::JoinHandle<(LeaderChanges, Result<Option<Leader>, LockError>)> {
-    let mut waits = watched.change_waits.subscribe();
+    let mut waits = watched.layer().change_waits.subscribe();
     let waited = *waits.borrow_and_update();
     let task = tokio::spawn(async move {
         let seen = changes.next().await;

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::counting::CountingBackend;
+use crate::counting::counting;
 pub use crate::primitives::*;
 use crate::ConformanceTarget;
 
@@ -245,7 +245,7 @@ pub async fn p04_keepalive_holds_the_lock_beyond_its_lease(target: &dyn Conforma
 pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
     let fixture = Fixture::new(target, "p04-batched").await;
     let lease = target.short_lease();
-    let counting = CountingBackend::new(target.connect(lease).await.expect("connect"));
+    let counting = counting(target.connect(lease).await.expect("connect"));
     let locker = Locker::from_backend(counting.clone())
         .with_options(fixture.options(lease))
         .expect("options");
@@ -254,7 +254,7 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
         guards.push(locker.acquire(format!("k{i}")).await.expect("acquire"));
     }
     let started = Instant::now();
-    let renewals_before = counting.renew_calls.load(Ordering::Relaxed);
+    let renewals_before = counting.layer().renew_calls.load(Ordering::Relaxed);
     let requests_before = target.server_requests();
     tokio::time::sleep(lease * 2).await;
     let requests_after = target.server_requests();
@@ -264,13 +264,13 @@ pub async fn p04_renewal_is_batched_per_client(target: &dyn ConformanceTarget) {
             .effective_keepalive_interval()
             .as_secs_f64())
     .ceil() as usize;
-    let renewals = counting.renew_calls.load(Ordering::Relaxed) - renewals_before;
+    let renewals = counting.layer().renew_calls.load(Ordering::Relaxed) - renewals_before;
     assert!(guards.iter().all(LockGuard::is_held));
     assert!(
         renewals <= 3 * (intervals + 2),
         "{renewals} renew calls for 50 locks over {intervals} intervals: renewal is not batched"
     );
-    assert_eq!(counting.extend_calls.load(Ordering::Relaxed), 0);
+    assert_eq!(counting.layer().extend_calls.load(Ordering::Relaxed), 0);
     match requests_before.zip(requests_after) {
         Some((before, after)) => {
             let requests = after - before;

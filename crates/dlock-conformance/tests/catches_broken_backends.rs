@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use dlock_conformance::{async_trait, suite, ConformanceTarget, RequestCounting};
 use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
-    LockBackend, LockError, LockGuard, LockInfo, LockKey, LockMode, LockOptions, LockReport,
-    Locker, LossReason, MemoryServer, Renewal, Result,
+    AcquireRequest, Acquired, BackendLayer, Layered, Lease, ListPage, ListRequest, LockBackend,
+    LockError, LockGuard, LockInfo, LockKey, LockMode, LockOptions, LockReport, Locker, LossReason,
+    MemoryServer, Renewal, Result,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -345,23 +345,27 @@ impl ConformanceTarget for BrokenTarget {
     }
 
     async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>> {
-        Ok(Arc::new(Broken {
-            flaw: self.flaw,
-            inner: RequestCounting::wrap(Arc::new(self.server.client()), &self.requests),
-            released: Arc::clone(&self.released),
-            forgotten: Arc::clone(&self.forgotten),
-        }))
+        Ok(Arc::new(Layered::new(
+            RequestCounting::wrap(Arc::new(self.server.client()), &self.requests),
+            Broken {
+                flaw: self.flaw,
+                released: Arc::clone(&self.released),
+                forgotten: Arc::clone(&self.forgotten),
+            },
+        )))
     }
 
     async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>> {
         let server = MemoryServer::new();
         server.set_reachable(false);
-        Ok(Arc::new(Broken {
-            flaw: self.flaw,
-            inner: Arc::new(server.client()),
-            released: Arc::new(Notify::new()),
-            forgotten: Arc::default(),
-        }))
+        Ok(Arc::new(Layered::new(
+            Arc::new(server.client()),
+            Broken {
+                flaw: self.flaw,
+                released: Arc::new(Notify::new()),
+                forgotten: Arc::default(),
+            },
+        )))
     }
 
     async fn forget(&self, guard: &LockGuard) -> Result<()> {
@@ -382,11 +386,10 @@ impl ConformanceTarget for BrokenTarget {
     }
 }
 
-/// A client of the in-memory server with one flaw; otherwise it forwards every call.
+/// One flaw around a client of the in-memory server; every other call is forwarded.
 #[derive(Debug)]
 struct Broken {
     flaw: Flaw,
-    inner: Arc<dyn LockBackend>,
     released: Arc<Notify>,
     forgotten: Arc<Mutex<HashSet<String>>>,
 }
@@ -395,14 +398,14 @@ const LATE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(250);
 
 #[async_trait]
-impl LockBackend for Broken {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+impl BackendLayer for Broken {
+    async fn try_acquire(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        request: AcquireRequest<'_>,
+    ) -> Result<Option<Acquired>> {
         match self.flaw {
-            Flaw::LateValidUntil => Ok(self.inner.try_acquire(request).await?.map(late)),
+            Flaw::LateValidUntil => Ok(inner.try_acquire(request).await?.map(late)),
             Flaw::WaitingTry => {
                 let give_up = Instant::now() + Duration::from_secs(3);
                 loop {
@@ -413,7 +416,7 @@ impl LockBackend for Broken {
                         request.loss.clone(),
                         None,
                     );
-                    match self.inner.try_acquire(again).await? {
+                    match inner.try_acquire(again).await? {
                         None if Instant::now() < give_up => tokio::time::sleep(POLL / 5).await,
                         outcome => return Ok(outcome),
                     }
@@ -427,19 +430,19 @@ impl LockBackend for Broken {
             | Flaw::ReadersExclusive => {
                 let (key, options) = self.mangle(&request)?;
                 let mangled = AcquireRequest::new(&key, &options, None, request.loss.clone(), None);
-                Ok(self
-                    .inner
-                    .try_acquire(mangled)
-                    .await?
-                    .map(|a| self.early(a)))
+                Ok(inner.try_acquire(mangled).await?.map(|a| self.early(a)))
             }
-            _ => self.inner.try_acquire(request).await,
+            _ => inner.try_acquire(request).await,
         }
     }
 
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+    async fn acquire(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        request: AcquireRequest<'_>,
+    ) -> Result<Acquired> {
         match self.flaw {
-            Flaw::LateValidUntil => Ok(late(self.inner.acquire(request).await?)),
+            Flaw::LateValidUntil => Ok(late(inner.acquire(request).await?)),
             Flaw::LateCrashRelease
             | Flaw::OverAdmits
             | Flaw::PermitCountsIgnored
@@ -452,34 +455,41 @@ impl LockBackend for Broken {
                     request.loss.clone(),
                     None,
                 );
-                Ok(self.early(self.inner.acquire(mangled).await?))
+                Ok(self.early(inner.acquire(mangled).await?))
             }
             Flaw::IgnoresDeadline => {
                 let endless =
                     AcquireRequest::new(request.key, request.options, None, request.loss, None);
-                self.inner.acquire(endless).await
+                inner.acquire(endless).await
             }
-            Flaw::PollingWaiters | Flaw::HerdWakeUp => self.acquire_by_retrying(request).await,
+            Flaw::PollingWaiters | Flaw::HerdWakeUp => {
+                self.acquire_by_retrying(inner, request).await
+            }
             Flaw::WritersOutsideTheLine if request.mode() == LockMode::Exclusive => {
-                self.acquire_by_retrying(request).await
+                self.acquire_by_retrying(inner, request).await
             }
             Flaw::CancelLeavesOrphan => {
                 let orphan = Orphan {
-                    inner: Some(Arc::clone(&self.inner)),
+                    inner: Some(Arc::clone(inner)),
                     key: request.key.clone(),
                     options: request.options.clone(),
                 };
                 // The request to join the line is on its way: a drop now leaves it behind.
                 tokio::task::yield_now().await;
                 orphan.disarm();
-                self.inner.acquire(request).await
+                inner.acquire(request).await
             }
-            _ => self.inner.acquire(request).await,
+            _ => inner.acquire(request).await,
         }
     }
 
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
-        let extended = self.inner.extend(lease, ttl).await?;
+    async fn extend(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Instant> {
+        let extended = inner.extend(lease, ttl).await?;
         Ok(match self.flaw {
             Flaw::LateValidUntil => extended + LATE,
             Flaw::ExtendKeepsOldDeadline => extended.max(lease.valid_until()),
@@ -487,18 +497,18 @@ impl LockBackend for Broken {
         })
     }
 
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        let released = self.inner.release(lease).await;
+    async fn release(&self, inner: &Arc<dyn LockBackend>, lease: &Lease) -> Result<()> {
+        let released = inner.release(lease).await;
         self.released.notify_waiters();
         released
     }
 
-    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+    async fn renew(&self, inner: &Arc<dyn LockBackend>, leases: &[&Lease]) -> Result<Vec<Renewal>> {
         match self.flaw {
             Flaw::RenewsOneByOne => {
                 let mut renewals = Vec::new();
                 for lease in leases {
-                    renewals.push(match self.inner.extend(lease, lease.ttl()).await {
+                    renewals.push(match inner.extend(lease, lease.ttl()).await {
                         Ok(valid_until) => Renewal::Renewed { valid_until },
                         Err(LockError::NotHeld { .. }) => Renewal::Lost(LossReason::NotOwner),
                         Err(other) => return Err(other),
@@ -507,7 +517,7 @@ impl LockBackend for Broken {
                 Ok(renewals)
             }
             Flaw::OneLossLosesAll => {
-                let mut renewals = self.inner.renew(leases).await?;
+                let mut renewals = inner.renew(leases).await?;
                 let forgotten = self.forgotten.lock().unwrap().clone();
                 for (renewal, lease) in renewals.iter_mut().zip(leases) {
                     if forgotten.contains(lease.key().as_str()) {
@@ -519,8 +529,7 @@ impl LockBackend for Broken {
                 }
                 Ok(renewals)
             }
-            Flaw::LateValidUntil => Ok(self
-                .inner
+            Flaw::LateValidUntil => Ok(inner
                 .renew(leases)
                 .await?
                 .into_iter()
@@ -531,67 +540,80 @@ impl LockBackend for Broken {
                     lost => lost,
                 })
                 .collect()),
-            _ => self.inner.renew(leases).await,
+            _ => inner.renew(leases).await,
         }
     }
 
-    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
+    async fn inspect(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        key: &LockKey,
+        options: &LockOptions,
+    ) -> Result<LockInfo> {
         match self.flaw {
             Flaw::InspectSaysFree => Ok(LockInfo::default()),
-            _ => self.inner.inspect(key, options).await,
+            _ => inner.inspect(key, options).await,
         }
     }
 
-    async fn ping(&self) -> Result<Duration> {
+    async fn ping(&self, inner: &Arc<dyn LockBackend>) -> Result<Duration> {
         match self.flaw {
             Flaw::PingWithoutServer => Ok(Duration::from_micros(1)),
-            _ => self.inner.ping().await,
+            _ => inner.ping().await,
         }
     }
 
-    fn introspection(&self) -> Introspection {
-        self.inner.introspection()
-    }
-
-    fn supports(&self, mode: LockMode) -> bool {
-        self.inner.supports(mode)
-    }
-
-    async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
+    async fn update_owner(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        lease: &Lease,
+        owner: &str,
+    ) -> Result<()> {
         match self.flaw {
             Flaw::ProclaimIgnored => Ok(()),
-            _ => self.inner.update_owner(lease, owner).await,
+            _ => inner.update_owner(lease, owner).await,
         }
     }
 
     async fn wait_for_change(
         &self,
+        inner: &Arc<dyn LockBackend>,
         key: &LockKey,
         options: &LockOptions,
         seen: &LockReport,
     ) -> Result<()> {
         match self.flaw {
             Flaw::ObserveNeverWakes => std::future::pending().await,
-            _ => self.inner.wait_for_change(key, options, seen).await,
+            _ => inner.wait_for_change(key, options, seen).await,
         }
     }
 
-    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
-        let report = self.inner.report(key, options).await?;
+    async fn report(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        key: &LockKey,
+        options: &LockOptions,
+    ) -> Result<LockReport> {
+        let report = inner.report(key, options).await?;
         match self.flaw {
             Flaw::ReportNamesNobody => Ok(LockReport::from(report.info)),
             _ => Ok(report),
         }
     }
 
-    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+    async fn list(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        options: &LockOptions,
+        request: &ListRequest,
+    ) -> Result<ListPage> {
         match self.flaw {
             Flaw::ListIgnoresLimit => {
                 let everything = request.clone().limit(dlock_core::MAX_LIST_LIMIT);
-                let page = self.inner.list(options, &everything).await?;
+                let page = inner.list(options, &everything).await?;
                 Ok(ListPage::new(page.locks, None))
             }
-            _ => self.inner.list(options, request).await,
+            _ => inner.list(options, request).await,
         }
     }
 }
@@ -636,7 +658,11 @@ impl Broken {
 
     /// A waiter that asks again on every wake-up: by timer ([`Flaw::PollingWaiters`]) or on
     /// every release anywhere ([`Flaw::HerdWakeUp`]).
-    async fn acquire_by_retrying(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
+    async fn acquire_by_retrying(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        request: AcquireRequest<'_>,
+    ) -> Result<Acquired> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -648,7 +674,7 @@ impl Broken {
                 request.loss.clone(),
                 None,
             );
-            if let Some(acquired) = self.inner.try_acquire(again).await? {
+            if let Some(acquired) = inner.try_acquire(again).await? {
                 return Ok(acquired);
             }
             request.queued();

@@ -56,6 +56,7 @@ mod guard;
 mod inspect;
 mod keepalive;
 mod key;
+mod layer;
 mod lease;
 mod locker;
 mod memory;
@@ -64,6 +65,7 @@ mod mode;
 mod options;
 mod rw_lock;
 mod semaphore;
+mod session_lease;
 pub mod support;
 mod token;
 
@@ -87,6 +89,7 @@ pub use inspect::{
     MAX_LIST_LIMIT,
 };
 pub use key::{IntoLockKey, LockKey, MAX_KEY_LEN};
+pub use layer::{BackendCall, BackendLayer, Layered};
 pub use lease::{Lease, LossNotifier, LossReason};
 pub use locker::{Locker, WAIT_LIMIT_GRACE};
 pub use memory::{MemoryBackend, MemoryServer};

@@ -1,6 +1,7 @@
 //! Small pieces every backend needs, written once: the errors the contract names, the
 //! backend's own record of a lease, the check of a client's key namespace, a poison-tolerant
-//! mutex, and clean-up sent from `Drop`.
+//! mutex, clean-up sent from `Drop`, and the [`SessionLease`] of backends whose locks live
+//! and die with one server session.
 //!
 //! Applications never need this module; backend authors use it so that every backend
 //! reports the same errors the same way.
@@ -12,6 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use crate::backend::AcquireRequest;
 use crate::error::{LockError, Result};
 use crate::lease::Lease;
+
+pub use crate::session_lease::{SessionCheck, SessionLease};
 
 impl Lease {
     /// [`LockError::NotHeld`] for this lease's key: what `extend` and `release` return when

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_core::{
-    async_trait, AcquireRequest, Acquired, Capabilities, Lease, LockBackend, LockError,
+    async_trait, AcquireRequest, Acquired, BackendLayer, Layered, Lease, LockBackend, LockError,
     LockOptions, Locker, LossReason, MemoryBackend, MemoryServer, Renewal,
 };
 use tokio::time::Instant;
@@ -79,17 +79,20 @@ async fn renewal_in_flight_does_not_undo_a_shortening() {
         MemoryBackend::new(),
         Fault::SlowRenewAnswer(Duration::from_millis(300)),
     );
-    let locker = Locker::new(backend.clone());
+    let locker = Locker::from_backend(backend.clone());
     let mut opts = options(900, true);
     opts.keepalive_interval = Some(Duration::from_millis(100));
     let guard = locker.acquire_with("race", &opts).await.unwrap();
 
-    backend.wait_for_renewal_in_flight().await;
+    backend.layer().wait_for_renewal_in_flight().await;
     guard.extend(Duration::from_millis(150)).await.unwrap();
     let shortened = guard.lease().valid_until();
     // The slow renewal answers now, with a deadline from its own (earlier) send time.
     tokio::time::sleep(Duration::from_millis(320)).await;
-    assert!(backend.extend_crossed_a_renewal(), "the test's premise");
+    assert!(
+        backend.layer().extend_crossed_a_renewal(),
+        "the test's premise"
+    );
     assert!(
         guard.lease().valid_until() <= shortened,
         "a renewal answered after a shortening moved the deadline forward"
@@ -102,7 +105,7 @@ async fn renewal_in_flight_does_not_undo_a_shortening() {
 async fn lock_expired_on_the_holders_clock_is_released_on_the_server() {
     let server = MemoryServer::new();
     let backend = Faulty::new(server.client(), Fault::RenewCutOff);
-    let alice = Locker::new(backend.clone());
+    let alice = Locker::from_backend(backend.clone());
     let guard = alice
         .acquire_with("stuck", &options(300, true))
         .await
@@ -111,7 +114,7 @@ async fn lock_expired_on_the_holders_clock_is_released_on_the_server() {
     assert_eq!(guard.lost().await, LossReason::LeaseExpired);
     // The memory server keeps the lock alive through `extend`s the renew decorator never
     // sends, so only a release can free it; give the background release a moment to run.
-    tokio::time::timeout(Duration::from_millis(50), backend.released())
+    tokio::time::timeout(Duration::from_millis(50), backend.layer().released())
         .await
         .expect("the lost lease was not released on the server");
 }
@@ -123,7 +126,7 @@ async fn lock_expired_on_the_holders_clock_is_released_on_the_server() {
 async fn stale_grant_is_never_handed_out() {
     let server = MemoryServer::new();
     let backend = Faulty::new(server.client(), Fault::StaleFirstGrant);
-    let locker = Locker::new(backend.clone());
+    let locker = Locker::from_backend(backend.clone());
     let guard = locker
         .acquire_with("stale", &options(1_000, true).wait(Duration::from_secs(5)))
         .await
@@ -131,12 +134,12 @@ async fn stale_grant_is_never_handed_out() {
     assert!(guard.is_held());
     assert!(guard.lease().valid_until() > Instant::now());
     assert_eq!(
-        backend.acquires.load(Ordering::SeqCst),
+        backend.layer().acquires.load(Ordering::SeqCst),
         2,
         "one stale, one good"
     );
     assert_eq!(
-        backend.releases.load(Ordering::SeqCst),
+        backend.layer().releases.load(Ordering::SeqCst),
         1,
         "the stale grant was given back"
     );
@@ -147,27 +150,26 @@ async fn stale_grant_is_never_handed_out() {
 async fn stale_grant_is_not_returned_by_try_acquire() {
     let server = MemoryServer::new();
     let backend = Faulty::new(server.client(), Fault::StaleFirstGrant);
-    let locker = Locker::new(backend.clone());
+    let locker = Locker::from_backend(backend.clone());
     let first = locker
         .try_acquire_with("stale-try", &options(1_000, true))
         .await
         .unwrap();
     assert!(first.is_none());
-    assert_eq!(backend.releases.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.layer().releases.load(Ordering::SeqCst), 1);
     assert!(locker.try_acquire("stale-try").await.unwrap().is_some());
 }
 
-/// A memory client with one fault switched on, counting what it is asked.
-#[derive(Debug, Clone, Default)]
+/// One fault switched on around a memory client, counting what it is asked.
+#[derive(Debug, Default)]
 struct Faulty {
-    inner: MemoryBackend,
     fault: Fault,
-    acquires: Arc<AtomicUsize>,
-    releases: Arc<AtomicUsize>,
-    released: Arc<tokio::sync::Notify>,
-    renewal_in_flight: Arc<tokio::sync::Notify>,
-    renewing: Arc<AtomicBool>,
-    crossed: Arc<AtomicBool>,
+    acquires: AtomicUsize,
+    releases: AtomicUsize,
+    released: tokio::sync::Notify,
+    renewal_in_flight: tokio::sync::Notify,
+    renewing: AtomicBool,
+    crossed: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -183,12 +185,14 @@ enum Fault {
 }
 
 impl Faulty {
-    fn new(inner: MemoryBackend, fault: Fault) -> Self {
-        Faulty {
-            inner,
-            fault,
-            ..Faulty::default()
-        }
+    fn new(inner: MemoryBackend, fault: Fault) -> Arc<Layered<Faulty>> {
+        Arc::new(Layered::new(
+            Arc::new(inner),
+            Faulty {
+                fault,
+                ..Faulty::default()
+            },
+        ))
     }
 
     async fn wait_for_renewal_in_flight(&self) {
@@ -214,48 +218,55 @@ impl Faulty {
 }
 
 #[async_trait]
-impl LockBackend for Faulty {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
+impl BackendLayer for Faulty {
     async fn try_acquire(
         &self,
+        inner: &Arc<dyn LockBackend>,
         request: AcquireRequest<'_>,
     ) -> Result<Option<Acquired>, LockError> {
-        Ok(self
-            .inner
-            .try_acquire(request)
-            .await?
-            .map(|a| self.granted(a)))
+        Ok(inner.try_acquire(request).await?.map(|a| self.granted(a)))
     }
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired, LockError> {
-        let acquired = self.inner.acquire(request).await?;
+    async fn acquire(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        request: AcquireRequest<'_>,
+    ) -> Result<Acquired, LockError> {
+        let acquired = inner.acquire(request).await?;
         Ok(self.granted(acquired))
     }
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant, LockError> {
-        let at = self.inner.extend(lease, ttl).await?;
+    async fn extend(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Instant, LockError> {
+        let at = inner.extend(lease, ttl).await?;
         if self.renewing.load(Ordering::SeqCst) {
             self.crossed.store(true, Ordering::SeqCst);
         }
         Ok(at)
     }
-    async fn release(&self, lease: &Lease) -> Result<(), LockError> {
+    async fn release(&self, inner: &Arc<dyn LockBackend>, lease: &Lease) -> Result<(), LockError> {
         self.releases.fetch_add(1, Ordering::SeqCst);
         self.released.notify_one();
-        self.inner.release(lease).await
+        inner.release(lease).await
     }
-    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>, LockError> {
+    async fn renew(
+        &self,
+        inner: &Arc<dyn LockBackend>,
+        leases: &[&Lease],
+    ) -> Result<Vec<Renewal>, LockError> {
         match self.fault {
             Fault::RenewCutOff => Err(LockError::protocol("test", "renewals are cut off")),
             Fault::SlowRenewAnswer(delay) => {
-                let renewals = self.inner.renew(leases).await;
+                let renewals = inner.renew(leases).await;
                 self.renewing.store(true, Ordering::SeqCst);
                 self.renewal_in_flight.notify_one();
                 tokio::time::sleep(delay).await;
                 self.renewing.store(false, Ordering::SeqCst);
                 renewals
             }
-            _ => self.inner.renew(leases).await,
+            _ => inner.renew(leases).await,
         }
     }
 }

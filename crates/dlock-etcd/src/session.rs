@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dlock_core::support::{lock, spawn_clean_up};
+use dlock_core::support::{lock, spawn_clean_up, SessionCheck, SessionLease};
 use dlock_core::{Backoff, LockError, LockMode, LossNotifier, LossReason, Result};
 use etcd_client::{
     Client, ConnectOptions, GetResponse, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, Txn,
     TxnOpResponse, TxnResponse,
 };
-use tokio::sync::watch;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -255,24 +254,8 @@ impl Name {
 struct Keepalive {
     id: i64,
     ttl: Duration,
-    state: watch::Sender<State>,
-    holders: Mutex<Holders>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct State {
-    /// When the lease surely still runs, on this process's clock: the send time of the last
-    /// answered keepalive plus the TTL it granted.
-    valid_until: Instant,
-    ended: Option<LossReason>,
-}
-
-/// The loss notifiers of the guards holding a lock under this session.
-#[derive(Default)]
-struct Holders {
-    notifiers: Vec<LossNotifier>,
-    /// Finished notifiers are pruned when the list doubles past this size.
-    pruned_len: usize,
+    /// Valid until the send time of the last answered keepalive plus the TTL it granted.
+    lease: SessionLease,
 }
 
 impl Session {
@@ -302,11 +285,7 @@ impl Session {
         let shared = Arc::new(Keepalive {
             id: granted.id(),
             ttl,
-            state: watch::Sender::new(State {
-                valid_until: sent + ttl,
-                ended: None,
-            }),
-            holders: Mutex::new(Holders::default()),
+            lease: SessionLease::new(sent + ttl),
         });
         let heartbeat = tokio::spawn(heartbeat(
             Arc::clone(&shared),
@@ -360,40 +339,22 @@ impl Session {
 
     /// Until when the lease surely runs, on this process's clock.
     pub(crate) fn valid_until(&self) -> Instant {
-        self.shared.state.borrow().valid_until
+        self.shared.lease.valid_until()
     }
 
     /// Why the session ended, if it did.
     pub(crate) fn ended(&self) -> Option<LossReason> {
-        self.shared.state.borrow().ended
+        self.shared.lease.ended()
     }
 
     /// Resolves when the session ends.
     pub(crate) async fn until_ended(&self) -> LossReason {
-        let mut state = self.shared.state.subscribe();
-        loop {
-            if let Some(reason) = state.borrow_and_update().ended {
-                return reason;
-            }
-            if state.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
+        self.shared.lease.until_ended().await
     }
 
     /// Tells `notifier` when the session ends (at once if it already has).
     pub(crate) fn register(&self, notifier: LossNotifier) {
-        let mut holders = lock(&self.shared.holders);
-        if let Some(reason) = self.ended() {
-            drop(holders);
-            notifier.notify_lost(reason);
-            return;
-        }
-        holders.notifiers.push(notifier);
-        if holders.notifiers.len() >= 2 * holders.pruned_len.max(64) {
-            holders.notifiers.retain(|n| !n.is_finished());
-            holders.pruned_len = holders.notifiers.len();
-        }
+        self.shared.lease.register(notifier);
     }
 
     /// Ends the session because etcd said its lease is gone.
@@ -406,23 +367,22 @@ impl Session {
     /// process's clock; true if it has ended, now or before. Its locks are lost by then, and
     /// nothing new may be queued under it.
     pub(crate) fn end_if_overdue(&self) -> bool {
-        if self.ended().is_some() {
-            return true;
+        match self.shared.lease.end_if_overdue() {
+            SessionCheck::Live => false,
+            SessionCheck::Ended => true,
+            SessionCheck::EndedNow => {
+                self.shared.log_end(LossReason::LeaseExpired);
+                self.heartbeat.abort();
+                spawn_clean_up(revoke_given_up(
+                    self.lease.clone(),
+                    self.shared.id,
+                    self.shared.ttl,
+                    self.endpoint.clone(),
+                    self.timeout,
+                ));
+                true
+            }
         }
-        if Instant::now() < self.valid_until() {
-            return false;
-        }
-        if self.shared.end(LossReason::LeaseExpired) {
-            self.heartbeat.abort();
-            spawn_clean_up(revoke_given_up(
-                self.lease.clone(),
-                self.shared.id,
-                self.shared.ttl,
-                self.endpoint.clone(),
-                self.timeout,
-            ));
-        }
-        true
     }
 
     /// Stops the heartbeat without revoking the lease, as a crashed process would: etcd
@@ -452,34 +412,24 @@ impl Drop for Session {
 impl Keepalive {
     /// Ends the session; true if this call did it.
     fn end(&self, reason: LossReason) -> bool {
-        let mut first = false;
-        self.state.send_if_modified(|state| {
-            first = state.ended.is_none();
-            if first {
-                state.ended = Some(reason);
-            }
-            first
-        });
+        let first = self.lease.end(reason);
         if first {
-            let notifiers = std::mem::take(&mut lock(&self.holders).notifiers);
-            tracing::warn!(lease = self.id, %reason, locks = notifiers.len(), "etcd session ended");
-            for notifier in notifiers {
-                notifier.notify_lost(reason);
-            }
+            self.log_end(reason);
         }
         first
     }
 
+    /// Logs the end of the session, once.
+    fn log_end(&self, reason: LossReason) {
+        tracing::warn!(lease = self.id, %reason, "etcd session ended");
+    }
+
     fn renewed(&self, sent: Instant, ttl: Duration) {
-        self.state.send_modify(|state| {
-            if sent + ttl > state.valid_until {
-                state.valid_until = sent + ttl;
-            }
-        });
+        self.lease.renewed(sent + ttl);
     }
 
     fn valid_until(&self) -> Instant {
-        self.state.borrow().valid_until
+        self.lease.valid_until()
     }
 }
 

@@ -17,9 +17,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dlock_core::support::{lock, spawn_clean_up};
+use dlock_core::support::{lock, spawn_clean_up, SessionCheck, SessionLease};
 use dlock_core::{Backoff, LockError, LossReason, Result};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 
@@ -81,10 +80,9 @@ pub(crate) struct Session {
     timeout: Duration,
     endpoint: String,
     authenticated: bool,
-    /// The send time of the last request the server answered.
-    last_contact: Mutex<Instant>,
-    /// `Some(reason)` once retired.
-    retired: watch::Sender<Option<LossReason>>,
+    /// Valid until the send time of the last request the server answered plus the timeout;
+    /// ended once retired.
+    lease: SessionLease,
     /// How to reach the session again to close it, once it was given up on.
     closer: Mutex<Option<Closer>>,
 }
@@ -153,15 +151,15 @@ impl Session {
         };
         let states = client.state_watcher();
         let client_info = client.session().clone();
+        let timeout = client.session_timeout();
         let session = Arc::new(Session {
             id: client.session_id().0,
-            timeout: client.session_timeout(),
+            timeout,
             client: Mutex::new(Some(client)),
             endpoint,
             authenticated,
             // The server cannot have opened the session before the try that opened it began.
-            last_contact: Mutex::new(tried_at),
-            retired: watch::Sender::new(None),
+            lease: SessionLease::new(tried_at + timeout),
             closer: Mutex::new(Some(Closer {
                 config: config.clone(),
                 info: client_info,
@@ -198,15 +196,12 @@ impl Session {
 
     /// Until when the server surely keeps the session, on this process's clock.
     pub(crate) fn deadline(&self) -> Instant {
-        *lock(&self.last_contact) + self.timeout
+        self.lease.valid_until()
     }
 
     /// Records that a request sent at `sent` was answered.
     pub(crate) fn answered(&self, sent: Instant) {
-        let mut last = lock(&self.last_contact);
-        if sent > *last {
-            *last = sent;
-        }
+        self.lease.renewed(sent + self.timeout);
     }
 
     /// Retires the session (and closes it on the server) if its deadline has passed on this
@@ -214,31 +209,25 @@ impl Session {
     /// may or may not still live on the server: its locks are already lost, and nothing new
     /// may be queued in it.
     pub(crate) fn retire_if_overdue(&self) -> bool {
-        if self.retired_reason().is_some() {
-            return true;
+        match self.lease.end_if_overdue() {
+            SessionCheck::Live => false,
+            SessionCheck::Ended => true,
+            SessionCheck::EndedNow => {
+                self.stopped(LossReason::LeaseExpired);
+                self.close_in_background();
+                true
+            }
         }
-        if Instant::now() < self.deadline() {
-            return false;
-        }
-        self.retire_and_close(LossReason::LeaseExpired);
-        true
     }
 
     /// Why the session was retired, if it was.
     pub(crate) fn retired_reason(&self) -> Option<LossReason> {
-        *self.retired.borrow()
+        self.lease.ended()
     }
 
     /// Resolves, with the reason, once the session is retired.
     pub(crate) fn retired(&self) -> impl std::future::Future<Output = LossReason> + Send + 'static {
-        let mut receiver = self.retired.subscribe();
-        async move {
-            match receiver.wait_for(Option::is_some).await {
-                Ok(reason) => reason.unwrap_or(LossReason::SessionEnded),
-                // The session is gone, and with it every lock it held.
-                Err(_) => LossReason::SessionEnded,
-            }
-        }
+        self.lease.until_ended()
     }
 
     /// Stops using this session: locks taken in it are signalled lost (their watchers see the
@@ -246,8 +235,8 @@ impl Session {
     /// removes its nodes only when the session expires. On its own only for a simulated
     /// crash; a session given up on is also closed ([`Session::retire_and_close`]).
     pub(crate) fn retire(&self, reason: LossReason) {
-        if self.stop(reason) {
-            tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
+        if self.lease.end(reason) {
+            self.stopped(reason);
         }
     }
 
@@ -261,22 +250,15 @@ impl Session {
 
     /// Ends the session because its client is done with it (the backend was dropped).
     pub(crate) fn close(&self) {
-        self.stop(LossReason::SessionEnded);
+        self.lease.end(LossReason::SessionEnded);
+        drop(lock(&self.client).take());
         self.close_in_background();
     }
 
-    /// Marks the session retired and drops its client; true if this call did it.
-    fn stop(&self, reason: LossReason) -> bool {
-        let changed = self.retired.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
+    /// What follows the retirement of the session for `reason`, once: its client is dropped.
+    fn stopped(&self, reason: LossReason) {
         drop(lock(&self.client).take());
-        changed
+        tracing::warn!(session = %format_args!("{:#x}", self.id), %reason, "ZooKeeper session retired");
     }
 
     fn close_in_background(&self) {

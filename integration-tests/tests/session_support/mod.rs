@@ -16,30 +16,28 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dlock_core::{
-    AcquireRequest, Acquired, Capabilities, Introspection, Lease, ListPage, ListRequest,
-    LockBackend, LockInfo, LockKey, LockOptions, LockReport, Renewal, Result,
-};
+use dlock_core::{BackendLayer, Layered, Lease, LockBackend, Renewal, Result};
 use tokio::time::Instant;
 
-/// A backend whose renewals, once [`FrozenRenewals::freeze`] is called, no longer move a
+/// A layer whose renewals, once [`FrozenRenewals::freeze`] is called, no longer move a
 /// lease's deadline, while the backend underneath keeps its session alive on the server:
 /// the client's keepalive and its session heartbeat out of step, as after a pause that hit
 /// the keepalive just before it renewed. The core then declares the lock lost
 /// (`LeaseExpired`) when the deadline it last heard of passes, and the server still holds it.
 #[derive(Debug)]
 pub struct FrozenRenewals {
-    inner: Arc<dyn LockBackend>,
     frozen: AtomicBool,
 }
 
 impl FrozenRenewals {
-    /// Wraps `inner`; renewals pass through until frozen.
-    pub fn new(inner: impl LockBackend) -> Arc<FrozenRenewals> {
-        Arc::new(FrozenRenewals {
-            inner: Arc::new(inner),
-            frozen: AtomicBool::new(false),
-        })
+    /// Wraps `inner`; renewals pass through until frozen (`.layer().freeze()`).
+    pub fn new(inner: impl LockBackend) -> Arc<Layered<FrozenRenewals>> {
+        Arc::new(Layered::new(
+            Arc::new(inner),
+            FrozenRenewals {
+                frozen: AtomicBool::new(false),
+            },
+        ))
     }
 
     /// From now on, renewals keep every lease's deadline where it is.
@@ -49,29 +47,9 @@ impl FrozenRenewals {
 }
 
 #[async_trait]
-impl LockBackend for FrozenRenewals {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
-        self.inner.try_acquire(request).await
-    }
-
-    async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
-        self.inner.acquire(request).await
-    }
-
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Instant> {
-        self.inner.extend(lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        self.inner.release(lease).await
-    }
-
-    async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
-        let renewals = self.inner.renew(leases).await?;
+impl BackendLayer for FrozenRenewals {
+    async fn renew(&self, inner: &Arc<dyn LockBackend>, leases: &[&Lease]) -> Result<Vec<Renewal>> {
+        let renewals = inner.renew(leases).await?;
         if !self.frozen.load(Ordering::SeqCst) {
             return Ok(renewals);
         }
@@ -85,26 +63,6 @@ impl LockBackend for FrozenRenewals {
                 lost => lost,
             })
             .collect())
-    }
-
-    async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
-        self.inner.inspect(key, options).await
-    }
-
-    fn introspection(&self) -> Introspection {
-        self.inner.introspection()
-    }
-
-    async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
-        self.inner.report(key, options).await
-    }
-
-    async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
-        self.inner.list(options, request).await
-    }
-
-    async fn ping(&self) -> Result<Duration> {
-        self.inner.ping().await
     }
 }
 
