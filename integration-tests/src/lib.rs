@@ -20,6 +20,9 @@
 //! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
 //! binary; the kernel kills them if it dies and an exit hook removes their files.
 //!
+//! Other libraries' locks for the layout interop tests: kazoo and Curator ([`ForeignLock`]),
+//! etcd's own `etcdctl lock`/`etcdctl elect` ([`EtcdctlLock`]) and Lock RPC ([`RpcSession`]).
+//!
 //! The fault harness lives here too: [`FaultProxy`] (network faults per client link),
 //! [`cancel_at_poll`] (cancellation at a chosen await point), the workload
 //! ([`run_client`], the `dlock-workload` binary, [`WorkloadRun`] to run and hurt several of

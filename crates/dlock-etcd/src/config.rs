@@ -59,7 +59,8 @@ pub struct EtcdConfig {
 /// indistinguishable from the default and adds nothing either). Every [`LockKey`]
 /// (1 to 512 bytes, no control characters; an empty or otherwise bad key is refused by
 /// [`LockKey::new`] with [`LockError::InvalidKey`]) is a name Go's
-/// Mutex takes too. Only
+/// Mutex takes too. As for Go, every key under `NAME/` is a contender, whoever wrote it (a
+/// lock `a/b` keeps `a` from being granted). Only
 /// [`LockMode::Exclusive`](dlock_core::LockMode::Exclusive) locks (and elections) are
 /// taken in that layout, and `list` is unsupported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
