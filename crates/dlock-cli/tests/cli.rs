@@ -482,6 +482,63 @@ mod across_processes {
         );
     }
 
+    /// etcd `layout=etcd-concurrency` (issue 16) against the real `etcdctl lock`: while it
+    /// holds the name, `dlock run --wait 0` exits 75 and `dlock status` names its key; an
+    /// `etcdctl lock` started while `dlock run` holds the name queues behind it (status
+    /// counts it as a waiter and still names dlock's owner) and gets the lock once dlock
+    /// released.
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_concurrency_layout_excludes_etcdctl_lock_both_ways() {
+        use dlock_test_servers::EtcdctlLock;
+
+        let server = dlock_test_servers::shared_etcd();
+        let url = format!("{}?layout=etcd-concurrency", server.url);
+        let name = format!("dlock-cli-interop-{:016x}", rand_id());
+        let (theirs, their_key) =
+            EtcdctlLock::hold(&server.address, &name, Duration::from_secs(10));
+        let tried = output(&[
+            "run", "--url", &url, "--key", &name, "--wait", "0", "--", "true",
+        ]);
+        assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+        let status = output(&["status", "--url", &url, "--key", &name, "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+        assert_eq!(json["owner"], their_key.as_str(), "{json}");
+        theirs.release();
+
+        let mut holder = dlock()
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--key",
+                &name,
+                "--owner",
+                "dlock cron",
+                "--",
+            ])
+            .args(["sh", "-c", "echo ready; read line || true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let mut waiting = EtcdctlLock::start(&server.address, &name, Duration::from_secs(10));
+        let queued = poll(Duration::from_secs(30), || {
+            let status = output(&["status", "--url", &url, "--key", &name, "--json"]);
+            let json: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+            (json["waiters"] == 1).then_some(json)
+        })
+        .expect("etcdctl lock queues behind dlock run");
+        assert_eq!(queued["owner"], "dlock cron", "{queued}");
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        let key = waiting.wait_held();
+        assert!(key.starts_with(&format!("{name}/")), "{key}");
+        waiting.release();
+    }
+
     /// ZooKeeper (issue 13): `dlock status` and `dlock list`, run as other processes, name
     /// the owner a `dlock run --owner` stored, its fencing token, when it took the lock and
     /// the `dlock run` waiting behind it; after the release both say free.
@@ -1519,6 +1576,20 @@ fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+/// Calls `probe` every 20 ms until it gives something, up to `limit`.
+fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

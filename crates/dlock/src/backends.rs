@@ -173,6 +173,22 @@
 //! A `prefix` is put in front of the key as it is, without a separator (`prefix=app:` and key
 //! `job` is `app:job`).
 //!
+//! ### etcd: `concurrency.Mutex`, `etcdctl lock`, the Lock RPC
+//!
+//! | URL | shares locks with | keys | order and wake-up | tested against |
+//! |---|---|---|---|---|
+//! | `etcd://…?layout=etcd-concurrency` (also `etcds://`) | etcd's Go `concurrency.Mutex` and `concurrency.Election`, `etcdctl lock NAME` and `etcdctl elect`, the server's Lock RPC (`v3lock`) | `{name}/{lease id, hex as Go's %x}`, put under the contender's lease only if absent, value = owner (an election's value; Go's Mutex writes `""`); a URL `prefix` goes in front with a `/`, as Go's `namespace.NewKV(kv, "p/")` | by create revision, every key under `{name}/` whoever wrote it; each waiter watches the newest key created before its own (Go's `waitDeletes`): FIFO across both sides, one waiter woken per release | `etcdctl` 3.4.23 (`etcd-client`) and etcd 3.4.23's Lock RPC; the conformance suite but `p12_prefix_and_key_never_run_together` |
+//!
+//! What it keeps: mutual exclusion and one FIFO line with the Go side, fencing tokens (the
+//! holder key's create revision, as Go users take from `Header.Revision`), the lease as the
+//! session, `inspect` (the holder is named by its value, or by its key when the value is empty
+//! as Go's Mutex leaves it); a dlock election in this layout is a Go `concurrency.Election`.
+//! Go's Mutex has one key per lease and name, so a second task of one dlock client
+//! contending for a name it already queues for takes an etcd lease of its own (kept for
+//! reuse); dlock's own layout keeps one lease per client. What it gives up: keys are names,
+//! not escaped segments (a held `a/b` keeps `a` from being granted, as in Go), `list`, the
+//! grant time (`acquired_at`).
+//!
 //! ## etcd under faults
 //! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's
 //! minimum TTL). List every member in the URL, so a client can go round one that fails
