@@ -31,6 +31,15 @@ pub const DEFAULT_PORT: u16 = 2181;
 /// assert_eq!(config.chroot.as_deref(), Some("/locks"));
 /// assert_eq!(config.session_timeout, Duration::from_secs(10));
 /// assert!(!format!("{config:?}").contains("s3cret"));
+///
+/// // TLS to the servers' secureClientPort, with a client certificate, and the user sent by
+/// // SASL DIGEST-MD5 instead of the `digest` scheme.
+/// let secure = ZooKeeperConfig::from_url(
+///     "zookeepers://app:s3cret@10.0.0.1:2281/locks\
+///      ?ca=/etc/zk/ca.pem&cert=/etc/zk/app.pem&key=/etc/zk/app.key&auth=sasl",
+/// ).unwrap();
+/// assert!(secure.tls.is_some());
+/// assert_eq!(secure.auth.unwrap().scheme, dlock_zookeeper::AuthScheme::Sasl);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct ZooKeeperConfig {
