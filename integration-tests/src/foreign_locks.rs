@@ -62,7 +62,7 @@ zk.close()
 
 /// Debian's own interpreter, where `python3-kazoo` is installed (the `python3` on `PATH` may
 /// be another one).
-const PYTHON: &str = "/usr/bin/python3";
+pub(crate) const PYTHON: &str = "/usr/bin/python3";
 
 /// The Java side, with the same modes and lines as [`SCRIPT`].
 const CURATOR_SOURCE: &str = include_str!("CuratorLock.java");
@@ -136,7 +136,13 @@ impl ForeignLock {
         session: Duration,
         identifier: &str,
     ) -> ForeignLock {
-        let mut child = command(foreign, hosts, path, "hold", session, identifier)
+        ForeignLock::spawn(command(foreign, hosts, path, "hold", session, identifier))
+    }
+
+    /// Spawns `command` (a foreign client in `hold` mode, stdout piped) and waits for its
+    /// `started` line.
+    pub(crate) fn spawn(mut command: Command) -> ForeignLock {
+        let mut child = command
             .stdin(Stdio::piped())
             .spawn()
             .expect("the foreign client runs (scripts/install-test-servers.sh installs it)");

@@ -16,6 +16,7 @@ use dlock_core::{LockBackend, LockError, LockGuard, LockKey, LockOptions, Locker
 use dlock_test_servers::{free_port, SentinelDeployment, SENTINEL_MASTER};
 use tokio::time::Instant;
 
+#[macro_use]
 mod redis_support;
 
 /// How long the sentinels wait before they call an unreachable primary down.
@@ -28,6 +29,14 @@ fn shared_deployment() -> &'static SentinelDeployment {
 
 struct SentinelTarget {
     deployment: &'static SentinelDeployment,
+    /// The clients' URL query (`?layout=redis-standard`, or none).
+    query: &'static str,
+}
+
+impl SentinelTarget {
+    fn url(&self) -> String {
+        format!("{}{}", self.deployment.url(), self.query)
+    }
 }
 
 #[async_trait]
@@ -37,19 +46,20 @@ impl ConformanceTarget for SentinelTarget {
     }
 
     async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
-        Ok(Arc::new(
-            dlock_redis::connect(&self.deployment.url()).await?,
-        ))
+        Ok(Arc::new(dlock_redis::connect(&self.url()).await?))
     }
 
     async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
         let port = free_port();
-        let url = format!("redis+sentinel://127.0.0.1:{port}/{SENTINEL_MASTER}");
+        let url = format!(
+            "redis+sentinel://127.0.0.1:{port}/{SENTINEL_MASTER}{}",
+            self.query
+        );
         Ok(Arc::new(dlock_redis::connect(&url).await?))
     }
 
     async fn forget(&self, guard: &LockGuard) -> Result<(), LockError> {
-        let backend = dlock_redis::connect(&self.deployment.url()).await?;
+        let backend = dlock_redis::connect(&self.url()).await?;
         let name = backend.lock_key_name(&guard.lease().options().prefix, guard.key());
         let primary = self.deployment.current_primary().expect("a primary");
         redis_support::command(&primary, &["DEL", &name])
@@ -65,6 +75,21 @@ mod conformance {
     dlock_conformance::conformance_tests!(async {
         SentinelTarget {
             deployment: shared_deployment(),
+            query: "",
+        }
+    });
+}
+
+/// The suite in the standard layout of redsync and redis-py (issue 16) behind Sentinel,
+/// minus what that layout gives up (see `standard_layout_suite!`). The deployment's servers
+/// publish no keyspace events: waiters poll.
+mod standard_layout {
+    use super::*;
+
+    standard_layout_suite!(async {
+        SentinelTarget {
+            deployment: shared_deployment(),
+            query: "?layout=redis-standard",
         }
     });
 }

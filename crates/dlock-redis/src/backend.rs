@@ -53,6 +53,12 @@ use crate::watch::Watcher;
 ///   decides grants, and a release hands the key to every waiter at the head of the line
 ///   whose turn it now is. Redlock declares only exclusive locks (see `supports`).
 ///
+/// * **In the standard layout** (`layout=redis-standard`, see [`Layout`](crate::Layout)) the
+///   same calls run scripts that read and write only the lock key, as redsync and redis-py
+///   do, and its fence counter: there is no line, so waiters are not served in order and
+///   every waiter of a key tries again when it hears of a change (a keyspace event) or when
+///   its polling period or the holder's lease runs out; only exclusive locks, no `list`.
+///
 /// **Order on a single instance:** first come, first served among waiters, counted from the
 /// moment their acquire script joined the line (a waiter first tries without joining).
 /// `try_acquire` never jumps the line, and a holder that releases and asks again queues
@@ -104,7 +110,7 @@ impl RedisBackend {
     /// time and owner description, expiring with the lease), for operators and tests that
     /// look at or tamper with it.
     pub fn lock_key_name(&self, prefix: &str, key: &LockKey) -> String {
-        LockNames::new(&self.inner.config.namespace, prefix, key).lock
+        LockNames::new(&self.inner.config, prefix, key).lock
     }
 
     /// The Redis key whose value records that `lease` holds its lock (its owner id,
@@ -118,19 +124,21 @@ impl RedisBackend {
 
     /// The Redis key that holds the fence counter of the lock `key` under `prefix`.
     pub fn fence_key_name(&self, prefix: &str, key: &LockKey) -> String {
-        LockNames::new(&self.inner.config.namespace, prefix, key).fence
+        LockNames::new(&self.inner.config, prefix, key).fence
     }
 }
 
 #[async_trait]
 impl LockBackend for RedisBackend {
+    /// In the standard layout: no FIFO (no line), and server wake-up only where every
+    /// instance publishes keyspace events (see [`Layout`](crate::Layout)).
     fn capabilities(&self) -> Capabilities {
         let redlock = self.inner.config.redlock;
         Capabilities {
             name: if redlock { "redis+redlock" } else { "redis" },
-            fifo: !redlock,
+            fifo: self.inner.fair(),
             session_lease: false,
-            server_wakeup: true,
+            server_wakeup: self.inner.server_wakeup(),
             min_lease: MIN_LEASE,
             crash_release_bound: Duration::from_millis(if redlock { 500 } else { 200 }),
         }
@@ -139,11 +147,7 @@ impl LockBackend for RedisBackend {
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
         self.check_mode(request.mode())?;
         let inner = &self.inner;
-        let names = LockNames::new(
-            &inner.config.namespace,
-            &request.options.prefix,
-            request.key,
-        );
+        let names = LockNames::new(&inner.config, &request.options.prefix, request.key);
         let owner = format!("{}{}", inner.next_id(), mode_suffix(request.mode()));
         let (lease, mode) = (request.options.lease, request.mode());
         match inner
@@ -160,11 +164,7 @@ impl LockBackend for RedisBackend {
 
     async fn acquire(&self, request: AcquireRequest<'_>) -> Result<Acquired> {
         self.check_mode(request.mode())?;
-        let names = LockNames::new(
-            &self.inner.config.namespace,
-            &request.options.prefix,
-            request.key,
-        );
+        let names = LockNames::new(&self.inner.config, &request.options.prefix, request.key);
         let grant = waiter::acquire(&self.inner, &request, &names).await?;
         Ok(acquired(names, grant.owner, grant.token, grant.valid_until))
     }
@@ -288,13 +288,16 @@ impl LockBackend for RedisBackend {
     }
 
     /// Owner and acquisition time live in the lock's value; the index of held locks per
-    /// namespace and prefix pages through them in key order.
+    /// namespace and prefix pages through them in key order. The standard layout keeps no
+    /// index: no `list`.
     fn introspection(&self) -> Introspection {
-        Introspection::all()
+        let mut introspection = Introspection::all();
+        introspection.list = self.inner.config.layout.has_line();
+        introspection
     }
 
     async fn report(&self, key: &LockKey, options: &LockOptions) -> Result<LockReport> {
-        let names = LockNames::new(&self.inner.config.namespace, &options.prefix, key);
+        let names = LockNames::new(&self.inner.config, &options.prefix, key);
         self.report_lock(names, false).await
     }
 
@@ -304,6 +307,12 @@ impl LockBackend for RedisBackend {
     /// place, so a page may cost more than one round of reads after holders crashed. Only
     /// held locks are listed (a lock that is only waited for is free at that moment).
     async fn list(&self, options: &LockOptions, request: &ListRequest) -> Result<ListPage> {
+        if !self.inner.config.layout.has_line() {
+            return Err(LockError::Unsupported {
+                backend: self.capabilities().name,
+                operation: "listing the locks of the redis-standard layout",
+            });
+        }
         self.list_locks(options, request).await
     }
 
@@ -314,9 +323,10 @@ impl LockBackend for RedisBackend {
     /// Every mode on a single instance (and behind Sentinel), whose scripts keep the line;
     /// only exclusive locks on Redlock, whose instances each keep a line of their own with
     /// no order among waiters: a majority of permits per instance would not bound the
-    /// holders of the whole.
+    /// holders of the whole; and only exclusive locks in the standard layout, whose key
+    /// has one holder and no line.
     fn supports(&self, mode: LockMode) -> bool {
-        mode == LockMode::Exclusive || !self.inner.config.redlock
+        mode == LockMode::Exclusive || self.inner.fair()
     }
 
     /// One script per instance, owner-checked; on Redlock, done when a majority replaced
@@ -346,7 +356,7 @@ impl LockBackend for RedisBackend {
         options: &LockOptions,
         seen: &LockReport,
     ) -> Result<()> {
-        let names = LockNames::new(&self.inner.config.namespace, &options.prefix, key);
+        let names = LockNames::new(&self.inner.config, &options.prefix, key);
         let watcher = Watcher::start(&self.inner, &names).await?;
         let now = self.report_lock(names, false).await?;
         if !now.same_holder(seen) {
@@ -366,7 +376,7 @@ impl RedisBackend {
         }
         Err(LockError::Unsupported {
             backend: self.capabilities().name,
-            operation: "shared locks and semaphores on Redlock",
+            operation: "shared locks and semaphores on Redlock or in the redis-standard layout",
         })
     }
 
@@ -404,11 +414,14 @@ impl RedisBackend {
         let held = holding.len() >= quorum && settled.is_some();
         let info = LockInfo {
             held,
-            fencing_token: settled.filter(|_| held).map(FencingToken::new),
+            // 0: a holder without a token (another library's, in the standard layout).
+            fencing_token: settled
+                .filter(|token| held && *token > 0)
+                .map(FencingToken::new),
             remaining_lease: held
                 .then(|| holding.iter().filter_map(|i| i.holder_ttl).min())
                 .flatten(),
-            waiters: answered.iter().map(|i| i.waiters).max(),
+            waiters: answered.iter().filter_map(|i| i.waiters).max(),
         };
         let mut report = LockReport::from(info);
         // The holder is the owner id a majority holds the lock under (Redlock: one id per
@@ -490,7 +503,7 @@ impl RedisBackend {
                 .filter_map(|key| LockKey::new(key.as_str()).ok())
                 .collect();
             let reports = futures::future::try_join_all(keys.iter().map(|key| {
-                self.report_lock(LockNames::new(namespace, &options.prefix, key), true)
+                self.report_lock(LockNames::new(&inner.config, &options.prefix, key), true)
             }))
             .await?;
             for (key, report) in keys.into_iter().zip(reports) {

@@ -22,8 +22,9 @@ use dlock_core::{BackendUrl, LockError, Result};
 /// Query parameters: `prefix` (a namespace put in front of every Redis key this client uses),
 /// `connect_timeout`, `response_timeout` and `retry_limit` (humantime durations: `500ms`,
 /// `10s`), `drift_factor` (Redlock's allowance for clock drift, a fraction of the lease,
-/// default `0.01`) and `tls_ca` (a PEM file of the CA that signed the server's certificate,
-/// instead of the system's roots).
+/// default `0.01`), `tls_ca` (a PEM file of the CA that signed the server's certificate,
+/// instead of the system's roots) and `layout` (`dlock`, the default, or `redis-standard`:
+/// see [`Layout`]).
 ///
 /// ```
 /// use dlock_redis::RedisConfig;
@@ -65,6 +66,87 @@ pub struct RedisConfig {
     /// Sentinel: the name of the primary the sentinels monitor. Then `endpoints` holds the
     /// sentinels, and the client talks to one instance, the primary they name.
     pub sentinel_master: Option<String>,
+    /// Whose keys the client reads and writes: dlock's own, or the standard layout of
+    /// redsync, node-redlock, rslock and redis-py (URL parameter `layout=`).
+    pub layout: Layout,
+}
+
+/// Whose keys a Redis client reads and writes: dlock's own layout, or the standard one other
+/// libraries share, so that dlock and those libraries exclude each other (URL parameter
+/// `layout=`).
+///
+/// **`layout=redis-standard`** is the layout of redsync, node-redlock, rslock, redis-py's
+/// `Lock` and many hand-written scripts: the lock is one string key, taken with
+/// `SET <key> <value> NX PX <lease ms>`, released by a compare-and-delete script and extended
+/// by a compare-and-pexpire script. The value is unique to the acquisition (the client's 64
+/// random bits and a sequence number, then the acquisition time and the owner description on
+/// lines of their own; the others only ever compare a value with their own token). With it:
+///
+/// - **The key is the other library's lock name exactly**: no dlock prefix, no hash tag, no
+///   escaping. The URL's `prefix` and a lock options' prefix other than the default `dlock`
+///   are put in front of it *as they are*, without a separator (like ioredis's `keyPrefix`):
+///   `?prefix=app:` and key `job` is the Redis key `app:job`. Two different (prefix, key)
+///   pairs can therefore name one key (`a:` + `b` and `a` + `:b`).
+/// - **Kept**: mutual exclusion with every client of the layout, on one instance and on
+///   Redlock (redsync and node-redlock write the same key on each of N instances); fencing
+///   tokens that grow among dlock holders, from a counter the others ignore, bumped in the
+///   acquire script (`{<key>}:dlock-fence`: the braces put it in the key's Redis Cluster slot;
+///   a key with a hash tag `{t}` has its counter at `{t}:dlock-fence:<key>`, and a key with a
+///   `}` but no tag, which no other name can share a slot with, at `dlock-fence:<key>`);
+///   lost-lock detection (the keepalive's compare-and-pexpire finds another value); owner
+///   description and acquisition time of dlock holders in `report`; elections among dlock
+///   clients (the leader's value is the owner description in the lock's own value).
+/// - **Given up**: a waiting line (so no FIFO across libraries or among dlock waiters, no
+///   waiter counts in `report`, and no hand-over: a release frees the key and every waiter
+///   tries again), shared and permit modes (exclusive only), `list` (the keys are anywhere).
+///   A foreign holder's report has no owner and no fencing token: its value is its secret.
+/// - **Waking**: nothing tells a waiter that another library released the key, so a dlock
+///   waiter listens on the key's keyspace channel (`__keyspace@<db>__:<key>`) when the server
+///   publishes keyspace events for it (`notify-keyspace-events` with `K` and `g`, `$`, `x`,
+///   or `A` for all three, e.g. `KA`), subscribing before it looks at the key; otherwise (or
+///   when `CONFIG GET` is refused) it polls: 10–20 ms after its first look, the period
+///   doubling up to 100–200 ms (jittered, the core's `Backoff`).
+///   The client never changes the server's configuration; it reads it when it connects to
+///   each instance, and [`Capabilities::server_wakeup`](dlock_core::Capabilities) says which.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// `layout=dlock` (the default): `dlock:{<namespace>|<prefix>/<key>}:lock` and the keys
+    /// of its line, fence counter and index (see the crate documentation).
+    #[default]
+    Dlock,
+    /// `layout=redis-standard`: `SET <key> <value> NX PX <ms>` on the key itself, as redsync,
+    /// node-redlock, rslock and redis-py's `Lock` do (see [`Layout`]).
+    RedisStandard,
+}
+
+impl Layout {
+    /// The name the URL's `layout=` parameter gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Dlock => "dlock",
+            Layout::RedisStandard => "redis-standard",
+        }
+    }
+
+    /// Whether it is another library's layout.
+    pub fn is_foreign(self) -> bool {
+        self != Layout::Dlock
+    }
+
+    /// Whether dlock's scripts keep a waiting line for the lock (and a watchers set and an
+    /// index of held locks beside it): hand-over to the first live waiter, FIFO, waiter
+    /// counts, `list`, modes. Only in dlock's own layout: the others' keys have none of it.
+    pub(crate) fn has_line(self) -> bool {
+        self == Layout::Dlock
+    }
+
+    /// The layout the URL's `layout=` parameter names, if any.
+    fn from_name(name: &str) -> Option<Layout> {
+        [Layout::Dlock, Layout::RedisStandard]
+            .into_iter()
+            .find(|layout| layout.name() == name)
+    }
 }
 
 /// One Redis instance.
@@ -106,6 +188,7 @@ impl RedisConfig {
             retry_limit: Duration::from_secs(10),
             drift_factor: 0.01,
             sentinel_master: None,
+            layout: Layout::Dlock,
         }
     }
 
@@ -175,6 +258,13 @@ impl RedisConfig {
                 "response_timeout" => config.response_timeout = parsed.duration(name, value)?,
                 "retry_limit" => config.retry_limit = parsed.duration(name, value)?,
                 "tls_ca" => config.tls_ca = Some(PathBuf::from(value)),
+                "layout" => {
+                    config.layout = Layout::from_name(value).ok_or_else(|| {
+                        parsed.invalid(format!(
+                            "layout `{value}` is neither `dlock` nor `redis-standard`"
+                        ))
+                    })?
+                }
                 "drift_factor" => {
                     config.drift_factor = value
                         .parse()
@@ -194,6 +284,7 @@ impl RedisConfig {
                             "retry_limit",
                             "tls_ca",
                             "drift_factor",
+                            "layout",
                         ],
                     ))
                 }
@@ -249,6 +340,7 @@ impl fmt::Debug for RedisConfig {
             .field("retry_limit", &self.retry_limit)
             .field("drift_factor", &self.drift_factor)
             .field("sentinel_master", &self.sentinel_master)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -298,6 +390,10 @@ mod tests {
             "http://:hunter2@h:1",
             "redis://:hunter2@h:99999",
             "redis://:hunter2@h:1?connect_timeout=soon",
+            "redis://:hunter2@h:1?layout=redsync",
+            "redis://:hunter2@h:1?layout=",
+            "redis://:hunter2@h:1?layout=Redis-Standard",
+            "redis://:hunter2@h:1?layout=dlock&layout=redis-standard",
         ] {
             let error = RedisConfig::from_url(url).unwrap_err();
             assert!(
@@ -307,5 +403,26 @@ mod tests {
             assert!(!error.to_string().contains("hunter2"), "{error}");
             assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
         }
+    }
+
+    #[test]
+    fn layouts_are_chosen_by_name() {
+        for (url, layout) in [
+            ("redis://h", Layout::Dlock),
+            ("redis://h?layout=dlock", Layout::Dlock),
+            ("redis://h?layout=redis-standard", Layout::RedisStandard),
+            (
+                "redis+redlock://a,b,c?layout=redis-standard&prefix=app:",
+                Layout::RedisStandard,
+            ),
+            (
+                "redis+sentinel://s1,s2/primary?layout=redis-standard",
+                Layout::RedisStandard,
+            ),
+        ] {
+            assert_eq!(RedisConfig::from_url(url).unwrap().layout, layout, "{url}");
+        }
+        assert_eq!(Layout::RedisStandard.name(), "redis-standard");
+        assert!(Layout::RedisStandard.is_foreign() && !Layout::Dlock.is_foreign());
     }
 }

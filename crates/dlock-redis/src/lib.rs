@@ -18,7 +18,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Layout in Redis
+//! # Layout in Redis (`layout=dlock`, the default)
 //! A lock on key `k` under prefix `p` uses `dlock:{<namespace>|<p>/<k escaped>}:lock`
 //! (`<owner id>\n<acquired at, server ms>\n<owner description>`, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
 //! `…:deadlines` (the waiting line). They share one hash tag, so every script touches one
@@ -27,6 +27,24 @@
 //! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits. The
 //! held locks of a namespace and prefix are listed in `dlock:{<namespace>|<p>}:index` (a
 //! sorted set of keys, for `list`), which expires with its longest lock.
+//!
+//! # Sharing a lock with redsync, node-redlock, rslock, redis-py (`layout=redis-standard`)
+//! `redis://host:6379?layout=redis-standard` ([`Layout::RedisStandard`]) makes the client
+//! read and write the layout those libraries share instead of its own: the lock is the key
+//! exactly as the other library is given it (`app:job`, no dlock prefix or hash tag; the URL's
+//! `prefix` goes in front as it is), taken with `SET <key> <value> NX PX <lease>`, released by
+//! compare-and-delete, extended by compare-and-pexpire, on one instance, behind Sentinel or on
+//! a Redlock quorum (`redis+redlock://a,b,c?layout=redis-standard`, as redsync and
+//! node-redlock write it on N instances). dlock and the other library then exclude each other
+//! both ways. The acquire script also bumps a fence counter beside the key (`{<key>}:dlock-fence`,
+//! in the key's Cluster slot, ignored by the others), so fencing tokens still grow among dlock
+//! holders; a holder's keepalive still learns that its lock is gone (its compare-and-pexpire
+//! finds another value). What the layout gives up: the waiting line (no FIFO, no hand-over, no
+//! waiter counts), modes other than exclusive, and `list`. Waiters and observers are woken by
+//! the key's keyspace events (`del`, `expired`, `set`…) where the server publishes them
+//! (`notify-keyspace-events KA`, or at least `K$gx`; the client reads the setting and never
+//! changes it), and otherwise poll (10–20 ms at first, up to 100–200 ms); [`Capabilities`](dlock_core::Capabilities)
+//! says which (`fifo: false`, `server_wakeup` only with notifications). See [`Layout`].
 //!
 //! # Read-write locks, semaphores, elections
 //! On a single instance (and behind Sentinel) every [`LockMode`](dlock_core::LockMode) is
@@ -139,7 +157,7 @@ mod waiter;
 mod watch;
 
 pub use backend::RedisBackend;
-pub use config::{Endpoint, RedisConfig};
+pub use config::{Endpoint, Layout, RedisConfig};
 /// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
 /// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
 /// `rediss+sentinel://` (the primary of a Sentinel deployment). The `dlock` facade routes

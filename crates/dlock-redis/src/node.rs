@@ -1,7 +1,7 @@
 //! One Redis instance as the backend sees it: a self-reconnecting multiplexed connection
 //! (RESP3, so wake-up messages arrive on the same connection) and typed calls of the scripts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, RedisConfig};
 use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
-use crate::layout::{wake_channel, LockNames, WAKE_CHANNEL_PREFIX};
-use crate::scripts::scripts;
+use crate::layout::{keyspace_events_cover, wake_channel, LockNames, WAKE_CHANNEL_PREFIX};
+use crate::scripts::{scripts, Scripts};
 
 /// Why a waiter was woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ pub(crate) enum Wake {
     First(Option<Duration>),
     /// A connection dropped: messages may have been missed, look again.
     Reconnected,
-    /// The lock this watcher watches changed (a grant, a release, a new owner description).
+    /// The lock this watcher watches changed (a grant, a release, a new owner description),
+    /// or, in the standard layout, its key had a keyspace event (deleted, expired, set…).
     Changed,
 }
 
@@ -58,14 +59,33 @@ pub(crate) enum AcquireReply {
 /// The waiters of one client, shared by the wake dispatchers of all its instances.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    senders: Mutex<HashMap<String, mpsc::UnboundedSender<Wake>>>,
+    senders: Mutex<HashMap<String, Route>>,
 }
 
+/// Where the wake-ups of one waiter go, and the keyspace channel it also hears (the standard
+/// layout's: every waiter and watcher of the key hears each of its events).
+struct Route {
+    sender: mpsc::UnboundedSender<Wake>,
+    events: Option<String>,
+}
+
+/// What every keyspace channel's name starts with.
+const KEYSPACE_PREFIX: &str = "__keyspace@";
+
 impl Waiters {
-    /// Starts routing wake-ups for `waiter` to the returned receiver.
-    pub(crate) fn register(&self, waiter: &str) -> mpsc::UnboundedReceiver<Wake> {
+    /// Starts routing wake-ups for `waiter` to the returned receiver, and the events of the
+    /// keyspace channel `events` (if any) as [`Wake::Changed`].
+    pub(crate) fn register(
+        &self,
+        waiter: &str,
+        events: Option<&str>,
+    ) -> mpsc::UnboundedReceiver<Wake> {
         let (sender, receiver) = mpsc::unbounded_channel();
-        self.lock().insert(waiter.to_owned(), sender);
+        let route = Route {
+            sender,
+            events: events.map(str::to_owned),
+        };
+        self.lock().insert(waiter.to_owned(), route);
         receiver
     }
 
@@ -77,14 +97,27 @@ impl Waiters {
     /// Tells every waiter that messages may have been missed (the client now talks to
     /// another instance: a Sentinel failover), so it looks again and listens anew.
     pub(crate) fn reconnected(&self) {
-        for sender in self.lock().values() {
-            let _ = sender.send(Wake::Reconnected);
+        for route in self.lock().values() {
+            let _ = route.sender.send(Wake::Reconnected);
         }
     }
 
     fn dispatch(&self, push: PushInfo) {
         match push.kind {
             PushKind::Message => {
+                if let Some(Value::BulkString(channel)) = push.data.first() {
+                    if channel.starts_with(KEYSPACE_PREFIX.as_bytes()) {
+                        // A keyspace event: the payload is only the command's name.
+                        for route in self.lock().values() {
+                            if route.events.as_deref().map(str::as_bytes)
+                                == Some(channel.as_slice())
+                            {
+                                let _ = route.sender.send(Wake::Changed);
+                            }
+                        }
+                        return;
+                    }
+                }
                 let Some(Value::BulkString(payload)) = push.data.get(1) else {
                     return;
                 };
@@ -92,20 +125,20 @@ impl Waiters {
                     tracing::debug!("ignoring an unexpected wake-up message");
                     return;
                 };
-                if let Some(sender) = self.lock().get(wake.0) {
-                    let _ = sender.send(wake.1);
+                if let Some(route) = self.lock().get(wake.0) {
+                    let _ = route.sender.send(wake.1);
                 }
             }
             PushKind::Disconnection => {
-                for sender in self.lock().values() {
-                    let _ = sender.send(Wake::Reconnected);
+                for route in self.lock().values() {
+                    let _ = route.sender.send(Wake::Reconnected);
                 }
             }
             _ => {}
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Wake>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Route>> {
         lock(&self.senders)
     }
 }
@@ -140,7 +173,21 @@ fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
 pub(crate) struct Node {
     connection: ConnectionManager,
     endpoint: String,
+    /// The scripts of the client's layout.
+    scripts: &'static Scripts,
+    /// Whether waiters and watchers are woken by the server here: always in dlock's layout
+    /// (its scripts tell them); in the standard layout, when the instance publishes the
+    /// keyspace events of lock keys (read with `CONFIG GET` when connecting).
+    wakes: bool,
+    /// Who listens on which channel of this connection: channels are shared by the waiters
+    /// and watchers of one key in the standard layout, so the connection subscribes for the
+    /// first and unsubscribes after the last.
+    subscriptions: Arc<Mutex<HashMap<String, Subscribers>>>,
 }
+
+/// The waiters and watchers (ids) listening on one channel of one connection; the lock is
+/// held across a `SUBSCRIBE` or `UNSUBSCRIBE`, so those are sent in the order the set changes.
+type Subscribers = Arc<tokio::sync::Mutex<HashSet<String>>>;
 
 impl Node {
     /// Connects and routes the wake-up messages that arrive on the connection to `waiters`.
@@ -165,19 +212,30 @@ impl Node {
             .set_max_delay(Duration::from_millis(500))
             .set_push_sender(dispatch)
             .set_automatic_resubscription();
+        let scripts = scripts(config.layout);
         let connect = async {
             let connection = ConnectionManager::new_with_config(client, manager_config).await?;
-            load_scripts(&connection).await?;
-            Ok::<_, redis::RedisError>(connection)
+            load_scripts(&connection, scripts).await?;
+            let wakes = config.layout.has_line() || publishes_keyspace_events(&connection).await;
+            Ok::<_, redis::RedisError>((connection, wakes))
         };
-        let connection = tokio::time::timeout(config.connect_timeout * 2, connect)
+        let (connection, wakes) = tokio::time::timeout(config.connect_timeout * 2, connect)
             .await
             .map_err(|_| LockError::connection(&name, "timed out connecting"))?
             .map_err(|e| LockError::connection(&name, e))?;
         Ok(Node {
             connection,
             endpoint: name,
+            scripts,
+            wakes,
+            subscriptions: Arc::default(),
         })
+    }
+
+    /// Whether the server wakes this client's waiters and watchers on this instance (see
+    /// [`Node::listen`]); where it does not, they poll.
+    pub(crate) fn wakes(&self) -> bool {
+        self.wakes
     }
 
     /// The instance's address, `host:port`.
@@ -201,7 +259,8 @@ impl Node {
         mode: LockMode,
     ) -> Result<AcquireReply> {
         let (waiter_id, wait, attempt) = waiter.unwrap_or(("", Duration::ZERO, 0));
-        let reply: Vec<i64> = scripts()
+        let reply: Vec<i64> = self
+            .scripts
             .acquire
             .key(&names.lock)
             .key(&names.fence)
@@ -246,7 +305,9 @@ impl Node {
     /// Runs the release script: `Ok(true)` released, `Ok(false)` not ours. With a `fair`
     /// line the lock goes straight to the first live waiter.
     pub(crate) async fn release(&self, names: &LockNames, owner: &str, fair: bool) -> Result<bool> {
-        let reply = self.hand_on(&scripts().release, names, owner, fair).await?;
+        let reply = self
+            .hand_on(&self.scripts.release, names, owner, fair)
+            .await?;
         owned(reply, names, "release")
     }
 
@@ -257,7 +318,8 @@ impl Node {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool> {
-        let reply: i64 = scripts()
+        let reply: i64 = self
+            .scripts
             .extend
             .key(names.key_of(owner))
             .key(&names.fence)
@@ -273,7 +335,7 @@ impl Node {
 
     /// Renews every `(names, owner, ttl)` in one script call; one flag per lock.
     pub(crate) async fn renew(&self, locks: &[(&LockNames, &str, Duration)]) -> Result<Vec<bool>> {
-        let script = &scripts().renew;
+        let script = &self.scripts.renew;
         let mut invocation = script.prepare_invoke();
         for (names, owner, ttl) in locks {
             invocation
@@ -303,30 +365,87 @@ impl Node {
 
     /// Takes `waiter` out of the line, handing its turn on if it was first, and gives back
     /// the lock if it was handed to `waiter` meanwhile.
+    /// Nothing to do where the layout keeps no line.
     pub(crate) async fn leave(&self, names: &LockNames, waiter: &str, fair: bool) -> Result<()> {
-        self.hand_on(&scripts().leave, names, waiter, fair).await?;
+        if let Some(leave) = &self.scripts.leave {
+            self.hand_on(leave, names, waiter, fair).await?;
+        }
         Ok(())
     }
 
-    /// Starts listening for the wake-ups of `waiter`: scripts count a waiter in line as alive
-    /// only while its channel has a listener, so this must answer before the waiter joins a
-    /// line. The connection listens again by itself after a reconnect.
-    pub(crate) async fn listen(&self, waiter: &str) -> Result<()> {
-        self.connection
-            .clone()
-            .subscribe(wake_channel(waiter))
-            .await
-            .map_err(|e| to_lock_error(&self.endpoint, e))
+    /// Starts listening for the wake-ups of `waiter` on the lock `names`: in dlock's layout
+    /// on the waiter's own channel (scripts count a waiter in line as alive only while its
+    /// channel has a listener, so this must answer before the waiter joins a line); in the
+    /// standard layout on the lock key's keyspace channel, where the instance publishes its
+    /// events (so this must answer before the waiter looks at the key), and nowhere where it
+    /// does not (the waiter polls). The connection listens again by itself after a reconnect.
+    pub(crate) async fn listen(&self, waiter: &str, names: &LockNames) -> Result<()> {
+        let Some(channel) = self.channel(waiter, names) else {
+            return Ok(());
+        };
+        let subscribers = self.subscribers(&channel);
+        let mut listening = subscribers.lock().await;
+        if listening.is_empty() {
+            let subscribed = self.connection.clone().subscribe(&channel).await;
+            if let Err(error) = subscribed {
+                drop(listening);
+                self.forget_if_unused(&channel, subscribers);
+                return Err(to_lock_error(&self.endpoint, error));
+            }
+        }
+        listening.insert(waiter.to_owned());
+        Ok(())
     }
 
-    /// Stops listening for `waiter`: from now on its entries, wherever they still are, are
-    /// dead.
-    pub(crate) async fn stop_listening(&self, waiter: &str) -> Result<()> {
-        self.connection
-            .clone()
-            .unsubscribe(wake_channel(waiter))
-            .await
-            .map_err(|e| to_lock_error(&self.endpoint, e))
+    /// Stops listening for `waiter` on the lock `names`: in dlock's layout, from now on its
+    /// entries, wherever they still are, are dead. The connection unsubscribes once nobody
+    /// listens on the channel any more (also when `waiter`'s own subscription was never
+    /// confirmed: its request may have reached the server).
+    pub(crate) async fn stop_listening(&self, waiter: &str, names: &LockNames) -> Result<()> {
+        let Some(channel) = self.channel(waiter, names) else {
+            return Ok(());
+        };
+        let subscribers = self.subscribers(&channel);
+        let mut listening = subscribers.lock().await;
+        listening.remove(waiter);
+        if listening.is_empty() {
+            self.connection
+                .clone()
+                .unsubscribe(&channel)
+                .await
+                .map_err(|e| to_lock_error(&self.endpoint, e))?;
+        }
+        drop(listening);
+        self.forget_if_unused(&channel, subscribers);
+        Ok(())
+    }
+
+    /// The channel `waiter` listens on for news of the lock `names` on this instance:
+    /// its own, or the lock key's keyspace channel; `None` where nothing is published.
+    fn channel(&self, waiter: &str, names: &LockNames) -> Option<String> {
+        match &names.events {
+            None => Some(wake_channel(waiter)),
+            Some(events) => self.wakes.then(|| events.clone()),
+        }
+    }
+
+    /// Who listens on `channel` here (an empty set for a channel nobody listens on).
+    fn subscribers(&self, channel: &str) -> Subscribers {
+        let mut all = lock(&self.subscriptions);
+        Arc::clone(all.entry(channel.to_owned()).or_default())
+    }
+
+    /// Drops the set of `channel` once it is empty and nobody else holds it (sets are only
+    /// handed out under the map's lock, so nobody can take it meanwhile).
+    fn forget_if_unused(&self, channel: &str, subscribers: Subscribers) {
+        let mut all = lock(&self.subscriptions);
+        let unused = Arc::strong_count(&subscribers) == 2
+            && subscribers
+                .try_lock()
+                .is_ok_and(|listening| listening.is_empty());
+        if unused {
+            all.remove(channel);
+        }
     }
 
     /// Runs a script that takes `member` out of the lock (release) or the line (leave) and
@@ -364,7 +483,8 @@ impl Node {
         owner: &str,
         description: &str,
     ) -> Result<bool> {
-        let reply: i64 = scripts()
+        let reply: i64 = self
+            .scripts
             .update_owner
             .key(names.key_of(owner))
             .key(&names.watchers)
@@ -378,15 +498,18 @@ impl Node {
     }
 
     /// Lists `watcher` (which already listens on its wake channel) among those told when
-    /// the lock changes, for `ttl` at least.
+    /// the lock changes, for `ttl` at least. Nothing to do where the layout keeps no
+    /// watchers set (the key's keyspace events, or polling, tell the watcher instead).
     pub(crate) async fn watch(
         &self,
         names: &LockNames,
         watcher: &str,
         ttl: Duration,
     ) -> Result<()> {
-        let _: i64 = scripts()
-            .watch
+        let Some(watch) = &self.scripts.watch else {
+            return Ok(());
+        };
+        let _: i64 = watch
             .key(&names.watchers)
             .arg(watcher)
             .arg(millis(ttl))
@@ -396,10 +519,13 @@ impl Node {
         Ok(())
     }
 
-    /// Tells the lock's watchers that it changed.
+    /// Tells the lock's watchers that it changed (nothing to do where the layout keeps no
+    /// watchers set).
     pub(crate) async fn notify(&self, names: &LockNames) -> Result<()> {
-        let _: i64 = scripts()
-            .notify
+        let Some(notify) = &self.scripts.notify else {
+            return Ok(());
+        };
+        let _: i64 = notify
             .key(&names.watchers)
             .arg(WAKE_CHANNEL_PREFIX)
             .invoke_async(&mut self.connection.clone())
@@ -410,7 +536,8 @@ impl Node {
 
     /// Raises the fence counter to at least `token`.
     pub(crate) async fn raise_fence(&self, names: &LockNames, token: u64) -> Result<()> {
-        let _: i64 = scripts()
+        let _: i64 = self
+            .scripts
             .raise_fence
             .key(&names.fence)
             .key(&names.lock)
@@ -429,8 +556,9 @@ pub(crate) struct Inspection {
     pub(crate) holder_ttl: Option<Duration>,
     /// The fence counter: the holder's token while the lock is held.
     pub(crate) fence: u64,
-    /// How many entries the waiting line has (dead ones included until skipped).
-    pub(crate) waiters: usize,
+    /// How many entries the waiting line has (dead ones included until skipped); `None`
+    /// where no line is kept (the standard layout).
+    pub(crate) waiters: Option<usize>,
     /// What the lock's value says of its holder, if it says it.
     pub(crate) holder: Option<Holder>,
 }
@@ -463,7 +591,7 @@ impl Node {
     /// Reads the lock's state. With `listing`, a lock found free also leaves the index
     /// (its holder expired without a release); otherwise nothing changes.
     pub(crate) async fn inspect(&self, names: &LockNames, listing: bool) -> Result<Inspection> {
-        let script = &scripts().inspect;
+        let script = &self.scripts.inspect;
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&names.lock)
@@ -482,7 +610,7 @@ impl Node {
             // -1: a key without expiry (not one of ours, or tampered with): held, lease unknown.
             holder_ttl: (ttl != -2).then(|| Duration::from_millis(ttl.max(0) as u64)),
             fence: fence.max(0) as u64,
-            waiters: waiters.max(0) as usize,
+            waiters: usize::try_from(waiters).ok(),
             holder: Holder::parse(&value),
         })
     }
@@ -531,26 +659,35 @@ impl Node {
 /// Loads every script now, so that the first calls do not each learn with `NOSCRIPT` that
 /// they must load it and send it again: such a resend would overtake commands sent after it
 /// (a Redlock instance that was frozen must run a give-back after the acquire it undoes).
-async fn load_scripts(connection: &ConnectionManager) -> redis::RedisResult<()> {
-    let all = scripts();
-    let loads = [
-        &all.acquire,
-        &all.release,
-        &all.extend,
-        &all.renew,
-        &all.leave,
-        &all.raise_fence,
-        &all.inspect,
-        &all.update_owner,
-        &all.watch,
-        &all.notify,
-    ]
-    .map(|script| {
+async fn load_scripts(connection: &ConnectionManager, all: &Scripts) -> redis::RedisResult<()> {
+    let loads = all.all().into_iter().map(|script| {
         let mut connection = connection.clone();
         async move { script.load_async(&mut connection).await }
     });
     futures::future::try_join_all(loads).await?;
     Ok(())
+}
+
+/// Whether the instance publishes the keyspace events of every change of a key that the
+/// standard layout's waiters and watchers need (`notify-keyspace-events`, see
+/// [`keyspace_events_cover`]). Read, never changed: a server that refuses `CONFIG GET`
+/// (renamed or denied, as managed services do) counts as one that does not publish them.
+async fn publishes_keyspace_events(connection: &ConnectionManager) -> bool {
+    // A map in RESP3 (a flat array of pairs in RESP2): read as one either way.
+    let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut connection.clone())
+        .await;
+    match reply {
+        Ok(config) => config
+            .get("notify-keyspace-events")
+            .is_some_and(|flags| keyspace_events_cover(flags)),
+        Err(error) => {
+            tracing::debug!(%error, "CONFIG GET notify-keyspace-events refused: polling");
+            false
+        }
+    }
 }
 
 /// A client for `endpoint`: an instance, with the configured credentials and database, or a

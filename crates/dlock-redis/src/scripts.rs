@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use redis::Script;
 
+use crate::config::Layout;
+
 /// How long a fence counter outlives its lock (released, expired, given back). Within this
 /// time a new acquisition continues the counter; after it, tokens restart from the server
 /// clock, which is then past every token the counter issued, unless the clock stepped back by
@@ -48,10 +50,6 @@ pub(crate) const FENCE_GRACE: std::time::Duration = std::time::Duration::from_se
 /// and owner update sends each `<id> c 0` on its wake channel, and drops the ids nobody
 /// listens for any more.
 const LINE: &str = r"
-local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local function channel_of(entry, prefix)
   return prefix .. entry
 end
@@ -196,35 +194,6 @@ local function wake_first(queue, deadlines, prefix, kind, ms, now)
     leave_line(queue, deadlines, head)
   end
 end
--- Keeps the fence counter for a lease of `lease` ms taken now, plus the grace: exactly that
--- for an exclusive holder (the only one), at least that for one of several.
-local function keep_fence(fence, lease, mode)
-  if mode == 'exclusive' then
-    redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
-  else
-    keep_at_least(fence, lease + FENCE_GRACE)
-  end
-end
--- The next fencing token of the lock, for a holder in `mode` with a lease of `lease` ms.
-local function bump_fence(fence, now, lease, mode)
-  local floor = now * 1000
-  local token = redis.call('INCR', fence)
-  if token < floor then
-    token = floor
-    if mode == 'exclusive' then
-      redis.call('SET', fence, string.format('%.0f', token), 'PX', lease + FENCE_GRACE)
-      return token
-    end
-    redis.call('SET', fence, string.format('%.0f', token), 'KEEPTTL')
-  end
-  keep_fence(fence, lease, mode)
-  return token
-end
--- The lock is gone (released, given back): its counter is needed only until the clock has
--- passed the tokens it issued.
-local function fence_after_lock(fence)
-  redis.call('PEXPIRE', fence, FENCE_GRACE)
-end
 local function alive(deadlines, entry, prefix, now)
   return (not expired(deadlines, entry, now))
     and redis.call('PUBSUB', 'NUMSUB', channel_of(entry, prefix))[2] > 0
@@ -299,6 +268,43 @@ local function incompatible(k, waiter, found)
   if waiter ~= '' then leave_line(k.queue, k.deadlines, waiter) end
   local code = permits_of(found) or ((found == 'shared') and -1) or 0
   return {-2, code}
+end
+";
+
+/// The fence counter, in every layout: see the fencing tokens of [`LINE`].
+const FENCE: &str = r"
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Keeps the fence counter for a lease of `lease` ms taken now, plus the grace: exactly that
+-- for an exclusive holder (the only one), at least that for one of several.
+local function keep_fence(fence, lease, mode)
+  if mode == 'exclusive' then
+    redis.call('PEXPIRE', fence, lease + FENCE_GRACE)
+  else
+    keep_at_least(fence, lease + FENCE_GRACE)
+  end
+end
+-- The next fencing token of the lock, for a holder in `mode` with a lease of `lease` ms.
+local function bump_fence(fence, now, lease, mode)
+  local floor = now * 1000
+  local token = redis.call('INCR', fence)
+  if token < floor then
+    token = floor
+    if mode == 'exclusive' then
+      redis.call('SET', fence, string.format('%.0f', token), 'PX', lease + FENCE_GRACE)
+      return token
+    end
+    redis.call('SET', fence, string.format('%.0f', token), 'KEEPTTL')
+  end
+  keep_fence(fence, lease, mode)
+  return token
+end
+-- The lock is gone (released, given back): its counter is needed only until the clock has
+-- passed the tokens it issued.
+local function fence_after_lock(fence)
+  redis.call('PEXPIRE', fence, FENCE_GRACE)
 end
 ";
 
@@ -556,17 +562,9 @@ return 1
 /// the acquisition time, the lease and the token; watchers hear of it. Returns 1 when
 /// updated, 0 when not ours, -1 for a key of another type.
 const UPDATE_OWNER: &str = r"
-local ok, value = pcall(redis.call, 'GET', KEYS[1])
-if not ok then return -1 end
-if holder_id(value) ~= ARGV[1] then return 0 end
-local acquired = string.match(value, '^[^\n]*\n(%d+)\n')
-if not acquired then
-  local t = redis.call('TIME')
-  acquired = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. acquired .. '\n' .. ARGV[2], 'KEEPTTL')
-notify_watchers(KEYS[2], ARGV[3])
-return 1
+local replaced = replace_description(KEYS[1], ARGV[1], ARGV[2])
+if replaced == 1 then notify_watchers(KEYS[2], ARGV[3]) end
+return replaced
 ";
 
 /// KEYS: watchers. ARGV: the wake channel prefix. Tells every watcher that the lock changed:
@@ -642,6 +640,20 @@ end
 local function holder_value(id, now, description)
   return id .. '\n' .. string.format('%.0f', now) .. '\n' .. description
 end
+-- Replaces the description in the value of `key` if `owner` holds it, keeping the
+-- acquisition time and the expiry: 1 replaced, 0 not ours, -1 a key of another type.
+local function replace_description(key, owner, description)
+  local ok, value = pcall(redis.call, 'GET', key)
+  if not ok then return -1 end
+  if holder_id(value) ~= owner then return 0 end
+  local acquired = string.match(value, '^[^\n]*\n(%d+)\n')
+  if not acquired then
+    local t = redis.call('TIME')
+    acquired = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
+  redis.call('SET', key, owner .. '\n' .. acquired .. '\n' .. description, 'KEEPTTL')
+  return 1
+end
 local function keep_at_least(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
@@ -659,39 +671,222 @@ local function notify_watchers(watchers, prefix)
 end
 ";
 
-/// The compiled scripts (their SHA1 digests are computed once).
+/// The standard layout's scripts (`layout=redis-standard`), with the KEYS and ARGV of dlock's
+/// layout's script of the same name, so that every call, on one instance or a Redlock quorum,
+/// is made the same way in both layouts; they read and write only the lock key (KEYS[1]) and
+/// its fence counter (KEYS[2]). The lock key is what redsync, node-redlock, rslock and
+/// redis-py's `Lock` use: a string taken with `SET NX PX`, released by compare-and-delete,
+/// extended by compare-and-pexpire; the fence counter is dlock's alone, bumped in the same
+/// step as the `SET`.
+mod standard {
+    /// Extends the lock `lock` for `ms` if `owner` holds it, and its counter with it:
+    /// 1 extended, 0 not ours, -1 a key of another type.
+    pub(super) const EXTEND_HELD: &str = r"
+local function extend_held(lock, fence, owner, ms)
+  local ok, holder = pcall(redis.call, 'GET', lock)
+  if not ok then return -1 end
+  if holder_id(holder) ~= owner then return 0 end
+  redis.call('PEXPIRE', lock, ms)
+  keep_fence(fence, ms, 'exclusive')
+  return 1
+end
+";
+
+    /// `SET <key> <value> NX PX <lease>`; when it set the key, the token from the counter.
+    /// Returns `{1, token}`, or `{0, the holder's pttl, 1 for a waiter}`: nothing tells a
+    /// waiter of another library's release, so it looks again when the holder's lease runs
+    /// out at the latest.
+    pub(super) const ACQUIRE: &str = r"
+local lock, fence = KEYS[1], KEYS[2]
+local owner, lease, waiter, description = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[8]
+local now = server_ms()
+if redis.call('SET', lock, holder_value(owner, now, description), 'NX', 'PX', lease) then
+  return {1, bump_fence(fence, now, lease, 'exclusive')}
+end
+local look_again = 0
+if waiter ~= '' then look_again = 1 end
+return {0, redis.call('PTTL', lock), look_again}
+";
+
+    /// Compare-and-delete; the counter then runs out after the grace.
+    pub(super) const RELEASE: &str = r"
+local ok, holder = pcall(redis.call, 'GET', KEYS[1])
+if not ok then return -1 end
+if holder_id(holder) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+fence_after_lock(KEYS[2])
+return 1
+";
+
+    /// Compare-and-pexpire.
+    pub(super) const EXTEND: &str = r"
+return extend_held(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+";
+
+    /// Compare-and-pexpire of every lock given, in fours of KEYS as dlock's `RENEW`.
+    pub(super) const RENEW: &str = r"
+local renewed = {}
+for i = 1, #KEYS / 4 do
+  local extended = extend_held(KEYS[4 * i - 3], KEYS[4 * i - 2], ARGV[2 * i - 1], tonumber(ARGV[2 * i]))
+  renewed[i] = math.max(extended, 0)
+end
+return renewed
+";
+
+    /// The owner description replaced, owner-checked; a keyspace event (`set`) tells the
+    /// watchers where the server publishes them.
+    pub(super) const UPDATE_OWNER: &str = r"
+return replace_description(KEYS[1], ARGV[1], ARGV[2])
+";
+
+    /// `{pttl, token, -1 (waiters unknown), value}`: the counter is the holder's token only
+    /// when the holder is dlock's (its value has dlock's form); another library's holder has
+    /// none (0).
+    pub(super) const INSPECT: &str = r"
+local pttl = redis.call('PTTL', KEYS[1])
+local ok, value = pcall(redis.call, 'GET', KEYS[1])
+if not ok or not value then value = '' end
+local token = 0
+if string.match(value, '^[^\n]*\n%d+\n') then
+  token = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+return {pttl, token, -1, value}
+";
+}
+
+/// The compiled scripts of one layout (their SHA1 digests are computed once). A layout
+/// without a line (the standard one) has no script to leave it, nor a watchers set to join
+/// or notify: those calls do nothing there, and cost no round trip.
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) release: Script,
     pub(crate) extend: Script,
     pub(crate) renew: Script,
-    pub(crate) leave: Script,
+    pub(crate) leave: Option<Script>,
     pub(crate) raise_fence: Script,
     pub(crate) inspect: Script,
     pub(crate) update_owner: Script,
-    pub(crate) watch: Script,
-    pub(crate) notify: Script,
+    pub(crate) watch: Option<Script>,
+    pub(crate) notify: Option<Script>,
 }
 
-/// The scripts, shared by every client of the process.
-pub(crate) fn scripts() -> &'static Scripts {
-    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
-    SCRIPTS.get_or_init(|| {
-        let grace = format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
-        let with_line = |body: &str| Script::new(&format!("{grace}{HOLDER}{LINE}\n{body}"));
-        let with_grace = |body: &str| Script::new(&format!("{grace}{HOLDER}{body}"));
-        Scripts {
-            acquire: with_line(ACQUIRE),
-            release: with_line(RELEASE),
-            extend: with_grace(EXTEND),
-            renew: with_grace(RENEW),
-            leave: with_line(LEAVE),
-            raise_fence: with_grace(RAISE_FENCE),
-            inspect: Script::new(INSPECT),
-            update_owner: with_grace(UPDATE_OWNER),
-            watch: with_grace(WATCH),
-            notify: with_grace(NOTIFY),
+impl Scripts {
+    /// Every script the layout has, to load when connecting.
+    pub(crate) fn all(&self) -> Vec<&Script> {
+        let mut all = vec![
+            &self.acquire,
+            &self.release,
+            &self.extend,
+            &self.renew,
+            &self.raise_fence,
+            &self.inspect,
+            &self.update_owner,
+        ];
+        all.extend(
+            [&self.leave, &self.watch, &self.notify]
+                .into_iter()
+                .flatten(),
+        );
+        all
+    }
+}
+
+/// The scripts of `layout`, shared by every client of the process.
+pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
+    static DLOCK: OnceLock<Scripts> = OnceLock::new();
+    static STANDARD: OnceLock<Scripts> = OnceLock::new();
+    match layout {
+        Layout::Dlock => DLOCK.get_or_init(|| {
+            let with_helpers = |body: &str| script(&[HOLDER, FENCE, LINE], body);
+            Scripts {
+                acquire: with_helpers(ACQUIRE),
+                release: with_helpers(RELEASE),
+                extend: with_helpers(EXTEND),
+                renew: with_helpers(RENEW),
+                leave: Some(with_helpers(LEAVE)),
+                raise_fence: with_helpers(RAISE_FENCE),
+                inspect: Script::new(INSPECT),
+                update_owner: with_helpers(UPDATE_OWNER),
+                watch: Some(with_helpers(WATCH)),
+                notify: Some(with_helpers(NOTIFY)),
+            }
+        }),
+        Layout::RedisStandard => STANDARD.get_or_init(|| {
+            let with_helpers = |body: &str| script(&[HOLDER, FENCE, standard::EXTEND_HELD], body);
+            Scripts {
+                acquire: with_helpers(standard::ACQUIRE),
+                release: with_helpers(standard::RELEASE),
+                extend: with_helpers(standard::EXTEND),
+                renew: with_helpers(standard::RENEW),
+                leave: None,
+                raise_fence: with_helpers(RAISE_FENCE),
+                inspect: Script::new(standard::INSPECT),
+                update_owner: with_helpers(standard::UPDATE_OWNER),
+                watch: None,
+                notify: None,
+            }
+        }),
+    }
+}
+
+/// The script of `body`: `FENCE_GRACE`, then the helper functions of `library` that `body`
+/// names, directly or through other helpers, in the library's order (a Lua local must be
+/// defined before the functions that call it), then `body`.
+///
+/// Only those, because Redis runs a script's whole text on every call and every
+/// `local function` makes a closure each time (issue 14; what it saves is in
+/// `notes/performance.md`). Which helpers a body needs is found from the text, so a helper
+/// a script starts to call is never left out by hand.
+fn script(library: &[&str], body: &str) -> Script {
+    Script::new(&script_text(library, body))
+}
+
+fn script_text(library: &[&str], body: &str) -> String {
+    let helpers: Vec<(&str, String)> = library.iter().flat_map(|part| helpers_of(part)).collect();
+    let mut needed = vec![false; helpers.len()];
+    let mut unread = vec![body.to_owned()];
+    while let Some(text) = unread.pop() {
+        for (i, (name, source)) in helpers.iter().enumerate() {
+            if !needed[i] && mentions(&text, name) {
+                needed[i] = true;
+                unread.push(source.clone());
+            }
         }
+    }
+    let mut text = format!("local FENCE_GRACE = {}\n", FENCE_GRACE.as_millis());
+    for ((_, source), _) in helpers.iter().zip(&needed).filter(|(_, needed)| **needed) {
+        text.push_str(source);
+    }
+    text.push('\n');
+    text.push_str(body);
+    text
+}
+
+/// The helper functions of a block of them, each with its name: a helper runs from its
+/// `local function` line to the next one (comments above a helper ride with the one before).
+fn helpers_of(block: &str) -> Vec<(&str, String)> {
+    let mut helpers: Vec<(&str, String)> = Vec::new();
+    for line in block.lines() {
+        if let Some(rest) = line.strip_prefix("local function ") {
+            let name = rest.split('(').next().unwrap_or(rest).trim();
+            helpers.push((name, String::new()));
+        }
+        if let Some((_, source)) = helpers.last_mut() {
+            source.push_str(line);
+            source.push('\n');
+        }
+    }
+    helpers
+}
+
+/// Whether `text` names `name` as a whole word (not as a field: `x.name`, `x:name`). A local
+/// variable of the same name counts too, which only ever adds a helper.
+fn mentions(text: &str, name: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        !before.is_some_and(|c| is_word(c) || c == '.' || c == ':') && !after.is_some_and(is_word)
     })
 }
 
@@ -709,6 +904,23 @@ local verdict, found = turn(ARGV[1], ahead)
 return {verdict, found or ''}
 ";
 
+    /// A script carries the helpers its body calls and those they call, and no others.
+    #[test]
+    fn a_script_carries_only_the_helpers_it_calls() {
+        let text = script_text(&[HOLDER, FENCE, LINE], TURN_CASE);
+        for called in ["turn", "mixes", "permits_of"] {
+            assert!(
+                text.contains(&format!("local function {called}(")),
+                "{called}"
+            );
+        }
+        assert!(!text.contains("local function hand_over("), "{text}");
+        let extend = script_text(&[HOLDER, FENCE, LINE], EXTEND);
+        assert!(!extend.contains("local function turn("), "{extend}");
+        assert!(mentions("x = turn(a)", "turn"));
+        assert!(!mentions("x = k.turn + returned", "turn"));
+    }
+
     /// The server's copy of the rule says what `dlock_core::turn` says, for every mode
     /// against every line of up to three contenders ahead.
     #[tokio::test]
@@ -719,9 +931,7 @@ return {verdict, found or ''}
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        let script = Script::new(&format!(
-            "local FENCE_GRACE = 0\n{HOLDER}{LINE}\n{TURN_CASE}"
-        ));
+        let script = script(&[HOLDER, FENCE, LINE], TURN_CASE);
         let modes = [
             LockMode::Exclusive,
             LockMode::Shared,

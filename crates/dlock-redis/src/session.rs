@@ -5,7 +5,7 @@
 //! Unlike ZooKeeper's and etcd's, this session is not the lease: each lock's lease is its own
 //! key's expiry, renewed by the batched renewal.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     generations: Vec<AtomicU64>,
     /// When the sentinels were last asked for the primary because it failed a call.
     last_suspicion: Mutex<Option<Instant>>,
+    /// An instance connected that does not wake waiters (the standard layout on a server
+    /// without keyspace events): this client's waiters and watchers poll.
+    polls: AtomicBool,
     /// This client itself, for the tasks it starts (they must not keep it alive).
     this: Weak<Shared>,
 }
@@ -54,6 +57,7 @@ impl Shared {
             nodes: (0..count).map(|_| Mutex::new(Slot::Connecting)).collect(),
             generations: (0..count).map(|_| AtomicU64::new(0)).collect(),
             last_suspicion: Mutex::new(None),
+            polls: AtomicBool::new(false),
             config,
             client_id,
             waiters: Arc::new(Waiters::default()),
@@ -116,9 +120,29 @@ impl Shared {
     }
 
     /// Whether lines are first come, first served: on a single instance, where a release
-    /// hands the lock to the first live waiter (Redlock has no order among waiters).
+    /// hands the lock to the first live waiter (Redlock has no order among waiters, the
+    /// standard layout no line at all).
     pub(crate) fn fair(&self) -> bool {
-        !self.config.redlock
+        !self.config.redlock && self.config.layout.has_line()
+    }
+
+    /// Whether the server wakes this client's waiters and watchers (a release, an expiry, an
+    /// owner update), so that their timers are only safety nets: always in dlock's layout;
+    /// in the standard layout while every instance connected so far publishes keyspace
+    /// events (read when each connects), else they poll ([`Shared::nap`]).
+    pub(crate) fn server_wakeup(&self) -> bool {
+        !self.polls.load(Ordering::Acquire)
+    }
+
+    /// How long a waiter or watcher sleeps at most before looking again when no message
+    /// comes: `safety_net` where the server wakes it, the next delay of its `polling` (the
+    /// core's backoff, from [`POLL_FIRST`] up to [`POLL_MAX`]) where it does not.
+    pub(crate) fn nap(&self, safety_net: Duration, polling: &mut dlock_core::Backoff) -> Duration {
+        if self.server_wakeup() {
+            safety_net
+        } else {
+            polling.next_delay()
+        }
     }
 
     /// How many connections slot `index` has had; changes when it is connected anew.
@@ -234,6 +258,9 @@ impl Shared {
             let outcome = match connected {
                 Ok(node) => {
                     if let Some(shared) = this.upgrade() {
+                        if !node.wakes() {
+                            shared.polls.store(true, Ordering::Release);
+                        }
                         *lock(&shared.nodes[index]) = Slot::Up(node);
                         // The new connection listens for no waiter yet: they must listen
                         // again, and messages may have been missed meanwhile.
@@ -259,6 +286,14 @@ impl Shared {
         });
     }
 }
+
+/// The first polling period of a waiter or watcher the server does not wake (the standard
+/// layout without keyspace events); it doubles up to [`POLL_MAX`].
+pub(crate) const POLL_FIRST: Duration = Duration::from_millis(20);
+/// The longest polling period: about what redis-py (100 ms), redsync (50–250 ms) and
+/// node-redlock (200–400 ms) wait between their own tries, so a dlock waiter is not the
+/// slowest of a mixed crowd, at one script call per period.
+pub(crate) const POLL_MAX: Duration = Duration::from_millis(200);
 
 /// How often a client behind Sentinel asks the sentinels which instance is the primary.
 const SENTINEL_POLL: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::layout::{mode_suffix, LockNames};
 use crate::node::{Node, Wake};
 use crate::quorum::Attempt;
-use crate::session::Shared;
+use crate::session::{Shared, POLL_FIRST, POLL_MAX};
 
 /// A lock won by [`acquire`]: held under `owner`, with this token, surely until
 /// `valid_until`.
@@ -79,6 +79,9 @@ pub(crate) async fn acquire(
         Attempt::Busy { .. } | Attempt::Failed(_) => {}
     }
     let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    // Where the server wakes nobody (the standard layout without keyspace events): how
+    // often to look again instead.
+    let mut polling = Backoff::new(POLL_FIRST, POLL_MAX);
     let mut failing_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -140,9 +143,10 @@ pub(crate) async fn acquire(
                     // Look again when the holder's lease runs out, in case it vanished
                     // without releasing, and so did every waiter ahead of us (and
                     // refresh the entry anyway).
-                    (ttl + Duration::from_millis(1)).min(jitter(SAFETY_NET))
+                    (ttl + Duration::from_millis(1))
+                        .min(shared.nap(jitter(SAFETY_NET), &mut polling))
                 } else {
-                    jitter(SAFETY_NET)
+                    shared.nap(jitter(SAFETY_NET), &mut polling)
                 }
             }
             Attempt::Failed(error) if error.is_transient() => {
@@ -231,7 +235,7 @@ impl PlaceInLine {
             mode_suffix(mode),
             lease.as_millis().max(1)
         );
-        let wakes = shared.waiters.register(&id);
+        let wakes = shared.waiters.register(&id, names.events.as_deref());
         let count = shared.instances();
         PlaceInLine {
             shared,
@@ -274,10 +278,10 @@ impl PlaceInLine {
         for (asked, missing) in self.asked_to_listen.iter_mut().zip(&missing) {
             *asked |= *missing;
         }
-        let id = self.id.clone();
+        let (id, names) = (self.id.clone(), self.names.clone());
         let call = move |node: Node| {
-            let id = id.clone();
-            async move { node.listen(&id).await }
+            let (id, names) = (id.clone(), names.clone());
+            async move { node.listen(&id, &names).await }
         };
         let replies = self
             .shared
@@ -313,6 +317,11 @@ impl PlaceInLine {
     /// This waiter's id, which names its wake channel.
     pub(crate) fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The client this waiter belongs to.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Sleeps until any message for this id (a watcher's: the lock changed, or a connection
@@ -413,7 +422,7 @@ impl Drop for PlaceInLine {
                             shared,
                             index,
                             "stopping to listen for a waiter",
-                            |node| async move { node.stop_listening(id).await },
+                            |node| async move { node.stop_listening(id, names).await },
                         )
                         .await;
                     }

@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlock_core::{LockMode, LockReport, Result};
+use dlock_core::{Backoff, LockMode, LockReport, Result};
 use tokio::time::Instant;
 
 use crate::error::BACKEND;
 use crate::layout::LockNames;
 use crate::node::Node;
 use crate::quorum::first_error;
-use crate::session::Shared;
+use crate::session::{Shared, POLL_MAX};
 use crate::waiter::PlaceInLine;
 
 /// How long a watcher's id stays in the watchers set at least: a watcher waits at most
@@ -69,9 +69,12 @@ impl Watcher {
     /// Waits until the lock changes, or, at the latest, until the holder of `now` (the lock
     /// as read after [`Watcher::start`]) may have expired.
     pub(crate) async fn changed(mut self, now: &LockReport) {
+        // One wait per call: poll at the longest period from the start.
+        let mut polling = Backoff::new(POLL_MAX, POLL_MAX);
+        let limit = self.place.shared().nap(SAFETY_NET, &mut polling);
         let wait = match now.info.remaining_lease {
-            Some(left) if now.info.held => (left + Duration::from_millis(1)).min(SAFETY_NET),
-            _ => SAFETY_NET,
+            Some(left) if now.info.held => (left + Duration::from_millis(1)).min(limit),
+            _ => limit,
         };
         self.place.any_wake(Instant::now() + wait).await;
     }
