@@ -22,6 +22,9 @@
 //! the test panics. Shared servers ([`shared_redis`] and friends) live as long as the test
 //! binary; the kernel kills them if it dies and an exit hook removes their files.
 //!
+//! Other libraries' locks for the layout interop tests: kazoo and Curator ([`ForeignLock`]),
+//! etcd's own `etcdctl lock`/`etcdctl elect` ([`EtcdctlLock`]) and Lock RPC ([`RpcSession`]).
+//!
 //! The fault harness lives here too: [`FaultProxy`] (network faults per client link),
 //! [`cancel_at_poll`] (cancellation at a chosen await point), the workload
 //! ([`run_client`], the `dlock-workload` binary, [`WorkloadRun`] to run and hurt several of
@@ -34,6 +37,7 @@ mod checker;
 mod container;
 mod etcd;
 mod etcd_cluster;
+mod etcd_foreign;
 mod foreign_locks;
 mod history;
 mod leftovers;
@@ -53,6 +57,7 @@ pub use cancel::{cancel_at_poll, count_polls};
 pub use checker::{check, Acquisition, CheckConfig, Report};
 pub use etcd::EtcdServer;
 pub use etcd_cluster::{shared_etcd_cluster, EtcdCluster};
+pub use etcd_foreign::{etcdctl_count, etcdctl_observe, EtcdctlLock, RpcSession, ETCDCTL};
 pub use foreign_locks::{foreign_count, foreign_try_lock, Foreign, ForeignLock};
 pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEMESIS};
 pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};

@@ -444,6 +444,44 @@ mod across_processes {
         }
     }
 
+    /// Redis `layout=redis-standard` (issue 16) against the real redis-py `Lock`: while
+    /// redis-py holds the key, `dlock run --wait 0` exits 75; while `dlock run` holds it,
+    /// redis-py's non-blocking acquire fails, and succeeds once dlock released.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_standard_layout_excludes_redis_py_both_ways() {
+        use dlock_test_servers::{redis_py_hold, redis_py_try_lock};
+
+        let server = dlock_test_servers::shared_redis();
+        let url = format!("{}?layout=redis-standard", server.url);
+        let key = format!("dlock-cli-interop:{:016x}", rand_id());
+        let theirs = redis_py_hold(&server.address, &key, Duration::from_secs(30));
+        let tried = output(&[
+            "run", "--url", &url, "--key", &key, "--wait", "0", "--", "true",
+        ]);
+        assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+        theirs.release();
+        let mut holder = dlock()
+            .args(["run", "--url", &url, "--key", &key, "--", "sh", "-c"])
+            .arg("echo ready; read line || true")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        assert!(
+            !redis_py_try_lock(&server.address, &key),
+            "redis-py took the lock dlock run holds"
+        );
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        assert!(
+            redis_py_try_lock(&server.address, &key),
+            "redis-py cannot take the lock dlock released"
+        );
+    }
+
     /// ZooKeeper (issue 13): `dlock status` and `dlock list`, run as other processes, name
     /// the owner a `dlock run --owner` stored, its fencing token, when it took the lock and
     /// the `dlock run` waiting behind it; after the release both say free.

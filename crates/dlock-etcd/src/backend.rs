@@ -18,7 +18,7 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
-use crate::config::EtcdConfig;
+use crate::config::{EtcdConfig, Layout};
 use crate::error::{is_lease_gone, request, BACKEND};
 use crate::layout::{self, Found, Stamp};
 use crate::line;
@@ -37,6 +37,10 @@ use crate::waiter::{Contender, Line};
 /// revision of the holder's key, which etcd itself can check: see
 /// [`fence`](crate::fence). Every [`LockMode`] is supported: readers and semaphore permits
 /// queue in the same line, tagged with their mode.
+///
+/// With [`Layout::EtcdConcurrency`] (URL `layout=etcd-concurrency`) the keys are those of
+/// etcd's `concurrency.Mutex` instead (`NAME/{lease id hex}`, see [`Layout`]), exclusive
+/// locks and elections only, one lease per concurrent contender of one name.
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -101,6 +105,7 @@ impl EtcdBackend {
         let sessions = self.inner.sessions.lock().await;
         sessions
             .values()
+            .flatten()
             .filter(|s| s.ended().is_none())
             .map(|s| s.id())
             .collect()
@@ -113,17 +118,26 @@ impl EtcdBackend {
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub async fn abandon_sessions(&self) {
         let mut sessions = self.inner.sessions.lock().await;
-        for (_, session) in sessions.drain() {
+        for session in sessions.drain().flat_map(|(_, pool)| pool) {
             session.abandon();
         }
     }
 
-    fn queue_dir(&self, request: &AcquireRequest<'_>) -> String {
-        layout::queue_dir(
-            self.inner.config.namespace.as_deref(),
-            &request.options.prefix,
-            request.key,
-        )
+    /// The queue directory of the request's lock, or `Unsupported` for a mode the layout
+    /// does not take.
+    fn queue_dir(&self, request: &AcquireRequest<'_>) -> Result<String> {
+        if !self.supports(request.mode()) {
+            return Err(LockError::Unsupported {
+                backend: BACKEND,
+                operation: "shared and permit modes in the etcd-concurrency layout",
+            });
+        }
+        Ok(self.dir_of(request.key, request.options))
+    }
+
+    /// The layout of this client's keys.
+    fn layout(&self) -> Layout {
+        self.inner.config.layout
     }
 
     /// What the backend hands the core for a key it now holds.
@@ -151,27 +165,21 @@ impl EtcdBackend {
         })
     }
 
-    /// One `try_acquire` under `session`.
+    /// One `try_acquire` under `session`, with the key `name` in `dir`.
     async fn try_in(
         &self,
         request: &AcquireRequest<'_>,
-        session: &Arc<Session>,
+        dir: &str,
+        (session, name): (&Arc<Session>, Name),
     ) -> Result<Option<Acquired>> {
-        let dir = self.queue_dir(request);
         let (lock, mode) = (request.key.as_str(), request.mode());
-        let name = session.name(&dir, mode);
         let key = name.key().to_owned();
         let stamp = Stamp::now(request.owner());
-        let Some((nobody, refusal)) = line::try_conditions(&dir, mode) else {
+        let value = self.layout().value(&stamp);
+        let Some((nobody, refusal)) = line::try_conditions(dir, mode) else {
             // A permit: queue, and keep the key only if a permit is free at once.
-            let contender = Contender::enqueue(
-                &self.inner,
-                session,
-                (&dir, lock),
-                (name, mode),
-                stamp.encode(),
-            )
-            .await?;
+            let contender =
+                Contender::enqueue(&self.inner, session, (dir, lock), (name, mode), value).await?;
             if !contender.granted() {
                 contender.withdraw().await;
                 return Ok(None);
@@ -185,7 +193,7 @@ impl EtcdBackend {
             .when(nobody)
             .and_then([TxnOp::put(
                 key.as_str(),
-                stamp.encode(),
+                value,
                 Some(PutOptions::new().with_lease(session.id())),
             )])
             .or_else([refusal]);
@@ -195,7 +203,7 @@ impl EtcdBackend {
         let response = pending.settled().await?;
         if !response.succeeded() {
             pending.forget();
-            line::refused(lock, &dir, mode, &response)?;
+            line::refused(self.layout(), lock, dir, mode, &response)?;
             return Ok(None);
         }
         let revision = revision_of(&response)?;
@@ -210,14 +218,16 @@ impl EtcdBackend {
 
     /// One `acquire`: queue, wait for the turn, queue again if the key was dropped.
     async fn acquire_once(&self, request: &AcquireRequest<'_>) -> Result<Acquired> {
-        let dir = self.queue_dir(request);
+        let dir = self.queue_dir(request)?;
         let (lock, mode) = (request.key.as_str(), request.mode());
         let mut tries = 0;
         loop {
-            let session = self.inner.session(request.options.lease).await?;
-            let name = session.name(&dir, mode);
+            let (session, name) = self
+                .inner
+                .contender(request.options.lease, &dir, mode)
+                .await?;
             let mut stamp = Stamp::now(request.owner());
-            let value = stamp.encode();
+            let value = self.layout().value(&stamp);
             let enqueued =
                 Contender::enqueue(&self.inner, &session, (&dir, lock), (name, mode), value).await;
             let contender = match enqueued {
@@ -235,7 +245,7 @@ impl EtcdBackend {
                 Line::Holder(contender) => {
                     let waited = contender.waited();
                     let (name, revision) = contender.keep();
-                    if waited {
+                    if waited && self.layout().records_grant_time() {
                         stamp.acquired_at = Some(std::time::SystemTime::now());
                         self.stamp_grant(name.key(), revision, &stamp);
                     }
@@ -264,10 +274,14 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn try_acquire(&self, request: AcquireRequest<'_>) -> Result<Option<Acquired>> {
+        let dir = self.queue_dir(&request)?;
         let mut tries = 0;
         loop {
-            let session = self.inner.session(request.options.lease).await?;
-            match self.try_in(&request, &session).await {
+            let (session, name) = self
+                .inner
+                .contender(request.options.lease, &dir, request.mode())
+                .await?;
+            match self.try_in(&request, &dir, (&session, name)).await {
                 Err(error) if is_lease_gone(&error) && tries < LEASE_GONE_RETRIES => {
                     tries += 1;
                     session.end(LossReason::SessionEnded);
@@ -365,8 +379,17 @@ impl LockBackend for EtcdBackend {
         }
     }
 
+    /// Everything in dlock's layout. In etcd's concurrency layout the value holds no
+    /// times (no `acquired_at`) and a lock name can be any key (no `list`).
     fn introspection(&self) -> Introspection {
-        Introspection::all()
+        let mut introspection = Introspection::all();
+        if !self.layout().lists() {
+            introspection.list = false;
+        }
+        if !self.layout().records_grant_time() {
+            introspection.acquired_at = false;
+        }
+        introspection
     }
 
     async fn inspect(&self, key: &LockKey, options: &LockOptions) -> Result<LockInfo> {
@@ -377,12 +400,11 @@ impl LockBackend for EtcdBackend {
         self.report_dir(&self.dir_of(key, options)).await
     }
 
+    /// Every mode in dlock's layout, where every mode stands in the one line of create
+    /// revisions (see `line`); only [`LockMode::Exclusive`] in etcd's concurrency layout
+    /// (Go's Mutex counts every key under the name as an exclusive contender).
     fn supports(&self, mode: LockMode) -> bool {
-        // Every mode stands in the one line of create revisions (see `line`).
-        matches!(
-            mode,
-            LockMode::Exclusive | LockMode::Shared | LockMode::Permit(_)
-        )
+        self.layout().supports(mode)
     }
 
     async fn update_owner(&self, lease: &Lease, owner: &str) -> Result<()> {
@@ -400,7 +422,7 @@ impl LockBackend for EtcdBackend {
             )])
             .and_then([TxnOp::put(
                 record.key.as_str(),
-                stamp.encode(),
+                self.layout().value(&stamp),
                 Some(PutOptions::new().with_ignore_lease()),
             )]);
         if self.inner.txn(txn).await?.succeeded() {
@@ -416,10 +438,17 @@ impl LockBackend for EtcdBackend {
         options: &LockOptions,
         seen: &LockReport,
     ) -> Result<()> {
-        report::wait_for_change(&self.inner, &self.dir_of(key, options), seen).await
+        report::wait_for_change(&self.inner, self.layout(), &self.dir_of(key, options), seen).await
     }
 
+    /// `Unsupported` in etcd's concurrency layout: a lock name there can be any key.
     async fn list(&self, options: &LockOptions, list: &ListRequest) -> Result<ListPage> {
+        if !self.layout().lists() {
+            return Err(LockError::Unsupported {
+                backend: BACKEND,
+                operation: "listing the locks of the etcd-concurrency layout",
+            });
+        }
         let base = layout::lock_base(self.inner.config.namespace.as_deref(), &options.prefix);
         let range_start = format!("{base}{}", layout::escape_key_prefix(&list.key_prefix));
         let range_end = layout::prefix_end(range_start.as_bytes());
@@ -540,12 +569,13 @@ impl LockBackend for EtcdBackend {
 impl EtcdBackend {
     /// The queue directory of `key` under `options`.
     fn dir_of(&self, key: &LockKey, options: &LockOptions) -> String {
-        layout::queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key)
+        self.layout()
+            .queue_dir(self.inner.config.namespace.as_deref(), &options.prefix, key)
     }
 
     /// Who holds the lock whose queue directory is `dir` (see [`report::report_dir`]).
     async fn report_dir(&self, dir: &str) -> Result<LockReport> {
-        report::report_dir(&self.inner, dir).await
+        report::report_dir(&self.inner, self.layout(), dir).await
     }
 
     /// Writes the grant time into the value of a key that waited, off the grant's path (the

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(doc)]
+use dlock_core::LockKey;
 use dlock_core::{BackendUrl, LockError};
 
 /// The port etcd listens on for clients unless told otherwise.
@@ -42,6 +44,54 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// How long to wait for a connection to be set up (`?connect_timeout=`, default 3 s).
     pub connect_timeout: Duration,
+    /// Whose keys the client reads and writes (`?layout=`, default [`Layout::Dlock`]).
+    pub layout: Layout,
+}
+
+/// Whose keys a client reads and writes: dlock's own layout, or the one of etcd's own lock
+/// recipe, so that dlock and that recipe exclude each other (URL parameter `layout=`).
+///
+/// With [`Layout::EtcdConcurrency`] the lock key *is* the name given to `etcdctl lock NAME`,
+/// Go's `concurrency.NewMutex(session, NAME)` or the server's Lock RPC: no escaping, and no
+/// dlock prefix. The URL's `prefix` (namespace) and a lock options' prefix other than the
+/// default `dlock` are put in front, each followed by `/`, as Go's
+/// `namespace.NewKV(kv, "prefix/")` would (an explicit `LockOptions::prefix("dlock")` is
+/// indistinguishable from the default and adds nothing either). Every [`LockKey`]
+/// (1 to 512 bytes, no control characters; an empty or otherwise bad key is refused by
+/// [`LockKey::new`] with [`LockError::InvalidKey`]) is a name Go's
+/// Mutex takes too. As for Go, every key under `NAME/` is a contender, whoever wrote it (a
+/// lock `a/b` keeps `a` from being granted). Only
+/// [`LockMode::Exclusive`](dlock_core::LockMode::Exclusive) locks (and elections) are
+/// taken in that layout, and `list` is unsupported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// `layout=dlock` (the default): `{prefix}/{escaped key}/#{lease id, 16 hex}-{slot}`, the
+    /// value the owner and times; every mode; `list` works.
+    #[default]
+    Dlock,
+    /// `layout=etcd-concurrency`: etcd's `concurrency.Mutex` (also behind `etcdctl lock`,
+    /// the server's Lock RPC and `concurrency.Election`): `{name}/{lease id, hex}` put
+    /// under the client's lease, the value the owner description (the leader's value for
+    /// an election, Go's Mutex writes an empty one); every key under `{name}/` is a
+    /// contender, the lowest create revision holds. One key per lease per name, so a
+    /// client's second contender for one name takes a lease of its own.
+    EtcdConcurrency,
+}
+
+impl Layout {
+    /// The name the URL's `layout=` parameter gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Dlock => "dlock",
+            Layout::EtcdConcurrency => "etcd-concurrency",
+        }
+    }
+
+    /// Whether it is another library's layout.
+    pub fn is_foreign(self) -> bool {
+        self != Layout::Dlock
+    }
 }
 
 /// An etcd user name and password. `Debug` never shows the password.
@@ -81,12 +131,14 @@ impl EtcdConfig {
             namespace: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
+            layout: Layout::Dlock,
         }
     }
 
     /// Parses `etcd://[user:password@]host:port[,host:port…][/][?option=value&…]` or the same
     /// with `etcds://` for TLS. Options: `prefix`, `timeout`, `connect_timeout` (humantime
-    /// durations such as `500ms`, `2s`), and for TLS `ca`, `cert`, `key`, `domain`.
+    /// durations such as `500ms`, `2s`), `layout` (`dlock` or `etcd-concurrency`, see
+    /// [`Layout`]), and for TLS `ca`, `cert`, `key`, `domain`.
     ///
     /// Errors are [`LockError::InvalidUrl`], showing the URL with its password replaced
     /// by `***`.
@@ -109,6 +161,7 @@ impl fmt::Debug for EtcdConfig {
             .field("namespace", &self.namespace)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -160,6 +213,17 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
             }
             "timeout" => config.request_timeout = url.duration(name, value)?,
             "connect_timeout" => config.connect_timeout = url.duration(name, value)?,
+            "layout" => {
+                config.layout = match value {
+                    "dlock" => Layout::Dlock,
+                    "etcd-concurrency" => Layout::EtcdConcurrency,
+                    other => {
+                        return Err(url.invalid(format!(
+                            "layout `{other}` is none of `dlock`, `etcd-concurrency`"
+                        )))
+                    }
+                }
+            }
             "ca" | "cert" | "key" | "domain" if !tls => {
                 return Err(url.invalid(format!("`{name}` needs TLS: use etcds://")));
             }
@@ -183,6 +247,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "prefix",
     "timeout",
     "connect_timeout",
+    "layout",
     "ca",
     "cert",
     "key",
@@ -222,6 +287,10 @@ mod tests {
             "etcd://u:hunter2@h:notaport",
             "etcd://u:hunter2@h:1/some/path",
             "etcd://u:hunter2@h:1?bogus=1",
+            "etcd://u:hunter2@h:1?layout=",
+            "etcd://u:hunter2@h:1?layout=kazoo",
+            "etcd://u:hunter2@h:1?layout=Etcd-Concurrency",
+            "etcd://u:hunter2@h:1?layout=etcd_concurrency",
             "etcd://u:hunter2@h:1?timeout=soon",
             "etcd://u:hunter2@h:1?timeout=0s",
             "etcd://u:hunter2@h:1?ca=/x.pem",
@@ -242,6 +311,30 @@ mod tests {
                 other => panic!("{url}: expected InvalidUrl, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn layouts_are_chosen_by_name() {
+        for (url, layout) in [
+            ("etcd://h", Layout::Dlock),
+            ("etcd://h?layout=dlock", Layout::Dlock),
+            ("etcd://h?layout=etcd-concurrency", Layout::EtcdConcurrency),
+            (
+                "etcds://h?prefix=app&layout=etcd-concurrency&timeout=2s",
+                Layout::EtcdConcurrency,
+            ),
+        ] {
+            let config = EtcdConfig::from_url(url).unwrap();
+            assert_eq!(config.layout, layout, "{url}");
+            assert_eq!(
+                EtcdConfig::from_url(&format!("etcd://h?layout={}", layout.name()))
+                    .unwrap()
+                    .layout,
+                layout
+            );
+        }
+        assert_eq!(EtcdConfig::new(["h:1"]).layout, Layout::Dlock);
+        assert!(Layout::EtcdConcurrency.is_foreign() && !Layout::Dlock.is_foreign());
     }
 
     #[test]

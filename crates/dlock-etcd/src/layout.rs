@@ -1,4 +1,7 @@
-//! Where locks live in etcd's key space.
+//! Where locks live in etcd's key space, in dlock's own layout and in etcd's
+//! `concurrency.Mutex` layout ([`Layout`]): everything that differs between the two is here.
+//!
+//! ## dlock's layout
 //!
 //! A lock is a *queue directory* `[namespace/]prefix/key-segment/#`, and every contender of
 //! the lock puts one key in it: `…/#<lease id, hex>-<slot, hex>`. The contender with
@@ -24,8 +27,139 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dlock_core::{LockKey, LockMode};
+use dlock_core::{LockKey, LockMode, LockOptions};
 use etcd_client::GetOptions;
+
+pub(crate) use crate::config::Layout;
+
+/// What differs between the layouts. Everything else (the line of create revisions, the
+/// enqueue and re-check reads, the watch on the one key ahead, release, renewal, fencing)
+/// is the same code for both: etcd's `concurrency.Mutex` already queues the way dlock's
+/// exclusive contenders do (put under the lease if absent, the lowest create revision
+/// holds, wait for the deletion of the newest key created before ours, look again).
+///
+/// ## etcd's `concurrency.Mutex` layout
+///
+/// Go's `NewMutex(session, NAME)` (and so `etcdctl lock NAME`, the server's Lock RPC,
+/// which runs that Mutex inside the server, and `concurrency.Election`) uses the prefix
+/// `NAME/`; a session's key is `NAME/{lease id as %x}`, put with the session's lease only
+/// if absent, and *every* key under `NAME/` is a contender, whoever wrote it. In that
+/// layout the queue directory is `[namespace/][prefix/]key/` (unescaped), a contender key
+/// is the directory followed by the lease id in Go's `%x`, every key found there is an
+/// exclusive contender, and the value is the owner description as it is (no times: Go's
+/// Mutex writes an empty value, `concurrency.Election` the leader's value).
+impl Layout {
+    /// The queue directory of `key` under `prefix` (and the configured namespace).
+    pub(crate) fn queue_dir(self, namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
+        match self {
+            Layout::Dlock => queue_dir(namespace, prefix, key),
+            Layout::EtcdConcurrency => concurrency_dir(namespace, prefix, key),
+        }
+    }
+
+    /// Whether one lease can have only one contender key per queue directory (so a client
+    /// needs a lease per concurrent contender of one lock).
+    pub(crate) fn one_key_per_lease(self) -> bool {
+        self == Layout::EtcdConcurrency
+    }
+
+    /// The key a contender in `mode` of the lease `lease_id` puts in `dir`, in its `slot`
+    /// (always 0 where [`Layout::one_key_per_lease`]).
+    pub(crate) fn contender_key(
+        self,
+        dir: &str,
+        lease_id: i64,
+        slot: u64,
+        mode: LockMode,
+    ) -> String {
+        match self {
+            Layout::Dlock => contender_key(dir, lease_id, slot, mode),
+            Layout::EtcdConcurrency => format!("{dir}{}", go_hex(lease_id)),
+        }
+    }
+
+    /// The mode of the contender key `key` of the queue `dir`.
+    pub(crate) fn mode_of(self, dir: &str, key: &[u8]) -> LockMode {
+        match self {
+            Layout::Dlock => mode_of(dir, key),
+            // Go's Mutex waits for every key under its prefix.
+            Layout::EtcdConcurrency => LockMode::Exclusive,
+        }
+    }
+
+    /// Whether a lock can be taken in `mode`.
+    pub(crate) fn supports(self, mode: LockMode) -> bool {
+        mode == LockMode::Exclusive || self == Layout::Dlock
+    }
+
+    /// The value a contender key carries.
+    pub(crate) fn value(self, stamp: &Stamp) -> String {
+        match self {
+            Layout::Dlock => stamp.encode(),
+            Layout::EtcdConcurrency => stamp.owner.clone(),
+        }
+    }
+
+    /// Whether the value records when a waiter was granted (written after the grant).
+    pub(crate) fn records_grant_time(self) -> bool {
+        self == Layout::Dlock
+    }
+
+    /// Whether the locks of a prefix can be listed: dlock's directories can be told apart
+    /// from anything else, a foreign name can be any key.
+    pub(crate) fn lists(self) -> bool {
+        self == Layout::Dlock
+    }
+
+    /// The owner description and grant time a holder's key and value tell.
+    pub(crate) fn holder(self, key: &[u8], value: &[u8]) -> (Option<String>, Option<SystemTime>) {
+        match self {
+            Layout::Dlock => match Stamp::decode(value) {
+                Some(stamp) => (Some(stamp.owner.clone()), Some(stamp.acquired())),
+                None => (None, None),
+            },
+            // The value is the owner (a leader's value); Go's Mutex writes none, and its key,
+            // which names its lease, is what `etcdctl lock` prints for it.
+            Layout::EtcdConcurrency => {
+                let text = if value.is_empty() { key } else { value };
+                (std::str::from_utf8(text).ok().map(str::to_owned), None)
+            }
+        }
+    }
+}
+
+/// `[namespace/][prefix/]key/`: the lock name exactly as `etcdctl lock` and Go's
+/// `NewMutex` are given it, and the `/` Go's Mutex appends. The lock options' default
+/// prefix (`dlock`) is dlock's own namespace and is left out; any other prefix, and the
+/// URL's namespace, go in front as they are (slashes at their ends dropped), as Go's
+/// `namespace.NewKV(kv, "prefix/")` would put them.
+fn concurrency_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
+    let prefix = if prefix == LockOptions::default().prefix {
+        ""
+    } else {
+        prefix.trim_matches('/')
+    };
+    let mut dir = String::new();
+    for part in [namespace.unwrap_or(""), prefix] {
+        if !part.is_empty() {
+            dir.push_str(part);
+            dir.push('/');
+        }
+    }
+    dir.push_str(key.as_str());
+    dir.push('/');
+    dir
+}
+
+/// A lease id as Go's `fmt.Sprintf("%x", leaseID)` writes it: lower-case hex, no padding,
+/// a `-` before the magnitude of a negative one.
+fn go_hex(id: i64) -> String {
+    if id < 0 {
+        format!("-{:x}", id.unsigned_abs())
+    } else {
+        format!("{id:x}")
+    }
+}
 
 /// Where the locks of `prefix` (and the configured namespace) live: every queue directory
 /// of that prefix is this followed by a key segment and `/#`.
@@ -41,7 +175,7 @@ pub(crate) fn lock_base(namespace: Option<&str>, prefix: &str) -> String {
 }
 
 /// The queue directory of `key` under `prefix` (and the configured namespace).
-pub(crate) fn queue_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
+fn queue_dir(namespace: Option<&str>, prefix: &str, key: &LockKey) -> String {
     let mut dir = lock_base(namespace, prefix);
     dir.push_str(&key.path_segment());
     dir.push_str("/#");
@@ -215,7 +349,7 @@ impl Stamp {
 
 /// The key one contender in `mode` puts in `dir`: exclusive ones untagged, as before modes
 /// existed, the others tagged with their mode (see the module documentation).
-pub(crate) fn contender_key(dir: &str, lease_id: i64, slot: u64, mode: LockMode) -> String {
+fn contender_key(dir: &str, lease_id: i64, slot: u64, mode: LockMode) -> String {
     match mode {
         LockMode::Exclusive => format!("{dir}{lease_id:016x}-{slot:x}"),
         LockMode::Shared => format!("{dir}{SHARED_TAG}{lease_id:016x}-{slot:x}"),
@@ -234,7 +368,7 @@ const PERMIT_TAG: &str = "~permit-";
 /// The mode of the contender key `key` of the queue `dir`, from its name. Anything not
 /// tagged is exclusive: dlock's own untagged keys, and keys of other lock clients queueing
 /// in the directory, who must be waited for like any holder.
-pub(crate) fn mode_of(dir: &str, key: &[u8]) -> LockMode {
+fn mode_of(dir: &str, key: &[u8]) -> LockMode {
     let name = key.strip_prefix(dir.as_bytes()).unwrap_or(key);
     if name.starts_with(SHARED_TAG.as_bytes()) {
         return LockMode::Shared;
@@ -379,6 +513,69 @@ mod tests {
         assert_eq!(
             mode_of(&dir, format!("{dir}~permit-x-1").as_bytes()),
             LockMode::Exclusive
+        );
+    }
+
+    #[test]
+    fn concurrency_keys_are_gos() {
+        let layout = Layout::EtcdConcurrency;
+        let dir = layout.queue_dir(None, &LockOptions::default().prefix, &key("jobs/a b"));
+        assert_eq!(dir, "jobs/a b/");
+        assert_eq!(
+            layout.contender_key(&dir, 0x694d_8c1a_0b2c_3d4e, 0, LockMode::Exclusive),
+            "jobs/a b/694d8c1a0b2c3d4e"
+        );
+        assert_eq!(
+            layout.contender_key("k/", 0x2a, 0, LockMode::Exclusive),
+            "k/2a"
+        );
+        assert_eq!(
+            layout.contender_key("k/", -0x2a, 0, LockMode::Exclusive),
+            "k/-2a"
+        );
+        // The URL's namespace and a prefix other than the default go in front, raw.
+        assert_eq!(
+            layout.queue_dir(Some("ns/x"), "app/", &key("k")),
+            "ns/x/app/k/"
+        );
+        assert_eq!(
+            layout.queue_dir(Some("ns"), "dlock", &key("%2F..")),
+            "ns/%2F../"
+        );
+        assert_eq!(layout.queue_dir(None, "", &key("/k")), "/k/");
+        // Every key under the name's `/` is an exclusive contender, whatever its name.
+        for name in ["694d8c1a", "~shared-1-2", "~permit-3-1-2", "sub/lock/1"] {
+            assert_eq!(
+                layout.mode_of(&dir, format!("{dir}{name}").as_bytes()),
+                LockMode::Exclusive
+            );
+        }
+        assert!(layout.supports(LockMode::Exclusive));
+        assert!(!layout.supports(LockMode::Shared) && !layout.supports(LockMode::Permit(2)));
+        // The value is the owner as it is; Go's empty value names the holder by its key.
+        let stamp = Stamp::now("leader at 10.0.0.7");
+        assert_eq!(layout.value(&stamp), "leader at 10.0.0.7");
+        assert_eq!(
+            layout.holder(b"k/2a", b"leader at 10.0.0.7"),
+            (Some("leader at 10.0.0.7".to_owned()), None)
+        );
+        assert_eq!(layout.holder(b"k/2a", b""), (Some("k/2a".to_owned()), None));
+        // dlock's own layout is unchanged.
+        let own = Layout::Dlock;
+        assert_eq!(
+            own.queue_dir(None, "app", &key("k")),
+            queue_dir(None, "app", &key("k"))
+        );
+        assert_eq!(
+            own.contender_key("p/k/#", 0x2a, 0x1b, LockMode::Exclusive),
+            "p/k/#000000000000002a-1b"
+        );
+        assert_eq!(own.holder(b"p/k/#1", b""), (None, None));
+        assert_eq!(
+            own.holder(b"p/k/#1", stamp.encode().as_bytes())
+                .0
+                .as_deref(),
+            Some("leader at 10.0.0.7")
         );
     }
 

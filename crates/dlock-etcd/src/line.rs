@@ -17,7 +17,7 @@
 use dlock_core::{turn, LockMode, Result, Turn};
 use etcd_client::{Compare, CompareOp, GetOptions, TxnOp, TxnResponse};
 
-use crate::layout::{mode_of, newest_first, oldest_first, permit_prefix, untagged_end};
+use crate::layout::{newest_first, oldest_first, permit_prefix, untagged_end, Layout};
 use crate::session::{got, revision_of};
 
 /// Where a contender stands, as last read.
@@ -112,6 +112,7 @@ pub(crate) fn reads(mode: LockMode) -> usize {
 /// [`LockError::IncompatibleMode`](dlock_core::LockError::IncompatibleMode) if someone ahead
 /// uses the key another way: the contender must leave.
 pub(crate) fn decide(
+    layout: Layout,
     lock: &str,
     dir: &str,
     mode: LockMode,
@@ -142,7 +143,10 @@ pub(crate) fn decide(
         LockMode::Permit(permits) => ahead.truncate(permits as usize),
         LockMode::Shared => {}
     }
-    let modes: Vec<LockMode> = ahead.iter().map(|(key, _)| mode_of(dir, key)).collect();
+    let modes: Vec<LockMode> = ahead
+        .iter()
+        .map(|(key, _)| layout.mode_of(dir, key))
+        .collect();
     Ok(match turn(lock, mode, &modes)? {
         Turn::Granted => Next::Granted,
         Turn::WaitFor(index) => {
@@ -182,10 +186,16 @@ pub(crate) fn try_conditions(dir: &str, mode: LockMode) -> Option<(Vec<Compare>,
 /// Why a `try_acquire` in `mode` whose [`try_conditions`] failed did not get the lock:
 /// `Ok` if it is busy, [`LockError::IncompatibleMode`](dlock_core::LockError::IncompatibleMode)
 /// if a semaphore uses the key.
-pub(crate) fn refused(lock: &str, dir: &str, mode: LockMode, response: &TxnResponse) -> Result<()> {
+pub(crate) fn refused(
+    layout: Layout,
+    lock: &str,
+    dir: &str,
+    mode: LockMode,
+    response: &TxnResponse,
+) -> Result<()> {
     let permits: Vec<LockMode> = got(response, 0)?
         .iter()
-        .map(|kv| mode_of(dir, kv.key()))
+        .map(|kv| layout.mode_of(dir, kv.key()))
         .collect();
     turn(lock, mode, &permits).map(|_| ())
 }

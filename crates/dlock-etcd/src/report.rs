@@ -7,7 +7,7 @@ use dlock_core::{FencingToken, LockInfo, LockMode, LockReport, Result};
 use etcd_client::{GetOptions, KeyValue};
 
 use crate::error::{request, to_lock_error};
-use crate::layout::{mode_of, oldest_first, Stamp};
+use crate::layout::{oldest_first, Layout};
 use crate::session::Shared;
 
 /// What a report says of a lock before the holder's remaining lease is asked for.
@@ -21,11 +21,11 @@ struct Snapshot {
 /// the token, its value the owner and times), how many contenders are not granted, and how
 /// long the oldest holder's lease has left. Two requests for an exclusive holder; a shared
 /// or permit holder costs a third, a keys-only read of the holders.
-pub(crate) async fn report_dir(shared: &Shared, dir: &str) -> Result<LockReport> {
+pub(crate) async fn report_dir(shared: &Shared, layout: Layout, dir: &str) -> Result<LockReport> {
     let Snapshot {
         mut report,
         holder_lease,
-    } = snapshot(shared, dir).await?;
+    } = snapshot(shared, layout, dir).await?;
     if let Some(lease) = holder_lease {
         let mut leases = shared.client.lease_client();
         let (endpoint, timeout) = (&shared.endpoint, shared.config.request_timeout);
@@ -38,7 +38,7 @@ pub(crate) async fn report_dir(shared: &Shared, dir: &str) -> Result<LockReport>
 }
 
 /// The report of `dir` without the remaining lease.
-async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
+async fn snapshot(shared: &Shared, layout: Layout, dir: &str) -> Result<Snapshot> {
     let mut kv = shared.client.kv_client();
     let (endpoint, timeout) = (&shared.endpoint, shared.config.request_timeout);
     // The oldest key, with its value, and the number of keys in the line.
@@ -60,7 +60,7 @@ async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
         });
     };
     let count = usize::try_from(queue.count()).unwrap_or(usize::MAX);
-    let holders = match mode_of(dir, holder.key()) {
+    let holders = match layout.mode_of(dir, holder.key()) {
         // Only the oldest key can be granted before anyone else.
         LockMode::Exclusive => 1,
         mode => {
@@ -78,7 +78,7 @@ async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
                 kv.get(dir, Some(oldest_first(reach).with_revision(at))),
             )
             .await?;
-            granted(dir, line.kvs())
+            granted(layout, dir, line.kvs())
         }
     };
     let mut report = LockReport::from(LockInfo {
@@ -89,11 +89,9 @@ async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
         remaining_lease: None,
         waiters: Some(count.saturating_sub(holders)),
     });
-    if let Some(stamp) = Stamp::decode(holder.value()) {
-        report = report
-            .with_acquired_at(stamp.acquired())
-            .with_owner(stamp.owner);
-    }
+    let (owner, acquired_at) = layout.holder(holder.key(), holder.value());
+    report.owner = owner;
+    report.acquired_at = acquired_at;
     Ok(Snapshot {
         report,
         holder_lease: Some(holder.lease()),
@@ -103,8 +101,11 @@ async fn snapshot(shared: &Shared, dir: &str) -> Result<Snapshot> {
 /// How many of `line` (oldest first, from the first contender on) hold the lock: the
 /// leading contenders whose turn is granted. (A contender that is not granted stops the
 /// count: everyone behind it is behind a waiter, or a writer's reader.)
-fn granted(dir: &str, line: &[KeyValue]) -> usize {
-    let modes: Vec<LockMode> = line.iter().map(|kv| mode_of(dir, kv.key())).collect();
+fn granted(layout: Layout, dir: &str, line: &[KeyValue]) -> usize {
+    let modes: Vec<LockMode> = line
+        .iter()
+        .map(|kv| layout.mode_of(dir, kv.key()))
+        .collect();
     dlock_core::holders(&modes).max(1)
 }
 
@@ -116,7 +117,12 @@ fn granted(dir: &str, line: &[KeyValue]) -> usize {
 /// The watch starts at the current revision (etcd serves a watch that starts in the past
 /// from a 100 ms loop), and the lock is read once more when it is in place: a change
 /// between `seen` and the watch resolves at once.
-pub(crate) async fn wait_for_change(shared: &Shared, dir: &str, seen: &LockReport) -> Result<()> {
+pub(crate) async fn wait_for_change(
+    shared: &Shared,
+    layout: Layout,
+    dir: &str,
+    seen: &LockReport,
+) -> Result<()> {
     let (endpoint, timeout) = (shared.endpoint.as_str(), shared.config.request_timeout);
     let mut watch = shared.client.watch_client();
     let options = etcd_client::WatchOptions::new().with_prefix();
@@ -127,7 +133,7 @@ pub(crate) async fn wait_for_change(shared: &Shared, dir: &str, seen: &LockRepor
         // Cancelled, closed, or already an event: the caller reads the lock again.
         _ => return Ok(()),
     }
-    let now = snapshot(shared, dir).await?.report;
+    let now = snapshot(shared, layout, dir).await?.report;
     if !same_holder(&now, seen) {
         return Ok(());
     }

@@ -3,7 +3,7 @@
 //! is attached to, kept alive by one keepalive stream, with the loss signals it owes the
 //! guards when it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,8 +18,13 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::config::EtcdConfig;
+use crate::config::{EtcdConfig, Layout};
 use crate::error::{request, to_lock_error, BACKEND};
+
+/// How many unused sessions of one lease length a client keeps (see [`Shared::contender`]):
+/// dlock's layout only ever has one; with one key per lease and lock, the extra leases of a
+/// burst of contenders for one lock are given back beyond this.
+const IDLE_SESSIONS: usize = 4;
 
 /// What every clone of an [`EtcdBackend`](crate::EtcdBackend) shares: the etcd client, and
 /// the sessions its locks and waiting keys are attached to.
@@ -28,8 +33,10 @@ pub(crate) struct Shared {
     pub(crate) config: EtcdConfig,
     /// The endpoints, for error messages (no credentials).
     pub(crate) endpoint: String,
-    /// Live sessions by lease length in whole seconds.
-    pub(crate) sessions: AsyncMutex<HashMap<u64, Arc<Session>>>,
+    /// Live sessions by lease length in whole seconds: one in dlock's layout; in a layout
+    /// with one key per lease and lock, as many as this client had contenders of one lock
+    /// at once (see [`Shared::contender`]).
+    pub(crate) sessions: AsyncMutex<HashMap<u64, Vec<Arc<Session>>>>,
     /// Watch events received by waiters, for tests and benchmarks.
     pub(crate) watch_events: AtomicU64,
 }
@@ -72,25 +79,54 @@ impl Shared {
         })
     }
 
-    /// The live session for locks with `lease`, started if needed.
-    pub(crate) async fn session(&self, lease: Duration) -> Result<Arc<Session>> {
+    /// A session for a contender of `mode` in the queue `dir` with `lease`, and the name of
+    /// its key there: the live session of that lease length, started if needed. In a layout
+    /// with one key per lease and lock ([`Layout::one_key_per_lease`]) a session whose key
+    /// in `dir` is taken (by another task of this client) cannot lend a second one: the next
+    /// session of that lease length that can is used, or a new one is started. Those extra
+    /// sessions stay for later contenders, but no more than [`IDLE_SESSIONS`] unused ones.
+    pub(crate) async fn contender(
+        &self,
+        lease: Duration,
+        dir: &str,
+        mode: LockMode,
+    ) -> Result<(Arc<Session>, Name)> {
         let seconds = lease.as_secs_f64().ceil().max(1.0) as u64;
         let mut sessions = self.sessions.lock().await;
+        let pool = sessions.entry(seconds).or_default();
         // A lease past its validity on this process's clock (after a pause, say) is given up
         // here even if its heartbeat has not run yet: a key put under it would queue behind
         // the keys of its own lost locks.
-        if let Some(session) = sessions.get(&seconds).filter(|s| !s.end_if_overdue()) {
-            return Ok(Arc::clone(session));
+        let mut idle = 0;
+        pool.retain(|session| {
+            if session.end_if_overdue() {
+                return false;
+            }
+            // Only the pool holds it: no lock, no waiter, no request uses it.
+            if Arc::strong_count(session) == 1 {
+                idle += 1;
+                return idle <= IDLE_SESSIONS;
+            }
+            true
+        });
+        for session in pool.iter() {
+            if let Some(name) = session.name(dir, mode) {
+                return Ok((Arc::clone(session), name));
+            }
         }
         let session = Session::start(
             self.client.lease_client(),
             Duration::from_secs(seconds),
+            self.config.layout,
             &self.endpoint,
             self.config.request_timeout,
         )
         .await?;
-        sessions.insert(seconds, Arc::clone(&session));
-        Ok(session)
+        let name = session
+            .name(dir, mode)
+            .ok_or_else(|| LockError::protocol(BACKEND, "a new session has no free key name"))?;
+        pool.push(Arc::clone(&session));
+        Ok((session, name))
     }
 
     /// Runs one transaction, bounded by the request timeout.
@@ -143,6 +179,8 @@ pub(crate) struct Session {
     timeout: Duration,
     /// Set when the heartbeat was stopped to simulate a crash: dropping must not revoke.
     abandoned: AtomicBool,
+    /// Whose keys the session's names are.
+    layout: Layout,
     /// The contender key names this session can use again.
     names: Mutex<Names>,
 }
@@ -155,12 +193,20 @@ pub(crate) struct Session {
 /// two incarnations of one name never overlap; every delete of a name that may be reused is
 /// conditional on the incarnation's create revision, so a late retry cannot remove a newer
 /// one. A name whose key's fate is unknown is never reused.
+///
+/// Where the layout has one key per lease and lock ([`Layout::one_key_per_lease`]), the one
+/// name of a directory is lent to one contender at a time instead (`taken`), and a name
+/// retired for good takes the directory out of this session's reach: the client uses
+/// another session for it.
 #[derive(Default)]
 struct Names {
     /// Free slot numbers per queue directory.
     free: HashMap<String, Vec<u64>>,
     /// The next slot number never used by this session.
     next: u64,
+    /// With one key per lease and lock: the directories whose one name is lent out (or
+    /// retired).
+    taken: HashSet<String>,
 }
 
 /// At most this many queue directories keep free names per session: beyond, a given-back
@@ -193,6 +239,10 @@ impl Name {
             return;
         }
         let mut names = lock(&session.names);
+        if session.layout.one_key_per_lease() {
+            names.taken.remove(&self.dir);
+            return;
+        }
         let free = &mut names.free;
         if free.len() < MAX_FREE_DIRS || free.contains_key(&self.dir) {
             free.entry(self.dir).or_default().push(self.slot);
@@ -214,6 +264,7 @@ impl Session {
     pub(crate) async fn start(
         mut lease: LeaseClient,
         ttl: Duration,
+        layout: Layout,
         endpoint: &str,
         timeout: Duration,
     ) -> Result<Arc<Session>, LockError> {
@@ -250,6 +301,7 @@ impl Session {
             endpoint: endpoint.to_owned(),
             timeout,
             abandoned: AtomicBool::new(false),
+            layout,
             names: Mutex::new(Names::default()),
         }))
     }
@@ -261,20 +313,28 @@ impl Session {
 
     /// A name for a contender key in `mode` in `dir`: a slot this session used before and
     /// got back, else a new one. (A slot is lent to one contender at a time, so the keys of
-    /// one slot in different modes never exist together either.)
-    pub(crate) fn name(self: &Arc<Self>, dir: &str, mode: LockMode) -> Name {
+    /// one slot in different modes never exist together either.) With one key per lease
+    /// and lock, the session's one name in `dir`, or `None` while it is lent out.
+    pub(crate) fn name(self: &Arc<Self>, dir: &str, mode: LockMode) -> Option<Name> {
         let mut names = lock(&self.names);
-        let reused = names.free.get_mut(dir).and_then(Vec::pop);
-        let slot = reused.unwrap_or_else(|| {
-            names.next += 1;
-            names.next - 1
-        });
-        Name {
+        let slot = if self.layout.one_key_per_lease() {
+            if !names.taken.insert(dir.to_owned()) {
+                return None;
+            }
+            0
+        } else {
+            let reused = names.free.get_mut(dir).and_then(Vec::pop);
+            reused.unwrap_or_else(|| {
+                names.next += 1;
+                names.next - 1
+            })
+        };
+        Some(Name {
             session: Arc::downgrade(self),
             dir: dir.to_owned(),
             slot,
-            key: crate::layout::contender_key(dir, self.id(), slot, mode),
-        }
+            key: self.layout.contender_key(dir, self.id(), slot, mode),
+        })
     }
 
     /// Until when the lease surely runs, on this process's clock.

@@ -84,7 +84,8 @@ impl Contender {
             ));
         }
         contender.revision = revision_of(&response)?;
-        match line::decide(lock, dir, mode, contender.revision, &response, 1) {
+        let layout = shared.config.layout;
+        match line::decide(layout, lock, dir, mode, contender.revision, &response, 1) {
             Ok(next) => contender.next = next,
             Err(error) => {
                 contender.leave().await;
@@ -203,6 +204,7 @@ impl Contender {
             return Ok(false);
         }
         self.next = line::decide(
+            self.shared.config.layout,
             &self.lock,
             &self.dir,
             self.mode,

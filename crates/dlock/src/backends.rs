@@ -125,8 +125,19 @@
 //!   answer was lost counts as released; a waiter's withdrawal cut off by its wait limit during
 //!   a restart goes on in the background.
 //!
-//! ## Layouts: sharing a lock with another library (ZooKeeper)
-//! `layout=` in the URL picks whose nodes a client reads and writes. A foreign layout makes
+//! ## Layouts: sharing a lock with another library
+//! `layout=` in the URL picks whose keys or nodes a client reads and writes; the default is
+//! dlock's own. In a foreign layout the lock key is the other library's lock name exactly as
+//! that library is given it (no dlock prefix or escaping unless the URL gives a `prefix`), and
+//! dlock and the other library exclude each other both ways. Only exclusive locks (and
+//! elections, which are exclusive locks with an owner) are offered in a foreign layout:
+//! semaphores and read-write locks are refused with `Unsupported`, and `list` is
+//! `Unsupported` (`introspection().list` is false). `Capabilities` says what else weakens, and
+//! the conformance suite runs in every layout with only what the layout gives up on purpose
+//! left out.
+//!
+//! ### ZooKeeper: kazoo and Curator
+//! A foreign layout makes
 //! dlock one more contender in the other library's own line, so the two exclude each other
 //! both ways, wait for each other in one FIFO line, and a crashed holder on either side frees
 //! the lock when its session expires. The lock key is the other library's lock path exactly
@@ -146,6 +157,21 @@
 //! escaped names (`a//b` and `a/b` are one lock, `.` and `..` segments are refused, a lock
 //! path may be the parent of another); `list` (locks are anywhere in the tree: `Unsupported`,
 //! and `introspection().list` is false); kazoo's persistent lock path stays after use.
+//!
+//! ### Redis: the standard `SET NX PX` layout (redsync, node-redlock, rslock, redis-py)
+//!
+//! | URL | shares locks with | keys | order and wake-up | tested against |
+//! |---|---|---|---|---|
+//! | `redis://…?layout=redis-standard` (also `rediss://`, `redis+sentinel://`, `redis+redlock://a,b,c`) | redsync (Go), node-redlock (Node), rslock (Rust), redis-py `Lock` (Python), hand-written `SET NX PX` scripts | the key itself: `SET {key} {owner id}\n{acquired ms}\n{owner} NX PX {lease}`, released by compare-and-delete, extended by compare-and-pexpire; on Redlock the same on each instance, a majority wins; dlock's fence counter `{<key>}:dlock-fence` beside it, in the key's cluster slot, expiring 5 s after the lock | no line, not FIFO; every dlock waiter tries again on each change of the key, woken by its keyspace events when the server publishes them (`notify-keyspace-events` with `K`, `g`, `$`, `x`, e.g. `KA`; dlock never changes server config), else by polling every 10–200 ms; also at the holder's expiry | redis-py 4.3.4 (`python3-redis`) and a Redlock on it written as redsync takes it; the conformance suite but its one-waiter-per-release and prefix/key properties, with and without notifications, on Redlock and behind Sentinel |
+//!
+//! What it keeps: mutual exclusion with the other libraries; fencing tokens that grow among
+//! dlock holders (the others ignore the counter); a lost lock signalled when the keepalive's
+//! compare-and-pexpire finds another value; `inspect` (held, remaining lease; owner and token
+//! of dlock holders only: a foreign holder's value is its secret token). What it gives up:
+//! FIFO and waiter counts (no line among libraries that have none), one-waiter-per-release
+//! (`server_wakeup` is true only while every instance publishes keyspace events), `list`.
+//! A `prefix` is put in front of the key as it is, without a separator (`prefix=app:` and key
+//! `job` is `app:job`).
 //!
 //! ## etcd under faults
 //! The lease is one etcd lease per client and lease length (whole seconds, at least etcd's

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
 use dlock_core::{LockBackend, LockError, LockGuard, Locker};
-use dlock_etcd::EtcdBackend;
+use dlock_etcd::{EtcdBackend, EtcdConfig, Layout};
 use dlock_test_servers::free_port;
 
 use crate::conformance_support::CountingProxy;
@@ -21,6 +21,8 @@ pub struct EtcdTarget {
     /// The members through the proxies, for the clients under test.
     proxied_url: String,
     proxies: Vec<CountingProxy>,
+    /// Whose keys the clients write (the suite runs once per layout).
+    layout: Layout,
     /// Whatever must live as long as the target (a cluster test's shared gate).
     _holding: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -29,6 +31,11 @@ impl EtcdTarget {
     /// A target for `url`, whose members are at `addresses` (`host:port,host:port…`, as
     /// written in the URL).
     pub async fn new(url: &str, addresses: &str) -> EtcdTarget {
+        EtcdTarget::with_layout(url, addresses, Layout::Dlock).await
+    }
+
+    /// [`EtcdTarget::new`] with clients that write `layout`'s keys.
+    pub async fn with_layout(url: &str, addresses: &str, layout: Layout) -> EtcdTarget {
         let count = Arc::new(AtomicU64::new(0));
         let mut proxies = Vec::new();
         for address in addresses.split(',') {
@@ -39,6 +46,7 @@ impl EtcdTarget {
             url: url.to_owned(),
             proxied_url: url.replacen(addresses, &proxied.join(","), 1),
             proxies,
+            layout,
             _holding: None,
         }
     }
@@ -69,7 +77,9 @@ impl ConformanceTarget for EtcdTarget {
 
     async fn connect(&self, _lease: Duration) -> Result<Arc<dyn LockBackend>, LockError> {
         // The session's lease length follows each lock's `lease` option.
-        Ok(Arc::new(dlock_etcd::connect(&self.proxied_url).await?))
+        let mut config = EtcdConfig::from_url(&self.proxied_url)?;
+        config.layout = self.layout;
+        Ok(Arc::new(EtcdBackend::connect(config).await?))
     }
 
     async fn connect_unreachable(&self) -> Result<Arc<dyn LockBackend>, LockError> {
