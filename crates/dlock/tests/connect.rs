@@ -99,6 +99,7 @@ async fn every_backend_scheme_reaches_its_backend() {
             "{url}: {outcome:?}"
         );
     }
+    let _ = std::fs::remove_file(test_ca_path());
 }
 
 /// A CA certificate in a file of this test process's own (`openssl req -x509`, P-256).
@@ -119,4 +120,9 @@ o67mtxK5rcOsFz1ClDl9Tg8m8omSxaqi
         std::env::temp_dir().join(format!("dlock-connect-test-ca-{}.pem", std::process::id()));
     std::fs::write(&path, CA).expect("the CA file");
     path
+}
+
+/// Where [`test_ca`] writes its file.
+fn test_ca_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("dlock-connect-test-ca-{}.pem", std::process::id()))
 }
