@@ -13,7 +13,9 @@
 //!
 //! Clusters: [`EtcdCluster`] (three members) and [`ZooKeeperEnsemble`] (three servers) are
 //! always local processes, since their tests kill and pause single members; each test
-//! binary shares one ([`shared_etcd_cluster`], [`shared_zookeeper_ensemble`]).
+//! binary shares one ([`shared_etcd_cluster`], [`shared_zookeeper_ensemble`]). So is
+//! [`SecureZooKeeper`] (a TLS port with a CA made in the test, SASL users;
+//! [`shared_secure_zookeeper`]).
 //!
 //! Servers a test starts itself (for fault tests: [`ServerProcess::kill`],
 //! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
@@ -49,6 +51,7 @@ mod sentinel;
 mod workload;
 mod zookeeper;
 mod zookeeper_ensemble;
+mod zookeeper_secure;
 
 pub use cancel::{cancel_at_poll, count_polls};
 pub use checker::{check, Acquisition, CheckConfig, Report};
@@ -68,6 +71,7 @@ pub use sentinel::{SentinelDeployment, SENTINEL_MASTER};
 pub use workload::{connect_and_run, fenced_write, run_client, Primitive, WorkloadConfig};
 pub use zookeeper::ZooKeeperServer;
 pub use zookeeper_ensemble::{shared_zookeeper_ensemble, ZooKeeperEnsemble};
+pub use zookeeper_secure::{shared_secure_zookeeper, SecureZooKeeper, SASL_USERS};
 
 use std::sync::OnceLock;
 

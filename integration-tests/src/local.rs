@@ -60,7 +60,7 @@ impl LocalServer {
     }
 
     /// Keeps the server until the test binary exits and returns where to reach it.
-    fn into_shared(self) -> Endpoint {
+    pub(crate) fn into_shared(self) -> Endpoint {
         let endpoint = Endpoint {
             url: self.url(),
             address: self.address(),

@@ -14,7 +14,7 @@ const TICK_MS: u64 = 100;
 
 /// A standalone ZooKeeper server on a free loopback port.
 #[derive(Debug)]
-pub struct ZooKeeperServer(LocalServer);
+pub struct ZooKeeperServer(pub(crate) LocalServer);
 
 impl ZooKeeperServer {
     /// Starts a server (the JVM takes a few seconds).
@@ -24,6 +24,11 @@ impl ZooKeeperServer {
 
     /// Starts a server with extra `zoo.cfg` lines (`key=value`).
     pub fn start_with(extra_config: &[&str]) -> ZooKeeperServer {
+        Self::start_with_jvm(extra_config, &[])
+    }
+
+    /// Starts a server with extra `zoo.cfg` lines and extra JVM arguments (`-Dname=value`).
+    pub(crate) fn start_with_jvm(extra_config: &[&str], jvm_args: &[String]) -> ZooKeeperServer {
         let dir = prepare(
             "/usr/share/java/zookeeper.jar",
             "ZooKeeper (/usr/share/java/zookeeper.jar)",
@@ -54,7 +59,8 @@ impl ZooKeeperServer {
              log4j.appender.CONSOLE.layout.ConversionPattern=%d %-5p [%t] %c{1}: %m%n\n",
         )
         .expect("log4j.properties");
-        let args = vec![
+        let mut args = jvm_args.to_vec();
+        args.extend([
             "-Xmx256m".to_owned(),
             "-XX:+UseSerialGC".to_owned(),
             format!("-Dlog4j.configuration=file:{}", log4j.display()),
@@ -63,7 +69,7 @@ impl ZooKeeperServer {
             "/usr/share/java/*:/etc/zookeeper/conf".to_owned(),
             "org.apache.zookeeper.server.quorum.QuorumPeerMain".to_owned(),
             config_path.display().to_string(),
-        ];
+        ]);
         let process = ServerProcess::start(
             &format!("ZooKeeper on port {port}"),
             "java",

@@ -48,7 +48,7 @@ pub struct CompletionsArgs {
 /// `dlock run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Backend URL (memory://, redis://, rediss://, redis+redlock://, zookeeper://, etcd://…).
+    /// Backend URL (memory://, redis://, rediss://, redis+redlock://, zookeeper://, zookeepers://, etcd://…).
     #[arg(long, env = "DLOCK_URL", hide_env_values = true)]
     pub url: String,
     /// The lock's key.

@@ -630,6 +630,47 @@ mod across_processes {
         assert_eq!(page["locks"], serde_json::json!([]), "{page}");
     }
 
+    /// ZooKeeper over TLS with a SASL user (issue 12): `dlock run` and `dlock status` with a
+    /// `zookeepers://alice:…@host?ca=…&cert=…&key=…&auth=sasl` URL, through the facade:
+    /// while one `dlock run` holds, `status` says held and another `run --wait 0` exits 75;
+    /// after it, `status` says free.
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn zookeeper_tls_and_sasl_urls_run_and_status() {
+        let server = dlock_test_servers::shared_secure_zookeeper();
+        let (user, password) = dlock_test_servers::SASL_USERS[0];
+        let url = format!(
+            "zookeepers://{user}:{password}@{}?{}&auth=sasl&prefix=cli-tls-{:016x}",
+            server.secure_address,
+            server.tls_params(),
+            rand_id()
+        );
+        let key = "jobs/tls";
+        let mut holder = dlock()
+            .args(["run", "--url", &url, "--key", key, "--owner", "tls holder"])
+            .args(["--", "sh", "-c", "echo ready; read line || true"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dlock runs");
+        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let status = output(&["status", "--url", &url, "--key", key, "--json"]);
+        assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+        assert_eq!(json["held"], true, "{json}");
+        assert_eq!(json["owner"], "tls holder", "{json}");
+        let tried = output(&[
+            "run", "--url", &url, "--key", key, "--wait", "0", "--", "true",
+        ]);
+        assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
+        assert!(!stderr(&tried).contains(password), "{}", stderr(&tried));
+        drop(holder.stdin.take());
+        assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+        let status = output(&["status", "--url", &url, "--key", key]);
+        assert_eq!(status.status.code(), Some(1), "free: {}", stderr(&status));
+    }
+
     /// The critical sections the commands logged to `log`, one `token start end` line each.
     fn sections(log: &std::path::Path) -> Vec<(u64, u128, u128)> {
         std::fs::read_to_string(log)

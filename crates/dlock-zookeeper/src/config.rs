@@ -1,7 +1,9 @@
-//! Where the backend connects and how: hosts, chroot, session timeout, digest credentials,
-//! and the `zookeeper://` URL that carries them.
+//! Where the backend connects and how: hosts, chroot, session timeout, credentials (the
+//! `digest` scheme or SASL DIGEST-MD5), TLS files, and the `zookeeper://` / `zookeepers://`
+//! URL that carries them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dlock_core::{BackendUrl, LockError, Result};
@@ -29,6 +31,15 @@ pub const DEFAULT_PORT: u16 = 2181;
 /// assert_eq!(config.chroot.as_deref(), Some("/locks"));
 /// assert_eq!(config.session_timeout, Duration::from_secs(10));
 /// assert!(!format!("{config:?}").contains("s3cret"));
+///
+/// // TLS to the servers' secureClientPort, with a client certificate, and the user sent by
+/// // SASL DIGEST-MD5 instead of the `digest` scheme.
+/// let secure = ZooKeeperConfig::from_url(
+///     "zookeepers://app:s3cret@10.0.0.1:2281/locks\
+///      ?ca=/etc/zk/ca.pem&cert=/etc/zk/app.pem&key=/etc/zk/app.key&auth=sasl",
+/// ).unwrap();
+/// assert!(secure.tls.is_some());
+/// assert_eq!(secure.auth.unwrap().scheme, dlock_zookeeper::AuthScheme::Sasl);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct ZooKeeperConfig {
@@ -45,9 +56,12 @@ pub struct ZooKeeperConfig {
     pub session_timeout: Duration,
     /// How long connecting may take before it fails with [`LockError::Connection`].
     pub connect_timeout: Duration,
-    /// Digest credentials; nodes the client creates are then readable and writable only by
-    /// clients with the same credentials (`CREATOR_ALL_ACL`).
+    /// Credentials (sent by the `digest` scheme or by SASL, see [`DigestAuth::scheme`]);
+    /// nodes the client creates are then readable and writable only by clients with the
+    /// same identity (`CREATOR_ALL_ACL`).
     pub auth: Option<DigestAuth>,
+    /// TLS settings; `Some` for `zookeepers://` URLs (the servers' `secureClientPort`).
+    pub tls: Option<TlsFiles>,
     /// Whose nodes to read and write: dlock's own, or kazoo's or Curator's.
     pub layout: Layout,
 }
@@ -95,26 +109,71 @@ impl Layout {
     }
 }
 
-/// A user and password for ZooKeeper's `digest` authentication scheme.
+/// A user and password, sent by ZooKeeper's `digest` authentication scheme or by SASL
+/// DIGEST-MD5 ([`AuthScheme`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct DigestAuth {
     /// The user name.
     pub user: String,
     password: String,
+    /// How the credentials reach the server.
+    pub scheme: AuthScheme,
+}
+
+/// How a client proves who it is (URL parameter `auth=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthScheme {
+    /// `auth=digest` (the default): `addAuth("digest", "user:password")` on every connection.
+    /// The server takes any password and derives the identity `digest:user:{hash}` from it,
+    /// so a wrong password is not refused: it is another identity, which cannot touch the
+    /// right one's nodes.
+    #[default]
+    Digest,
+    /// `auth=sasl`: SASL DIGEST-MD5 when the connection opens, for servers with
+    /// `authProvider.N=org.apache.zookeeper.server.auth.SASLAuthenticationProvider` and a
+    /// JAAS `Server { org.apache.zookeeper.server.auth.DigestLoginModule … user_NAME="…"; }`.
+    /// The identity is `sasl:user`; the server refuses a wrong password, which fails the
+    /// connect with [`LockError::Backend`] (authentication failed) at once.
+    Sasl,
+}
+
+impl AuthScheme {
+    /// The name the URL's `auth=` parameter gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthScheme::Digest => "digest",
+            AuthScheme::Sasl => "sasl",
+        }
+    }
 }
 
 impl DigestAuth {
-    /// Credentials for `user`.
+    /// Credentials for `user`, sent by the `digest` scheme.
     pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
         DigestAuth {
             user: user.into(),
             password: password.into(),
+            scheme: AuthScheme::Digest,
+        }
+    }
+
+    /// Credentials for `user`, sent by SASL DIGEST-MD5.
+    pub fn sasl(user: impl Into<String>, password: impl Into<String>) -> Self {
+        DigestAuth {
+            scheme: AuthScheme::Sasl,
+            ..DigestAuth::new(user, password)
         }
     }
 
     /// `user:password`, what the `digest` scheme sends.
     pub(crate) fn credentials(&self) -> Vec<u8> {
         format!("{}:{}", self.user, self.password).into_bytes()
+    }
+
+    /// The password, for the SASL exchange.
+    pub(crate) fn password(&self) -> &str {
+        &self.password
     }
 }
 
@@ -123,8 +182,22 @@ impl fmt::Debug for DigestAuth {
         f.debug_struct("DigestAuth")
             .field("user", &self.user)
             .field("password", &"***")
+            .field("scheme", &self.scheme)
             .finish()
     }
+}
+
+/// Files for TLS connections (`zookeepers://`), all PEM, as for `etcds://`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate authority that signed the servers' certificates (`?ca=`). Needed: the
+    /// ZooKeeper client trusts no system roots (ensembles use private CAs).
+    pub ca: Option<PathBuf>,
+    /// A client certificate, for servers that check clients (`ssl.clientAuth=need`, the
+    /// server's default; `?cert=`, needs `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (`?key=`, PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key: Option<PathBuf>,
 }
 
 impl ZooKeeperConfig {
@@ -137,6 +210,7 @@ impl ZooKeeperConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             auth: None,
+            tls: None,
             layout: Layout::Dlock,
         }
     }
@@ -148,20 +222,26 @@ impl ZooKeeperConfig {
     }
 
     /// Parses `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?query]`
-    /// (alias `zk://`). Query parameters: `prefix` (the key namespace), `session_timeout`
-    /// and `connect_timeout` (humantime durations such as `10s` or `500ms`), `layout`
-    /// (`dlock`, `kazoo` or `curator`, see [`Layout`]); the lock options
-    /// (`lease`, `wait`, … see [`BackendUrl::lock_options`]) are left to the locker.
+    /// (alias `zk://`), or the same with `zookeepers://` (alias `zks://`) for TLS to the
+    /// servers' `secureClientPort`. Query parameters: `prefix` (the key namespace),
+    /// `session_timeout` and `connect_timeout` (humantime durations such as `10s` or
+    /// `500ms`), `layout` (`dlock`, `kazoo` or `curator`, see [`Layout`]), `auth` (`digest`
+    /// or `sasl`, see [`AuthScheme`]; needs `user:password@`), and for TLS `ca` (needed),
+    /// `cert` and `key` (PEM files, see [`TlsFiles`]); the lock options (`lease`, `wait`, …
+    /// see [`BackendUrl::lock_options`]) are left to the locker.
     ///
     /// Bad URLs give [`LockError::InvalidUrl`] with the password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = BackendUrl::parse(url, DEFAULT_PORT)?;
-        if parsed.scheme != "zookeeper" && parsed.scheme != "zk" {
-            return Err(parsed.invalid(format!(
-                "the scheme is `{}`, expected `zookeeper` or `zk`",
-                parsed.scheme
-            )));
-        }
+        let tls = match parsed.scheme.as_str() {
+            "zookeeper" | "zk" => false,
+            "zookeepers" | "zks" => true,
+            other => {
+                return Err(parsed.invalid(format!(
+                    "the scheme is `{other}`, expected `zookeeper`, `zk`, `zookeepers` or `zks`"
+                )))
+            }
+        };
         let mut config = ZooKeeperConfig::new(parsed.hosts.iter().map(ToString::to_string));
         config.chroot = parse_chroot(&parsed.path).map_err(|reason| parsed.invalid(reason))?;
         if let Some(user) = &parsed.user {
@@ -175,9 +255,33 @@ impl ZooKeeperConfig {
         } else if parsed.password.is_some() {
             return Err(parsed.invalid("the user name is empty"));
         }
+        let mut tls_files = TlsFiles::default();
+        let mut scheme = None;
         for (name, value) in parsed.backend_params() {
             match name {
                 "prefix" => config.namespace = value.trim_matches('/').to_owned(),
+                "auth" => {
+                    scheme = Some(match value {
+                        "digest" => AuthScheme::Digest,
+                        "sasl" => AuthScheme::Sasl,
+                        other => {
+                            return Err(parsed
+                                .invalid(format!("auth `{other}` is neither `digest` nor `sasl`")))
+                        }
+                    })
+                }
+                "ca" | "cert" | "key" if !tls => {
+                    return Err(parsed.invalid(format!("`{name}` needs TLS: use zookeepers://")));
+                }
+                "ca" => tls_files.ca = Some(value.into()),
+                "cert" => tls_files.cert = Some(value.into()),
+                "key" => tls_files.key = Some(value.into()),
+                "domain" => {
+                    return Err(parsed.invalid(
+                        "`domain` is not supported for ZooKeeper: each server's certificate \
+                         must name the host it is reached by",
+                    ))
+                }
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 "layout" => {
@@ -192,13 +296,18 @@ impl ZooKeeperConfig {
                         }
                     }
                 }
-                other => {
-                    return Err(parsed.unknown_param(
-                        other,
-                        &["prefix", "session_timeout", "connect_timeout", "layout"],
-                    ))
-                }
+                other => return Err(parsed.unknown_param(other, KNOWN_PARAMS)),
             }
+        }
+        match (scheme, config.auth.as_mut()) {
+            (None, _) => {}
+            (Some(scheme), Some(auth)) => auth.scheme = scheme,
+            (Some(_), None) => {
+                return Err(parsed.invalid("`auth` needs user:password before the @"));
+            }
+        }
+        if tls {
+            config.tls = Some(tls_files);
         }
         config
             .validate()
@@ -224,13 +333,31 @@ impl ZooKeeperConfig {
         if self.connect_timeout.is_zero() {
             return Err(LockError::invalid_options("connect timeout is zero"));
         }
+        if let Some(tls) = &self.tls {
+            if tls.ca.is_none() {
+                return Err(LockError::invalid_options(
+                    "TLS needs the servers' certificate authority (`ca=` a PEM file): \
+                     the ZooKeeper client trusts no system roots",
+                ));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(LockError::invalid_options(
+                    "a client certificate needs both `cert` and `key`",
+                ));
+            }
+        }
         dlock_core::support::check_namespace(&self.namespace)
     }
 
-    /// `host:port,…` for messages: never credentials.
+    /// `zookeeper[s]://host:port,…[/chroot]` for messages: never credentials.
     pub fn endpoint(&self) -> String {
         let chroot = self.chroot.as_deref().unwrap_or("");
-        format!("zookeeper://{}{chroot}", self.hosts.join(","))
+        let scheme = if self.tls.is_some() {
+            "zookeepers"
+        } else {
+            "zookeeper"
+        };
+        format!("{scheme}://{}{chroot}", self.hosts.join(","))
     }
 }
 
@@ -243,10 +370,22 @@ impl fmt::Debug for ZooKeeperConfig {
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("layout", &self.layout)
             .finish()
     }
 }
+
+const KNOWN_PARAMS: &[&str] = &[
+    "prefix",
+    "session_timeout",
+    "connect_timeout",
+    "layout",
+    "auth",
+    "ca",
+    "cert",
+    "key",
+];
 
 /// `/a/b` (already decoded) checked as a ZooKeeper path; `/` alone means no chroot.
 fn parse_chroot(path: &str) -> std::result::Result<Option<String>, String> {
@@ -303,6 +442,13 @@ mod tests {
             "zookeeper://user:hunter2@h?session_timeout=1s&session_timeout=2s",
             "zookeeper://nopassword@h",
             "zookeeper://user:bad%zz@h",
+            "zookeeper://user:hunter2@h?auth=kerberos",
+            "zookeeper://h?auth=sasl",
+            "zookeeper://user:hunter2@h?ca=/ca.pem",
+            "zookeepers://user:hunter2@h",
+            "zookeepers://user:hunter2@h?ca=/ca.pem&cert=/c.pem",
+            "zookeepers://user:hunter2@h?ca=/ca.pem&key=/k.pem",
+            "zookeepers://user:hunter2@h?ca=/ca.pem&domain=zk.local",
             "no-scheme",
         ] {
             match ZooKeeperConfig::from_url(url) {
@@ -329,6 +475,32 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn tls_urls_carry_their_files_and_sasl_is_chosen_by_name() {
+        let config = ZooKeeperConfig::from_url(
+            "zookeepers://alice:pw@h1:2281,h2/app?ca=/ca.pem&cert=/c.pem&key=/k.pem&auth=sasl",
+        )
+        .unwrap();
+        assert_eq!(config.hosts, ["h1:2281", "h2:2181"]);
+        let tls = config.tls.clone().unwrap();
+        assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(tls.cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(tls.key, Some(PathBuf::from("/k.pem")));
+        let auth = config.auth.clone().unwrap();
+        assert_eq!(auth.scheme, AuthScheme::Sasl);
+        assert_eq!(auth.password(), "pw");
+        assert_eq!(config.endpoint(), "zookeepers://h1:2281,h2:2181/app");
+        assert!(!format!("{config:?}").contains("pw\""));
+        let plain = ZooKeeperConfig::from_url("zks://h?ca=/ca.pem").unwrap();
+        assert!(plain.auth.is_none() && plain.tls.is_some());
+        let digest = ZooKeeperConfig::from_url("zk://a:b@h?auth=digest").unwrap();
+        assert_eq!(digest.auth.unwrap().scheme, AuthScheme::Digest);
+        assert!(ZooKeeperConfig::from_url("zk://a:b@h")
+            .unwrap()
+            .tls
+            .is_none());
     }
 
     #[test]

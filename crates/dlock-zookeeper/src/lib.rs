@@ -54,9 +54,31 @@
 //! next acquisition opens a new session, which never trusts a node of the old one.
 //!
 //! # URLs
-//! `zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?session_timeout=10s&connect_timeout=5s]`
-//! (alias `zk://`). With credentials, the client authenticates with the `digest` scheme and
-//! creates its nodes with `CREATOR_ALL_ACL`. The password never appears in errors or `Debug`.
+//! ```text
+//! zookeeper://[user:password@]host[:port][,host[:port]…][/chroot][?param=value&…]   (alias zk://)
+//! zookeepers://[user:password@]host[:port][,…][/chroot]?ca=CA.pem[&cert=C.pem&key=K.pem][&…]
+//!                                                                                   (alias zks://)
+//! ```
+//! Parameters: `session_timeout`, `connect_timeout` (`10s`, `500ms`), `prefix`, `layout`
+//! (`dlock`, `kazoo`, `curator`), `auth` (`digest`, the default, or `sasl`), and for
+//! `zookeepers://` the PEM files `ca` (needed: the client trusts no system roots), `cert`
+//! and `key` (a client certificate, for servers with `ssl.clientAuth=need`). The port is
+//! 2181 unless given; a TLS URL names the servers' `secureClientPort`, and each server's
+//! certificate must name the host (or IP) it is reached by.
+//!
+//! With credentials, the client authenticates and creates its nodes with
+//! `CREATOR_ALL_ACL`, so only the same identity can read, change or delete them:
+//! - `auth=digest` (the default): `addAuth("digest", "user:password")`; the identity is
+//!   `digest:user:{hash of the password}`, and a wrong password is just another identity.
+//! - `auth=sasl`: SASL DIGEST-MD5 (the server's `SASLAuthenticationProvider` with the JAAS
+//!   `DigestLoginModule`); the identity is `sasl:user`, and a wrong password is refused at
+//!   connect ([`LockError::Backend`](dlock_core::LockError::Backend)). The same user on
+//!   another client has the same identity and takes the lock in turn.
+//!
+//! Over TLS with a client certificate the server also adds an `x509:{subject}` identity to
+//! the connection, and `CREATOR_ALL_ACL` then lists it too: clients sharing one certificate
+//! share access to each other's nodes, whatever their user. Give each application its own
+//! certificate or no credentials beside it. The password never appears in errors or `Debug`.
 //!
 //! # Sharing locks with kazoo and Curator
 //! `?layout=kazoo` or `?layout=curator` ([`Layout`]) makes the client read and write the
@@ -77,6 +99,7 @@ mod config;
 mod error;
 mod layout;
 mod session;
+mod tls;
 mod waiter;
 
 pub use backend::ZooKeeperBackend;
@@ -85,18 +108,24 @@ pub use backend::ZooKeeperBackend;
 pub use zookeeper_client;
 
 pub use config::{
-    DigestAuth, Layout, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT,
-    DEFAULT_SESSION_TIMEOUT,
+    AuthScheme, DigestAuth, Layout, TlsFiles, ZooKeeperConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT,
 };
-/// The URL schemes this crate's [`connect`] takes: `zookeeper://` and its alias `zk://`. The `dlock` facade
-/// routes these to this crate.
-pub const SCHEMES: &[&str] = &["zookeeper", "zk"];
+/// The URL schemes this crate's [`connect`] takes: `zookeeper://` and its alias `zk://`,
+/// `zookeepers://` (TLS) and its alias `zks://`. The `dlock` facade routes these to this
+/// crate.
+pub const SCHEMES: &[&str] = &["zookeeper", "zk", "zookeepers", "zks"];
 
-/// Connects to the ZooKeeper ensemble a `zookeeper://` or `zk://` URL names.
+/// Connects to the ZooKeeper ensemble a `zookeeper://`, `zk://`, `zookeepers://` or `zks://`
+/// URL names.
 ///
 /// Bad URLs give [`LockError::InvalidUrl`](dlock_core::LockError::InvalidUrl) (password
-/// redacted); an ensemble that does not answer within the connect timeout gives
-/// [`LockError::Connection`](dlock_core::LockError::Connection).
+/// redacted); TLS files that cannot be read or parsed give
+/// [`LockError::InvalidOptions`](dlock_core::LockError::InvalidOptions); an ensemble that
+/// does not answer within the connect timeout, or whose TLS handshake fails (a certificate
+/// the CA did not sign, a plain-text port), gives
+/// [`LockError::Connection`](dlock_core::LockError::Connection); credentials the server
+/// refuses (SASL) give [`LockError::Backend`](dlock_core::LockError::Backend) at once.
 pub async fn connect(url: &str) -> dlock_core::Result<ZooKeeperBackend> {
     ZooKeeperBackend::connect(ZooKeeperConfig::from_url(url)?).await
 }

@@ -22,7 +22,7 @@ use dlock_core::{Backoff, LockError, LossReason, Result};
 use tokio::time::Instant;
 use zookeeper_client::{Acls, Client, CreateMode, SessionInfo, SessionState};
 
-use crate::config::ZooKeeperConfig;
+use crate::config::{AuthScheme, ZooKeeperConfig};
 use crate::error::zk_error;
 
 /// What every clone of a [`ZooKeeperBackend`](crate::ZooKeeperBackend) shares: the
@@ -104,16 +104,21 @@ impl Session {
         // are repeated until the connect timeout.
         let mut last_error = None;
         let mut tried_at;
+        // TLS files are read once, before the first try: a bad file is not worth retrying.
+        let connector = connector(config)?;
         let client = loop {
             tried_at = Instant::now();
             let remaining = give_up.saturating_duration_since(tried_at);
-            let tried = tokio::time::timeout(
-                remaining,
-                connector(config).connect(&config.hosts.join(",")),
-            )
-            .await;
+            let tried = tokio::time::timeout(remaining, connect(connector.clone(), config)).await;
             match tried {
                 Ok(Ok(client)) => break client,
+                // The server refused the credentials (SASL): another try gets the same answer.
+                Ok(Err(error @ zookeeper_client::Error::AuthFailed)) => {
+                    return Err(LockError::backend(
+                        "zookeeper",
+                        format!("{endpoint}: authentication failed ({error})"),
+                    ));
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%endpoint, %error, "connecting to ZooKeeper failed; retrying");
                     last_error = Some(error);
@@ -290,16 +295,49 @@ impl std::fmt::Debug for Session {
 }
 
 /// A connector for one try: fails fast instead of cycling through the hosts forever.
-fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
-    let connector = Client::connector()
-        .with_session_timeout(config.session_timeout)
-        .with_fail_eagerly()
-        // Dropping the client must not close the session: the backend decides (it closes on
-        // purpose when dropped or given up on, and a simulated crash must not close).
-        .with_detached();
-    match &config.auth {
-        Some(auth) => connector.with_auth("digest", &auth.credentials()),
+fn connector(config: &ZooKeeperConfig) -> Result<zookeeper_client::Connector> {
+    let connector = secured(
+        Client::connector()
+            .with_session_timeout(config.session_timeout)
+            .with_fail_eagerly()
+            // Dropping the client must not close the session: the backend decides (it closes
+            // on purpose when dropped or given up on, and a simulated crash must not close).
+            .with_detached(),
+        config,
+    )?;
+    Ok(connector)
+}
+
+/// `connector` with the configuration's TLS options and credentials.
+fn secured(
+    mut connector: zookeeper_client::Connector,
+    config: &ZooKeeperConfig,
+) -> Result<zookeeper_client::Connector> {
+    if let Some(files) = &config.tls {
+        connector = connector.with_tls(crate::tls::client_options(files)?);
+    }
+    Ok(match &config.auth {
         None => connector,
+        Some(auth) => match auth.scheme {
+            AuthScheme::Digest => connector.with_auth("digest", &auth.credentials()),
+            AuthScheme::Sasl => connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(
+                auth.user.clone(),
+                auth.password().to_owned(),
+            )),
+        },
+    })
+}
+
+/// Connects with `connector` to every host of `config`, over TLS for `zookeepers://`.
+async fn connect(
+    connector: zookeeper_client::Connector,
+    config: &ZooKeeperConfig,
+) -> std::result::Result<Client, zookeeper_client::Error> {
+    let hosts = config.hosts.join(",");
+    if config.tls.is_some() {
+        connector.secure_connect(&hosts).await
+    } else {
+        connector.connect(&hosts).await
     }
 }
 
@@ -309,16 +347,16 @@ fn connector(config: &ZooKeeperConfig) -> zookeeper_client::Connector {
 async fn close_abandoned(closer: Closer, timeout: Duration) {
     let give_up = Instant::now() + timeout * 2;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    let hosts = closer.config.hosts.join(",");
     while Instant::now() < give_up {
-        let mut connector = Client::connector()
+        let connector = Client::connector()
             .with_session_timeout(timeout)
             .with_fail_eagerly()
             .with_session(closer.info.clone());
-        if let Some(auth) = &closer.config.auth {
-            connector = connector.with_auth("digest", &auth.credentials());
-        }
-        match tokio::time::timeout(timeout, connector.connect(&hosts)).await {
+        let Ok(connector) = secured(connector, &closer.config) else {
+            // The TLS files went away since the session opened: leave it to expire.
+            return;
+        };
+        match tokio::time::timeout(timeout, connect(connector, &closer.config)).await {
             Ok(Ok(client)) => {
                 tracing::debug!(session = %closer.info.id(), "closed a ZooKeeper session");
                 drop(client);

@@ -108,7 +108,7 @@ const BACKENDS: &[(&str, &[&str])] = &[
             "rediss+sentinel",
         ],
     ),
-    ("zookeeper", &["zookeeper", "zk"]),
+    ("zookeeper", &["zookeeper", "zk", "zookeepers", "zks"]),
     ("etcd", &["etcd", "etcds"]),
 ];
 

@@ -75,8 +75,15 @@ async fn every_backend_scheme_reaches_its_backend() {
     }
     #[cfg(feature = "zookeeper")]
     for scheme in dlock::zookeeper::SCHEMES {
+        // A TLS URL needs its CA file before it connects (any certificate will do here: the
+        // port is closed before a handshake).
+        let tls = if scheme.ends_with('s') {
+            format!("&ca={}", test_ca().display())
+        } else {
+            String::new()
+        };
         urls.push(format!(
-            "{scheme}://{closed}?connect_timeout=200ms&prefix=p&wait=1s"
+            "{scheme}://{closed}?connect_timeout=200ms&prefix=p&wait=1s{tls}"
         ));
     }
     #[cfg(feature = "etcd")]
@@ -92,4 +99,30 @@ async fn every_backend_scheme_reaches_its_backend() {
             "{url}: {outcome:?}"
         );
     }
+    let _ = std::fs::remove_file(test_ca_path());
+}
+
+/// A CA certificate in a file of this test process's own (`openssl req -x509`, P-256).
+#[allow(dead_code)]
+fn test_ca() -> std::path::PathBuf {
+    const CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBlDCCATmgAwIBAgIUC2lvIkNm2jC0WTAoI8TXhmvNWPkwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUZGxvY2sgZmFjYWRlIHRlc3QgQ0EwHhcNMjYxMTI4MDIyNTUx
+WhcNMzYxMTI1MDIyNTUxWjAfMR0wGwYDVQQDDBRkbG9jayBmYWNhZGUgdGVzdCBD
+QTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABMVzXROKlfZ/0nupJc8yVJP0iflC
+PqR6YJWh+PXtgMfdmezDKrXLQb/C1pb+16OBLl80Y4777TAW4AgAkl2uJsajUzBR
+MB0GA1UdDgQWBBSTC+7Fp4lJTWimdtAwHAAfRfqn8DAfBgNVHSMEGDAWgBSTC+7F
+p4lJTWimdtAwHAAfRfqn8DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kA
+MEYCIQD5Q/LgiYEw9iuUM5utBhFDwz1zyMaS+kC7AV0SPKkwZAIhANyKti2oYcLo
+o67mtxK5rcOsFz1ClDl9Tg8m8omSxaqi
+-----END CERTIFICATE-----\n";
+    let path =
+        std::env::temp_dir().join(format!("dlock-connect-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, CA).expect("the CA file");
+    path
+}
+
+/// Where [`test_ca`] writes its file.
+fn test_ca_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("dlock-connect-test-ca-{}.pem", std::process::id()))
 }

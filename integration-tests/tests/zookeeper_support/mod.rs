@@ -54,6 +54,17 @@ impl ZooKeeperTarget {
         }
     }
 
+    /// Clients speak TLS (`zookeepers://`, the URL parameters `tls_params`: `ca=…&…`) to the
+    /// servers this target was made for, which must be their secure ports; what tests do
+    /// "from outside" goes to `admin_hosts`, the same servers' plain-text ports.
+    #[allow(dead_code)]
+    pub fn over_tls(mut self, admin_hosts: &str, tls_params: &str) -> ZooKeeperTarget {
+        let proxied = self.proxied_url.trim_start_matches("zookeeper://");
+        self.proxied_url = format!("zookeepers://{proxied}?{tls_params}");
+        self.hosts = admin_hosts.to_owned();
+        self
+    }
+
     /// Sessions of `lease` for the suite's short-lease tests: an ensemble of three JVMs on a
     /// loaded two-core machine can miss a 2 s session's heartbeats.
     #[allow(dead_code)]
