@@ -4,13 +4,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::local::prepare;
-use crate::process::{at_exit, free_port, Cleanup, ServerProcess};
+use crate::process::{at_exit, free_port, Cleanup, ProcessGroup, ServerProcess};
 
 /// How many members a cluster has: the smallest that survives losing one.
 const MEMBERS: usize = 3;
@@ -21,14 +21,10 @@ const MEMBERS: usize = 3;
 /// [`restart`](EtcdCluster::restart), so a restarted member rejoins with its log.
 #[derive(Debug)]
 pub struct EtcdCluster {
-    members: Vec<Member>,
+    /// Each member's client port, in member order.
+    client_ports: Vec<u16>,
+    members: ProcessGroup,
     dir: TempDir,
-}
-
-#[derive(Debug)]
-struct Member {
-    client_port: u16,
-    process: Mutex<ServerProcess>,
 }
 
 impl EtcdCluster {
@@ -46,7 +42,7 @@ impl EtcdCluster {
             .join(",");
         // Each member blocks in its start until the others join, so all start at once and
         // readiness is "listening" here; health (a quorum) is awaited below.
-        let members = ports
+        let (client_ports, members): (Vec<u16>, Vec<ServerProcess>) = ports
             .iter()
             .enumerate()
             .map(|(i, &(client_port, peer_port))| {
@@ -88,28 +84,29 @@ impl EtcdCluster {
                     member_dir.join("etcd.log"),
                     move || TcpStream::connect(("127.0.0.1", client_port)).is_ok(),
                 );
-                Member {
-                    client_port,
-                    process: Mutex::new(process),
-                }
+                (client_port, process)
             })
-            .collect();
-        let cluster = EtcdCluster { members, dir };
+            .unzip();
+        let cluster = EtcdCluster {
+            client_ports,
+            members: ProcessGroup::new(members),
+            dir,
+        };
         cluster.wait_healthy(Duration::from_secs(60));
         cluster
     }
 
     /// `127.0.0.1:PORT` of each member's client port, in member order.
     pub fn addresses(&self) -> Vec<String> {
-        self.members
+        self.client_ports
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|port| format!("127.0.0.1:{port}"))
             .collect()
     }
 
     /// `127.0.0.1:PORT` of member `index`.
     pub fn address(&self, index: usize) -> String {
-        format!("127.0.0.1:{}", self.members[index].client_port)
+        format!("127.0.0.1:{}", self.client_ports[index])
     }
 
     /// `etcd://h1:p1,h2:p2,h3:p3`, the dlock URL of the whole cluster.
@@ -119,38 +116,38 @@ impl EtcdCluster {
 
     /// Kills member `index` at once (SIGKILL), as a crash would.
     pub fn kill(&self, index: usize) {
-        self.process(index).kill();
+        self.members.kill(index);
     }
 
     /// Freezes member `index` (SIGSTOP): its connections stay open and nothing answers, so
     /// it is cut off from the quorum and from its clients alike.
     pub fn pause(&self, index: usize) {
-        self.process(index).pause();
+        self.members.pause(index);
     }
 
     /// Lets a paused member run again (SIGCONT).
     pub fn resume(&self, index: usize) {
-        self.process(index).resume();
+        self.members.resume(index);
     }
 
     /// Starts member `index` again with its data (killing it first if it runs) and waits
     /// until the whole cluster is healthy again.
     pub fn restart(&self, index: usize) {
-        self.process(index).restart();
+        self.members.restart(index);
         self.wait_healthy(Duration::from_secs(60));
     }
 
     /// True when member `index` answers `/health` with `true` (it has a leader and a quorum
     /// read went through).
     pub fn is_healthy(&self, index: usize) -> bool {
-        http(self.members[index].client_port, "GET", "/health", "")
+        http(self.client_ports[index], "GET", "/health", "")
             .is_some_and(|answer| answer.contains("\"health\":\"true\""))
     }
 
     /// The index of the member that is leader by its own account, if one answers so.
     pub fn leader(&self) -> Option<usize> {
         (0..self.members.len())
-            .find(|&i| status(self.members[i].client_port).is_some_and(|(me, leader)| me == leader))
+            .find(|&i| status(self.client_ports[i]).is_some_and(|(me, leader)| me == leader))
     }
 
     /// Waits until some member says it leads, up to `limit`; returns it.
@@ -175,21 +172,8 @@ impl EtcdCluster {
     /// starts dead ones, and waits until all serve. For the end of fault tests, also when
     /// they fail.
     pub fn mend(&self) {
-        for index in 0..self.members.len() {
-            let mut process = self.process(index);
-            process.resume();
-            if process.pid().is_none() {
-                process.restart();
-            }
-        }
+        self.members.revive_all();
         self.wait_healthy(Duration::from_secs(60));
-    }
-
-    fn process(&self, index: usize) -> MutexGuard<'_, ServerProcess> {
-        self.members[index]
-            .process
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -202,12 +186,7 @@ pub fn shared_etcd_cluster() -> &'static EtcdCluster {
         let cluster = EtcdCluster::start();
         at_exit(Cleanup::Run(Box::new(|| {
             if let Some(cluster) = SHARED.get() {
-                for member in &cluster.members {
-                    if let Ok(mut process) = member.process.try_lock() {
-                        process.resume();
-                        process.kill();
-                    }
-                }
+                cluster.members.kill_all_now();
             }
         })));
         at_exit(Cleanup::RemoveDir(cluster.dir.path().to_owned()));

@@ -63,7 +63,7 @@ pub use history::{now_micros, read_history, Event, EventKind, HistoryWriter, NEM
 pub use leftovers::{etcd_leftovers, redis_leftovers, zookeeper_leftovers};
 pub use local::LocalServer;
 pub use nemesis::{ClientSpec, WorkloadRun};
-pub use process::{free_port, ServerProcess};
+pub use process::{free_port, ProcessGroup, ServerProcess};
 pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
 pub use redis_py::{redis_py_count, redis_py_hold, redis_py_start, redis_py_try_lock};

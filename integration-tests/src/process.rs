@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,82 @@ impl ServerProcess {
             at_exit(Cleanup::Kill(child.id()));
         }
         at_exit(Cleanup::RemoveDir(files));
+    }
+}
+
+/// The server processes of one replicated topology (etcd members, ZooKeeper servers), by
+/// index: tests kill, pause, resume or restart one, and mend the topology by bringing them all
+/// back. Each process has its own lock, so the exit clean-up can skip one a test holds.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    processes: Vec<Mutex<ServerProcess>>,
+}
+
+impl ProcessGroup {
+    /// The group of `processes`, numbered in this order.
+    pub fn new(processes: Vec<ServerProcess>) -> ProcessGroup {
+        ProcessGroup {
+            processes: processes.into_iter().map(Mutex::new).collect(),
+        }
+    }
+
+    /// How many processes the group has.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// True for a group of none.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    /// Kills process `index` at once (SIGKILL), as a crash would.
+    pub fn kill(&self, index: usize) {
+        self.process(index).kill();
+    }
+
+    /// Freezes process `index` (SIGSTOP).
+    pub fn pause(&self, index: usize) {
+        self.process(index).pause();
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self, index: usize) {
+        self.process(index).resume();
+    }
+
+    /// Starts process `index` again with its data, killing it first if it runs.
+    pub fn restart(&self, index: usize) {
+        self.process(index).restart();
+    }
+
+    /// Continues every paused process and starts every dead one: the topology whole again
+    /// whatever a test did to it (the caller then waits until it serves).
+    pub fn revive_all(&self) {
+        for index in 0..self.len() {
+            let mut process = self.process(index);
+            process.resume();
+            if process.pid().is_none() {
+                process.restart();
+            }
+        }
+    }
+
+    /// Kills every process no test holds at this moment (at exit, when a test may still be
+    /// in the middle of one).
+    pub fn kill_all_now(&self) {
+        for process in &self.processes {
+            if let Ok(mut process) = process.try_lock() {
+                process.resume();
+                process.kill();
+            }
+        }
+    }
+
+    fn process(&self, index: usize) -> MutexGuard<'_, ServerProcess> {
+        self.processes[index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

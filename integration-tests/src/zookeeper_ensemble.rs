@@ -3,7 +3,7 @@
 //! directory and `myid`, with handles to kill, pause and restart one server and to find the
 //! leader.
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::etcd_cluster::wait;
 use crate::local::prepare;
-use crate::process::{at_exit, free_port, Cleanup, ServerProcess};
+use crate::process::{at_exit, free_port, Cleanup, ProcessGroup, ServerProcess};
 use crate::zookeeper::four_letter_word;
 
 /// How many servers an ensemble has: the smallest that survives losing one.
@@ -29,14 +29,10 @@ const TICK_MS: u64 = 100;
 /// rejoins with its log.
 #[derive(Debug)]
 pub struct ZooKeeperEnsemble {
-    servers: Vec<Server>,
+    /// Each server's client port, in server order.
+    client_ports: Vec<u16>,
+    servers: ProcessGroup,
     dir: TempDir,
-}
-
-#[derive(Debug)]
-struct Server {
-    client_port: u16,
-    process: Mutex<ServerProcess>,
 }
 
 impl ZooKeeperEnsemble {
@@ -66,7 +62,7 @@ impl ZooKeeperEnsemble {
              log4j.appender.CONSOLE.layout.ConversionPattern=%d %-5p [%t] %c{1}: %m%n\n",
         )
         .expect("log4j.properties");
-        let servers = thread::scope(|scope| {
+        let (client_ports, servers): (Vec<u16>, Vec<ServerProcess>) = thread::scope(|scope| {
             let starting: Vec<_> = ports
                 .iter()
                 .enumerate()
@@ -113,34 +109,35 @@ impl ZooKeeperEnsemble {
                                 four_letter_word(client_port, "ruok").as_deref() == Some("imok")
                             },
                         );
-                        Server {
-                            client_port,
-                            process: Mutex::new(process),
-                        }
+                        (client_port, process)
                     })
                 })
                 .collect();
             starting
                 .into_iter()
                 .map(|s| s.join().expect("a ZooKeeper server started"))
-                .collect()
+                .unzip()
         });
-        let ensemble = ZooKeeperEnsemble { servers, dir };
+        let ensemble = ZooKeeperEnsemble {
+            client_ports,
+            servers: ProcessGroup::new(servers),
+            dir,
+        };
         ensemble.wait_serving(Duration::from_secs(60));
         ensemble
     }
 
     /// `127.0.0.1:PORT` of each server's client port, in server order.
     pub fn addresses(&self) -> Vec<String> {
-        self.servers
+        self.client_ports
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .map(|port| format!("127.0.0.1:{port}"))
             .collect()
     }
 
     /// `127.0.0.1:PORT` of server `index`.
     pub fn address(&self, index: usize) -> String {
-        format!("127.0.0.1:{}", self.servers[index].client_port)
+        format!("127.0.0.1:{}", self.client_ports[index])
     }
 
     /// `zookeeper://h1:p1,h2:p2,h3:p3`, the dlock URL of the whole ensemble.
@@ -150,28 +147,28 @@ impl ZooKeeperEnsemble {
 
     /// Sends a four-letter word (`srvr`, `cons`, `mntr`…) to server `index`.
     pub fn command(&self, index: usize, word: &str) -> Option<String> {
-        four_letter_word(self.servers[index].client_port, word)
+        four_letter_word(self.client_ports[index], word)
     }
 
     /// Kills server `index` at once (SIGKILL), as a crash would.
     pub fn kill(&self, index: usize) {
-        self.process(index).kill();
+        self.servers.kill(index);
     }
 
     /// Freezes server `index` (SIGSTOP).
     pub fn pause(&self, index: usize) {
-        self.process(index).pause();
+        self.servers.pause(index);
     }
 
     /// Lets a paused server run again (SIGCONT).
     pub fn resume(&self, index: usize) {
-        self.process(index).resume();
+        self.servers.resume(index);
     }
 
     /// Starts server `index` again with its data (killing it first if it runs) and waits
     /// until every server serves again.
     pub fn restart(&self, index: usize) {
-        self.process(index).restart();
+        self.servers.restart(index);
         self.wait_serving(Duration::from_secs(60));
     }
 
@@ -211,21 +208,8 @@ impl ZooKeeperEnsemble {
     /// starts dead ones, and waits until all serve. For the end of fault tests, also when
     /// they fail.
     pub fn mend(&self) {
-        for index in 0..self.servers.len() {
-            let mut process = self.process(index);
-            process.resume();
-            if process.pid().is_none() {
-                process.restart();
-            }
-        }
+        self.servers.revive_all();
         self.wait_serving(Duration::from_secs(60));
-    }
-
-    fn process(&self, index: usize) -> MutexGuard<'_, ServerProcess> {
-        self.servers[index]
-            .process
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -238,12 +222,7 @@ pub fn shared_zookeeper_ensemble() -> &'static ZooKeeperEnsemble {
         let ensemble = ZooKeeperEnsemble::start();
         at_exit(Cleanup::Run(Box::new(|| {
             if let Some(ensemble) = SHARED.get() {
-                for server in &ensemble.servers {
-                    if let Ok(mut process) = server.process.try_lock() {
-                        process.resume();
-                        process.kill();
-                    }
-                }
+                ensemble.servers.kill_all_now();
             }
         })));
         at_exit(Cleanup::RemoveDir(ensemble.dir.path().to_owned()));
