@@ -656,6 +656,73 @@ async fn tls_connection() {
         matches!(untrusted, Err(LockError::Connection { .. })),
         "{untrusted:?}"
     );
+
+    // A server that checks clients (`tls-auth-clients yes`): the client certificate of
+    // `?cert=&key=`, named as for every backend, lets a client in; without it, `Connection`.
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=dlock client",
+        "-keyout",
+        &path("client.key"),
+        "-out",
+        &path("client.csr"),
+    ]);
+    // An extension makes it an X.509 v3 certificate, the only version rustls accepts.
+    std::fs::write(path("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("client.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("client.cnf"),
+        "-out",
+        &path("client.pem"),
+    ]);
+    let checking = RedisServer::start_with(&[
+        "--tls-port",
+        "0",
+        "--tls-cert-file",
+        &path("server.pem"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "yes",
+    ]);
+    let base = format!(
+        "rediss://127.0.0.1:{}?ca={}",
+        checking.port(),
+        path("ca.pem")
+    );
+    let with_cert = format!(
+        "{base}&cert={}&key={}",
+        path("client.pem"),
+        path("client.key")
+    );
+    let client = locker(&with_cert, &opts).await;
+    let guard = client
+        .acquire("k")
+        .await
+        .expect("acquire with a client certificate");
+    guard.release().await.expect("release");
+    let without_cert = dlock_redis::connect(&base).await;
+    assert!(
+        matches!(without_cert, Err(LockError::Connection { .. })),
+        "{without_cert:?}"
+    );
 }
 
 /// Regression (found by the faults harness, `redlock_lost_replies`): a waiter cancelled while

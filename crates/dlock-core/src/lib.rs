@@ -67,6 +67,7 @@ mod rw_lock;
 mod semaphore;
 mod session_lease;
 pub mod support;
+mod tls_files;
 mod token;
 
 /// The lock contract every backend keeps, property by property (P1 … P16): what the

@@ -1,7 +1,7 @@
 //! Small pieces every backend needs, written once: the errors the contract names, the
 //! backend's own record of a lease, the check of a client's key namespace, a poison-tolerant
-//! mutex, clean-up sent from `Drop`, and the [`SessionLease`] of backends whose locks live
-//! and die with one server session.
+//! mutex, clean-up sent from `Drop`, the [`SessionLease`] of backends whose locks live
+//! and die with one server session, and the [`TlsFiles`] every backend's URL names alike.
 //!
 //! Applications never need this module; backend authors use it so that every backend
 //! reports the same errors the same way.
@@ -15,6 +15,7 @@ use crate::error::{LockError, Result};
 use crate::lease::Lease;
 
 pub use crate::session_lease::{SessionCheck, SessionLease};
+pub use crate::tls_files::TlsFiles;
 
 impl Lease {
     /// [`LockError::NotHeld`] for this lease's key: what `extend` and `release` return when

@@ -2,7 +2,6 @@
 //! built by hand or parsed from an `etcd://` / `etcds://` URL.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(doc)]
@@ -103,20 +102,9 @@ pub struct Credentials {
     pub password: String,
 }
 
-/// Files for TLS connections (`etcds://`), all PEM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate authority that signed the server's certificate (`?ca=`); the
-    /// system's roots are not used, so this is needed for private CAs.
-    pub ca: Option<PathBuf>,
-    /// A client certificate, for clusters that check clients (`?cert=`; needs `key`).
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key (`?key=`).
-    pub key: Option<PathBuf>,
-    /// The name the server's certificate must carry, if not the host of the URL
-    /// (`?domain=`).
-    pub domain: Option<String>,
-}
+/// Files for TLS connections (`etcds://`), all PEM: `?ca=`, `?cert=`, `?key=` and
+/// `?domain=`, named as for every backend.
+pub use dlock_core::support::TlsFiles;
 
 impl EtcdConfig {
     /// A configuration for the given `host:port` addresses, plain text, no credentials.
@@ -201,7 +189,7 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
     };
     let http = if tls { "https" } else { "http" };
     config.endpoints = url.hosts.iter().map(|h| format!("{http}://{h}")).collect();
-    let mut tls_files = TlsFiles::default();
+    config.tls = TlsFiles::from_url(url, tls, "etcds://")?;
     for (name, value) in url.backend_params() {
         match name {
             "prefix" | "namespace" => {
@@ -224,21 +212,9 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
                     }
                 }
             }
-            "ca" | "cert" | "key" | "domain" if !tls => {
-                return Err(url.invalid(format!("`{name}` needs TLS: use etcds://")));
-            }
-            "ca" => tls_files.ca = Some(value.into()),
-            "cert" => tls_files.cert = Some(value.into()),
-            "key" => tls_files.key = Some(value.into()),
-            "domain" => tls_files.domain = Some(value.to_owned()),
+            name if TlsFiles::PARAMS.contains(&name) => {}
             other => return Err(url.unknown_param(other, KNOWN_PARAMS)),
         }
-    }
-    if tls_files.cert.is_some() != tls_files.key.is_some() {
-        return Err(url.invalid("a client certificate needs both `cert` and `key`"));
-    }
-    if tls {
-        config.tls = Some(tls_files);
     }
     Ok(config)
 }
@@ -256,6 +232,8 @@ const KNOWN_PARAMS: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]

@@ -9,25 +9,16 @@ use crate::config::TlsFiles;
 pub(crate) fn client_config(files: &TlsFiles) -> Result<TlsOptions, LockError> {
     let mut tls = TlsOptions::new();
     if let Some(ca) = &files.ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+        tls = tls.ca_certificate(Certificate::from_pem(TlsFiles::read(ca, "CA certificate")?));
     }
     if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
         tls = tls.identity(Identity::from_pem(
-            read(cert, "client certificate")?,
-            read(key, "client key")?,
+            TlsFiles::read(cert, "client certificate")?,
+            TlsFiles::read(key, "client key")?,
         ));
     }
     if let Some(domain) = &files.domain {
         tls = tls.domain_name(domain.clone());
     }
     Ok(tls)
-}
-
-fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, LockError> {
-    std::fs::read(path).map_err(|error| {
-        LockError::invalid_options(format!(
-            "cannot read the TLS {what} {}: {error}",
-            path.display()
-        ))
-    })
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dlock_core::support::TlsFiles;
 use dlock_core::{BackendUrl, LockError, Result};
 
 /// How a [`RedisBackend`](crate::RedisBackend) reaches its server(s).
@@ -22,9 +23,10 @@ use dlock_core::{BackendUrl, LockError, Result};
 /// Query parameters: `prefix` (a namespace put in front of every Redis key this client uses),
 /// `connect_timeout`, `response_timeout` and `retry_limit` (humantime durations: `500ms`,
 /// `10s`), `drift_factor` (Redlock's allowance for clock drift, a fraction of the lease,
-/// default `0.01`), `tls_ca` (a PEM file of the CA that signed the server's certificate,
-/// instead of the system's roots) and `layout` (`dlock`, the default, or `redis-standard`:
-/// see [`Layout`]).
+/// default `0.01`), the TLS files of `rediss://` URLs as for every backend (`ca`, a PEM file
+/// of the CA that signed the server's certificate, instead of the system's roots; `cert` and
+/// `key`, a client certificate; `tls_ca` is the older name of `ca`) and `layout` (`dlock`,
+/// the default, or `redis-standard`: see [`Layout`]).
 ///
 /// ```
 /// use dlock_redis::RedisConfig;
@@ -44,8 +46,11 @@ pub struct RedisConfig {
     pub redlock: bool,
     /// Talk TLS to every instance.
     pub tls: bool,
-    /// A PEM file with the CA certificate(s) to trust instead of the system's roots.
-    pub tls_ca: Option<PathBuf>,
+    /// The PEM files of a TLS connection, named as for every backend: `?ca=` the CA
+    /// certificate(s) to trust instead of the system's roots (`?tls_ca=` is its older name),
+    /// `?cert=` and `?key=` a client certificate for servers that check clients
+    /// (`tls-auth-clients`). `?domain=` is refused: the client checks the name it connects to.
+    pub tls_files: TlsFiles,
     /// The ACL user name, if any.
     pub username: Option<String>,
     /// The password (never printed).
@@ -178,7 +183,7 @@ impl RedisConfig {
             }],
             redlock: false,
             tls: false,
-            tls_ca: None,
+            tls_files: TlsFiles::default(),
             username: None,
             password: None,
             db: 0,
@@ -251,13 +256,26 @@ impl RedisConfig {
                     .map_err(|_| parsed.invalid(format!("the database `{db}` is not a number")))?
             }
         }
+        if let Some(files) = TlsFiles::from_url(&parsed, tls, "rediss://")? {
+            config.tls_files = files;
+        }
         for (name, value) in parsed.backend_params() {
             match name {
                 "prefix" => config.namespace = value.to_owned(),
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 "response_timeout" => config.response_timeout = parsed.duration(name, value)?,
                 "retry_limit" => config.retry_limit = parsed.duration(name, value)?,
-                "tls_ca" => config.tls_ca = Some(PathBuf::from(value)),
+                "tls_ca" if !tls => {
+                    return Err(parsed.invalid("`tls_ca` needs TLS: use rediss://"));
+                }
+                "tls_ca" => config.tls_files.ca = Some(PathBuf::from(value)),
+                "domain" => {
+                    return Err(parsed.invalid(
+                        "`domain` is not supported for Redis: the server's certificate must \
+                         name the host it is reached by",
+                    ))
+                }
+                name if TlsFiles::PARAMS.contains(&name) => {}
                 "layout" => {
                     config.layout = Layout::from_name(value).ok_or_else(|| {
                         parsed.invalid(format!(
@@ -282,6 +300,9 @@ impl RedisConfig {
                             "connect_timeout",
                             "response_timeout",
                             "retry_limit",
+                            "ca",
+                            "cert",
+                            "key",
                             "tls_ca",
                             "drift_factor",
                             "layout",
@@ -330,7 +351,7 @@ impl fmt::Debug for RedisConfig {
             .field("endpoints", &self.endpoints)
             .field("redlock", &self.redlock)
             .field("tls", &self.tls)
-            .field("tls_ca", &self.tls_ca)
+            .field("tls_files", &self.tls_files)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
@@ -360,6 +381,34 @@ mod tests {
         assert_eq!(tls.username.as_deref(), Some("user"));
         assert_eq!(tls.password.as_deref(), Some("pw"));
         assert_eq!(tls.endpoints[0].port, 6379);
+        assert_eq!(tls.tls_files.ca, Some(PathBuf::from("/tmp/ca.pem")));
+        let client =
+            RedisConfig::from_url("rediss://localhost?ca=/ca.pem&cert=/c.pem&key=/k.pem").unwrap();
+        assert_eq!(client.tls_files.cert, Some(PathBuf::from("/c.pem")));
+        for plain in [
+            "redis://localhost?ca=/ca.pem",
+            "redis://localhost?tls_ca=/ca.pem",
+        ] {
+            assert!(
+                matches!(
+                    RedisConfig::from_url(plain),
+                    Err(LockError::InvalidUrl { .. })
+                ),
+                "{plain}"
+            );
+        }
+        for bad in [
+            "rediss://localhost?cert=/c.pem",
+            "rediss://localhost?domain=x",
+        ] {
+            assert!(
+                matches!(
+                    RedisConfig::from_url(bad),
+                    Err(LockError::InvalidUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
         let redlock =
             RedisConfig::from_url("redis+redlock://a:1,b:2,c:3?response_timeout=250ms").unwrap();
         assert!(redlock.redlock);

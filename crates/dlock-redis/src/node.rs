@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dlock_core::support::lock;
+use dlock_core::support::{lock, TlsFiles};
 use dlock_core::{LockError, LockMode, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
@@ -721,20 +721,31 @@ pub(crate) fn client_for(
     let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings);
     if config.tls {
         crate::tls::install_crypto_provider();
-        let root_cert = match &config.tls_ca {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
+        let files = &config.tls_files;
+        let read = |path: &std::path::Path, what: &str| {
+            TlsFiles::read(path, what).map_err(|error| {
                 redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
-                    "cannot read the tls_ca file",
-                    e.to_string(),
+                    "a TLS file",
+                    error.to_string(),
                 ))
-            })?),
+            })
+        };
+        let root_cert = match &files.ca {
+            Some(ca) => Some(read(ca, "CA certificate")?),
             None => None,
+        };
+        let client_tls = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "client certificate")?,
+                client_key: read(key, "client key")?,
+            }),
+            _ => None,
         };
         return redis::Client::build_with_tls(
             info,
             redis::TlsCertificates {
-                client_tls: None,
+                client_tls,
                 root_cert,
             },
         );

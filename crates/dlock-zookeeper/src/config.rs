@@ -3,7 +3,6 @@
 //! URL that carries them.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dlock_core::{BackendUrl, LockError, Result};
@@ -187,18 +186,12 @@ impl fmt::Debug for DigestAuth {
     }
 }
 
-/// Files for TLS connections (`zookeepers://`), all PEM, as for `etcds://`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate authority that signed the servers' certificates (`?ca=`). Needed: the
-    /// ZooKeeper client trusts no system roots (ensembles use private CAs).
-    pub ca: Option<PathBuf>,
-    /// A client certificate, for servers that check clients (`ssl.clientAuth=need`, the
-    /// server's default; `?cert=`, needs `key`).
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key (`?key=`, PKCS#8, PKCS#1 or SEC1 PEM).
-    pub key: Option<PathBuf>,
-}
+/// Files for TLS connections (`zookeepers://`), all PEM: `?ca=` (needed: the ZooKeeper
+/// client trusts no system roots), `?cert=` and `?key=` (for servers that check clients,
+/// `ssl.clientAuth=need`, the server's default; the key PKCS#8, PKCS#1 or SEC1), named as for
+/// every backend. `?domain=` is refused: the client checks each server's certificate against
+/// the host it is reached by.
+pub use dlock_core::support::TlsFiles;
 
 impl ZooKeeperConfig {
     /// A configuration for `hosts` (`host:port` each) with default timeouts.
@@ -255,7 +248,7 @@ impl ZooKeeperConfig {
         } else if parsed.password.is_some() {
             return Err(parsed.invalid("the user name is empty"));
         }
-        let mut tls_files = TlsFiles::default();
+        config.tls = TlsFiles::from_url(&parsed, tls, "zookeepers://")?;
         let mut scheme = None;
         for (name, value) in parsed.backend_params() {
             match name {
@@ -270,18 +263,13 @@ impl ZooKeeperConfig {
                         }
                     })
                 }
-                "ca" | "cert" | "key" if !tls => {
-                    return Err(parsed.invalid(format!("`{name}` needs TLS: use zookeepers://")));
-                }
-                "ca" => tls_files.ca = Some(value.into()),
-                "cert" => tls_files.cert = Some(value.into()),
-                "key" => tls_files.key = Some(value.into()),
                 "domain" => {
                     return Err(parsed.invalid(
                         "`domain` is not supported for ZooKeeper: each server's certificate \
                          must name the host it is reached by",
                     ))
                 }
+                name if TlsFiles::PARAMS.contains(&name) => {}
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 "layout" => {
@@ -305,9 +293,6 @@ impl ZooKeeperConfig {
             (Some(_), None) => {
                 return Err(parsed.invalid("`auth` needs user:password before the @"));
             }
-        }
-        if tls {
-            config.tls = Some(tls_files);
         }
         config
             .validate()
@@ -410,6 +395,8 @@ fn parse_chroot(path: &str) -> std::result::Result<Option<String>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]

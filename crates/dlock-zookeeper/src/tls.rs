@@ -30,7 +30,7 @@ pub(crate) fn client_options(files: &TlsFiles) -> Result<TlsOptions, LockError> 
 }
 
 fn read(path: &std::path::Path, what: &str) -> Result<String, LockError> {
-    std::fs::read_to_string(path).map_err(|error| bad_file(path, what, error))
+    String::from_utf8(TlsFiles::read(path, what)?).map_err(|error| bad_file(path, what, error))
 }
 
 fn bad_file(path: &std::path::Path, what: &str, error: impl std::fmt::Display) -> LockError {
