@@ -661,3 +661,193 @@ async fn waiter_whose_connection_drops_right_after_it_joined_keeps_waiting() {
     assert!(next.fencing_token() > token);
     next.release().await.expect("release");
 }
+
+/// A proxy that reads the ZooKeeper protocol a client sends and records each request as
+/// `(opcode name, path)`, leaving out pings and the session's own heartbeat (`exists /`):
+/// what the lock operations themselves ask of the server.
+struct RequestLog {
+    address: String,
+    log: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl RequestLog {
+    async fn start(upstream: String) -> RequestLog {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the proxy");
+        let address = listener.local_addr().expect("address").to_string();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let log = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = async move {
+                        let mut pending = Vec::new();
+                        let mut connected = false;
+                        let mut buffer = vec![0; 64 * 1024];
+                        while let Ok(n) = client_read.read(&mut buffer).await {
+                            if n == 0 || server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                            pending.extend_from_slice(&buffer[..n]);
+                            while pending.len() >= 4 {
+                                let length =
+                                    u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                                if pending.len() < 4 + length {
+                                    break;
+                                }
+                                let frame: Vec<u8> = pending.drain(..4 + length).skip(4).collect();
+                                // The first frame is the connect request: no header.
+                                if std::mem::replace(&mut connected, true) {
+                                    if let Some(request) = describe(&frame) {
+                                        log.lock().unwrap().push(request);
+                                    }
+                                }
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                    };
+                    let downstream = async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                    };
+                    tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        RequestLog { address, log }
+    }
+
+    fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+/// `(opcode, path)` of a request frame (after its length), `None` for pings and `exists /`.
+fn describe(frame: &[u8]) -> Option<(String, String)> {
+    let int = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
+    };
+    let opcode = int(4)?;
+    let name = match opcode {
+        1 => "create",
+        2 => "delete",
+        3 => "exists",
+        4 => "getData",
+        5 => "setData",
+        8 => "getChildren",
+        9 => "sync",
+        11 => return None,
+        12 => "getChildren2",
+        13 => "check",
+        14 => "multi",
+        15 => "create2",
+        19 => "createContainer",
+        21 => "createTTL",
+        101 => "setWatches",
+        105 => "setWatches2",
+        106 => "addWatch",
+        other => return Some((format!("op{other}"), String::new())),
+    };
+    let path = match int(8) {
+        Some(length) if length >= 0 => {
+            String::from_utf8_lossy(frame.get(12..12 + length as usize).unwrap_or_default())
+                .into_owned()
+        }
+        _ => String::new(),
+    };
+    if name == "exists" && path == "/" {
+        return None;
+    }
+    Some((name.to_owned(), path))
+}
+
+/// Issue 14: an uncontended acquire+release (and try_acquire+release) in dlock's default
+/// layout, with the default options (keepalive on), asks the server for three things and no
+/// more, in two round trips: create with getChildren pipelined behind it (where the node
+/// stands), then delete. A lock released within the watch grace never sets the watch on its
+/// node (the `exists` a longer hold sends). Counted request by request at the protocol level,
+/// after a warm-up that makes the key's parents. Before issue 14: four requests (an
+/// exists-watch on the own node, pipelined with the getChildren after the create's answer)
+/// in three round trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_acquire_and_release_send_the_fewest_requests() {
+    let server = ZooKeeperServer::start();
+    let proxy = RequestLog::start(server.address()).await;
+    let backend = dlock_zookeeper::connect(&format!("zookeeper://{}", proxy.address))
+        .await
+        .expect("connect");
+    let locker = Locker::new(backend);
+    locker
+        .acquire("k")
+        .await
+        .expect("warm-up")
+        .release()
+        .await
+        .expect("release");
+    proxy.take();
+    const ROUNDS: usize = 10;
+    for _ in 0..ROUNDS {
+        locker
+            .acquire("k")
+            .await
+            .expect("acquire")
+            .release()
+            .await
+            .expect("release");
+    }
+    let acquired = proxy.take();
+    for _ in 0..ROUNDS {
+        let guard = locker.try_acquire("k").await.expect("try").expect("free");
+        guard.release().await.expect("release");
+    }
+    let tried = proxy.take();
+    for (what, requests) in [("acquire", &acquired), ("try_acquire", &tried)] {
+        assert_eq!(
+            requests.len(),
+            3 * ROUNDS,
+            "{what}+release: {} requests per round, not 3: {requests:?}",
+            requests.len() as f64 / ROUNDS as f64
+        );
+        for round in requests.chunks(3) {
+            let ops: Vec<&str> = round.iter().map(|(op, _)| op.as_str()).collect();
+            assert_eq!(
+                ops,
+                ["create2", "getChildren", "delete"],
+                "{what}: {round:?}"
+            );
+        }
+    }
+
+    // A lock held past the grace has its node watched: one `exists`, and a deletion from
+    // outside is signalled.
+    let guard = locker.acquire("k").await.expect("acquire");
+    let node = ZooKeeperBackend::node_path(guard.lease())
+        .expect("a zookeeper lease")
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watched: Vec<_> = proxy
+        .take()
+        .into_iter()
+        .filter(|(op, path)| op == "exists" && *path == node)
+        .collect();
+    assert_eq!(watched.len(), 1, "the held node is watched once");
+    let admin = Client::connect(&server.address()).await.expect("admin");
+    admin
+        .delete(&node, None)
+        .await
+        .expect("delete from outside");
+    within(SOON, "the loss signal", guard.lost()).await;
+    assert!(!guard.is_held());
+}

@@ -181,44 +181,28 @@ impl ZooKeeperBackend {
             request.owner(),
             request.mode(),
         );
-        let created = attempt.create().await?;
+        let sent = Instant::now();
+        let (created, listed) = attempt.create().await?;
         let token = u64::try_from(created.czxid).map_err(|_| {
             LockError::protocol(
                 "zookeeper",
                 format!("negative creation zxid {}", created.czxid),
             )
         })?;
-        let node = attempt.node().to_owned();
-        // One round trip for both: where we stand, and a watch on our own node that tells the
-        // future holder if someone else deletes it.
-        let mut backoff = retry_backoff();
-        let (sent, children, own_watch) = loop {
-            let sent = Instant::now();
-            let (children, own) = tokio::join!(
-                client.list_children(dir),
-                client.check_and_watch_stat(&node)
-            );
-            match own {
-                Ok((Some(_), watcher)) => break (sent, children, watcher),
-                Ok((None, _)) => return Ok(None),
-                // The connection dropped (its server died, say) while the session lives: the
-                // client reconnects, to another server of an ensemble, and the node is still
-                // in line, so a waiter asks again rather than failing.
-                Err(error) if wait && is_connection(&error) => {
-                    if session.retired_reason().is_some() {
-                        return Ok(None);
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = sleep_until(request.deadline) => {
-                            attempt.withdraw().await;
-                            return Err(request.timeout());
-                        }
-                    }
-                }
-                Err(error) if is_connection(&error) => return self.lost_connection(session, error),
-                Err(error) => return Err(zk_error(session.endpoint(), error)),
+        // Where we stand: the list read with the create, in the same round trip. Should it
+        // be missing, or not show our node (it always does: the server answers a session's
+        // requests in order), read it again rather than trust it.
+        let (sent, children) = match listed {
+            Some(names) if names.iter().any(|name| name == attempt.name()) => (sent, Ok(names)),
+            _ => (Instant::now(), client.list_children(dir).await),
+        };
+        // A waiter keeps asking through a dropped connection (in `wait_for_turn`); a
+        // `try_acquire` reports it (its node is removed in the background).
+        let children = match children {
+            Err(error) if !wait && is_connection(&error) => {
+                return self.lost_connection(session, error)
             }
+            children => children,
         };
         let attempt = match attempt
             .wait_for_turn(&client, children, sent, request, wait, &self.shared)
@@ -234,12 +218,15 @@ impl ZooKeeperBackend {
             node,
             czxid: created.czxid,
             state: Arc::new(AtomicU8::new(HELD)),
+            settled: Arc::new(tokio::sync::Notify::new()),
         };
         tokio::spawn(watch_held(
-            own_watch,
+            watch_grace(session.timeout()),
             Arc::downgrade(session),
             held.node.clone(),
+            held.czxid,
             Arc::clone(&held.state),
+            Arc::clone(&held.settled),
             request.loss.clone(),
             session.retired(),
         ));
@@ -437,6 +424,9 @@ impl LockBackend for ZooKeeperBackend {
         {
             return Err(lease.not_held());
         }
+        // Whatever the outcome, the watching task looks at the state again (and ends unless
+        // the lock is still held).
+        let _settled = Settled(&held.settled);
         let session = &held.session;
         // Connection losses are retried for a while; past that the session's expiry still
         // removes the node, and the caller hears that the release was not confirmed.
@@ -535,8 +525,8 @@ impl LockBackend for ZooKeeperBackend {
     }
 
     /// Costs no round trip: the session's heartbeat keeps every lock of the client alive at
-    /// once, and the watch on each lock node reports deletions as they happen. This only
-    /// reports what is known.
+    /// once, and the watch on each lock node (set once the lock is held past the watch grace)
+    /// reports deletions as they happen. This only reports what is known.
     async fn renew(&self, leases: &[&Lease]) -> Result<Vec<Renewal>> {
         leases
             .iter()
@@ -668,6 +658,8 @@ struct HeldNode {
     node: String,
     czxid: i64,
     state: Arc<AtomicU8>,
+    /// Notified when a release is over, so the task watching the node looks again.
+    settled: Arc<tokio::sync::Notify>,
 }
 
 const HELD: u8 = 0;
@@ -675,33 +667,80 @@ const RELEASING: u8 = 1;
 const RELEASED: u8 = 2;
 const LOST: u8 = 3;
 
+/// How long a lock is held before its node is watched: a lock released sooner (the common
+/// short critical section) never costs the server the `exists` that sets the watch, so an
+/// uncontended acquire+release is create (with getChildren pipelined) and delete. A deletion
+/// from outside within the grace is signalled when it ends (the `exists` then finds no
+/// node), well within P5's bound (the lease), as other backends find one at their next
+/// renewal; the session's end is signalled at once, watched or not.
+fn watch_grace(session_timeout: Duration) -> Duration {
+    (session_timeout / 4).min(Duration::from_secs(1))
+}
+
+/// Wakes the task watching a held node when it is dropped: the release is over.
+struct Settled<'a>(&'a tokio::sync::Notify);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
 /// Signals the loss of a held lock when its node is deleted by someone else or its session
 /// ends; ends quietly when the lock is released.
+///
+/// The node's watch is set only after `grace` (see [`watch_grace`]), unless the lock was
+/// released (`settled` is notified) by then.
+#[allow(clippy::too_many_arguments)]
 async fn watch_held(
-    mut watcher: OneshotWatcher,
+    grace: Duration,
     // Weak: watching must not keep a session alive that everything else let go of.
     session: std::sync::Weak<Session>,
     node: String,
+    czxid: i64,
     state: Arc<AtomicU8>,
+    settled: Arc<tokio::sync::Notify>,
     loss: LossNotifier,
     retired: impl std::future::Future<Output = LossReason>,
 ) {
     tokio::pin!(retired);
-    let reason = loop {
-        tokio::select! {
-            event = watcher.changed() => match event.event_type {
-                EventType::NodeDeleted => break LossReason::NotOwner,
-                EventType::Session => break LossReason::SessionEnded,
-                // Someone wrote to the node (Curator's revocation request does): the lock is
-                // still ours, but the one-shot watch is spent, so set it again, or a later
-                // deletion would go unnoticed.
-                _ => match rewatch(&session, &node).await {
-                    Some(Some(next)) => watcher = next,
-                    Some(None) => break LossReason::NotOwner,
-                    None => break (&mut retired).await,
+    let watch_from = Instant::now() + grace;
+    let reason = 'watch: {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(watch_from) => break,
+                _ = settled.notified() => {
+                    if state.load(Ordering::Acquire) != HELD {
+                        return;
+                    }
+                }
+                reason = &mut retired => break 'watch reason,
+            }
+        }
+        if state.load(Ordering::Acquire) != HELD {
+            return;
+        }
+        let mut watcher = match rewatch(&session, &node, czxid).await {
+            Some(Some(watcher)) => watcher,
+            Some(None) => break 'watch LossReason::NotOwner,
+            None => break 'watch (&mut retired).await,
+        };
+        loop {
+            tokio::select! {
+                event = watcher.changed() => match event.event_type {
+                    EventType::NodeDeleted => break 'watch LossReason::NotOwner,
+                    EventType::Session => break 'watch LossReason::SessionEnded,
+                    // Someone wrote to the node (Curator's revocation request does): the lock
+                    // is still ours, but the one-shot watch is spent, so set it again, or a
+                    // later deletion would go unnoticed.
+                    _ => match rewatch(&session, &node, czxid).await {
+                        Some(Some(next)) => watcher = next,
+                        Some(None) => break 'watch LossReason::NotOwner,
+                        None => break 'watch (&mut retired).await,
+                    },
                 },
-            },
-            reason = &mut retired => break reason,
+                reason = &mut retired => break 'watch reason,
+            }
         }
     };
     if state
@@ -714,11 +753,16 @@ async fn watch_held(
 
 /// A new watch on a held node: `Some(None)` if the node is gone, `None` if the session can
 /// no longer ask (its end is then signalled by the session itself).
-async fn rewatch(session: &std::sync::Weak<Session>, node: &str) -> Option<Option<OneshotWatcher>> {
+/// The node must still be the one created for the lock (`czxid`).
+async fn rewatch(
+    session: &std::sync::Weak<Session>,
+    node: &str,
+    czxid: i64,
+) -> Option<Option<OneshotWatcher>> {
     let client = session.upgrade()?.client().ok()?;
     match client.check_and_watch_stat(node).await {
-        Ok((Some(_), watcher)) => Some(Some(watcher)),
-        Ok((None, _)) => Some(None),
+        Ok((Some(stat), watcher)) if stat.czxid == czxid => Some(Some(watcher)),
+        Ok(_) => Some(None),
         Err(_) => None,
     }
 }

@@ -72,46 +72,58 @@ impl Attempt {
 
     /// Creates the node, and the key's parents as container nodes if they are missing.
     ///
+    /// The key's children are read in the same round trip: the `getChildren` is sent right
+    /// behind the create, before its answer, and the server handles a session's requests in
+    /// the order they were sent, so the list it returns already holds the new node. That
+    /// list comes back with the node's `Stat` (`None` when the node was found again after a
+    /// lost answer, or the list failed: the caller then reads the line itself).
+    ///
     /// If the connection drops before the reply, the create may or may not have happened:
     /// the node is then looked for by the attempt's unique id rather than created twice.
-    pub(crate) async fn create(&mut self) -> Result<Stat> {
+    pub(crate) async fn create(&mut self) -> Result<(Stat, Option<Vec<String>>)> {
         let protected = format!("{}/{}", self.dir, self.name);
         let mut backoff = retry_backoff();
         loop {
             let client = self.session.client()?;
             let options = CreateMode::EphemeralSequential.with_acls(self.session.acls());
             let sent = Instant::now();
-            match client.create(&protected, &self.data, &options).await {
-                Ok((stat, sequence)) => {
+            // Both requests leave when called (the client sends on call, not on poll), in
+            // this order.
+            let created = client.create(&protected, &self.data, &options);
+            let listed = client.list_children(&self.dir);
+            match tokio::join!(created, listed) {
+                (Ok((stat, sequence)), listed) => {
                     self.session.answered(sent);
                     self.name = format!("{}{sequence}", self.name);
                     self.node = Some(format!("{protected}{sequence}"));
-                    return Ok(stat);
+                    return Ok((stat, listed.ok()));
                 }
-                Err(Error::NoNode) => {
-                    // kazoo's `ensure_path` makes persistent parents and then trusts they
-                    // stay: a container the server removed once empty would fail kazoo's
-                    // next create on that lock with `NoNodeError`.
-                    let mode = match self.layout {
-                        Layout::Kazoo => CreateMode::Persistent,
-                        _ => CreateMode::Container,
-                    };
-                    let parents = mode.with_acls(self.session.acls());
-                    match client.mkdir(&self.dir, &parents).await {
-                        Ok(()) => {}
-                        Err(error) if is_connection(&error) => {
-                            tokio::time::sleep(backoff.next_delay()).await
+                (Err(error), _) => match error {
+                    Error::NoNode => {
+                        // kazoo's `ensure_path` makes persistent parents and then trusts they
+                        // stay: a container the server removed once empty would fail kazoo's
+                        // next create on that lock with `NoNodeError`.
+                        let mode = match self.layout {
+                            Layout::Kazoo => CreateMode::Persistent,
+                            _ => CreateMode::Container,
+                        };
+                        let parents = mode.with_acls(self.session.acls());
+                        match client.mkdir(&self.dir, &parents).await {
+                            Ok(()) => {}
+                            Err(error) if is_connection(&error) => {
+                                tokio::time::sleep(backoff.next_delay()).await
+                            }
+                            Err(error) => return Err(zk_error(self.session.endpoint(), error)),
                         }
-                        Err(error) => return Err(zk_error(self.session.endpoint(), error)),
                     }
-                }
-                Err(error) if is_connection(&error) => {
-                    if let Some(stat) = self.find().await? {
-                        return Ok(stat);
+                    error if is_connection(&error) => {
+                        if let Some(stat) = self.find().await? {
+                            return Ok((stat, None));
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(error) => return Err(zk_error(self.session.endpoint(), error)),
+                    error => return Err(zk_error(self.session.endpoint(), error)),
+                },
             }
         }
     }
@@ -242,11 +254,6 @@ impl Attempt {
             };
         }
         Ok(Line::Holder(self))
-    }
-
-    /// The node's path (empty before [`Attempt::create`] succeeded).
-    pub(crate) fn node(&self) -> &str {
-        self.node.as_deref().unwrap_or_default()
     }
 
     /// The node's name within the key node.
