@@ -8,11 +8,11 @@
 //! ZooKeeper's default). SASL DIGEST-MD5 users come from a JAAS `Server` section
 //! ([`SASL_USERS`]), checked by `SASLAuthenticationProvider`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::process::{at_exit, free_port, Cleanup};
+use crate::test_certificates::make_test_certificates;
 use crate::zookeeper::ZooKeeperServer;
 
 /// The SASL users (`user`, `password`) the secure server knows.
@@ -60,7 +60,7 @@ impl SecureZooKeeper {
             .expect("a temporary directory")
             .keep();
         at_exit(Cleanup::RemoveDir(files.clone()));
-        make_certificates(&files);
+        make_test_certificates(&files);
         // ZooKeeper's PEM key store: the certificate and its key in one file.
         let keystore = files.join("server-keystore.pem");
         let mut pem = std::fs::read_to_string(files.join("server.pem")).expect("server.pem");
@@ -126,97 +126,5 @@ fn wait_for_port(port: u16) {
             "the secure port {port} never opened"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and an
-/// unrelated CA, made with the `openssl` command.
-fn make_certificates(dir: &Path) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("extensions file");
-    // The server checks a client's certificate against the address it connects from.
-    std::fs::write(
-        dir.join("client.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("extensions file");
-    let ca = |name: &str, subject: &str| -> Vec<String> {
-        [
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "1",
-            "-subj",
-            subject,
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
-    let signed = |name: &str, subject: &str| -> [Vec<String>; 2] {
-        [
-            [
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                subject,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            [
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{name}.ext"),
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-        ]
-    };
-    let mut steps = vec![
-        ca("ca", "/CN=dlock test CA"),
-        ca("other-ca", "/CN=another test CA"),
-    ];
-    steps.extend(signed("server", "/CN=127.0.0.1"));
-    steps.extend(signed("client", "/CN=dlock-client"));
-    for args in steps {
-        let status = Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the openssl command (Debian package openssl)");
-        assert!(status.success(), "openssl {args:?} failed");
     }
 }

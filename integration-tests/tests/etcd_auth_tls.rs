@@ -1,9 +1,6 @@
 //! The etcd backend against an etcd with users and authentication on, and against one that
 //! speaks TLS with a freshly generated certificate.
 
-use std::path::Path;
-use std::process::Command;
-
 use dlock_core::{LockError, LockOptions, Locker};
 use dlock_etcd::etcd_client::{Client, Permission};
 use dlock_test_servers::EtcdServer;
@@ -96,7 +93,7 @@ async fn users_and_passwords_from_the_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_certificate_authority() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    make_certificates(dir.path());
+    dlock_test_servers::make_test_certificates(dir.path());
     let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
     let server = EtcdServer::start_with(&[
         "--cert-file",
@@ -135,73 +132,4 @@ async fn tls_with_a_private_certificate_authority() {
         matches!(missing, Err(LockError::InvalidOptions { .. })),
         "{missing:?}"
     );
-}
-
-/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
-fn make_certificates(dir: &Path) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("extensions file");
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=dlock test CA",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-        ],
-    ];
-    for args in steps {
-        let status = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the openssl command (Debian package openssl)");
-        assert!(status.success(), "openssl {args:?} failed");
-    }
 }

@@ -556,64 +556,7 @@ async fn password_and_acl_user_auth() {
 async fn tls_connection() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = |name: &str| dir.path().join(name).display().to_string();
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=dlock test CA",
-        "-keyout",
-        &path("ca.key"),
-        "-out",
-        &path("ca.pem"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &path("server.key"),
-        "-out",
-        &path("server.csr"),
-    ]);
-    std::fs::write(
-        path("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &path("server.csr"),
-        "-CA",
-        &path("ca.pem"),
-        "-CAkey",
-        &path("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &path("ext.cnf"),
-        "-out",
-        &path("server.pem"),
-    ]);
+    dlock_test_servers::make_test_certificates(dir.path());
     let server = RedisServer::start_with(&[
         "--tls-port",
         "0",
@@ -659,37 +602,6 @@ async fn tls_connection() {
 
     // A server that checks clients (`tls-auth-clients yes`): the client certificate of
     // `?cert=&key=`, named as for every backend, lets a client in; without it, `Connection`.
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=dlock client",
-        "-keyout",
-        &path("client.key"),
-        "-out",
-        &path("client.csr"),
-    ]);
-    // An extension makes it an X.509 v3 certificate, the only version rustls accepts.
-    std::fs::write(path("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &path("client.csr"),
-        "-CA",
-        &path("ca.pem"),
-        "-CAkey",
-        &path("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &path("client.cnf"),
-        "-out",
-        &path("client.pem"),
-    ]);
     let checking = RedisServer::start_with(&[
         "--tls-port",
         "0",
