@@ -422,15 +422,7 @@ mod across_processes {
                 assert_eq!(json["owner"], "their cron", "{json}");
             }
             theirs.release();
-            let mut holder = dlock()
-                .args(["run", "--url", &url, "--key", &path, "--", "sh", "-c"])
-                .arg("echo ready; read line || true")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("dlock runs");
-            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            let mut holder = hold_with_dlock_run(&["--url", &url, "--key", &path]);
             assert!(
                 !foreign_try_lock(foreign, hosts, &path),
                 "{layout} took the lock dlock run holds"
@@ -461,15 +453,7 @@ mod across_processes {
         ]);
         assert_eq!(tried.status.code(), Some(75), "{}", stderr(&tried));
         theirs.release();
-        let mut holder = dlock()
-            .args(["run", "--url", &url, "--key", &key, "--", "sh", "-c"])
-            .arg("echo ready; read line || true")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dlock runs");
-        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let mut holder = hold_with_dlock_run(&["--url", &url, "--key", &key]);
         assert!(
             !redis_py_try_lock(&server.address, &key),
             "redis-py took the lock dlock run holds"
@@ -506,24 +490,8 @@ mod across_processes {
         assert_eq!(json["owner"], their_key.as_str(), "{json}");
         theirs.release();
 
-        let mut holder = dlock()
-            .args([
-                "run",
-                "--url",
-                &url,
-                "--key",
-                &name,
-                "--owner",
-                "dlock cron",
-                "--",
-            ])
-            .args(["sh", "-c", "echo ready; read line || true"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dlock runs");
-        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let mut holder =
+            hold_with_dlock_run(&["--url", &url, "--key", &name, "--owner", "dlock cron"]);
         let mut waiting = EtcdctlLock::start(&server.address, &name, Duration::from_secs(10));
         let queued = poll(Duration::from_secs(30), || {
             let status = output(&["status", "--url", &url, "--key", &name, "--json"]);
@@ -646,15 +614,8 @@ mod across_processes {
             rand_id()
         );
         let key = "jobs/tls";
-        let mut holder = dlock()
-            .args(["run", "--url", &url, "--key", key, "--owner", "tls holder"])
-            .args(["--", "sh", "-c", "echo ready; read line || true"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dlock runs");
-        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let mut holder =
+            hold_with_dlock_run(&["--url", &url, "--key", key, "--owner", "tls holder"]);
         let status = output(&["status", "--url", &url, "--key", key, "--json"]);
         assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
         let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
@@ -724,15 +685,7 @@ mod across_processes {
     /// `--wait 0` on a held key exits 75 at once; `status` says held, then free.
     pub fn wait_zero_on_a_held_key_exits_75(url: &str) {
         let key = format!("cli-held-{:016x}", rand_id());
-        let mut holder = dlock()
-            .args(["run", "--url", url, "--key", &key, "--", "sh", "-c"])
-            .arg("echo ready; read line || true")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dlock runs");
-        let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-        assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+        let mut holder = hold_with_dlock_run(&["--url", url, "--key", &key]);
         let tried = output(&[
             "run", "--url", url, "--key", &key, "--wait", "0", "--", "true",
         ]);
@@ -1154,23 +1107,8 @@ while :; do sleep 0.05; done"#,
                 rand_id()
             );
             let url = url.as_str();
-            let mut holder = dlock()
-                .args([
-                    "run",
-                    "--url",
-                    url,
-                    "--key",
-                    "jobs/a",
-                    "--owner",
-                    "etcd holder 1",
-                ])
-                .args(["--", "sh", "-c", "echo ready; read line || true"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("dlock runs");
-            let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
-            assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+            let mut holder =
+                hold_with_dlock_run(&["--url", url, "--key", "jobs/a", "--owner", "etcd holder 1"]);
             let mut waiter = dlock()
                 .args([
                     "run",
@@ -1618,6 +1556,23 @@ fn signal(child: &Child, signal: libc::c_int) {
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
     }
+}
+
+/// Starts `dlock run ARGS -- sh -c 'echo ready; read line || true'` and returns once the
+/// command runs, so the lock is held; closing the child's stdin ends the command, and
+/// `dlock run` then releases the lock.
+fn hold_with_dlock_run(args: &[&str]) -> Child {
+    let mut holder = dlock()
+        .arg("run")
+        .args(args)
+        .args(["--", "sh", "-c", "echo ready; read line || true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dlock runs");
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("utf-8"), "ready");
+    holder
 }
 
 /// Calls `probe` every 20 ms until it gives something, up to `limit`.
