@@ -87,6 +87,13 @@ impl Layout {
         }
     }
 
+    /// The layout `layout=name` names.
+    fn from_name(name: &str) -> Option<Layout> {
+        [Layout::Dlock, Layout::EtcdConcurrency]
+            .into_iter()
+            .find(|layout| layout.name() == name)
+    }
+
     /// Whether it is another library's layout.
     pub fn is_foreign(self) -> bool {
         self != Layout::Dlock
@@ -202,15 +209,11 @@ fn parse(url: &BackendUrl) -> Result<EtcdConfig, LockError> {
             "timeout" => config.request_timeout = url.duration(name, value)?,
             "connect_timeout" => config.connect_timeout = url.duration(name, value)?,
             "layout" => {
-                config.layout = match value {
-                    "dlock" => Layout::Dlock,
-                    "etcd-concurrency" => Layout::EtcdConcurrency,
-                    other => {
-                        return Err(url.invalid(format!(
-                            "layout `{other}` is none of `dlock`, `etcd-concurrency`"
-                        )))
-                    }
-                }
+                config.layout = Layout::from_name(value).ok_or_else(|| {
+                    url.invalid(format!(
+                        "layout `{value}` is none of `dlock`, `etcd-concurrency`"
+                    ))
+                })?;
             }
             name if TlsFiles::PARAMS.contains(&name) => {}
             other => return Err(url.unknown_param(other, KNOWN_PARAMS)),

@@ -102,6 +102,13 @@ impl Layout {
         }
     }
 
+    /// The layout `layout=name` names.
+    fn from_name(name: &str) -> Option<Layout> {
+        [Layout::Dlock, Layout::Kazoo, Layout::Curator]
+            .into_iter()
+            .find(|layout| layout.name() == name)
+    }
+
     /// Whether it is another library's layout.
     pub fn is_foreign(self) -> bool {
         self != Layout::Dlock
@@ -273,16 +280,11 @@ impl ZooKeeperConfig {
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,
                 "connect_timeout" => config.connect_timeout = parsed.duration(name, value)?,
                 "layout" => {
-                    config.layout = match value {
-                        "dlock" => Layout::Dlock,
-                        "kazoo" => Layout::Kazoo,
-                        "curator" => Layout::Curator,
-                        other => {
-                            return Err(parsed.invalid(format!(
-                                "layout `{other}` is none of `dlock`, `kazoo`, `curator`"
-                            )))
-                        }
-                    }
+                    config.layout = Layout::from_name(value).ok_or_else(|| {
+                        parsed.invalid(format!(
+                            "layout `{value}` is none of `dlock`, `kazoo`, `curator`"
+                        ))
+                    })?;
                 }
                 other => return Err(parsed.unknown_param(other, KNOWN_PARAMS)),
             }
