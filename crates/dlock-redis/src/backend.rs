@@ -133,9 +133,13 @@ impl LockBackend for RedisBackend {
     /// In the standard layout: no FIFO (no line), and server wake-up only where every
     /// instance publishes keyspace events (see [`Layout`](crate::Layout)).
     fn capabilities(&self) -> Capabilities {
-        let redlock = self.inner.config.redlock;
+        let (redlock, cluster) = (self.inner.config.redlock, self.inner.config.cluster);
         Capabilities {
-            name: if redlock { "redis+redlock" } else { "redis" },
+            name: match (redlock, cluster) {
+                (true, _) => "redis+redlock",
+                (_, true) => "redis+cluster",
+                _ => "redis",
+            },
             fifo: self.inner.fair(),
             session_lease: false,
             server_wakeup: self.inner.server_wakeup(),
@@ -289,10 +293,11 @@ impl LockBackend for RedisBackend {
 
     /// Owner and acquisition time live in the lock's value; the index of held locks per
     /// namespace and prefix pages through them in key order. The standard layout keeps no
-    /// index: no `list`.
+    /// index, nor does a Redis Cluster (the index of a prefix would be in another slot than
+    /// its locks, which no script can touch together): no `list`.
     fn introspection(&self) -> Introspection {
         let mut introspection = Introspection::all();
-        introspection.list = self.inner.config.layout.has_line();
+        introspection.list = self.inner.config.layout.has_line() && !self.inner.config.cluster;
         introspection
     }
 
@@ -311,6 +316,12 @@ impl LockBackend for RedisBackend {
             return Err(LockError::Unsupported {
                 backend: self.capabilities().name,
                 operation: "listing the locks of the redis-standard layout",
+            });
+        }
+        if self.inner.config.cluster {
+            return Err(LockError::Unsupported {
+                backend: self.capabilities().name,
+                operation: "listing the locks of a Redis Cluster",
             });
         }
         self.list_locks(options, request).await

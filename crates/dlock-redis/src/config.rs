@@ -19,6 +19,8 @@ use dlock_core::{BackendUrl, LockError, Result};
 /// | `rediss+redlock://…` | Redlock over TLS |
 /// | `redis+sentinel://s1:26379,s2:26379,s3:26379/<master-name>` | the primary a Sentinel deployment names, followed across failovers |
 /// | `rediss+sentinel://…` | the same, TLS to the sentinels and the primary |
+/// | `redis+cluster://h1:7000,h2:7001,…` | a Redis Cluster, found from any of these seed nodes |
+/// | `rediss+cluster://…` | the same over TLS |
 ///
 /// Query parameters: `prefix` (a namespace put in front of every Redis key this client uses),
 /// `connect_timeout`, `response_timeout` and `retry_limit` (humantime durations: `500ms`,
@@ -44,6 +46,9 @@ pub struct RedisConfig {
     pub endpoints: Vec<Endpoint>,
     /// Redlock (a quorum of independent instances) rather than one instance.
     pub redlock: bool,
+    /// A Redis Cluster: `endpoints` are seed nodes, and each lock lives on the primary that
+    /// owns its slot.
+    pub cluster: bool,
     /// Talk TLS to every instance.
     pub tls: bool,
     /// The PEM files of a TLS connection, named as for every backend: `?ca=` the CA
@@ -182,6 +187,7 @@ impl RedisConfig {
                 port,
             }],
             redlock: false,
+            cluster: false,
             tls: false,
             tls_files: TlsFiles::default(),
             username: None,
@@ -198,19 +204,29 @@ impl RedisConfig {
     }
 
     /// Parses a `redis://`, `rediss://`, `redis+redlock://`, `rediss+redlock://`,
-    /// `redis+sentinel://` or `rediss+sentinel://` URL.
+    /// `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://` or `rediss+cluster://`
+    /// URL.
     ///
     /// Errors are [`LockError::InvalidUrl`] with any password replaced by `***`.
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = BackendUrl::parse(url, 6379)?;
-        let (tls, redlock, sentinel) = match parsed.scheme.as_str() {
-            "redis" => (false, false, false),
-            "rediss" => (true, false, false),
-            "redis+redlock" => (false, true, false),
-            "rediss+redlock" => (true, true, false),
-            "redis+sentinel" => (false, false, true),
-            "rediss+sentinel" => (true, false, true),
-            other => return Err(parsed.invalid(format!("unknown scheme `{other}`"))),
+        let scheme = parsed.scheme.as_str();
+        let unknown = || parsed.invalid(format!("unknown scheme `{scheme}`"));
+        let (base, topology) = match scheme.split_once('+') {
+            Some((base, topology)) => (base, Some(topology)),
+            None => (scheme, None),
+        };
+        let tls = match base {
+            "redis" => false,
+            "rediss" => true,
+            _ => return Err(unknown()),
+        };
+        let (redlock, sentinel, cluster) = match topology {
+            None => (false, false, false),
+            Some("redlock") => (true, false, false),
+            Some("sentinel") => (false, true, false),
+            Some("cluster") => (false, false, true),
+            Some(_) => return Err(unknown()),
         };
         let endpoints: Vec<Endpoint> = parsed
             .hosts
@@ -224,7 +240,7 @@ impl RedisConfig {
                 port: host.port,
             })
             .collect();
-        if !redlock && !sentinel && endpoints.len() != 1 {
+        if !redlock && !sentinel && !cluster && endpoints.len() != 1 {
             return Err(parsed.invalid("several hosts need the `redis+redlock://` scheme"));
         }
         if redlock && (endpoints.len() < 3 || endpoints.len().is_multiple_of(2)) {
@@ -237,6 +253,7 @@ impl RedisConfig {
         let mut config = RedisConfig {
             endpoints,
             redlock,
+            cluster,
             tls,
             username: parsed.user.clone(),
             password: parsed.password.clone(),
@@ -250,6 +267,9 @@ impl RedisConfig {
             }
             master if sentinel => config.sentinel_master = Some(master.to_owned()),
             "" => {}
+            _ if cluster => {
+                return Err(parsed.invalid("Redis Cluster has one database: drop the `/db` path"))
+            }
             db => {
                 config.db = db
                     .parse()
@@ -335,9 +355,10 @@ impl RedisConfig {
     }
 
     /// How many instances the client takes locks on: one behind Sentinel (whatever the
-    /// number of sentinels), else one per endpoint.
+    /// number of sentinels) and one cluster (whatever the number of seed nodes), else one
+    /// per endpoint.
     pub fn instances(&self) -> usize {
-        if self.sentinel_master.is_some() {
+        if self.sentinel_master.is_some() || self.cluster {
             1
         } else {
             self.endpoints.len()
@@ -350,6 +371,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("endpoints", &self.endpoints)
             .field("redlock", &self.redlock)
+            .field("cluster", &self.cluster)
             .field("tls", &self.tls)
             .field("tls_files", &self.tls_files)
             .field("username", &self.username)
@@ -426,6 +448,12 @@ mod tests {
                 .unwrap()
                 .tls
         );
+        let cluster = RedisConfig::from_url("redis+cluster://a:7000,b:7001,c:7002").unwrap();
+        assert!(cluster.cluster && !cluster.redlock && !cluster.tls);
+        assert_eq!(cluster.endpoints.len(), 3);
+        assert_eq!((cluster.instances(), cluster.quorum()), (1, 1));
+        let seed = RedisConfig::from_url("rediss+cluster://a:7000?ca=/ca.pem").unwrap();
+        assert!(seed.cluster && seed.tls);
     }
 
     #[test]
@@ -436,6 +464,9 @@ mod tests {
             "redis://:hunter2@h:1,h:2",
             "redis+redlock://:hunter2@h:1,h:2",
             "redis+sentinel://:hunter2@h:1,h:2",
+            "redis+cluster://:hunter2@h:1,h:2/3",
+            "redis+clustr://:hunter2@h:1",
+            "redis+redlock+cluster://:hunter2@h:1",
             "http://:hunter2@h:1",
             "redis://:hunter2@h:99999",
             "redis://:hunter2@h:1?connect_timeout=soon",

@@ -23,7 +23,9 @@ pub(crate) struct LockNames {
     pub(crate) deadlines: String,
     /// The index of held locks under the same namespace and prefix, for `list`: a sorted
     /// set of lock keys (all with score 0, so it is ordered by key bytes), living as long as
-    /// its longest-held lock. Not under the lock's hash tag: one per prefix.
+    /// its longest-held lock. Not under the lock's hash tag: one per prefix. On a Redis
+    /// Cluster, where a script may touch one slot only, a set of the lock alone under its
+    /// tag, which nobody lists (`list` is not offered there).
     pub(crate) index: String,
     /// The lock's key as the index names it.
     pub(crate) member: String,
@@ -39,6 +41,11 @@ pub(crate) struct LockNames {
     /// layout's waiters and watchers listen when the server publishes keyspace events;
     /// `None` in dlock's layout, whose scripts tell each waiter on a channel of its own.
     pub(crate) events: Option<String>,
+    /// What each waiter's and watcher's wake channel is named with, before its id: the
+    /// scripts derive a waiter's channel from its id, and count it alive while the channel
+    /// has a listener. On a Redis Cluster it carries the lock's hash tag, so the channel is a
+    /// sharded one in the lock's slot (see `link`).
+    pub(crate) wake_prefix: String,
 }
 
 impl LockNames {
@@ -46,7 +53,7 @@ impl LockNames {
     /// database.
     pub(crate) fn new(config: &RedisConfig, prefix: &str, key: &LockKey) -> Self {
         match config.layout {
-            Layout::Dlock => LockNames::dlock(&config.namespace, prefix, key),
+            Layout::Dlock => LockNames::dlock(&config.namespace, prefix, key, config.cluster),
             Layout::RedisStandard => LockNames::standard(config, prefix, key),
         }
     }
@@ -75,18 +82,19 @@ impl LockNames {
             holders: fence.clone(),
             holder_prefix: format!("{fence}:"),
             watchers: fence.clone(),
+            wake_prefix: WAKE_CHANNEL_PREFIX.to_owned(),
             fence,
             lock,
         }
     }
 
     /// dlock's layout: the names for `key` under the client's `namespace` and the lock's
-    /// `prefix`.
+    /// `prefix`, on a Redis Cluster (`cluster`) or not.
     ///
     /// The tag is `escape(namespace) | escape(prefix) / key.path_segment()`: the escaping
     /// removes `{`, `}`, `|` and `%` from the free-form parts, and the path segment has no
     /// `/`, so different (namespace, prefix, key) triples never share a tag.
-    fn dlock(namespace: &str, prefix: &str, key: &LockKey) -> Self {
+    fn dlock(namespace: &str, prefix: &str, key: &LockKey, cluster: bool) -> Self {
         let tag = format!(
             "{}|{}/{}",
             escape(namespace),
@@ -98,12 +106,21 @@ impl LockNames {
             fence: format!("dlock:{{{tag}}}:fence"),
             queue: format!("dlock:{{{tag}}}:queue"),
             deadlines: format!("dlock:{{{tag}}}:deadlines"),
-            index: index_name(namespace, prefix),
+            index: if cluster {
+                format!("dlock:{{{tag}}}:index")
+            } else {
+                index_name(namespace, prefix)
+            },
             member: key.as_str().to_owned(),
             holders: format!("dlock:{{{tag}}}:holders"),
             holder_prefix: format!("dlock:{{{tag}}}:holder:"),
             watchers: format!("dlock:{{{tag}}}:watchers"),
             events: None,
+            wake_prefix: if cluster {
+                format!("dlock:{{{tag}}}:wake:")
+            } else {
+                WAKE_CHANNEL_PREFIX.to_owned()
+            },
         }
     }
 
@@ -136,15 +153,9 @@ pub(crate) fn index_name(namespace: &str, prefix: &str) -> String {
     format!("dlock:{{{}|{}}}:index", escape(namespace), escape(prefix))
 }
 
-/// The prefix of the pub/sub channel a waiter is woken on (`<prefix><waiter id>`); scripts
-/// derive the channel from a waiter id, so this prefix is passed to them. Whether the channel
-/// has a listener is how scripts tell a live waiter from one that is gone.
-pub(crate) const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
-
-/// The wake channel of the waiter `waiter` (its id).
-pub(crate) fn wake_channel(waiter: &str) -> String {
-    format!("{WAKE_CHANNEL_PREFIX}{waiter}")
-}
+/// The prefix of the pub/sub channel a waiter is woken on (`<prefix><waiter id>`) on a
+/// single instance, Redlock and Sentinel (see [`LockNames::wake_prefix`]).
+const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
 
 /// The standard layout's fence counter of the lock key `lock`, a name no other library uses,
 /// in the same Redis Cluster slot as `lock` where any name can be:
@@ -154,8 +165,8 @@ pub(crate) fn wake_channel(waiter: &str) -> String {
 /// - otherwise the whole key decides: `{<lock>}:dlock-fence`, when it has no `}` (a tag can
 ///   then be the whole key);
 /// - a key with a `}` but no tag hashes as a whole, which no tag can repeat:
-///   `dlock-fence:<lock>`, in a slot of its own (this crate talks to single instances and
-///   Redlock quorums, where slots do not matter).
+///   `dlock-fence:<lock>`, in a slot of its own (on a Redis Cluster the scripts then fail
+///   with `CROSSSLOT`: such a key cannot be locked there in this layout).
 ///
 /// Different lock keys never share a counter: the first two forms start with `{`, end
 /// differently, and name the key in full or as the whole tag; the third starts otherwise.
@@ -203,12 +214,12 @@ mod tests {
     use super::*;
 
     fn names(namespace: &str, prefix: &str, key: &str) -> String {
-        LockNames::dlock(namespace, prefix, &LockKey::new(key).unwrap()).lock
+        LockNames::dlock(namespace, prefix, &LockKey::new(key).unwrap(), false).lock
     }
 
     #[test]
     fn one_hash_tag_per_lock() {
-        let n = LockNames::dlock("", "p", &LockKey::new("a{b}").unwrap());
+        let n = LockNames::dlock("", "p", &LockKey::new("a{b}").unwrap(), true);
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&n.lock), tag(&n.fence));
         assert_eq!(tag(&n.lock), tag(&n.queue));
@@ -216,6 +227,10 @@ mod tests {
         assert_eq!(tag(&n.lock), tag(&n.holders));
         assert_eq!(tag(&n.lock), tag(&n.holder_prefix));
         assert_eq!(tag(&n.lock), tag(&n.watchers));
+        // On a cluster, also everything a script touches besides: the index and the wake
+        // channels it publishes on.
+        assert_eq!(tag(&n.lock), tag(&n.index));
+        assert_eq!(tag(&n.lock), tag(&n.wake_prefix));
     }
 
     #[test]

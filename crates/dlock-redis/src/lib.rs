@@ -147,6 +147,7 @@ mod backend;
 mod config;
 mod error;
 mod layout;
+mod link;
 mod node;
 mod quorum;
 mod scripts;
@@ -160,8 +161,8 @@ pub use backend::RedisBackend;
 pub use config::{Endpoint, Layout, RedisConfig};
 /// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
 /// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
-/// `rediss+sentinel://` (the primary of a Sentinel deployment). The `dlock` facade routes
-/// these to this crate.
+/// `rediss+sentinel://` (the primary of a Sentinel deployment), `redis+cluster://` and
+/// `rediss+cluster://` (a Redis Cluster). The `dlock` facade routes these to this crate.
 pub const SCHEMES: &[&str] = &[
     "redis",
     "rediss",
@@ -169,6 +170,8 @@ pub const SCHEMES: &[&str] = &[
     "rediss+redlock",
     "redis+sentinel",
     "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
 ];
 
 /// Connects to the Redis instance(s) named by `url`: `redis://[user:password@]host:port[/db]`,

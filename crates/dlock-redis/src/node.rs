@@ -1,19 +1,22 @@
-//! One Redis instance as the backend sees it: a self-reconnecting multiplexed connection
-//! (RESP3, so wake-up messages arrive on the same connection) and typed calls of the scripts.
+//! One Redis instance (or one Redis Cluster) as the backend sees it: a self-reconnecting
+//! multiplexed connection (RESP3, so wake-up messages arrive on the same connection) and
+//! typed calls of the scripts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dlock_core::support::{lock, TlsFiles};
 use dlock_core::{LockError, LockMode, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::{ConnectionInfo, PushInfo, PushKind, TlsCertificates, Value};
 use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, RedisConfig};
 use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
-use crate::layout::{keyspace_events_cover, wake_channel, LockNames, WAKE_CHANNEL_PREFIX};
+use crate::layout::{keyspace_events_cover, LockNames};
+use crate::link::{slot, Link};
 use crate::scripts::{scripts, Scripts};
 
 /// Why a waiter was woken.
@@ -104,7 +107,8 @@ impl Waiters {
 
     fn dispatch(&self, push: PushInfo) {
         match push.kind {
-            PushKind::Message => {
+            // A sharded channel's message (Redis Cluster) reads as a plain one's.
+            PushKind::Message | PushKind::SMessage => {
                 if let Some(Value::BulkString(channel)) = push.data.first() {
                     if channel.starts_with(KEYSPACE_PREFIX.as_bytes()) {
                         // A keyspace event: the payload is only the command's name.
@@ -132,6 +136,25 @@ impl Waiters {
             PushKind::Disconnection => {
                 for route in self.lock().values() {
                     let _ = route.sender.send(Wake::Reconnected);
+                }
+            }
+            PushKind::SUnsubscribe => {
+                // The server drops a sharded channel's listeners when its slot moves to
+                // another node (resharding, failover); the cluster client then subscribes
+                // again where the slot is now. Messages may have been missed meanwhile: the
+                // waiter looks again. (Also the answer to a waiter's own unsubscribe, when
+                // it no longer listens for wake-ups.)
+                let waiter = match push.data.first() {
+                    Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
+                        .ok()
+                        .and_then(|channel| channel.split_once("}:wake:"))
+                        .map(|(_, waiter)| waiter.to_owned()),
+                    _ => None,
+                };
+                if let Some(route) =
+                    waiter.and_then(|waiter| self.lock().get(&waiter).map(|r| r.sender.clone()))
+                {
+                    let _ = route.send(Wake::Reconnected);
                 }
             }
             _ => {}
@@ -171,7 +194,7 @@ fn parse_wake(payload: &[u8]) -> Option<(&str, Wake)> {
 /// One instance: its connection and where it is (for error messages, without credentials).
 #[derive(Clone)]
 pub(crate) struct Node {
-    connection: ConnectionManager,
+    connection: Link,
     endpoint: String,
     /// The scripts of the client's layout.
     scripts: &'static Scripts,
@@ -192,31 +215,43 @@ type Subscribers = Arc<tokio::sync::Mutex<HashSet<String>>>;
 impl Node {
     /// Connects and routes the wake-up messages that arrive on the connection to `waiters`.
     /// The connection reconnects by itself and then listens again on every channel it
-    /// listened on (each waiter's, see [`Node::listen`]).
+    /// listened on (each waiter's, see [`Node::listen`]). On a Redis Cluster
+    /// ([`RedisConfig::cluster`]) `endpoint` is ignored: the client finds the cluster from
+    /// every seed node of the configuration.
     pub(crate) async fn connect(
         config: &RedisConfig,
         endpoint: &Endpoint,
         waiters: Arc<Waiters>,
     ) -> Result<Node> {
-        let name = endpoint.to_string();
-        let client =
-            client_for(config, endpoint, false).map_err(|e| LockError::connection(&name, e))?;
+        let name = if config.cluster {
+            seed_names(config)
+        } else {
+            endpoint.to_string()
+        };
         let dispatch = move |push: PushInfo| -> std::result::Result<(), ()> {
             waiters.dispatch(push);
             Ok(())
         };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500))
-            .set_push_sender(dispatch)
-            .set_automatic_resubscription();
-        let scripts = scripts(config.layout);
+        let scripts = scripts(config.layout, config.cluster);
         let connect = async {
-            let connection = ConnectionManager::new_with_config(client, manager_config).await?;
+            let connection = if config.cluster {
+                Link::Cluster(connect_cluster(config, dispatch).await?)
+            } else {
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500))
+                    .set_push_sender(dispatch)
+                    .set_automatic_resubscription();
+                let client = client_for(config, endpoint, false)?;
+                Link::Instance(ConnectionManager::new_with_config(client, manager_config).await?)
+            };
             load_scripts(&connection, scripts).await?;
-            let wakes = config.layout.has_line() || publishes_keyspace_events(&connection).await;
+            // A cluster's keyspace events are each node's own, for its own keys; the
+            // standard layout's waiters poll there rather than follow them.
+            let wakes = config.layout.has_line()
+                || (!config.cluster && publishes_keyspace_events(&connection).await);
             Ok::<_, redis::RedisError>((connection, wakes))
         };
         let (connection, wakes) = tokio::time::timeout(config.connect_timeout * 2, connect)
@@ -274,7 +309,7 @@ impl Node {
             .arg(waiter_id)
             .arg(millis(wait).max(1))
             .arg(if fair { 1 } else { 0 })
-            .arg(WAKE_CHANNEL_PREFIX)
+            .arg(&names.wake_prefix)
             .arg(attempt)
             .arg(description)
             .arg(&names.member)
@@ -333,8 +368,32 @@ impl Node {
         owned(reply, names, "extend")
     }
 
-    /// Renews every `(names, owner, ttl)` in one script call; one flag per lock.
+    /// Renews every `(names, owner, ttl)`: in one script call, or on a Redis Cluster in one
+    /// per slot (a script may touch one slot only), all sent at once; one flag per lock.
     pub(crate) async fn renew(&self, locks: &[(&LockNames, &str, Duration)]) -> Result<Vec<bool>> {
+        if !self.connection.is_cluster() {
+            return self.renew_together(locks).await;
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (at, (names, ..)) in locks.iter().enumerate() {
+            by_slot.entry(slot(&names.lock)).or_default().push(at);
+        }
+        let calls = by_slot.values().map(|group| {
+            let group: Vec<_> = group.iter().map(|&at| locks[at]).collect();
+            async move { self.renew_together(&group).await }
+        });
+        let replies = futures::future::try_join_all(calls).await?;
+        let mut flags = vec![false; locks.len()];
+        for (group, reply) in by_slot.values().zip(replies) {
+            for (&at, flag) in group.iter().zip(reply) {
+                flags[at] = flag;
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Renews every `(names, owner, ttl)` in one script call; one flag per lock.
+    async fn renew_together(&self, locks: &[(&LockNames, &str, Duration)]) -> Result<Vec<bool>> {
         let script = &self.scripts.renew;
         let mut invocation = script.prepare_invoke();
         for (names, owner, ttl) in locks {
@@ -386,7 +445,7 @@ impl Node {
         let subscribers = self.subscribers(&channel);
         let mut listening = subscribers.lock().await;
         if listening.is_empty() {
-            let subscribed = self.connection.clone().subscribe(&channel).await;
+            let subscribed = self.connection.subscribe(&channel).await;
             if let Err(error) = subscribed {
                 drop(listening);
                 self.forget_if_unused(&channel, subscribers);
@@ -410,7 +469,6 @@ impl Node {
         listening.remove(waiter);
         if listening.is_empty() {
             self.connection
-                .clone()
                 .unsubscribe(&channel)
                 .await
                 .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -424,7 +482,7 @@ impl Node {
     /// its own, or the lock key's keyspace channel; `None` where nothing is published.
     fn channel(&self, waiter: &str, names: &LockNames) -> Option<String> {
         match &names.events {
-            None => Some(wake_channel(waiter)),
+            None => Some(format!("{}{waiter}", names.wake_prefix)),
             Some(events) => self.wakes.then(|| events.clone()),
         }
     }
@@ -466,7 +524,7 @@ impl Node {
             .key(&names.holders)
             .key(&names.watchers)
             .arg(member)
-            .arg(WAKE_CHANNEL_PREFIX)
+            .arg(&names.wake_prefix)
             .arg(if fair { 1 } else { 0 })
             .arg(&names.member)
             .arg(&names.holder_prefix)
@@ -490,7 +548,7 @@ impl Node {
             .key(&names.watchers)
             .arg(owner)
             .arg(description)
-            .arg(WAKE_CHANNEL_PREFIX)
+            .arg(&names.wake_prefix)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -527,7 +585,7 @@ impl Node {
         };
         let _: i64 = notify
             .key(&names.watchers)
-            .arg(WAKE_CHANNEL_PREFIX)
+            .arg(&names.wake_prefix)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(|e| to_lock_error(&self.endpoint, e))?;
@@ -659,7 +717,7 @@ impl Node {
 /// Loads every script now, so that the first calls do not each learn with `NOSCRIPT` that
 /// they must load it and send it again: such a resend would overtake commands sent after it
 /// (a Redlock instance that was frozen must run a give-back after the acquire it undoes).
-async fn load_scripts(connection: &ConnectionManager, all: &Scripts) -> redis::RedisResult<()> {
+async fn load_scripts(connection: &Link, all: &Scripts) -> redis::RedisResult<()> {
     let loads = all.all().into_iter().map(|script| {
         let mut connection = connection.clone();
         async move { script.load_async(&mut connection).await }
@@ -672,7 +730,7 @@ async fn load_scripts(connection: &ConnectionManager, all: &Scripts) -> redis::R
 /// standard layout's waiters and watchers need (`notify-keyspace-events`, see
 /// [`keyspace_events_cover`]). Read, never changed: a server that refuses `CONFIG GET`
 /// (renamed or denied, as managed services do) counts as one that does not publish them.
-async fn publishes_keyspace_events(connection: &ConnectionManager) -> bool {
+async fn publishes_keyspace_events(connection: &Link) -> bool {
     // A map in RESP3 (a flat array of pairs in RESP2): read as one either way.
     let reply: redis::RedisResult<HashMap<String, String>> = redis::cmd("CONFIG")
         .arg("GET")
@@ -697,6 +755,47 @@ pub(crate) fn client_for(
     endpoint: &Endpoint,
     sentinel: bool,
 ) -> redis::RedisResult<redis::Client> {
+    let info = connection_info(config, endpoint, sentinel)?;
+    if config.tls {
+        return redis::Client::build_with_tls(info, tls_certificates(config)?);
+    }
+    redis::Client::open(info)
+}
+
+/// Connects to the Redis Cluster that the configuration's seed nodes belong to, sending the
+/// messages pushed on any node's connection to `dispatch`.
+async fn connect_cluster(
+    config: &RedisConfig,
+    dispatch: impl redis::aio::AsyncPushSender,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    let seeds = config
+        .endpoints
+        .iter()
+        .map(|endpoint| connection_info(config, endpoint, false))
+        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout)
+        // Few and short: a call that fails (a primary down until its replica is promoted)
+        // goes back to the caller, whose keepalive or wait retries it with its own budget.
+        .retries(3)
+        .min_retry_wait(10)
+        .max_retry_wait(200)
+        .push_sender(dispatch);
+    if config.tls {
+        builder = builder.certs(tls_certificates(config)?);
+    }
+    builder.build()?.get_async_connection().await
+}
+
+/// How to reach `endpoint`: plain or TLS, RESP3, and for an instance (not a sentinel) the
+/// configured credentials and database.
+fn connection_info(
+    config: &RedisConfig,
+    endpoint: &Endpoint,
+    sentinel: bool,
+) -> redis::RedisResult<ConnectionInfo> {
     let mut settings =
         redis::RedisConnectionInfo::default().set_protocol(redis::ProtocolVersion::RESP3);
     if !sentinel {
@@ -718,39 +817,43 @@ pub(crate) fn client_for(
     } else {
         redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
     };
-    let info = redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings);
-    if config.tls {
-        crate::tls::install_crypto_provider();
-        let files = &config.tls_files;
-        let read = |path: &std::path::Path, what: &str| {
-            TlsFiles::read(path, what).map_err(|error| {
-                redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "a TLS file",
-                    error.to_string(),
-                ))
-            })
-        };
-        let root_cert = match &files.ca {
-            Some(ca) => Some(read(ca, "CA certificate")?),
-            None => None,
-        };
-        let client_tls = match (&files.cert, &files.key) {
-            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read(cert, "client certificate")?,
-                client_key: read(key, "client key")?,
-            }),
-            _ => None,
-        };
-        return redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        );
-    }
-    redis::Client::open(info)
+    Ok(redis::IntoConnectionInfo::into_connection_info(addr)?.set_redis_settings(settings))
+}
+
+/// The CA and client certificate of a TLS configuration, read from their files.
+fn tls_certificates(config: &RedisConfig) -> redis::RedisResult<TlsCertificates> {
+    crate::tls::install_crypto_provider();
+    let files = &config.tls_files;
+    let read = |path: &std::path::Path, what: &str| {
+        TlsFiles::read(path, what).map_err(|error| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a TLS file",
+                error.to_string(),
+            ))
+        })
+    };
+    let root_cert = match &files.ca {
+        Some(ca) => Some(read(ca, "CA certificate")?),
+        None => None,
+    };
+    let client_tls = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "client certificate")?,
+            client_key: read(key, "client key")?,
+        }),
+        _ => None,
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+/// The seed nodes of a cluster configuration, `host:port,host:port`, for error messages.
+fn seed_names(config: &RedisConfig) -> String {
+    let names: Vec<String> = config.endpoints.iter().map(ToString::to_string).collect();
+    names.join(",")
 }
 
 fn owned(reply: i64, names: &LockNames, what: &str) -> Result<bool> {

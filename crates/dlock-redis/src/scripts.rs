@@ -791,12 +791,24 @@ impl Scripts {
     }
 }
 
-/// The scripts of `layout`, shared by every client of the process.
-pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
-    static DLOCK: OnceLock<Scripts> = OnceLock::new();
-    static STANDARD: OnceLock<Scripts> = OnceLock::new();
+/// The scripts of `layout`, for a Redis Cluster (`cluster`: they wake waiters on sharded
+/// channels, see [`sharded`]) or not, shared by every client of the process.
+pub(crate) fn scripts(layout: Layout, cluster: bool) -> &'static Scripts {
+    static ALL: [OnceLock<Scripts>; 4] = [const { OnceLock::new() }; 4];
+    let at = 2 * usize::from(layout.is_foreign()) + usize::from(cluster);
+    ALL[at].get_or_init(|| {
+        let script = |library: &[&str], body: &str| {
+            let text = script_text(library, body);
+            Script::new(&if cluster { sharded(&text) } else { text })
+        };
+        layout_scripts(layout, script)
+    })
+}
+
+/// The scripts of `layout`, each made by `script` from its helpers and body.
+fn layout_scripts(layout: Layout, script: impl Fn(&[&str], &str) -> Script) -> Scripts {
     match layout {
-        Layout::Dlock => DLOCK.get_or_init(|| {
+        Layout::Dlock => {
             let with_helpers = |body: &str| script(&[HOLDER, FENCE, LINE], body);
             Scripts {
                 acquire: with_helpers(ACQUIRE),
@@ -810,8 +822,8 @@ pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
                 watch: Some(with_helpers(WATCH)),
                 notify: Some(with_helpers(NOTIFY)),
             }
-        }),
-        Layout::RedisStandard => STANDARD.get_or_init(|| {
+        }
+        Layout::RedisStandard => {
             let with_helpers = |body: &str| script(&[HOLDER, FENCE, standard::EXTEND_HELD], body);
             Scripts {
                 acquire: with_helpers(standard::ACQUIRE),
@@ -825,22 +837,28 @@ pub(crate) fn scripts(layout: Layout) -> &'static Scripts {
                 watch: None,
                 notify: None,
             }
-        }),
+        }
     }
 }
 
-/// The script of `body`: `FENCE_GRACE`, then the helper functions of `library` that `body`
-/// names, directly or through other helpers, in the library's order (a Lua local must be
-/// defined before the functions that call it), then `body`.
+/// A script's text for Redis Cluster: it wakes waiters with `SPUBLISH` and counts their
+/// listeners with `PUBSUB SHARDNUMSUB`, on the node that owns the lock's slot (the wake
+/// channels carry the lock's hash tag). A plain `PUBLISH` would be sent to every node of the
+/// cluster, and `PUBSUB NUMSUB` counts the listeners of one node only: a waiter listening
+/// elsewhere would count as gone.
+fn sharded(text: &str) -> String {
+    text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+        .replace("'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'")
+}
+
+/// The text of the script of `body`: `FENCE_GRACE`, then the helper functions of `library`
+/// that `body` names, directly or through other helpers, in the library's order (a Lua
+/// local must be defined before the functions that call it), then `body`.
 ///
 /// Only those, because Redis runs a script's whole text on every call and every
 /// `local function` makes a closure each time (issue 14; what it saves is in
 /// `notes/performance.md`). Which helpers a body needs is found from the text, so a helper
 /// a script starts to call is never left out by hand.
-fn script(library: &[&str], body: &str) -> Script {
-    Script::new(&script_text(library, body))
-}
-
 fn script_text(library: &[&str], body: &str) -> String {
     let helpers: Vec<(&str, String)> = library.iter().flat_map(|part| helpers_of(part)).collect();
     let mut needed = vec![false; helpers.len()];
@@ -921,6 +939,35 @@ return {verdict, found or ''}
         assert!(!mentions("x = k.turn + returned", "turn"));
     }
 
+    /// On a cluster every script wakes and counts waiters on sharded channels only: one
+    /// plain `PUBLISH` or `NUMSUB` left would wake nobody, or count a live waiter as gone.
+    #[test]
+    fn cluster_scripts_use_sharded_channels_only() {
+        let texts = std::cell::RefCell::new(Vec::new());
+        for layout in [Layout::Dlock, Layout::RedisStandard] {
+            layout_scripts(layout, |library, body| {
+                texts.borrow_mut().push(script_text(library, body));
+                Script::new(body)
+            });
+        }
+        let texts = texts.into_inner();
+        let plain = |text: &str| {
+            text.matches("'PUBLISH'").count()
+                + text.matches("\"PUBLISH\"").count()
+                + text.matches("'NUMSUB'").count()
+                + text.matches("\"NUMSUB\"").count()
+        };
+        assert!(texts.iter().map(|t| plain(t)).sum::<usize>() >= 3);
+        for text in &texts {
+            let sharded = sharded(text);
+            assert_eq!(plain(&sharded), 0, "{sharded}");
+            assert_eq!(
+                sharded.matches("SPUBLISH").count() + sharded.matches("SHARDNUMSUB").count(),
+                plain(text),
+            );
+        }
+    }
+
     /// The server's copy of the rule says what `dlock_core::turn` says, for every mode
     /// against every line of up to three contenders ahead.
     #[tokio::test]
@@ -931,7 +978,7 @@ return {verdict, found or ''}
             .get_multiplexed_async_connection()
             .await
             .expect("connect");
-        let script = script(&[HOLDER, FENCE, LINE], TURN_CASE);
+        let script = Script::new(&script_text(&[HOLDER, FENCE, LINE], TURN_CASE));
         let modes = [
             LockMode::Exclusive,
             LockMode::Shared,
