@@ -1447,7 +1447,10 @@ mod redis_introspection {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(output)))
     }
 
-    fn status_and_list_name_the_holder(base: &str) {
+    /// `dlock status` (and, where the backend `lists`, `dlock list`) name the holder of a
+    /// lock `dlock run` holds while another waits; where it does not list, `dlock list`
+    /// says so (exit 69, `Unsupported`).
+    fn status_and_list_name_the_holder(base: &str, lists: bool) {
         let url = format!("{base}?prefix=cli-introspect-{:08x}", rand_id() as u32);
         let key = "jobs/report";
         let owner = "ops@cli-test/4711/nightly";
@@ -1496,6 +1499,18 @@ mod redis_introspection {
             "{text:?}"
         );
         let listed = output(&["list", "--url", &url, "--prefix", "jobs/", "--json"]);
+        if !lists {
+            assert_eq!(listed.status.code(), Some(69), "{}", stderr(&listed));
+            assert!(
+                stderr(&listed).contains("not support"),
+                "{}",
+                stderr(&listed)
+            );
+            drop(holder.stdin.take());
+            assert_eq!(wait(&mut holder, Duration::from_secs(30)), Some(0));
+            assert_eq!(wait(&mut waiter, Duration::from_secs(30)), Some(0));
+            return;
+        }
         assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
         let listed = json_of(&listed);
         let locks = listed["locks"].as_array().expect("locks");
@@ -1520,7 +1535,7 @@ mod redis_introspection {
 
     #[test]
     fn single_instance() {
-        status_and_list_name_the_holder(&dlock_test_servers::shared_redis().url);
+        status_and_list_name_the_holder(&dlock_test_servers::shared_redis().url, true);
     }
 
     #[test]
@@ -1532,14 +1547,22 @@ mod redis_introspection {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
             .collect();
-        status_and_list_name_the_holder(&format!("redis+redlock://{}", hosts.join(",")));
+        status_and_list_name_the_holder(&format!("redis+redlock://{}", hosts.join(",")), true);
     }
 
     /// Issue 12: the same through Sentinel (`redis+sentinel://s1,s2,s3/<master>`).
     #[test]
     fn sentinel() {
         let deployment = dlock_test_servers::SentinelDeployment::start(Duration::from_secs(1));
-        status_and_list_name_the_holder(&deployment.url());
+        status_and_list_name_the_holder(&deployment.url(), true);
+    }
+
+    /// Issue 12: the same on a Redis Cluster (`redis+cluster://seed1,seed2,…`), which has no
+    /// `list`.
+    #[test]
+    fn cluster() {
+        let cluster = dlock_test_servers::RedisCluster::start();
+        status_and_list_name_the_holder(&cluster.url(), false);
     }
 }
 

@@ -18,7 +18,16 @@ pub(crate) fn to_lock_error(endpoint: &str, error: redis::RedisError) -> LockErr
         || matches!(
             error.kind(),
             redis::ErrorKind::Server(
-                redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::ReadOnly
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::ReadOnly
+                    // Redis Cluster, when the client's retries ran out: a slot being moved
+                    // (a script whose keys are half moved), a primary down until its
+                    // replica is promoted, redirections that kept changing.
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::Moved
+                    | redis::ServerErrorKind::Ask
             )
         )
         // A primary demoted by a failover (Sentinel) answers writes, also a script's, with

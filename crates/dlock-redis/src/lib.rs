@@ -1,5 +1,6 @@
 //! The Redis backend of **dlock**: locks on one Redis instance, on the primary of a Sentinel
-//! deployment (followed across failovers), or on a Redlock quorum of independent instances,
+//! deployment (followed across failovers), on a Redis Cluster (each lock on the primary that
+//! owns its slot), or on a Redlock quorum of independent instances,
 //! fenced, renewed in batches, and handed from holder to waiter by the server rather than by
 //! polling.
 //!
@@ -23,8 +24,8 @@
 //! (`<owner id>\n<acquired at, server ms>\n<owner description>`, expiring with the lease), `…:fence` (the fence counter), `…:queue` and
 //! `…:deadlines` (the waiting line). They share one hash tag, so every script touches one
 //! Redis Cluster slot, except the batched renewal, which takes every key a client holds (on a
-//! cluster it would have to be split per slot; this crate talks to single instances and
-//! Redlock quorums only). A waiter listens on `dlock:wake:<waiter id>` while it waits. The
+//! cluster it is split per slot). A waiter listens on `dlock:wake:<waiter id>` while it
+//! waits (on a cluster, `dlock:{…}:wake:<waiter id>`, in the lock's slot). The
 //! held locks of a namespace and prefix are listed in `dlock:{<namespace>|<p>}:index` (a
 //! sorted set of keys, for `list`), which expires with its longest lock.
 //!
@@ -66,6 +67,18 @@
 //! Replication is asynchronous, so a failover can lose a lock (it may be granted twice);
 //! fencing tokens keep growing across it (the server-clock floor), so fenced writes stay
 //! safe.
+//!
+//! # Redis Cluster
+//! `redis+cluster://h1:p,h2:p,…` (seed nodes; `rediss+cluster://` over TLS): the redis
+//! crate's cluster client sends each script to the primary that owns the lock's slot,
+//! follows `MOVED`/`ASK`, and finds the promoted replica after a failover. Waiters listen on
+//! sharded channels in the lock's slot (`SSUBSCRIBE`), which the scripts publish on with
+//! `SPUBLISH` and count with `PUBSUB SHARDNUMSUB`, all on the slot's primary; when the slot
+//! moves (resharding, failover) the client subscribes again where it lives now and each
+//! waiter looks again. Renewal is one script call per slot. Not offered: `list` (a prefix's
+//! index would live in another slot than its locks), keyspace wake-ups of the standard
+//! layout (its waiters poll). A failover can lose a lock, as behind Sentinel; tokens keep
+//! growing. Needs Redis 7.
 //!
 //! **What a lock name costs after release: nothing, a few seconds later.** The fence counter
 //! expires 5 s after the lock does (released, or its lease ran out), and the line's keys

@@ -62,6 +62,27 @@
 //! | who holds what (`status`, `list`) | as for a single instance, read on the current primary |
 //! | not covered | sentinels with a password (the URL's credentials go to the primary only); checking the named instance's `ROLE` before use (a sentinel still naming the old primary is asked again on the next error or second) |
 //!
+//! ## Redis Cluster (`redis+cluster://h1:p,h2:p,…`)
+//! Primaries that each own a share of the 16384 slots, each with replicas that take over its
+//! slots when it fails. The URL lists seed nodes (any of them is enough to find the rest).
+//! The client is the redis crate's cluster client: it sends each call to the primary that
+//! owns the call's slot, follows `MOVED` and `ASK`, and finds the promoted replica after a
+//! failover. A lock's keys (value, fence counter, line, holders, watchers) share one hash
+//! tag, `dlock:{<namespace>|<prefix>/<key>}:…`, so every script runs on one slot, and locks
+//! spread over the primaries by key. Everything else is the single instance's: same scripts,
+//! same FIFO line, same fencing tokens. Needs Redis 7 (sharded pub/sub).
+//!
+//! | | Redis Cluster |
+//! |---|---|
+//! | exclusion holds while | the primary owning the lock's slot does not fail over. Replication is asynchronous, as behind Sentinel: a failover can lose the latest writes, so **a lock can be granted twice across a failover**. A slot moved by resharding loses nothing: its keys move with it, each served by one node at a time |
+//! | fencing token | the single instance's, issued by the slot's primary; across a failover the server clock floor carries tokens past what the promoted replica missed (tested) |
+//! | waiters woken by | the slot's primary: a waiter listens on a sharded channel in the lock's slot (`SSUBSCRIBE dlock:{…}:wake:<waiter id>`), the scripts publish there with `SPUBLISH` and count a waiter alive with `PUBSUB SHARDNUMSUB`, all on that one node (a plain `PUBLISH` would go to every node, and `PUBSUB NUMSUB` counts one node's listeners) |
+//! | renewal cost | one script call per slot a client holds locks in, per interval, all sent at once (a script may touch one slot only) |
+//! | after a failover | the client finds the promoted replica when calls to the dead primary fail (tested with `cluster-node-timeout 1000`); calls in between fail with `Connection` (a waiting acquire retries); held locks that reached the replica stay held, others are signalled lost when their lease runs out unrenewed; waiters subscribe again on the new primary, look again and re-join the line there |
+//! | after a slot move (`redis-cli --cluster reshard`) | the old owner drops the slot's sharded subscriptions; the client subscribes again on the new owner, each waiter looks again, and finds its place in the line that moved with the slot (tested: the holder keeps its lock, its release hands it to the waiter). A script that runs while the slot's keys are half moved gets `TRYAGAIN`, retried by the client, then `Connection` |
+//! | who holds what | `status` as for a single instance, read on the slot's primary; no `list` (`Unsupported`): the index of a prefix would live in another slot than its locks |
+//! | not covered | `layout=redis-standard` waiters poll (keyspace events are each node's own); its keys with a `}` but no hash tag cannot be locked (their fence counter falls in another slot: the scripts fail with `CROSSSLOT`); reading from replicas (every call goes to the primary) |
+//!
 //! ## Who holds what (`dlock status`, `dlock list`) on Redis and Redlock
 //! The lock's value is `<owner id>\n<acquired at, server ms>\n<owner description>`, so the
 //! owner and acquisition time cost no key and expire with the lock; a hand-over takes the new

@@ -8,7 +8,7 @@
 //! | feature     | URL schemes                                   | backend                     |
 //! |-------------|-----------------------------------------------|-----------------------------|
 //! | `memory` (default) | `memory://`                            | in-process reference        |
-//! | `redis`     | `redis://`, `rediss://`, `redis+redlock://`, `redis+sentinel://` | Redis, Redlock, Sentinel |
+//! | `redis`     | `redis://`, `rediss://`, `redis+redlock://`, `redis+sentinel://`, `redis+cluster://` | Redis, Redlock, Sentinel, Redis Cluster |
 //! | `zookeeper` | `zookeeper://`, `zk://`                       | ZooKeeper                   |
 //! | `etcd`      | `etcd://`, `etcds://`                         | etcd                        |
 //!
@@ -106,6 +106,8 @@ const BACKENDS: &[(&str, &[&str])] = &[
             "rediss+redlock",
             "redis+sentinel",
             "rediss+sentinel",
+            "redis+cluster",
+            "rediss+cluster",
         ],
     ),
     ("zookeeper", &["zookeeper", "zk", "zookeepers", "zks"]),
