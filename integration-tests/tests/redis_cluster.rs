@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
-use dlock_core::{LockBackend, LockError, LockGuard, LockKey, LockOptions, Locker};
+use dlock_core::{LockBackend, LockError, LockGuard};
 use dlock_test_servers::{free_port, RedisCluster};
-use tokio::time::Instant;
 
 #[macro_use]
 mod redis_support;
@@ -96,21 +95,6 @@ mod standard_layout {
     standard_layout_suite!(async { ClusterTarget::shared("?layout=redis-standard") });
 }
 
-async fn eventually<T>(
-    limit: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The primary that owns a held and waited-for lock's slot is killed (SIGKILL): after
 /// `cluster-node-timeout` its replica is promoted. The client follows, the holder either
 /// still holds the lock (its keys had reached the replica) or is told it lost it, the waiter
@@ -118,17 +102,14 @@ async fn eventually<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = Scene::new(&cluster.url(), "killed").await;
-    let killed = cluster.kill_primary_of(scene.slot);
+    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-killed").await;
+    let killed = cluster.kill_primary_of(RedisCluster::slot_of(&scene.lock_key));
     eprintln!("killed {killed}, replica promoted");
-    // The cluster client finds the promoted replica: a new lock in the same slot is taken.
-    eventually(
+    // The cluster client finds the promoted replica: the lock's slot answers again.
+    redis_support::eventually(
         Duration::from_secs(30),
-        "a lock in the failed-over slot",
-        async || {
-            let other = scene.holder.try_acquire("k-other").await.ok().flatten()?;
-            other.release().await.ok()
-        },
+        "the lock's slot answers after the failover",
+        async || scene.holder.inspect("k").await.ok(),
     )
     .await;
     scene.release_and_hand_over().await;
@@ -141,15 +122,16 @@ async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_moved_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = Scene::new(&cluster.url(), "moved").await;
-    let from = cluster.primary_of(scene.slot);
+    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-moved").await;
+    let slot = RedisCluster::slot_of(&scene.lock_key);
+    let from = cluster.primary_of(slot);
     let to = cluster
         .primaries()
         .into_iter()
         .find(|primary| *primary != from)
         .expect("another primary");
-    cluster.migrate_slot(scene.slot, &to);
-    assert_eq!(cluster.primary_of(scene.slot), to);
+    cluster.migrate_slot(slot, &to);
+    assert_eq!(cluster.primary_of(slot), to);
     let report = scene
         .holder
         .inspect("k")
@@ -157,75 +139,22 @@ async fn slot_moved_while_held_and_waited_for() {
         .expect("inspect after the move");
     assert!(report.info.held, "the lock moved with its slot: {report:?}");
     assert_eq!(report.info.waiters, Some(1), "and so did its line");
+    // The keepalive renews it there: its remaining lease goes up between two looks.
+    let mut last = None;
+    redis_support::eventually(
+        Duration::from_secs(10),
+        "the keepalive renews the lock on its new primary",
+        async || {
+            let left = scene.holder.inspect("k").await.ok()?.info.remaining_lease?;
+            let renewed = last.is_some_and(|before| left > before);
+            last = Some(left);
+            renewed.then_some(())
+        },
+    )
+    .await;
     assert!(
         scene.guard.is_held(),
         "the holder was told it lost the lock"
     );
     scene.release_and_hand_over().await;
-}
-
-/// A holder of key `k` and a waiter in line for it, each on a client of its own.
-struct Scene {
-    holder: Locker,
-    guard: LockGuard,
-    waiting: tokio::task::JoinHandle<Result<LockGuard, LockError>>,
-    /// The lock's slot.
-    slot: u16,
-}
-
-impl Scene {
-    async fn new(url: &str, name: &str) -> Scene {
-        let options = LockOptions::default()
-            .lease(Duration::from_secs(3))
-            .prefix(format!("redis-cluster-{name}-{}", std::process::id()));
-        let holder_backend = dlock_redis::connect(url).await.expect("connect");
-        let lock_key = holder_backend.lock_key_name(&options.prefix, &LockKey::new("k").unwrap());
-        let holder = Locker::new(holder_backend)
-            .with_options(options.clone())
-            .unwrap();
-        let waiter = Locker::new(dlock_redis::connect(url).await.expect("connect"))
-            .with_options(options.clone())
-            .unwrap();
-        let guard = holder.acquire("k").await.expect("acquire");
-        let waiting = tokio::spawn(async move {
-            waiter
-                .acquire_with("k", &options.clone().wait(Duration::from_secs(60)))
-                .await
-        });
-        eventually(
-            Duration::from_secs(10),
-            "the waiter stands in line",
-            async || {
-                let report = holder.inspect("k").await.ok()?;
-                (report.info.waiters == Some(1)).then_some(())
-            },
-        )
-        .await;
-        Scene {
-            holder,
-            guard,
-            waiting,
-            slot: RedisCluster::slot_of(&lock_key),
-        }
-    }
-
-    /// Releases the holder's lock (whether or not it still holds it) and checks that the
-    /// waiter gets it, with a greater token.
-    async fn release_and_hand_over(self) {
-        let before = self.guard.fencing_token();
-        let released = std::time::Instant::now();
-        let _ = self.guard.release().await;
-        let next = tokio::time::timeout(Duration::from_secs(60), self.waiting)
-            .await
-            .expect("the waiter gets the lock within a minute")
-            .expect("the waiter task")
-            .expect("the waiter acquires");
-        eprintln!("waiter has it {:?} after the release", released.elapsed());
-        assert!(
-            next.fencing_token() > before,
-            "tokens went back: {} after {before}",
-            next.fencing_token()
-        );
-        next.release().await.expect("release");
-    }
 }

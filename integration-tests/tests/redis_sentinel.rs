@@ -12,9 +12,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
-use dlock_core::{LockBackend, LockError, LockGuard, LockKey, LockOptions, Locker};
+use dlock_core::{LockBackend, LockError, LockGuard, LockKey};
 use dlock_test_servers::{free_port, SentinelDeployment, SENTINEL_MASTER};
-use tokio::time::Instant;
 
 #[macro_use]
 mod redis_support;
@@ -94,21 +93,6 @@ mod standard_layout {
     });
 }
 
-async fn eventually<T>(
-    limit: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A lock held and waited for across `SENTINEL FAILOVER`: the client follows the new primary
 /// (new locks land there), the waiter gets the lock once the holder releases it, and its
 /// token is above the holder's.
@@ -131,36 +115,10 @@ async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) 
     eprintln!("deployment ready after {:?}", started.elapsed());
     let url = deployment.url();
     let old_primary = deployment.current_primary().expect("a primary");
-    let options = LockOptions::default()
-        .lease(Duration::from_secs(3))
-        .prefix(format!("redis-sentinel-failover-{}", std::process::id()));
-    let holder_backend = dlock_redis::connect(&url).await.expect("connect");
-    let holder = Locker::new(holder_backend.clone())
-        .with_options(options.clone())
-        .unwrap();
-    let waiter = Locker::new(dlock_redis::connect(&url).await.expect("connect"))
-        .with_options(options.clone())
-        .unwrap();
-    let guard = holder.acquire("k").await.expect("acquire");
-    let before = guard.fencing_token();
-    let waiting = tokio::spawn(async move {
-        waiter
-            .acquire_with("k", &options.clone().wait(Duration::from_secs(60)))
-            .await
-    });
-    eventually(
-        Duration::from_secs(10),
-        "the waiter stands in line",
-        async || {
-            let report = holder.inspect("k").await.ok()?;
-            (report.info.waiters == Some(1)).then_some(())
-        },
-    )
-    .await;
-
+    let scene = redis_support::Scene::new(&url, "redis-sentinel-failover").await;
     fail(&mut deployment);
     let failover = std::time::Instant::now();
-    let new_primary = eventually(
+    let new_primary = redis_support::eventually(
         Duration::from_secs(30),
         "the sentinels promote",
         async || {
@@ -174,14 +132,19 @@ async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) 
     // The holder's client follows: new locks land on the new primary. Until the old primary
     // is demoted it still takes writes (which its demotion then discards), so poll.
     let mut attempt = 0;
-    eventually(
+    redis_support::eventually(
         Duration::from_secs(30),
         "a lock on the new primary",
         async || {
             attempt += 1;
             let key = format!("other-{attempt}");
-            let other = holder.try_acquire(key.as_str()).await.ok().flatten()?;
-            let name = holder_backend.lock_key_name(
+            let other = scene
+                .holder
+                .try_acquire(key.as_str())
+                .await
+                .ok()
+                .flatten()?;
+            let name = scene.backend.lock_key_name(
                 &other.lease().options().prefix,
                 &LockKey::new(key.as_str()).unwrap(),
             );
@@ -195,18 +158,5 @@ async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) 
     // The lock itself may have survived (replicated before the failover) or not: either way
     // the release leaves it free for the waiter.
     eprintln!("client follows {:?} after the failover", failover.elapsed());
-    let released = std::time::Instant::now();
-    let _ = guard.release().await;
-    let next = tokio::time::timeout(Duration::from_secs(60), waiting)
-        .await
-        .expect("the waiter gets the lock within a minute")
-        .expect("the waiter task")
-        .expect("the waiter acquires");
-    eprintln!("waiter has it {:?} after the release", released.elapsed());
-    assert!(
-        next.fencing_token() > before,
-        "tokens went back across the failover: {} after {before}",
-        next.fencing_token()
-    );
-    next.release().await.expect("release");
+    scene.release_and_hand_over().await;
 }

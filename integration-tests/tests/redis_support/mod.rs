@@ -4,8 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::time::Duration;
+
+use dlock_core::{LockError, LockGuard, LockKey, LockOptions, Locker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// One reply, simplified: errors become `Err`, arrays are flattened into lines.
 pub async fn command(address: &str, args: &[&str]) -> Result<String, String> {
@@ -78,6 +82,96 @@ pub async fn command_calls(address: &str, name: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+/// Calls `probe` every 50 ms until it gives something; fails the test after `limit`.
+pub async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A holder of key `k` and a waiter in line for it, each on a client of its own.
+pub struct Scene {
+    /// The holder's locker.
+    pub holder: Locker,
+    /// The holder's client.
+    pub backend: dlock_redis::RedisBackend,
+    /// The holder's guard.
+    pub guard: LockGuard,
+    /// The waiter's `acquire`, running.
+    pub waiting: tokio::task::JoinHandle<Result<LockGuard, LockError>>,
+    /// The Redis key of the lock.
+    pub lock_key: String,
+}
+
+impl Scene {
+    /// A lock on `k` (3 s lease, under the prefix `<name>-<pid>`) held by one client and
+    /// waited for (up to a minute) by another; returns once the waiter stands in line.
+    pub async fn new(url: &str, name: &str) -> Scene {
+        let options = LockOptions::default()
+            .lease(Duration::from_secs(3))
+            .prefix(format!("{name}-{}", std::process::id()));
+        let holder_backend = dlock_redis::connect(url).await.expect("connect");
+        let lock_key = holder_backend.lock_key_name(&options.prefix, &LockKey::new("k").unwrap());
+        let holder = Locker::new(holder_backend.clone())
+            .with_options(options.clone())
+            .unwrap();
+        let waiter = Locker::new(dlock_redis::connect(url).await.expect("connect"))
+            .with_options(options.clone())
+            .unwrap();
+        let guard = holder.acquire("k").await.expect("acquire");
+        let waiting = tokio::spawn(async move {
+            waiter
+                .acquire_with("k", &options.clone().wait(Duration::from_secs(60)))
+                .await
+        });
+        eventually(
+            Duration::from_secs(10),
+            "the waiter stands in line",
+            async || {
+                let report = holder.inspect("k").await.ok()?;
+                (report.info.waiters == Some(1)).then_some(())
+            },
+        )
+        .await;
+        Scene {
+            backend: holder_backend,
+            holder,
+            guard,
+            waiting,
+            lock_key,
+        }
+    }
+
+    /// Releases the holder's lock (whether or not it still holds it) and checks that the
+    /// waiter gets it, with a greater token.
+    pub async fn release_and_hand_over(self) {
+        let before = self.guard.fencing_token();
+        let released = std::time::Instant::now();
+        let _ = self.guard.release().await;
+        let next = tokio::time::timeout(Duration::from_secs(60), self.waiting)
+            .await
+            .expect("the waiter gets the lock within a minute")
+            .expect("the waiter task")
+            .expect("the waiter acquires");
+        eprintln!("waiter has it {:?} after the release", released.elapsed());
+        assert!(
+            next.fencing_token() > before,
+            "tokens went back: {} after {before}",
+            next.fencing_token()
+        );
+        next.release().await.expect("release");
+    }
 }
 
 /// The suite in the standard layout of redsync, node-redlock, rslock and redis-py
