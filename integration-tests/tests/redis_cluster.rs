@@ -39,7 +39,7 @@ impl ClusterTarget {
 }
 
 fn shared_cluster_url() -> String {
-    std::env::var("DLOCK_TEST_REDIS_CLUSTER_URL").expect("DLOCK_TEST_REDIS_CLUSTER_URL")
+    dlock_test_servers::shared_redis_cluster().url()
 }
 
 #[async_trait]
@@ -102,7 +102,12 @@ mod standard_layout {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-killed").await;
+    let scene = redis_support::Scene::new(
+        &cluster.url(),
+        "redis-cluster-killed",
+        Duration::from_secs(3),
+    )
+    .await;
     let killed = cluster.kill_primary_of(RedisCluster::slot_of(&scene.lock_key));
     eprintln!("killed {killed}, replica promoted");
     // The cluster client finds the promoted replica: the lock's slot answers again.
@@ -112,17 +117,20 @@ async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
         async || scene.holder.inspect("k").await.ok(),
     )
     .await;
-    scene.release_and_hand_over().await;
+    scene.release_and_hand_over(Duration::from_secs(60)).await;
 }
 
 /// The lock's slot is moved to another primary (as `redis-cli --cluster reshard` moves it)
 /// while the lock is held and waited for: nothing is lost, since its keys and line move
 /// with the slot. The holder still holds it afterwards (its keepalive renews it there), its
-/// release hands the lock to the waiter, and tokens keep growing.
+/// release hands the lock to the waiter at once (the server dropped the waiter's sharded
+/// subscription when the slot left, and the waiter listens again where the slot is now:
+/// it is not left to find the lock free when the holder's 12 s lease would have run out),
+/// and tokens keep growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_moved_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-moved").await;
+    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-moved", LONG_LEASE).await;
     let slot = RedisCluster::slot_of(&scene.lock_key);
     let from = cluster.primary_of(slot);
     let to = cluster
@@ -156,5 +164,9 @@ async fn slot_moved_while_held_and_waited_for() {
         scene.guard.is_held(),
         "the holder was told it lost the lock"
     );
-    scene.release_and_hand_over().await;
+    scene.release_and_hand_over(LONG_LEASE / 3).await;
 }
+
+/// A lease long enough that a waiter finding the lock free at its end is told apart from
+/// one woken by the release.
+const LONG_LEASE: Duration = Duration::from_secs(12);

@@ -37,6 +37,11 @@ pub(crate) enum Wake {
     First(Option<Duration>),
     /// A connection dropped: messages may have been missed, look again.
     Reconnected,
+    /// The server stopped this waiter's listening: on a Redis Cluster, the lock's slot
+    /// moved to another node (resharding, failover), which drops the sharded subscriptions
+    /// of the slot. Listen again (the cluster client sends it to the slot's new owner), then
+    /// look again.
+    Unsubscribed,
     /// The lock this watcher watches changed (a grant, a release, a new owner description),
     /// or, in the standard layout, its key had a keyspace event (deleted, expired, set…).
     Changed,
@@ -140,10 +145,9 @@ impl Waiters {
             }
             PushKind::SUnsubscribe => {
                 // The server drops a sharded channel's listeners when its slot moves to
-                // another node (resharding, failover); the cluster client then subscribes
-                // again where the slot is now. Messages may have been missed meanwhile: the
-                // waiter looks again. (Also the answer to a waiter's own unsubscribe, when
-                // it no longer listens for wake-ups.)
+                // another node (resharding, failover), and the cluster client forgets the
+                // subscription too. (Also the answer to a waiter's own unsubscribe, when it
+                // no longer listens for wake-ups.)
                 let waiter = match push.data.first() {
                     Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
                         .ok()
@@ -154,7 +158,7 @@ impl Waiters {
                 if let Some(route) =
                     waiter.and_then(|waiter| self.lock().get(&waiter).map(|r| r.sender.clone()))
                 {
-                    let _ = route.send(Wake::Reconnected);
+                    let _ = route.send(Wake::Unsubscribed);
                 }
             }
             _ => {}
@@ -444,7 +448,8 @@ impl Node {
         };
         let subscribers = self.subscribers(&channel);
         let mut listening = subscribers.lock().await;
-        if listening.is_empty() {
+        // A waiter asking again for a channel it listens on was told the server dropped it.
+        if listening.is_empty() || listening.contains(waiter) {
             let subscribed = self.connection.subscribe(&channel).await;
             if let Err(error) = subscribed {
                 drop(listening);

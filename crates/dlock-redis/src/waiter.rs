@@ -371,6 +371,11 @@ impl PlaceInLine {
                         until = until.min(Instant::now() + ttl + Duration::from_millis(1));
                     }
                     Some(Wake::First(None)) => {}
+                    Some(Wake::Unsubscribed) => {
+                        // Listen again before the next request (see `Node::listen`).
+                        self.listening.fill(false);
+                        return None;
+                    }
                     Some(Wake::Released | Wake::Reconnected | Wake::Changed) | None => {
                         return None
                     }
