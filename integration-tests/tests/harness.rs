@@ -59,8 +59,10 @@ fn redis_cluster_moves_a_slot_and_fails_over() {
         .into_iter()
         .find(|primary| *primary != owner)
         .expect("another primary");
+    assert_eq!(inline(&owner, "SET dlock:{a|b/c}:lock held"), "+OK\r\n");
     cluster.migrate_slot(slot, &other);
     assert_eq!(cluster.primary_of(slot), other);
+    assert_eq!(inline(&other, "GET dlock:{a|b/c}:lock"), "$4\r\nheld\r\n");
     let started = std::time::Instant::now();
     let killed = cluster.kill_primary_of(slot);
     eprintln!("failover took {:?}", started.elapsed());
@@ -72,6 +74,16 @@ fn redis_cluster_moves_a_slot_and_fails_over() {
     cluster.restart(&killed);
     eprintln!("rejoin took {:?}", started.elapsed());
     assert_eq!(cluster.primary_of(slot), promoted);
+}
+
+/// One inline command on a fresh connection; the first read of its reply.
+fn inline(address: &str, line: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).expect("connects");
+    stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    let mut reply = [0u8; 256];
+    let n = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
 }
 
 fn is_zombie(pid: u32) -> bool {
