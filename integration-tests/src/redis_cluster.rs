@@ -167,16 +167,7 @@ impl RedisCluster {
     /// its hash tag (the text between the first `{` and the next `}`, when not empty), modulo
     /// 16384.
     pub fn slot_of(key: &str) -> u16 {
-        let bytes = key.as_bytes();
-        let hashed = bytes
-            .iter()
-            .position(|&b| b == b'{')
-            .and_then(|open| {
-                let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
-                (close > 0).then(|| &bytes[open + 1..open + 1 + close])
-            })
-            .unwrap_or(bytes);
-        crc16_xmodem(hashed) % SLOTS as u16
+        dlock::redis::cluster_slot(key)
     }
 
     /// `host:port` of the primary that serves `slot` now, by the first live node that
@@ -451,23 +442,6 @@ fn ok(address: &str, args: &[&str]) {
         "{} on {address}: {reply:?}",
         args.join(" ")
     );
-}
-
-/// CRC16 with the XMODEM parameters (polynomial 0x1021, initial value 0), Redis Cluster's
-/// key hash.
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc = 0u16;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
 }
 
 /// One node's `CLUSTER NODES`.

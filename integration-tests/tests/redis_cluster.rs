@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
-use dlock_core::{LockBackend, LockError, LockGuard};
+use dlock_core::{LockBackend, LockError, LockGuard, LockOptions};
 use dlock_test_servers::{free_port, RedisCluster};
 
 #[macro_use]
@@ -105,7 +105,7 @@ async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
     let scene = redis_support::Scene::new(
         &cluster.url(),
         "redis-cluster-killed",
-        Duration::from_secs(3),
+        LockOptions::default().lease(Duration::from_secs(3)),
     )
     .await;
     let killed = cluster.kill_primary_of(RedisCluster::slot_of(&scene.lock_key));
@@ -125,12 +125,21 @@ async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
 /// with the slot. The holder still holds it afterwards (its keepalive renews it there), its
 /// release hands the lock to the waiter at once (the server dropped the waiter's sharded
 /// subscription when the slot left, and the waiter listens again where the slot is now:
-/// it is not left to find the lock free when the holder's 12 s lease would have run out),
+/// it is not left to find the lock free when the holder's lease, as it saw it, would have
+/// run out: 20 s, less the second or so this test takes),
 /// and tokens keep growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_moved_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-moved", LONG_LEASE).await;
+    let scene = redis_support::Scene::new(
+        &cluster.url(),
+        "redis-cluster-moved",
+        // Renewed every second, so that the renewal on the new primary is seen soon.
+        LockOptions::default()
+            .lease(LONG_LEASE)
+            .keepalive_interval(Duration::from_secs(1)),
+    )
+    .await;
     let slot = RedisCluster::slot_of(&scene.lock_key);
     let from = cluster.primary_of(slot);
     let to = cluster
@@ -164,9 +173,11 @@ async fn slot_moved_while_held_and_waited_for() {
         scene.guard.is_held(),
         "the holder was told it lost the lock"
     );
-    scene.release_and_hand_over(LONG_LEASE / 3).await;
+    scene.release_and_hand_over(PROMPTLY).await;
 }
 
 /// A lease long enough that a waiter finding the lock free at its end is told apart from
-/// one woken by the release.
-const LONG_LEASE: Duration = Duration::from_secs(12);
+/// one woken by the release ...
+const LONG_LEASE: Duration = Duration::from_secs(20);
+/// ... which takes at most this long, far above a healthy hand-over (milliseconds).
+const PROMPTLY: Duration = Duration::from_secs(5);

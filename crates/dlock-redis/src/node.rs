@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::config::{Endpoint, RedisConfig};
 use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
 use crate::layout::{keyspace_events_cover, LockNames};
-use crate::link::{slot, Link};
+use crate::link::{cluster_slot, Link};
 use crate::scripts::{scripts, Scripts};
 
 /// Why a waiter was woken.
@@ -380,7 +380,10 @@ impl Node {
         }
         let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         for (at, (names, ..)) in locks.iter().enumerate() {
-            by_slot.entry(slot(&names.lock)).or_default().push(at);
+            by_slot
+                .entry(cluster_slot(&names.lock))
+                .or_default()
+                .push(at);
         }
         let calls = by_slot.values().map(|group| {
             let group: Vec<_> = group.iter().map(|&at| locks[at]).collect();
@@ -472,7 +475,7 @@ impl Node {
         let subscribers = self.subscribers(&channel);
         let mut listening = subscribers.lock().await;
         listening.remove(waiter);
-        if listening.is_empty() {
+        if listening.is_empty() || listening.contains(waiter) {
             self.connection
                 .unsubscribe(&channel)
                 .await

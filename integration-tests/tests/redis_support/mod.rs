@@ -115,12 +115,10 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// A lock on `k` (with `lease`, under the prefix `<name>-<pid>`) held by one client and
-    /// waited for (up to a minute) by another; returns once the waiter stands in line.
-    pub async fn new(url: &str, name: &str, lease: Duration) -> Scene {
-        let options = LockOptions::default()
-            .lease(lease)
-            .prefix(format!("{name}-{}", std::process::id()));
+    /// A lock on `k` (with `options`, under the prefix `<name>-<pid>`) held by one client
+    /// and waited for (up to a minute) by another; returns once the waiter stands in line.
+    pub async fn new(url: &str, name: &str, options: LockOptions) -> Scene {
+        let options = options.prefix(format!("{name}-{}", std::process::id()));
         let holder_backend = dlock_redis::connect(url).await.expect("connect");
         let lock_key = holder_backend.lock_key_name(&options.prefix, &LockKey::new("k").unwrap());
         let holder = Locker::new(holder_backend.clone())
