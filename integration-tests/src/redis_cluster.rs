@@ -36,6 +36,9 @@ const SETTLE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct RedisCluster {
     ports: Vec<u16>,
+    /// The TLS port of each node, beside its plain one, when started with
+    /// [`RedisCluster::start_tls`].
+    tls_ports: Vec<u16>,
     ids: Vec<String>,
     nodes: ProcessGroup,
     /// The ports of the nodes a test killed and did not restart.
@@ -48,12 +51,26 @@ impl RedisCluster {
     /// 1`, and waits (polling) until every node says `cluster_state:ok`, all 16384 slots are
     /// served, all nodes agree on who owns them, and every replica is in sync.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_nodes(None)
+    }
+
+    /// The same with a TLS port on every node beside its plain one, and TLS between the
+    /// nodes (`tls-cluster`, `tls-replication`), with the certificates
+    /// [`make_test_certificates`](crate::make_test_certificates) made in `certificates`
+    /// (clients are not asked for one). [`RedisCluster::tls_url`] names the TLS ports; the
+    /// harness itself keeps to the plain ones.
+    pub fn start_tls(certificates: &std::path::Path) -> RedisCluster {
+        RedisCluster::start_nodes(Some(certificates))
+    }
+
+    fn start_nodes(certificates: Option<&std::path::Path>) -> RedisCluster {
         let binary = "/usr/bin/redis-server";
         let dir = prepare(binary, "redis-server", "redis-cluster");
         if !std::path::Path::new("/usr/bin/redis-cli").exists() {
             crate::missing("redis-cli (package redis-tools)");
         }
         let mut ports = Vec::new();
+        let mut tls_ports = Vec::new();
         let mut processes = Vec::new();
         for _ in 0..NODES {
             let port = free_port();
@@ -61,7 +78,7 @@ impl RedisCluster {
             let bus_port = free_port();
             let node_dir = dir.path().join(format!("node-{port}"));
             std::fs::create_dir_all(&node_dir).expect("a node directory");
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--port",
                 &port.to_string(),
                 "--bind",
@@ -96,6 +113,33 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if let Some(certificates) = certificates {
+                let tls_port = free_port();
+                let file = |name: &str| certificates.join(name).display().to_string();
+                args.extend([
+                    "--tls-port".to_owned(),
+                    tls_port.to_string(),
+                    "--tls-cluster".to_owned(),
+                    "yes".to_owned(),
+                    "--tls-replication".to_owned(),
+                    "yes".to_owned(),
+                    "--tls-cert-file".to_owned(),
+                    file("server.pem"),
+                    "--tls-key-file".to_owned(),
+                    file("server.key"),
+                    // What a node shows the others it connects to (the bus, replication),
+                    // which check it: the client certificate, not the server one.
+                    "--tls-client-cert-file".to_owned(),
+                    file("client.pem"),
+                    "--tls-client-key-file".to_owned(),
+                    file("client.key"),
+                    "--tls-ca-cert-file".to_owned(),
+                    file("ca.pem"),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ]);
+                tls_ports.push(tls_port);
+            }
             let address = format!("127.0.0.1:{port}");
             processes.push(ServerProcess::start(
                 &format!("redis cluster node on port {port}"),
@@ -140,6 +184,7 @@ impl RedisCluster {
         );
         let cluster = RedisCluster {
             ports,
+            tls_ports,
             ids,
             nodes,
             down: Mutex::new(Vec::new()),
@@ -147,6 +192,22 @@ impl RedisCluster {
         };
         cluster.wait_settled("the new cluster");
         cluster
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,…?ca=<ca.pem>`: the dlock URL of the nodes' TLS ports,
+    /// for a cluster made with [`RedisCluster::start_tls`] from `certificates`.
+    pub fn tls_url(&self, certificates: &std::path::Path) -> String {
+        assert!(!self.tls_ports.is_empty(), "a cluster started without TLS");
+        let hosts: Vec<String> = self
+            .tls_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!(
+            "rediss+cluster://{}?ca={}",
+            hosts.join(","),
+            certificates.join("ca.pem").display()
+        )
     }
 
     /// `127.0.0.1:PORT` of every node, in start order (killed ones included).

@@ -181,3 +181,35 @@ async fn slot_moved_while_held_and_waited_for() {
 const LONG_LEASE: Duration = Duration::from_secs(20);
 /// ... which takes at most this long, far above a healthy hand-over (milliseconds).
 const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// `rediss+cluster://` (TLS to every node, the nodes' own traffic over TLS too): a lock is
+/// taken, waited for and handed over; plain text to the TLS ports, or TLS without trusting
+/// the CA, is a `Connection` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster() {
+    let certificates = tempfile::tempdir().expect("a temporary directory");
+    dlock_test_servers::make_test_certificates(certificates.path());
+    let cluster = RedisCluster::start_tls(certificates.path());
+    let url = cluster.tls_url(certificates.path());
+    let scene = redis_support::Scene::new(
+        &url,
+        "redis-cluster-tls",
+        LockOptions::default().lease(LONG_LEASE),
+    )
+    .await;
+    scene.release_and_hand_over(PROMPTLY).await;
+    let (tls_hosts, _) = url
+        .trim_start_matches("rediss+cluster://")
+        .split_once('?')
+        .expect("a query");
+    for wrong in [
+        format!("redis+cluster://{tls_hosts}"),
+        format!("rediss+cluster://{tls_hosts}"),
+    ] {
+        let refused = dlock_redis::connect(&wrong).await;
+        assert!(
+            matches!(refused, Err(LockError::Connection { .. })),
+            "{wrong}: {refused:?}"
+        );
+    }
+}
