@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dlock_core::{AcquireRequest, Backoff, LockError, LockMode, Result};
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions,
 };
 
 use crate::error::{request, BACKEND};
@@ -295,7 +296,18 @@ async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64)
     };
     if watch.created_at() > read_at {
         let mut kv = inner.client.kv_client();
-        let found = request(endpoint, timeout, kv.get(key, None)).await?;
+        // Whether the key is still there after the watch began is all this read must tell,
+        // so the member's own copy will do (no round of consensus) if it has applied the
+        // watch's start revision: a delete the copy does not show comes after it and is
+        // delivered. A member further behind is asked again, linearizably.
+        let local = GetOptions::new().with_serializable();
+        let mut found = request(endpoint, timeout, kv.get(key, Some(local))).await?;
+        if found
+            .header()
+            .is_none_or(|h| h.revision() < watch.created_at())
+        {
+            found = request(endpoint, timeout, kv.get(key, None)).await?;
+        }
         // A key of that name created after the one we saw is a new incarnation of a reused
         // name (its holder released and queued again, behind us): the key ahead is gone.
         // Waiting for this one would wait for a key waiting for us.
