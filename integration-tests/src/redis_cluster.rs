@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::etcd_cluster::wait;
 use crate::local::prepare;
-use crate::process::{at_exit, free_port, Cleanup, ProcessGroup, ServerProcess};
+use crate::process::{free_port, shared_topology, ProcessGroup, ServerProcess};
 use crate::resp::{call, Reply};
 
 /// How many nodes a cluster has: three primaries and a replica for each.
@@ -483,16 +483,7 @@ impl RedisCluster {
 /// [`RedisCluster::mend`]) and keep other tests out while they do.
 pub fn shared_redis_cluster() -> &'static RedisCluster {
     static SHARED: OnceLock<RedisCluster> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let cluster = RedisCluster::start();
-        at_exit(Cleanup::Run(Box::new(|| {
-            if let Some(cluster) = SHARED.get() {
-                cluster.nodes.kill_all_now();
-            }
-        })));
-        at_exit(Cleanup::RemoveDir(cluster.dir.path().to_owned()));
-        cluster
-    })
+    shared_topology(&SHARED, RedisCluster::start, |t| &t.nodes, |t| t.dir.path())
 }
 
 /// Sends a command that must answer `+OK`.
