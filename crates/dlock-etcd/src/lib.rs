@@ -77,7 +77,6 @@ mod report;
 mod session;
 mod tls;
 mod waiter;
-mod watch;
 
 pub use backend::EtcdBackend;
 pub use config::{Credentials, EtcdConfig, Layout, TlsFiles, DEFAULT_PORT};
