@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, RedisConfig};
 use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
-use crate::layout::{keyspace_events_cover, LockNames};
+use crate::layout::{cluster_wake_waiter, keyspace_events_cover, LockNames};
 use crate::link::{cluster_slot, Link};
 use crate::scripts::{scripts, Scripts};
 
@@ -151,12 +151,11 @@ impl Waiters {
                 let waiter = match push.data.first() {
                     Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
                         .ok()
-                        .and_then(|channel| channel.split_once("}:wake:"))
-                        .map(|(_, waiter)| waiter.to_owned()),
+                        .and_then(cluster_wake_waiter),
                     _ => None,
                 };
                 if let Some(route) =
-                    waiter.and_then(|waiter| self.lock().get(&waiter).map(|r| r.sender.clone()))
+                    waiter.and_then(|waiter| self.lock().get(waiter).map(|r| r.sender.clone()))
                 {
                     let _ = route.send(Wake::Unsubscribed);
                 }
@@ -475,7 +474,7 @@ impl Node {
         let subscribers = self.subscribers(&channel);
         let mut listening = subscribers.lock().await;
         listening.remove(waiter);
-        if listening.is_empty() || listening.contains(waiter) {
+        if listening.is_empty() {
             self.connection
                 .unsubscribe(&channel)
                 .await
