@@ -243,6 +243,15 @@ impl RedisCluster {
             .clone()
     }
 
+    /// `host:port` of a primary that does not own `slot` now (where to move it).
+    pub fn another_primary(&self, slot: u16) -> String {
+        let owner = self.primary_of(slot);
+        self.primaries()
+            .into_iter()
+            .find(|primary| *primary != owner)
+            .expect("another primary")
+    }
+
     /// `host:port` of every primary that serves slots now, sorted.
     pub fn primaries(&self) -> Vec<String> {
         let view = self

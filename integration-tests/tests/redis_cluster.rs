@@ -141,12 +141,7 @@ async fn slot_moved_while_held_and_waited_for() {
     )
     .await;
     let slot = RedisCluster::slot_of(&scene.lock_key);
-    let from = cluster.primary_of(slot);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .find(|primary| *primary != from)
-        .expect("another primary");
+    let to = cluster.another_primary(slot);
     cluster.migrate_slot(slot, &to);
     assert_eq!(cluster.primary_of(slot), to);
     let report = scene
