@@ -24,7 +24,8 @@ pub enum EventKind {
     Acquired,
     /// An acquire failed (detail: the error).
     Failed,
-    /// A client entered its critical section (the unfenced log append).
+    /// A client entered its critical section (the unfenced log append); detail `held` or
+    /// `lost`: its guard's view right after the stamp.
     Enter,
     /// A fenced write the register accepted.
     WriteOk,
@@ -188,12 +189,26 @@ impl HistoryWriter {
 
     /// Appends one event stamped now.
     pub fn record(&self, client: &str, kind: EventKind, token: Option<u64>, detail: &str) {
+        self.record_checked(client, kind, token, || detail.to_owned());
+    }
+
+    /// Appends one event stamped now, with a detail read after the stamp: a detail that is a
+    /// check (is the lock still ours?) then held at the stamp too, whatever pause comes
+    /// between the two.
+    pub fn record_checked(
+        &self,
+        client: &str,
+        kind: EventKind,
+        token: Option<u64>,
+        detail: impl FnOnce() -> String,
+    ) {
+        let micros = now_micros();
         let event = Event {
-            micros: now_micros(),
+            micros,
             client: client.to_owned(),
             kind,
             token,
-            detail: detail.to_owned(),
+            detail: detail(),
         };
         let line = format!("{event}\n");
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());

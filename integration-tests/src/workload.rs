@@ -139,7 +139,9 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
         acquisitions += 1;
         let token = guard.fencing_token().get();
         history.record(client, EventKind::Acquired, Some(token), "");
-        history.record(client, EventKind::Enter, Some(token), "");
+        history.record_checked(client, EventKind::Enter, Some(token), || {
+            held_or_lost(guard.is_held()).to_owned()
+        });
         tokio::time::sleep(config.hold).await;
         // As an application would: write only while the guard says the lock is ours, and
         // let fencing catch what the guard cannot know.
@@ -155,11 +157,7 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
             };
             history.record(client, kind, Some(token), "");
         }
-        let held = if held && guard.is_held() {
-            "held"
-        } else {
-            "lost"
-        };
+        let held = held_or_lost(held && guard.is_held());
         history.record(client, EventKind::Exit, Some(token), held);
         let released = match guard.release().await {
             Ok(()) => "ok".to_owned(),
@@ -167,6 +165,15 @@ pub async fn run_client(locker: &Locker, config: &WorkloadConfig, history: &Hist
             Err(error) => error.to_string(),
         };
         history.record(client, EventKind::Released, Some(token), &released);
+    }
+}
+
+/// The detail of `Enter` and `Exit`: what the guard says.
+fn held_or_lost(held: bool) -> &'static str {
+    if held {
+        "held"
+    } else {
+        "lost"
     }
 }
 
