@@ -2,7 +2,8 @@
 //! benchmark of issue 14. For each server it prints the raw round trip (the floor), then for
 //! dlock and each peer: uncontended acquire+release (ops/s and round trips per operation),
 //! and with 8 and 64 clients on one key: handoffs/s, p50/p99/p99.9 acquire wait, the spread
-//! of per-client shares, and (Redis) server commands per acquisition. Ratios are dlock over
+//! of per-client shares, and what the servers did per acquisition (Redis: commands; etcd: gRPC
+//! messages, raft writes and range reads; ZooKeeper: packets). Ratios are dlock over
 //! the peer, measured in the same run, so machine load cancels out as far as it can.
 //!
 //! ```text
@@ -86,7 +87,8 @@ async fn redis(run: Duration) {
     println!("\n== Redis (one local redis-server 7)");
     let rtt = redis_rtt(&url).await;
     let peer = |n| rslock_clients(std::slice::from_ref(&url), n);
-    compare(rtt, run, (&url, "redis"), peer, Some(&url)).await;
+    let counted = Counted::Redis(std::slice::from_ref(&url));
+    compare(rtt, run, (&url, "redis"), peer, counted).await;
 }
 
 async fn redlock(run: Duration) {
@@ -97,7 +99,14 @@ async fn redlock(run: Duration) {
     println!("\n== Redlock (three local redis-server 7)");
     let rtt = redis_rtt(&urls[0]).await;
     let peer = |n| rslock_clients(&urls, n);
-    compare(rtt, run, (&dlock_url, "redlock"), peer, None).await;
+    compare(
+        rtt,
+        run,
+        (&dlock_url, "redlock"),
+        peer,
+        Counted::Redis(&urls),
+    )
+    .await;
 }
 
 async fn etcd(run: Duration) {
@@ -106,7 +115,14 @@ async fn etcd(run: Duration) {
     println!("\n== etcd (one local etcd 3.4)");
     let rtt = etcd_rtt(&address).await;
     let peer = |n| etcd_lock_clients(&address, n);
-    compare(rtt, run, (&server.url(), "etcd"), peer, None).await;
+    compare(
+        rtt,
+        run,
+        (&server.url(), "etcd"),
+        peer,
+        Counted::Etcd(&address),
+    )
+    .await;
 }
 
 async fn zookeeper(run: Duration) {
@@ -115,17 +131,18 @@ async fn zookeeper(run: Duration) {
     println!("\n== ZooKeeper (one local ZooKeeper 3.8)");
     let rtt = zookeeper_rtt(&address).await;
     let peer = |n| recipe_clients(&address, n);
-    compare(rtt, run, (&server.url(), "zookeeper"), peer, None).await;
+    let counted = Counted::ZooKeeper(&address);
+    compare(rtt, run, (&server.url(), "zookeeper"), peer, counted).await;
 }
 
 /// Runs every workload on dlock (`dlock`: its URL and name) and on `peer`'s clients and
-/// prints them side by side; with `redis_url`, also the server's commands per acquisition.
+/// prints them side by side, with what the servers (`counted`) did per acquisition.
 async fn compare<P, F>(
     rtt: f64,
     run: Duration,
     dlock: (&str, &'static str),
     peer: P,
-    redis_url: Option<&str>,
+    counted: Counted<'_>,
 ) where
     P: Fn(usize) -> F,
     F: std::future::Future<Output = Contenders>,
@@ -167,24 +184,12 @@ async fn compare<P, F>(
         let all = make(clients).await;
         let mut handoffs = Vec::new();
         for one in &all {
-            let before = match redis_url {
-                Some(url) => Some(redis_commands(url).await),
-                None => None,
-            };
+            let before = counted.read().await;
             let result = contended(&one.clients, run).await;
-            let per_acquisition = match (redis_url, before) {
-                (Some(url), Some(before)) => {
-                    let after = redis_commands(url).await;
-                    format!(
-                        "  {:.1} cmds/acq",
-                        (after - before) as f64 / result.acquisitions.max(1) as f64
-                    )
-                }
-                _ => String::new(),
-            };
+            let per_acquisition = counted.per_acquisition(&before, result.acquisitions).await;
             handoffs.push(result.handoffs_per_second);
             println!(
-                "{clients:>3} clients  {:<10} {:>8.0} handoffs/s  wait p50 {:>9} p99 {:>9} p99.9 {:>9}  shares {:.2}–{:.2}{per_acquisition}",
+                "{clients:>3} clients  {:<10} {:>8.0} handoffs/s  wait p50 {:>9} p99 {:>9} p99.9 {:>9}  shares {:.2}–{:.2}  {per_acquisition}",
                 one.name,
                 result.handoffs_per_second,
                 micros(result.wait.value_at_quantile(0.5)),
@@ -375,6 +380,75 @@ async fn redis_rtt(url: &str) -> f64 {
     samples.value_at_quantile(0.5) as f64
 }
 
+/// The servers of a run whose own counters tell what a workload asked of them.
+#[derive(Clone, Copy)]
+enum Counted<'a> {
+    /// Redis instances (`INFO stats`: commands processed).
+    Redis(&'a [String]),
+    /// An etcd member's client address (`/metrics`: gRPC messages received, raft proposals
+    /// committed, key-value range reads).
+    Etcd(&'a str),
+    /// A ZooKeeper server's address (`mntr`: packets received).
+    ZooKeeper(&'a str),
+}
+
+impl Counted<'_> {
+    /// The counters now, named.
+    async fn read(&self) -> Vec<(&'static str, u64)> {
+        match *self {
+            Counted::Redis(urls) => {
+                let mut commands = 0;
+                for url in urls {
+                    commands += redis_commands(url).await;
+                }
+                vec![("cmds", commands)]
+            }
+            Counted::Etcd(address) => {
+                let text = plain_exchange(
+                    address,
+                    format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
+                )
+                .await;
+                let sum = |name: &str| -> u64 {
+                    text.lines()
+                        .filter(|line| line.starts_with(name))
+                        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum::<f64>() as u64
+                };
+                vec![
+                    ("requests", sum("grpc_server_msg_received_total")),
+                    ("writes", sum("etcd_server_proposals_committed_total")),
+                    ("ranges", sum("etcd_debugging_mvcc_range_total")),
+                ]
+            }
+            Counted::ZooKeeper(address) => {
+                let text = plain_exchange(address, b"mntr").await;
+                let packets = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("zk_packets_received"))
+                    .and_then(|rest| rest.trim().parse().ok())
+                    .unwrap_or(0);
+                vec![("requests", packets)]
+            }
+        }
+    }
+
+    /// What the counters grew by since `before`, per acquisition, as printed.
+    async fn per_acquisition(&self, before: &[(&'static str, u64)], acquisitions: u64) -> String {
+        let after = self.read().await;
+        let each = |(name, value): &(&str, u64), earlier: u64| {
+            let per = value.saturating_sub(earlier) as f64 / acquisitions.max(1) as f64;
+            format!("{per:.1} {name}/acq")
+        };
+        after
+            .iter()
+            .zip(before)
+            .map(|(now, (_, earlier))| each(now, *earlier))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The server's count of commands processed (`INFO stats`), less the `INFO` itself.
 async fn redis_commands(url: &str) -> u64 {
     let client = redis::Client::open(url).expect("redis client");
@@ -391,6 +465,19 @@ async fn redis_commands(url: &str) -> u64 {
         .find_map(|line| line.strip_prefix("total_commands_processed:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Sends `request` on a new connection and reads until the server closes it (`mntr`, and
+/// HTTP/1.0 without keep-alive).
+async fn plain_exchange(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect for the server's counters");
+    stream.write_all(request).await.expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
 }
 
 // ---- etcd-client's lock() ----
