@@ -10,6 +10,7 @@
 //! cargo bench -p dlock-integration-tests --features peers --bench peers            # all
 //! cargo bench -p dlock-integration-tests --features peers --bench peers -- redis   # one server
 //! DLOCK_PEERS_SECONDS=5 cargo bench …                                                # longer runs
+//! DLOCK_PEERS_CLIENTS=2,8 cargo bench …                     # other numbers of contending clients
 //! cargo bench … -- redis uncontended   # only the uncontended workload (to profile it)
 //! DLOCK_PEERS_ROUNDS=20000 DLOCK_PEERS_REPEAT=3 cargo bench … -- redis uncontended
 //! ```
@@ -43,6 +44,19 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 const RTT_SAMPLES: usize = 500;
+
+/// How many clients contend in turn: `DLOCK_PEERS_CLIENTS` (comma-separated), or 8 and 64.
+fn client_counts() -> Vec<usize> {
+    std::env::var("DLOCK_PEERS_CLIENTS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .filter(|counts: &Vec<usize>| !counts.is_empty())
+        .unwrap_or_else(|| vec![8, 64])
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -180,7 +194,7 @@ async fn compare<P, F>(
     if std::env::args().any(|a| a == "uncontended") {
         return;
     }
-    for clients in [8, 64] {
+    for clients in client_counts() {
         let all = make(clients).await;
         let mut handoffs = Vec::new();
         for one in &all {

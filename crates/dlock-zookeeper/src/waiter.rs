@@ -10,7 +10,7 @@ use std::time::Duration;
 use dlock_core::support::spawn_clean_up;
 use dlock_core::{turn, AcquireRequest, Backoff, LockMode, Result, Turn};
 use tokio::time::Instant;
-use zookeeper_client::{Client, CreateMode, Error, OneshotWatcher, Stat};
+use zookeeper_client::{Client, CreateMode, Error, EventType, OneshotWatcher, Stat};
 
 use crate::config::Layout;
 use crate::error::{is_connection, zk_error};
@@ -202,7 +202,7 @@ impl Attempt {
             }
             let woken = match awaited {
                 None => match line_watch {
-                    Some(watcher) => Some(watcher),
+                    Some(watcher) => Some((watcher, None)),
                     // Read the line again, this time with a watch: what it shows is what
                     // the watch reports changes of.
                     None => {
@@ -216,9 +216,34 @@ impl Attempt {
                 },
                 Some(index) => {
                     let node = format!("{dir}/{}", line[index].name);
-                    match client.check_and_watch_stat(&node).await {
+                    // Next in line: the awaited node's deletion alone gives us the turn,
+                    // since every node made later is numbered behind ours. Our own node is
+                    // watched in the same round trip, so that its deletion (which the server
+                    // reports before any later one) is known when the turn comes, without
+                    // reading the line again.
+                    let next_in_line = self.next_in_line(request, &ahead, index);
+                    let own = next_in_line.then_some(self.node.as_deref()).flatten();
+                    let (awaited, own) = match own {
+                        Some(own) => {
+                            let (awaited, own) = tokio::join!(
+                                client.check_and_watch_stat(&node),
+                                client.check_and_watch_stat(own)
+                            );
+                            (awaited, Some(own))
+                        }
+                        None => (client.check_and_watch_stat(&node).await, None),
+                    };
+                    let own = match own {
+                        Some(Ok((None, _))) => return Ok(Line::Dropped),
+                        Some(Ok((Some(_), watcher))) => Some(watcher),
+                        // Not known to be there: the line is read again after the wake-up.
+                        Some(Err(_)) | None => None,
+                    };
+                    match awaited {
+                        // Gone already, and ours still there: our turn.
+                        Ok((None, _)) if own.is_some() => break,
                         Ok((None, _)) => None,
-                        Ok((Some(_), watcher)) => Some(watcher),
+                        Ok((Some(_), watcher)) => Some((watcher, own)),
                         Err(error) if is_connection(&error) => {
                             if session.retired_reason().is_some() {
                                 return Ok(Line::Dropped);
@@ -230,10 +255,23 @@ impl Attempt {
                     }
                 }
             };
-            if let Some(watcher) = woken {
+            if let Some((watcher, own)) = woken {
+                let own_watched = own.is_some();
+                let own_changed = async move {
+                    match own {
+                        Some(own) => own.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    _ = watcher.changed() => {
+                    // Polled first: an event about our own node came before the awaited one.
+                    biased;
+                    _ = own_changed => {}
+                    event = watcher.changed() => {
                         counters.wakeups.fetch_add(1, Ordering::Relaxed);
+                        if own_watched && event.event_type == EventType::NodeDeleted {
+                            break;
+                        }
                     }
                     _ = sleep_until(request.deadline) => {
                         self.withdraw().await;
@@ -254,6 +292,17 @@ impl Attempt {
             };
         }
         Ok(Line::Holder(self))
+    }
+
+    /// Whether the contender at `index` of `ahead` is the last one our turn waits for: once
+    /// it leaves, `turn` grants ours.
+    fn next_in_line(&self, request: &AcquireRequest<'_>, ahead: &[LockMode], index: usize) -> bool {
+        let mut rest = ahead.to_vec();
+        rest.remove(index);
+        matches!(
+            turn(request.key.as_str(), self.mode, &rest),
+            Ok(Turn::Granted)
+        )
     }
 
     /// The node's name within the key node.
