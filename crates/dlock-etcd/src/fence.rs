@@ -28,6 +28,11 @@ pub fn lock_key(guard: &LockGuard) -> Result<String, LockError> {
 /// with `and_then` and run it with the backend's [`client`](crate::EtcdBackend::client).
 /// `succeeded()` is false if the lock was no longer held (or a compare of yours failed).
 ///
+/// Give it at least one operation: etcd serves a transaction without one (or with
+/// serializable reads only) from the copy of whichever member the request reaches, which
+/// may lag behind the cluster, so a bare check could report a lock that is gone as held. A
+/// write, or a plain (linearizable) `get`, makes it go through the quorum.
+///
 /// ```no_run
 /// # async fn demo(backend: dlock_etcd::EtcdBackend, guard: dlock_core::LockGuard) -> Result<(), Box<dyn std::error::Error>> {
 /// use etcd_client::TxnOp;
