@@ -378,6 +378,73 @@ fn bench_on_memory_reports_json() {
     }
 }
 
+#[test]
+fn bench_hold_on_memory_reports_json() {
+    let output = output(&[
+        "bench",
+        "--url",
+        "memory://?lease=1s",
+        "--hold",
+        "50",
+        "--duration",
+        "100ms",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(json["mode"], "hold");
+    assert_eq!(json["locks"], 50);
+    assert_eq!(json["keepalive"], true, "keepalive on, as users get it");
+    assert_eq!(json["lost_while_held"], 0);
+    assert_eq!(json["lost_at_release"], 0);
+    for field in [
+        "take_all_ms",
+        "client_bytes_per_lock",
+        "renewal_round_ms",
+        "release_all_ms",
+    ] {
+        assert!(json[field].is_number(), "{field} missing: {json}");
+    }
+    assert!(
+        json["server_bytes_per_lock"].is_null(),
+        "memory:// has no server to read"
+    );
+}
+
+#[test]
+fn bench_hold_prints_a_table_and_excludes_contention_options() {
+    let printed = output(&[
+        "bench",
+        "--url",
+        "memory://",
+        "--hold",
+        "20",
+        "--duration",
+        "10ms",
+    ]);
+    assert_eq!(printed.status.code(), Some(0), "{}", stderr(&printed));
+    let table = String::from_utf8_lossy(&printed.stdout);
+    for row in [
+        "holding 20 locks",
+        "client memory per lock",
+        "one renewal round",
+        "lost while held",
+    ] {
+        assert!(table.contains(row), "{row:?} missing:\n{table}");
+    }
+    for clash in ["--clients", "--keys"] {
+        let refused = output(&["bench", "--url", "memory://", "--hold", "5", clash, "2"]);
+        assert_eq!(
+            refused.status.code(),
+            Some(64),
+            "{clash}: {}",
+            stderr(&refused)
+        );
+    }
+    let zero = output(&["bench", "--url", "memory://", "--hold", "0"]);
+    assert_eq!(zero.status.code(), Some(64), "{}", stderr(&zero));
+}
+
 /// Checks, for one backend URL, what `crates/dlock-cli/CLI.md` promises across processes.
 #[allow(dead_code)] // used by the backend tests below, each behind its feature
 mod across_processes {
