@@ -219,7 +219,10 @@ impl HoldReport {
             hold.count,
             hold.held_for.as_secs_f64(),
             if self.keepalive {
-                format!("renewed every {}", seconds(hold.keepalive_interval))
+                format!(
+                    "renewed every {}",
+                    humantime::format_duration(hold.keepalive_interval)
+                )
             } else {
                 "keepalive off".to_string()
             }

@@ -100,8 +100,8 @@ impl ServerStats {
                 request.extend(resp(&["INFO"]));
                 let text = exchange(address, &request, RedisInfoEnd).await?;
                 Some(ServerSample {
-                    memory_bytes: field(&text, "used_memory:"),
-                    requests: field(&text, "total_commands_processed:"),
+                    memory_bytes: field(&text, "used_memory"),
+                    requests: field(&text, "total_commands_processed"),
                 })
             }
             ServerStats::ZooKeeper { address } => {
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn fields_are_read_from_each_format() {
         let redis = "# Memory\r\nused_memory:1234\r\nused_memory_human:1.2K\r\n";
-        assert_eq!(field(redis, "used_memory:"), Some(1234));
+        assert_eq!(field(redis, "used_memory"), Some(1234));
         let zookeeper = "zk_approximate_data_size\t5678\nzk_packets_received\t9\n";
         assert_eq!(field(zookeeper, "zk_approximate_data_size"), Some(5678));
         assert_eq!(field(zookeeper, "zk_packets_received"), Some(9));

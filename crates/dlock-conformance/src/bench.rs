@@ -357,9 +357,12 @@ pub struct Hold {
     pub lost_at_release: usize,
     /// How long releasing them all took.
     pub released_in: Duration,
-    /// The server before taking, after taking, at the end of the hold, after the timed
-    /// renewal round and after the release.
-    pub server: [ServerSample; 5],
+    /// The server before taking, after taking, halfway through the hold, at its end, after
+    /// the timed renewal round and after the release.
+    pub server: [ServerSample; 6],
+    /// How long the second half of the hold took (between the middle and last samples of
+    /// the hold): the steady state, after whatever the acquisitions left in flight.
+    pub second_half: Duration,
     /// Requests the server counts for one [`ServerSample`] read itself (two reads in a row),
     /// taken out of every request count below.
     pub probe_requests: Option<u64>,
@@ -385,17 +388,17 @@ impl Hold {
         Some(requests.saturating_sub(self.probe_requests.unwrap_or(0)))
     }
 
-    /// Server requests the keepalive sent per renewal interval during the hold (requests
-    /// counted during the hold, scaled to one interval).
+    /// Server requests the keepalive sent per renewal interval while holding (requests
+    /// counted in the second half of the hold, scaled to one interval).
     pub fn requests_per_interval(&self) -> Option<f64> {
-        let requests = self.requests_between(1, 2)? as f64;
-        let intervals = self.held_for.as_secs_f64() / self.keepalive_interval.as_secs_f64();
+        let requests = self.requests_between(2, 3)? as f64;
+        let intervals = self.second_half.as_secs_f64() / self.keepalive_interval.as_secs_f64();
         (intervals > 0.0).then(|| requests / intervals)
     }
 
     /// Server requests of the one timed renewal round.
     pub fn requests_per_round(&self) -> Option<u64> {
-        self.requests_between(2, 3)
+        self.requests_between(3, 4)
     }
 
     /// Server requests per lock taken.
@@ -430,10 +433,14 @@ where
     let rss_held = rss_kib();
     let taken = sample().await;
     let started = Instant::now();
-    tokio::time::sleep(duration).await;
+    tokio::time::sleep(duration / 2).await;
+    let halfway = sample().await;
+    let middle = Instant::now();
+    tokio::time::sleep_until(started + duration).await;
     let held_for = started.elapsed();
     let lost = guards.iter().filter(|guard| !guard.is_held()).count();
     let after_hold = sample().await;
+    let second_half = middle.elapsed();
     let renewal_round = renew_all(client, &guards).await?;
     let after_round = sample().await;
     let (released_in, lost_at_release) = release_many(guards).await?;
@@ -448,7 +455,8 @@ where
         lost,
         lost_at_release,
         released_in,
-        server: [second, taken, after_hold, after_round, released],
+        server: [second, taken, halfway, after_hold, after_round, released],
+        second_half,
         probe_requests,
     })
 }
