@@ -9,7 +9,13 @@
 //! cargo bench -p dlock-integration-tests --features peers --bench peers            # all
 //! cargo bench -p dlock-integration-tests --features peers --bench peers -- redis   # one server
 //! DLOCK_PEERS_SECONDS=5 cargo bench …                                                # longer runs
+//! cargo bench … -- redis uncontended   # only the uncontended workload (to profile it)
+//! DLOCK_PEERS_ROUNDS=20000 DLOCK_PEERS_REPEAT=3 cargo bench … -- redis uncontended
 //! ```
+//!
+//! `DLOCK_PEERS_ROUNDS` sets the uncontended rounds per sample (500 by default; dlock and the
+//! peer take turns, one acquire+release each) and `DLOCK_PEERS_REPEAT` how many samples are
+//! taken (1): their spread shows how much of a difference is the machine's noise.
 //!
 //! Peers: `rslock` (single instance and Redlock; dev-dependency of this benchmark only,
 //! behind the `peers` feature), `etcd-client`'s `lock()` (etcd's Lock RPC, on a lease per
@@ -27,20 +33,24 @@ use dlock_test_servers::{EtcdServer, RedisServer, ZooKeeperServer};
 use tokio::time::Instant;
 
 const UNCONTENDED_ROUNDS: usize = 500;
+
+/// A number from the environment variable `name`, or `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
 const RTT_SAMPLES: usize = 500;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let only: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with('-'))
+        .filter(|a| !a.starts_with('-') && a != "uncontended")
         .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    let seconds: u64 = std::env::var("DLOCK_PEERS_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let run = Duration::from_secs(seconds);
+    let run = Duration::from_secs(env_number("DLOCK_PEERS_SECONDS", 3));
     if wanted("redis") {
         redis(run).await;
     }
@@ -124,26 +134,35 @@ async fn compare<P, F>(
     let make = |n| async move { vec![dlock_clients(dlock.0, n, dlock.1).await, peer(n).await] };
     println!("raw round trip (floor of one request): p50 {rtt:.1} µs");
     let singles = make(1).await;
-    let mut rates = Vec::new();
-    for one in &singles {
-        let client = &one.clients[0];
-        let histogram = uncontended(client.as_ref()).await;
-        let p50 = histogram.value_at_quantile(0.5) as f64;
-        let rate = 1e6 / histogram.mean();
-        rates.push(rate);
+    let rounds = env_number("DLOCK_PEERS_ROUNDS", UNCONTENDED_ROUNDS as u64) as usize;
+    for _ in 0..env_number("DLOCK_PEERS_REPEAT", 1) {
+        let (mut rates, mut medians) = (Vec::new(), Vec::new());
+        let histograms = uncontended(&singles, rounds).await;
+        for (one, histogram) in singles.iter().zip(histograms) {
+            let p50 = histogram.value_at_quantile(0.5) as f64;
+            let rate = 1e6 / histogram.mean();
+            rates.push(rate);
+            medians.push(p50);
+            println!(
+                "uncontended  {:<10} {:>8.0} ops/s  p50 {:>9}  {:.2} RTT per acquire+release",
+                one.name,
+                rate,
+                micros(p50 as u64),
+                p50 / rtt
+            );
+        }
+        // The rate is the mean's, which a few stalls of a loaded machine move; the medians'
+        // ratio is the steadier one.
         println!(
-            "uncontended  {:<10} {:>8.0} ops/s  p50 {:>9}  {:.2} RTT per acquire+release",
-            one.name,
-            rate,
-            micros(p50 as u64),
-            p50 / rtt
+            "  ratio dlock / {}: {:.2}× (of the medians: {:.2}×)",
+            singles[1].name,
+            rates[0] / rates[1],
+            medians[1] / medians[0]
         );
     }
-    println!(
-        "  ratio dlock / {}: {:.2}×",
-        singles[1].name,
-        rates[0] / rates[1]
-    );
+    if std::env::args().any(|a| a == "uncontended") {
+        return;
+    }
     for clients in [8, 64] {
         let all = make(clients).await;
         let mut handoffs = Vec::new();
@@ -183,20 +202,30 @@ async fn compare<P, F>(
     }
 }
 
-/// Acquire+release latencies of one client on a key nobody else wants.
-async fn uncontended(client: &dyn Contender) -> Histogram<u64> {
-    for _ in 0..50 {
-        let held = client.acquire("uncontended").await;
-        client.release(held).await;
+/// Acquire+release latencies of one client of each implementation on a key nobody else
+/// wants. The implementations take turns, one acquire+release each (the first alternating),
+/// so that both see the same machine: on a machine shared with other work the speed of the
+/// loopback changes by several times within seconds, which made consecutive blocks of one
+/// and then the other disagree by more than the difference measured.
+async fn uncontended(sides: &[Contenders], rounds: usize) -> Vec<Histogram<u64>> {
+    for side in sides {
+        for _ in 0..50 {
+            let held = side.clients[0].acquire("uncontended").await;
+            side.clients[0].release(held).await;
+        }
     }
-    let mut histogram = histogram();
-    for _ in 0..UNCONTENDED_ROUNDS {
-        let started = Instant::now();
-        let held = client.acquire("uncontended").await;
-        client.release(held).await;
-        record(&mut histogram, started.elapsed());
+    let mut histograms: Vec<Histogram<u64>> = sides.iter().map(|_| histogram()).collect();
+    for round in 0..rounds {
+        for turn in 0..sides.len() {
+            let side = (turn + round) % sides.len();
+            let client = &sides[side].clients[0];
+            let started = Instant::now();
+            let held = client.acquire("uncontended").await;
+            client.release(held).await;
+            record(&mut histograms[side], started.elapsed());
+        }
     }
-    histogram
+    histograms
 }
 
 /// What [`contended`] measured.

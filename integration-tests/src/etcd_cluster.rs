@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::local::prepare;
-use crate::process::{at_exit, free_port, Cleanup, ProcessGroup, ServerProcess};
+use crate::process::{free_port, shared_topology, ProcessGroup, ServerProcess};
 
 /// How many members a cluster has: the smallest that survives losing one.
 const MEMBERS: usize = 3;
@@ -182,16 +182,12 @@ impl EtcdCluster {
 /// tests out while they do (see `integration-tests/tests/etcd_cluster.rs`).
 pub fn shared_etcd_cluster() -> &'static EtcdCluster {
     static SHARED: OnceLock<EtcdCluster> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let cluster = EtcdCluster::start();
-        at_exit(Cleanup::Run(Box::new(|| {
-            if let Some(cluster) = SHARED.get() {
-                cluster.members.kill_all_now();
-            }
-        })));
-        at_exit(Cleanup::RemoveDir(cluster.dir.path().to_owned()));
-        cluster
-    })
+    shared_topology(
+        &SHARED,
+        EtcdCluster::start,
+        |t| &t.members,
+        |t| t.dir.path(),
+    )
 }
 
 /// Polls `probe` every 50 ms until it gives something or `limit` passes.

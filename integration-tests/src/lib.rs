@@ -15,7 +15,9 @@
 //! always local processes, since their tests kill and pause single members; each test
 //! binary shares one ([`shared_etcd_cluster`], [`shared_zookeeper_ensemble`]). So is
 //! [`SecureZooKeeper`] (a TLS port with a CA made in the test, SASL users;
-//! [`shared_secure_zookeeper`]).
+//! [`shared_secure_zookeeper`]), and [`RedisCluster`] (six `redis-server` cluster nodes,
+//! three primaries with a replica each, joined by `redis-cli --cluster create`; slot owners
+//! killed, restarted and slots migrated by the test; [`shared_redis_cluster`]).
 //!
 //! Servers a test starts itself (for fault tests: [`ServerProcess::kill`],
 //! [`ServerProcess::pause`], [`ServerProcess::restart`]) are killed when dropped, also when
@@ -46,7 +48,9 @@ mod nemesis;
 mod process;
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod redis_py;
+mod resp;
 mod sentinel;
 mod test_certificates;
 mod workload;
@@ -67,6 +71,7 @@ pub use nemesis::{ClientSpec, WorkloadRun};
 pub use process::{free_port, ProcessGroup, ServerProcess};
 pub use proxy::{Direction, FaultProxy, Faults};
 pub use redis::RedisServer;
+pub use redis_cluster::{shared_redis_cluster, RedisCluster};
 pub use redis_py::{redis_py_count, redis_py_hold, redis_py_start, redis_py_try_lock};
 pub use sentinel::{SentinelDeployment, SENTINEL_MASTER};
 pub use test_certificates::make_test_certificates;

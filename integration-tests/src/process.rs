@@ -334,6 +334,27 @@ pub(crate) enum Cleanup {
     Run(Box<dyn FnOnce() + Send>),
 }
 
+/// A topology one test binary shares (a cluster of server processes in a directory of its
+/// own): started with `start` on first use; at exit its processes (their current pids: tests
+/// restart members) are killed and its directory removed.
+pub(crate) fn shared_topology<T: Send + Sync>(
+    cell: &'static OnceLock<T>,
+    start: impl FnOnce() -> T,
+    processes: fn(&T) -> &ProcessGroup,
+    dir: fn(&T) -> &std::path::Path,
+) -> &'static T {
+    cell.get_or_init(|| {
+        let topology = start();
+        at_exit(Cleanup::Run(Box::new(move || {
+            if let Some(topology) = cell.get() {
+                processes(topology).kill_all_now();
+            }
+        })));
+        at_exit(Cleanup::RemoveDir(dir(&topology).to_owned()));
+        topology
+    })
+}
+
 /// Registers `cleanup` to run when the test binary exits normally (PR_SET_PDEATHSIG covers
 /// abnormal exits for processes).
 pub(crate) fn at_exit(cleanup: Cleanup) {

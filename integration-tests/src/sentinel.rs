@@ -3,8 +3,6 @@
 //! all on free loopback ports, ready once the replica is in sync and every sentinel knows the
 //! replica and the two other sentinels (before that a failover cannot be agreed on).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,7 @@ use tempfile::TempDir;
 use crate::local::prepare;
 use crate::process::{free_port, ServerProcess};
 use crate::redis::RedisServer;
+use crate::resp::command;
 
 /// The name the sentinels monitor the primary under.
 pub const SENTINEL_MASTER: &str = "dlock-primary";
@@ -151,28 +150,4 @@ fn field(reply: &str, name: &str) -> Option<i64> {
     let lines: Vec<&str> = reply.split("\r\n").collect();
     let at = lines.iter().position(|line| *line == name)?;
     lines.get(at + 2)?.parse().ok()
-}
-
-/// One command on a fresh connection; the raw reply, read until the server pauses.
-fn command(address: &str, args: &[&str]) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .ok()?;
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut reply = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => reply.extend_from_slice(&buffer[..n]),
-            Err(_) if !reply.is_empty() => break,
-            Err(_) => return None,
-        }
-    }
-    String::from_utf8(reply).ok()
 }

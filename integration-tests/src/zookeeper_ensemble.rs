@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::etcd_cluster::wait;
 use crate::local::prepare;
-use crate::process::{at_exit, free_port, Cleanup, ProcessGroup, ServerProcess};
+use crate::process::{free_port, shared_topology, ProcessGroup, ServerProcess};
 use crate::zookeeper::four_letter_word;
 
 /// How many servers an ensemble has: the smallest that survives losing one.
@@ -218,14 +218,10 @@ impl ZooKeeperEnsemble {
 /// `integration-tests/tests/zookeeper_ensemble.rs`).
 pub fn shared_zookeeper_ensemble() -> &'static ZooKeeperEnsemble {
     static SHARED: OnceLock<ZooKeeperEnsemble> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let ensemble = ZooKeeperEnsemble::start();
-        at_exit(Cleanup::Run(Box::new(|| {
-            if let Some(ensemble) = SHARED.get() {
-                ensemble.servers.kill_all_now();
-            }
-        })));
-        at_exit(Cleanup::RemoveDir(ensemble.dir.path().to_owned()));
-        ensemble
-    })
+    shared_topology(
+        &SHARED,
+        ZooKeeperEnsemble::start,
+        |t| &t.servers,
+        |t| t.dir.path(),
+    )
 }

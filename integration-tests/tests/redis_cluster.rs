@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
-use dlock_core::{LockBackend, LockError, LockGuard};
+use dlock_core::{LockBackend, LockError, LockGuard, LockOptions};
 use dlock_test_servers::{free_port, RedisCluster};
 
 #[macro_use]
@@ -39,7 +39,7 @@ impl ClusterTarget {
 }
 
 fn shared_cluster_url() -> String {
-    std::env::var("DLOCK_TEST_REDIS_CLUSTER_URL").expect("DLOCK_TEST_REDIS_CLUSTER_URL")
+    dlock_test_servers::shared_redis_cluster().url()
 }
 
 #[async_trait]
@@ -102,7 +102,12 @@ mod standard_layout {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-killed").await;
+    let scene = redis_support::Scene::new(
+        &cluster.url(),
+        "redis-cluster-killed",
+        LockOptions::default().lease(Duration::from_secs(3)),
+    )
+    .await;
     let killed = cluster.kill_primary_of(RedisCluster::slot_of(&scene.lock_key));
     eprintln!("killed {killed}, replica promoted");
     // The cluster client finds the promoted replica: the lock's slot answers again.
@@ -112,24 +117,31 @@ async fn primary_owning_the_slot_killed_while_held_and_waited_for() {
         async || scene.holder.inspect("k").await.ok(),
     )
     .await;
-    scene.release_and_hand_over().await;
+    scene.release_and_hand_over(Duration::from_secs(60)).await;
 }
 
 /// The lock's slot is moved to another primary (as `redis-cli --cluster reshard` moves it)
 /// while the lock is held and waited for: nothing is lost, since its keys and line move
 /// with the slot. The holder still holds it afterwards (its keepalive renews it there), its
-/// release hands the lock to the waiter, and tokens keep growing.
+/// release hands the lock to the waiter at once (the server dropped the waiter's sharded
+/// subscription when the slot left, and the waiter listens again where the slot is now:
+/// it is not left to find the lock free when the holder's lease, as it saw it, would have
+/// run out: 20 s, less the second or so this test takes),
+/// and tokens keep growing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_moved_while_held_and_waited_for() {
     let cluster = RedisCluster::start();
-    let scene = redis_support::Scene::new(&cluster.url(), "redis-cluster-moved").await;
+    let scene = redis_support::Scene::new(
+        &cluster.url(),
+        "redis-cluster-moved",
+        // Renewed every second, so that the renewal on the new primary is seen soon.
+        LockOptions::default()
+            .lease(LONG_LEASE)
+            .keepalive_interval(Duration::from_secs(1)),
+    )
+    .await;
     let slot = RedisCluster::slot_of(&scene.lock_key);
-    let from = cluster.primary_of(slot);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .find(|primary| *primary != from)
-        .expect("another primary");
+    let to = cluster.another_primary(slot);
     cluster.migrate_slot(slot, &to);
     assert_eq!(cluster.primary_of(slot), to);
     let report = scene
@@ -156,5 +168,43 @@ async fn slot_moved_while_held_and_waited_for() {
         scene.guard.is_held(),
         "the holder was told it lost the lock"
     );
-    scene.release_and_hand_over().await;
+    scene.release_and_hand_over(PROMPTLY).await;
+}
+
+/// A lease long enough that a waiter finding the lock free at its end is told apart from
+/// one woken by the release ...
+const LONG_LEASE: Duration = Duration::from_secs(20);
+/// ... which takes at most this long, far above a healthy hand-over (milliseconds).
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// `rediss+cluster://` (TLS to every node, the nodes' own traffic over TLS too): a lock is
+/// taken, waited for and handed over; plain text to the TLS ports, or TLS without trusting
+/// the CA, is a `Connection` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster() {
+    let certificates = tempfile::tempdir().expect("a temporary directory");
+    dlock_test_servers::make_test_certificates(certificates.path());
+    let cluster = RedisCluster::start_tls(certificates.path());
+    let url = cluster.tls_url(certificates.path());
+    let scene = redis_support::Scene::new(
+        &url,
+        "redis-cluster-tls",
+        LockOptions::default().lease(LONG_LEASE),
+    )
+    .await;
+    scene.release_and_hand_over(PROMPTLY).await;
+    let (tls_hosts, _) = url
+        .trim_start_matches("rediss+cluster://")
+        .split_once('?')
+        .expect("a query");
+    for wrong in [
+        format!("redis+cluster://{tls_hosts}"),
+        format!("rediss+cluster://{tls_hosts}"),
+    ] {
+        let refused = dlock_redis::connect(&wrong).await;
+        assert!(
+            matches!(refused, Err(LockError::Connection { .. })),
+            "{wrong}: {refused:?}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dlock_conformance::{async_trait, ConformanceTarget};
-use dlock_core::{LockBackend, LockError, LockGuard, LockKey};
+use dlock_core::{LockBackend, LockError, LockGuard, LockKey, LockOptions};
 use dlock_test_servers::{free_port, SentinelDeployment, SENTINEL_MASTER};
 
 #[macro_use]
@@ -115,7 +115,12 @@ async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) 
     eprintln!("deployment ready after {:?}", started.elapsed());
     let url = deployment.url();
     let old_primary = deployment.current_primary().expect("a primary");
-    let scene = redis_support::Scene::new(&url, "redis-sentinel-failover").await;
+    let scene = redis_support::Scene::new(
+        &url,
+        "redis-sentinel-failover",
+        LockOptions::default().lease(Duration::from_secs(3)),
+    )
+    .await;
     fail(&mut deployment);
     let failover = std::time::Instant::now();
     let new_primary = redis_support::eventually(
@@ -158,5 +163,5 @@ async fn held_and_waited_for_across(fail: impl FnOnce(&mut SentinelDeployment)) 
     // The lock itself may have survived (replicated before the failover) or not: either way
     // the release leaves it free for the waiter.
     eprintln!("client follows {:?} after the failover", failover.elapsed());
-    scene.release_and_hand_over().await;
+    scene.release_and_hand_over(Duration::from_secs(60)).await;
 }

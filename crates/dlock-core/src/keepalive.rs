@@ -34,6 +34,11 @@ pub(crate) struct Keepalive {
 struct Registry {
     entries: HashMap<u64, Entry>,
     running: bool,
+    /// When the running task looks next at the latest, as it decided at the end of its last
+    /// tick (it may look earlier). A lease registered with nothing to do before then needs
+    /// no wake-up: waking the task for every acquisition cost a task switch, often a thread
+    /// wake-up, on the path of every uncontended acquire (issue 14).
+    looks_at: Option<Instant>,
 }
 
 struct Entry {
@@ -74,21 +79,29 @@ impl Keepalive {
             .map(|entry| entry.next_renewal)
             .filter(|at| *at <= now + period)
             .min();
-        registry.entries.insert(
-            lease.id(),
-            Entry {
-                lease,
-                next_renewal: next_batch.unwrap_or(now + period),
-                period,
-                renewed,
-            },
-        );
+        let entry = Entry {
+            next_renewal: next_batch.unwrap_or(now + period),
+            lease,
+            period,
+            renewed,
+        };
+        let needed_at = entry.looks_needed_at();
+        registry.entries.insert(entry.lease.id(), entry);
         if !registry.running {
+            // A new task ticks at once, and sees this entry.
             registry.running = true;
+            registry.looks_at = None;
             tokio::spawn(Arc::clone(self).run());
+            return;
         }
+        // The task takes the entry into account whenever it next looks: if that is soon
+        // enough, leave it asleep. (A tick under way sees the entry when it computes its next
+        // look, under the lock held here.)
+        let early_enough = registry.looks_at.is_some_and(|at| at <= needed_at);
         drop(registry);
-        self.wake.notify_one();
+        if !early_enough {
+            self.wake.notify_one();
+        }
     }
 
     /// Schedules `lease` again from its current deadline, which an `extend` just moved (maybe
@@ -163,19 +176,16 @@ impl Keepalive {
         if !due.is_empty() {
             self.renew(&due).await;
         }
-        let registry = lock(&self.state);
-        registry
-            .entries
-            .values()
-            .map(|entry| {
-                let deadline = entry.lease.valid_until();
-                if entry.renewed {
-                    deadline.min(entry.next_renewal)
-                } else {
-                    deadline
-                }
-            })
-            .min()
+        let mut registry = lock(&self.state);
+        let next = registry.entries.values().map(Entry::looks_needed_at).min();
+        registry.looks_at = next;
+        if next.is_none() {
+            // Everything was released while the renewal was under way: the task ends, so the
+            // next registration must start another (it would otherwise find `running` set
+            // and only notify a task that is gone, and nothing would be renewed again).
+            registry.running = false;
+        }
+        next
     }
 
     /// Removes from the server what it may still hold for a lease that ran out on this
@@ -257,6 +267,19 @@ impl Keepalive {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Entry {
+    /// When the task must look at this entry next: its renewal if it is renewed, and its
+    /// deadline in any case (to signal it lost on this process's clock).
+    fn looks_needed_at(&self) -> Instant {
+        let deadline = self.lease.valid_until();
+        if self.renewed {
+            deadline.min(self.next_renewal)
+        } else {
+            deadline
         }
     }
 }

@@ -108,12 +108,12 @@ impl Locker {
 
     /// Takes the lock on `key`, waiting up to the default wait limit (forever by default).
     pub async fn acquire(&self, key: impl IntoLockKey) -> Result<LockGuard> {
-        self.acquire_with(key, &self.options.clone()).await
+        self.acquire_with(key, &self.options).await
     }
 
     /// Takes the lock if nobody holds it, without waiting; `Ok(None)` if somebody does.
     pub async fn try_acquire(&self, key: impl IntoLockKey) -> Result<Option<LockGuard>> {
-        self.try_acquire_with(key, &self.options.clone()).await
+        self.try_acquire_with(key, &self.options).await
     }
 
     /// Takes the lock on `key` with the given options. A wait limit of zero tries once and

@@ -63,6 +63,19 @@ impl TlsFiles {
         Ok(tls.then_some(files))
     }
 
+    /// These files, for a `backend` whose client checks each server's certificate against
+    /// the host it connects to and cannot be given another name: `?domain=` is
+    /// [`LockError::InvalidUrl`] there.
+    pub fn without_domain(self, url: &BackendUrl, backend: &str) -> Result<TlsFiles> {
+        if self.domain.is_some() {
+            return Err(url.invalid(format!(
+                "`domain` is not supported for {backend}: each server's certificate must name \
+                 the host it is reached by"
+            )));
+        }
+        Ok(self)
+    }
+
     /// The contents of the file at `path` (`what` it is, for the message), or
     /// [`LockError::InvalidOptions`] naming it.
     pub fn read(path: &Path, what: &str) -> Result<Vec<u8>> {

@@ -277,7 +277,7 @@ impl RedisConfig {
             }
         }
         if let Some(files) = TlsFiles::from_url(&parsed, tls, "rediss://")? {
-            config.tls_files = files;
+            config.tls_files = files.without_domain(&parsed, "Redis")?;
         }
         for (name, value) in parsed.backend_params() {
             match name {
@@ -289,12 +289,6 @@ impl RedisConfig {
                     return Err(parsed.invalid("`tls_ca` needs TLS: use rediss://"));
                 }
                 "tls_ca" => config.tls_files.ca = Some(PathBuf::from(value)),
-                "domain" => {
-                    return Err(parsed.invalid(
-                        "`domain` is not supported for Redis: the server's certificate must \
-                         name the host it is reached by",
-                    ))
-                }
                 name if TlsFiles::PARAMS.contains(&name) => {}
                 "layout" => {
                     config.layout = Layout::from_name(value).ok_or_else(|| {

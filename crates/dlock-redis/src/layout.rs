@@ -117,7 +117,7 @@ impl LockNames {
             watchers: format!("dlock:{{{tag}}}:watchers"),
             events: None,
             wake_prefix: if cluster {
-                format!("dlock:{{{tag}}}:wake:")
+                format!("dlock:{{{tag}{CLUSTER_WAKE_SEPARATOR}")
             } else {
                 WAKE_CHANNEL_PREFIX.to_owned()
             },
@@ -156,6 +156,19 @@ pub(crate) fn index_name(namespace: &str, prefix: &str) -> String {
 /// The prefix of the pub/sub channel a waiter is woken on (`<prefix><waiter id>`) on a
 /// single instance, Redlock and Sentinel (see [`LockNames::wake_prefix`]).
 const WAKE_CHANNEL_PREFIX: &str = "dlock:wake:";
+
+/// What separates the lock's hash tag from the waiter id in a wake channel on a Redis
+/// Cluster (`dlock:{<tag>}:wake:<waiter id>`): tags have no `}` (see [`escape`]).
+const CLUSTER_WAKE_SEPARATOR: &str = "}:wake:";
+
+/// The waiter (or watcher) id whose wake channel on a Redis Cluster is `channel`; `None`
+/// for any other channel.
+pub(crate) fn cluster_wake_waiter(channel: &str) -> Option<&str> {
+    let (_, waiter) = channel
+        .strip_prefix("dlock:{")?
+        .split_once(CLUSTER_WAKE_SEPARATOR)?;
+    Some(waiter)
+}
 
 /// The standard layout's fence counter of the lock key `lock`, a name no other library uses,
 /// in the same Redis Cluster slot as `lock` where any name can be:
@@ -231,6 +244,10 @@ mod tests {
         // channels it publishes on.
         assert_eq!(tag(&n.lock), tag(&n.index));
         assert_eq!(tag(&n.lock), tag(&n.wake_prefix));
+        // The waiter is read back from its channel's name.
+        let channel = format!("{}ab:1@shared:500", n.wake_prefix);
+        assert_eq!(cluster_wake_waiter(&channel), Some("ab:1@shared:500"));
+        assert_eq!(cluster_wake_waiter("dlock:wake:ab:1:500"), None);
     }
 
     #[test]

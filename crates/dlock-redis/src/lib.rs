@@ -172,6 +172,7 @@ mod watch;
 
 pub use backend::RedisBackend;
 pub use config::{Endpoint, Layout, RedisConfig};
+pub use link::cluster_slot;
 /// The URL schemes this crate's [`connect`] takes: `redis://`, `rediss://` (TLS),
 /// `redis+redlock://` and `rediss+redlock://` (Redlock, over TLS), `redis+sentinel://` and
 /// `rediss+sentinel://` (the primary of a Sentinel deployment), `redis+cluster://` and

@@ -79,8 +79,18 @@ impl ConnectionLike for Link {
 const SLOTS: u16 = 16384;
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between the
-/// first `{` and the next `}`, if not empty), or of the whole key, modulo 16384.
-pub(crate) fn slot(key: &str) -> u16 {
+/// first `{` and the next `}`, if not empty), or of the whole key, modulo 16384. For
+/// operators and tests that look for the node holding a lock's keys
+/// ([`RedisBackend::lock_key_name`](crate::RedisBackend::lock_key_name)).
+///
+/// ```
+/// assert_eq!(dlock_redis::cluster_slot("foo"), 12182);
+/// assert_eq!(
+///     dlock_redis::cluster_slot("dlock:{|dlock/k}:lock"),
+///     dlock_redis::cluster_slot("dlock:{|dlock/k}:fence"),
+/// );
+/// ```
+pub fn cluster_slot(key: &str) -> u16 {
     let bytes = key.as_bytes();
     let hashed = bytes
         .iter()
@@ -101,14 +111,23 @@ mod tests {
     #[test]
     fn slots_follow_the_hash_tag_rules() {
         // Values from `CLUSTER KEYSLOT` on redis-server 7.0.
-        assert_eq!(slot("foo"), 12182);
-        assert_eq!(slot("{user1000}.following"), slot("user1000"));
-        assert_eq!(slot("{user1000}.followers"), slot("user1000"));
+        assert_eq!(cluster_slot("foo"), 12182);
+        assert_eq!(
+            cluster_slot("{user1000}.following"),
+            cluster_slot("user1000")
+        );
+        assert_eq!(
+            cluster_slot("{user1000}.followers"),
+            cluster_slot("user1000")
+        );
         // An empty tag hashes the whole key; only the first `{` counts.
-        assert_eq!(slot("foo{}{bar}"), slot_of_whole("foo{}{bar}"));
-        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
-        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
-        assert_eq!(slot("dlock:{a|b/c}:lock"), slot("dlock:{a|b/c}:fence"));
+        assert_eq!(cluster_slot("foo{}{bar}"), slot_of_whole("foo{}{bar}"));
+        assert_eq!(cluster_slot("foo{{bar}}zap"), cluster_slot("{bar"));
+        assert_eq!(cluster_slot("foo{bar}{zap}"), cluster_slot("bar"));
+        assert_eq!(
+            cluster_slot("dlock:{a|b/c}:lock"),
+            cluster_slot("dlock:{a|b/c}:fence")
+        );
     }
 
     fn slot_of_whole(key: &str) -> u16 {

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, RedisConfig};
 use crate::error::{to_lock_error, unexpected, wrong_type, BACKEND};
-use crate::layout::{keyspace_events_cover, LockNames};
-use crate::link::{slot, Link};
+use crate::layout::{cluster_wake_waiter, keyspace_events_cover, LockNames};
+use crate::link::{cluster_slot, Link};
 use crate::scripts::{scripts, Scripts};
 
 /// Why a waiter was woken.
@@ -37,6 +37,11 @@ pub(crate) enum Wake {
     First(Option<Duration>),
     /// A connection dropped: messages may have been missed, look again.
     Reconnected,
+    /// The server stopped this waiter's listening: on a Redis Cluster, the lock's slot
+    /// moved to another node (resharding, failover), which drops the sharded subscriptions
+    /// of the slot. Listen again (the cluster client sends it to the slot's new owner), then
+    /// look again.
+    Unsubscribed,
     /// The lock this watcher watches changed (a grant, a release, a new owner description),
     /// or, in the standard layout, its key had a keyspace event (deleted, expired, set…).
     Changed,
@@ -140,21 +145,19 @@ impl Waiters {
             }
             PushKind::SUnsubscribe => {
                 // The server drops a sharded channel's listeners when its slot moves to
-                // another node (resharding, failover); the cluster client then subscribes
-                // again where the slot is now. Messages may have been missed meanwhile: the
-                // waiter looks again. (Also the answer to a waiter's own unsubscribe, when
-                // it no longer listens for wake-ups.)
+                // another node (resharding, failover), and the cluster client forgets the
+                // subscription too. (Also the answer to a waiter's own unsubscribe, when it
+                // no longer listens for wake-ups.)
                 let waiter = match push.data.first() {
                     Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
                         .ok()
-                        .and_then(|channel| channel.split_once("}:wake:"))
-                        .map(|(_, waiter)| waiter.to_owned()),
+                        .and_then(cluster_wake_waiter),
                     _ => None,
                 };
                 if let Some(route) =
-                    waiter.and_then(|waiter| self.lock().get(&waiter).map(|r| r.sender.clone()))
+                    waiter.and_then(|waiter| self.lock().get(waiter).map(|r| r.sender.clone()))
                 {
-                    let _ = route.send(Wake::Reconnected);
+                    let _ = route.send(Wake::Unsubscribed);
                 }
             }
             _ => {}
@@ -376,7 +379,10 @@ impl Node {
         }
         let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
         for (at, (names, ..)) in locks.iter().enumerate() {
-            by_slot.entry(slot(&names.lock)).or_default().push(at);
+            by_slot
+                .entry(cluster_slot(&names.lock))
+                .or_default()
+                .push(at);
         }
         let calls = by_slot.values().map(|group| {
             let group: Vec<_> = group.iter().map(|&at| locks[at]).collect();
@@ -444,7 +450,8 @@ impl Node {
         };
         let subscribers = self.subscribers(&channel);
         let mut listening = subscribers.lock().await;
-        if listening.is_empty() {
+        // A waiter asking again for a channel it listens on was told the server dropped it.
+        if listening.is_empty() || listening.contains(waiter) {
             let subscribed = self.connection.subscribe(&channel).await;
             if let Err(error) = subscribed {
                 drop(listening);

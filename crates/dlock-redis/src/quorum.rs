@@ -3,6 +3,7 @@
 //! the acquire attempt built on it: its fencing token, settled on a majority, and the
 //! give-back of a grant that did not reach one.
 
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -202,7 +203,7 @@ impl Shared {
     /// the one `owner` and the waiter id carry.
     pub(crate) async fn attempt(
         &self,
-        names: &LockNames,
+        names: &Arc<LockNames>,
         owner: &str,
         description: &str,
         lease: Duration,
@@ -217,16 +218,17 @@ impl Shared {
         let quorum = self.config.quorum();
         let count = self.instances();
         let call = {
-            let (names, owner) = (names.clone(), owner.to_owned());
-            let description = description.to_owned();
-            let waiter = waiter.map(|(id, wait, number)| (id.to_owned(), wait, number));
+            // Shared, not copied, by each instance's call.
+            let (names, owner) = (Arc::clone(names), Arc::<str>::from(owner));
+            let description = Arc::<str>::from(description);
+            let waiter = waiter.map(|(id, wait, number)| (Arc::<str>::from(id), wait, number));
             move |node: Node| {
                 let (names, owner, waiter) = (names.clone(), owner.clone(), waiter.clone());
                 let description = description.clone();
                 async move {
                     let waiter = waiter
                         .as_ref()
-                        .map(|(id, wait, number)| (id.as_str(), *wait, *number));
+                        .map(|(id, wait, number)| (&**id, *wait, *number));
                     node.acquire(&names, &owner, &description, lease, waiter, fair, mode)
                         .await
                 }

@@ -34,11 +34,11 @@ pub(crate) struct Grant {
 pub(crate) async fn acquire(
     shared: &Arc<Shared>,
     request: &AcquireRequest<'_>,
-    names: &LockNames,
+    names: &Arc<LockNames>,
 ) -> Result<Grant> {
     let lease = request.options.lease;
     let mode = request.mode();
-    let mut place = PlaceInLine::new(Arc::clone(shared), names.clone(), lease, mode);
+    let mut place = PlaceInLine::new(Arc::clone(shared), Arc::clone(names), lease, mode);
     // On a fair line the waiter's id is also the owner id a release hands the lock over
     // under (and a waiter that leaves gives back a lock handed to it meanwhile). Redlock
     // waiters stay in line while they hold the lock, so they own it under another id, a
@@ -200,9 +200,12 @@ pub(crate) async fn acquire(
 /// that could not reach the server) dead at once.
 pub(crate) struct PlaceInLine {
     shared: Arc<Shared>,
-    names: LockNames,
+    names: Arc<LockNames>,
     id: String,
-    wakes: mpsc::UnboundedReceiver<Wake>,
+    /// This waiter's wake-ups, routed to it from its first [`PlaceInLine::listen`] on: a
+    /// lock taken at the first try (the uncontended path) never listens, and so neither
+    /// registers nor unregisters a route.
+    wakes: Option<mpsc::UnboundedReceiver<Wake>>,
     /// The number of the latest request; grants name the request they answer.
     attempt: u64,
     /// Instances that confirmed they route this waiter's wake-ups to us.
@@ -223,7 +226,7 @@ pub(crate) struct PlaceInLine {
 impl PlaceInLine {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        names: LockNames,
+        names: Arc<LockNames>,
         lease: Duration,
         mode: LockMode,
     ) -> Self {
@@ -235,13 +238,12 @@ impl PlaceInLine {
             mode_suffix(mode),
             lease.as_millis().max(1)
         );
-        let wakes = shared.waiters.register(&id, names.events.as_deref());
         let count = shared.instances();
         PlaceInLine {
             shared,
             names,
             id,
-            wakes,
+            wakes: None,
             attempt: 0,
             listening: vec![false; count],
             listened_on: vec![0; count],
@@ -256,6 +258,11 @@ impl PlaceInLine {
     /// a quorum listens (an instance where it does not counts its entry dead, as if it were
     /// down). Like every Redlock call, it goes on with the majority that answers.
     pub(crate) async fn listen(&mut self) -> Result<()> {
+        if self.wakes.is_none() {
+            // Routed before any instance is asked to listen: no message is missed.
+            let events = self.names.events.as_deref();
+            self.wakes = Some(self.shared.waiters.register(&self.id, events));
+        }
         let quorum = self.shared.config.quorum();
         let generations: Vec<u64> = (0..self.listening.len())
             .map(|index| self.shared.generation(index))
@@ -278,7 +285,7 @@ impl PlaceInLine {
         for (asked, missing) in self.asked_to_listen.iter_mut().zip(&missing) {
             *asked |= *missing;
         }
-        let (id, names) = (self.id.clone(), self.names.clone());
+        let (id, names) = (self.id.clone(), Arc::clone(&self.names));
         let call = move |node: Node| {
             let (id, names) = (id.clone(), names.clone());
             async move { node.listen(&id, &names).await }
@@ -328,7 +335,7 @@ impl PlaceInLine {
     /// dropped and messages may have been missed), or until `until`.
     pub(crate) async fn any_wake(&mut self, until: Instant) {
         tokio::select! {
-            _ = self.wakes.recv() => {}
+            _ = next_wake(&mut self.wakes) => {}
             _ = tokio::time::sleep_until(until) => {}
         }
     }
@@ -356,7 +363,7 @@ impl PlaceInLine {
         loop {
             tokio::select! {
                 biased;
-                wake = self.wakes.recv() => match wake {
+                wake = next_wake(&mut self.wakes) => match wake {
                     Some(Wake::Granted { token, attempt }) if attempt == self.attempt => {
                         return Some(token)
                     }
@@ -371,6 +378,11 @@ impl PlaceInLine {
                         until = until.min(Instant::now() + ttl + Duration::from_millis(1));
                     }
                     Some(Wake::First(None)) => {}
+                    Some(Wake::Unsubscribed) => {
+                        // Listen again before the next request (see `Node::listen`).
+                        self.listening.fill(false);
+                        return None;
+                    }
                     Some(Wake::Released | Wake::Reconnected | Wake::Changed) | None => {
                         return None
                     }
@@ -383,7 +395,9 @@ impl PlaceInLine {
 
 impl Drop for PlaceInLine {
     fn drop(&mut self) {
-        self.shared.waiters.unregister(&self.id);
+        if self.wakes.is_some() {
+            self.shared.waiters.unregister(&self.id);
+        }
         let may_hold = self.may_hold;
         if !may_hold && !self.in_line.iter().chain(&self.asked_to_listen).any(|l| *l) {
             return;
@@ -430,6 +444,15 @@ impl Drop for PlaceInLine {
             }))
             .await;
         });
+    }
+}
+
+/// The next wake-up of a waiter routed to `wakes`; never, for one that never listened (no
+/// message is addressed to it).
+async fn next_wake(wakes: &mut Option<mpsc::UnboundedReceiver<Wake>>) -> Option<Wake> {
+    match wakes {
+        Some(wakes) => wakes.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -39,7 +39,7 @@ impl Watcher {
         // A place in no line: only its id and wake channel are used.
         let mut place = PlaceInLine::new(
             Arc::clone(shared),
-            names.clone(),
+            Arc::new(names.clone()),
             Duration::from_millis(1),
             LockMode::Exclusive,
         );

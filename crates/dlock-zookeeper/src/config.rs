@@ -255,7 +255,9 @@ impl ZooKeeperConfig {
         } else if parsed.password.is_some() {
             return Err(parsed.invalid("the user name is empty"));
         }
-        config.tls = TlsFiles::from_url(&parsed, tls, "zookeepers://")?;
+        config.tls = TlsFiles::from_url(&parsed, tls, "zookeepers://")?
+            .map(|files| files.without_domain(&parsed, "ZooKeeper"))
+            .transpose()?;
         let mut scheme = None;
         for (name, value) in parsed.backend_params() {
             match name {
@@ -269,12 +271,6 @@ impl ZooKeeperConfig {
                                 .invalid(format!("auth `{other}` is neither `digest` nor `sasl`")))
                         }
                     })
-                }
-                "domain" => {
-                    return Err(parsed.invalid(
-                        "`domain` is not supported for ZooKeeper: each server's certificate \
-                         must name the host it is reached by",
-                    ))
                 }
                 name if TlsFiles::PARAMS.contains(&name) => {}
                 "session_timeout" => config.session_timeout = parsed.duration(name, value)?,

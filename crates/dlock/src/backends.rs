@@ -236,15 +236,24 @@
 //!
 //! ## Clusters
 //! List every member in the URL: `etcd://h1:2379,h2:2379,h3:2379`,
-//! `zookeeper://h1:2181,h2:2181,h3:2181[/chroot]` (or `zk://…`). What each topology keeps,
-//! as tested on three local members (`integration-tests/tests/etcd_cluster.rs`,
-//! `zookeeper_ensemble.rs`: the whole conformance suite, then the faults below under the
-//! workload's checker):
+//! `zookeeper://h1:2181,h2:2181,h3:2181[/chroot]` (or `zk://…`),
+//! `redis+sentinel://s1,s2,s3/<master-name>`, `redis+cluster://n1,n2,…` (seed nodes). What
+//! each topology keeps, as tested on local members (`integration-tests/tests/etcd_cluster.rs`,
+//! `zookeeper_ensemble.rs`, `redis_sentinel.rs`, `redis_cluster.rs`: the whole conformance
+//! suite, then the faults below; etcd and ZooKeeper under the workload's checker). For Redis
+//! the "leader" is the primary (of the lock's slot, on a cluster):
 //!
 //! | topology | leader killed | the member a client talks to dies or stops | a minority cut off | the majority lost |
 //! |---|---|---|---|---|
 //! | etcd, 3 members | a new leader in 1–2 s; locks whose lease outlives the election are kept, tokens grow, no two holders; a waiter whose request went to the dead leader or hung in the election tries again within its wait (at the back of the line); a release caught the same way answers `Connection` after the request timeout (`?timeout=`, default 5 s) and is retried in the background, so the lock may stay taken that long | the client goes on through the other members; a holder that only reaches a stopped member is signalled lost when its lease runs out on its own clock, before anyone else gets the lock | a member without a leader fails every request at once and ends its watches (`require-leader`), so neither holders nor waiters wait on it in false hope: its holders are signalled lost when their lease runs out | nobody acquires; held locks are signalled lost when their lease runs out unrenewed |
 //! | ZooKeeper, 3 servers | a new leader within `syncLimit` ticks plus an election; sessions, and with them locks and waiters' places, survive if that is shorter than the session timeout; tokens (zxids) grow | the client reconnects to another server within its session and keeps its locks and its place in line | its servers stop serving, their clients move to the majority within their session | no server serves; locks are signalled lost on the client's clock after the session timeout |
+//! | Redis behind Sentinel (primary, replica, 3 sentinels) | the sentinels promote the replica once the primary is down for `down-after-milliseconds` (1 s in the tests); the client follows within about a second; locks the replica had received are kept, the others are lost and **may be granted twice**; tokens grow (tested, killed and `SENTINEL FAILOVER`); the waiter is handed the lock on the new primary | the same: the client talks to the primary only | not tested (no network split): a primary cut off from the sentinels takes writes until it is demoted, so a lock may be granted twice; tokens grow | no primary: nobody acquires; held locks are signalled lost when their lease runs out unrenewed |
+//! | Redis Cluster, 3 primaries with a replica each | the primary that owns the lock's slot killed: its replica is promoted after `cluster-node-timeout` (2.2–2.9 s with 1 s in the tests); locks it had received are kept, others lost and **may be granted twice**; tokens grow; the waiter is handed the lock (tested); locks in other slots are untouched | the client talks to every primary; a dead one stalls only its own slots' locks until the failover | not tested (no network split): a primary cut off from the majority stops taking writes after `cluster-node-timeout`, while the majority may promote its replica sooner or later: a lock may be granted twice; tokens grow | slots without a primary answer `CLUSTERDOWN` (a `Connection` error; waiters retry); held locks there are signalled lost when their lease runs out unrenewed |
+//!
+//! A Redis Cluster slot moved to another primary (`redis-cli --cluster reshard`) loses
+//! nothing: the lock, its line and its fence counter move with the slot, the holder keeps
+//! renewing it there, and the waiters listen again on the slot's new primary and are handed
+//! the lock by the next release (tested).
 //!
 //! Whatever the backend, pass [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)
 //! to the storage the lock protects, and race long work against

@@ -115,12 +115,10 @@ pub struct Scene {
 }
 
 impl Scene {
-    /// A lock on `k` (3 s lease, under the prefix `<name>-<pid>`) held by one client and
-    /// waited for (up to a minute) by another; returns once the waiter stands in line.
-    pub async fn new(url: &str, name: &str) -> Scene {
-        let options = LockOptions::default()
-            .lease(Duration::from_secs(3))
-            .prefix(format!("{name}-{}", std::process::id()));
+    /// A lock on `k` (with `options`, under the prefix `<name>-<pid>`) held by one client
+    /// and waited for (up to a minute) by another; returns once the waiter stands in line.
+    pub async fn new(url: &str, name: &str, options: LockOptions) -> Scene {
+        let options = options.prefix(format!("{name}-{}", std::process::id()));
         let holder_backend = dlock_redis::connect(url).await.expect("connect");
         let lock_key = holder_backend.lock_key_name(&options.prefix, &LockKey::new("k").unwrap());
         let holder = Locker::new(holder_backend.clone())
@@ -154,14 +152,14 @@ impl Scene {
     }
 
     /// Releases the holder's lock (whether or not it still holds it) and checks that the
-    /// waiter gets it, with a greater token.
-    pub async fn release_and_hand_over(self) {
+    /// waiter gets it within `limit`, with a greater token.
+    pub async fn release_and_hand_over(self, limit: Duration) {
         let before = self.guard.fencing_token();
         let released = std::time::Instant::now();
         let _ = self.guard.release().await;
-        let next = tokio::time::timeout(Duration::from_secs(60), self.waiting)
+        let next = tokio::time::timeout(limit, self.waiting)
             .await
-            .expect("the waiter gets the lock within a minute")
+            .unwrap_or_else(|_| panic!("the waiter did not get the lock within {limit:?}"))
             .expect("the waiter task")
             .expect("the waiter acquires");
         eprintln!("waiter has it {:?} after the release", released.elapsed());
