@@ -176,7 +176,8 @@ pub struct BenchArgs {
     /// Instead of contending: one client takes N distinct keys (keepalive as the URL says,
     /// on by default), holds them for --duration, and reports the time to take them all,
     /// its memory per held lock, the cost of one renewal round of all N, any lock lost, and
-    /// the time to release them all.
+    /// the time to release them all; on a plain URL to one server also the server's memory
+    /// per lock and its requests (Redis INFO, ZooKeeper mntr, etcd /metrics).
     #[arg(long, value_name = "N", conflicts_with_all = ["clients", "keys"],
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub hold: Option<u32>,
