@@ -276,7 +276,8 @@ pub async fn many_keys(
     })
 }
 
-/// `count` fresh keys (`many/0` …) taken by `client`, [`BATCH`] at a time, with how long it took.
+/// `count` fresh keys (`many/0` …) taken by `client`, 200 at a time (`BATCH`), with how
+/// long it took.
 pub async fn take_many(
     client: &Locker,
     options: &LockOptions,
@@ -306,7 +307,7 @@ pub async fn renew_all(client: &Locker, guards: &[LockGuard]) -> Result<Duration
     Ok(started.elapsed())
 }
 
-/// Releases every lock in `guards`, [`BATCH`] at a time: how long it took, and how many
+/// Releases every lock in `guards`, 200 at a time (`BATCH`): how long it took, and how many
 /// were found no longer held ([`LockError::NotHeld`]: lost before their release).
 pub async fn release_many(mut guards: Vec<LockGuard>) -> Result<(Duration, usize), LockError> {
     let started = Instant::now();
