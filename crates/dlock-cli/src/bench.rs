@@ -1,24 +1,33 @@
 //! `dlock bench`: the backend's latency and throughput, read against its own round trip.
 
 use dlock::LockError;
-use dlock_conformance::bench::{self, micros, Contended, Histogram};
+use dlock_conformance::bench::{self, micros, Contended, Histogram, Hold};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
 
 use crate::cli::BenchArgs;
 use crate::exit;
+use crate::server_stats::ServerStats;
 
 /// Round trips and uncontended acquisitions sampled before the contended phase.
 const SAMPLES: usize = 200;
 
-/// Runs the benchmark and prints its report.
+/// Runs the benchmark (contended, or one client holding `--hold` locks) and prints its report.
 pub async fn bench(args: BenchArgs) -> u8 {
-    match measure(&args).await {
-        Ok(report) => {
+    let printed = match args.hold {
+        Some(count) => measure_hold(&args, count)
+            .await
+            .map(|report| (report.to_table(), report.to_json())),
+        None => measure(&args)
+            .await
+            .map(|report| (report.to_table(), report.to_json())),
+    };
+    match printed {
+        Ok((table, json)) => {
             if args.json {
-                println!("{}", report.to_json());
+                println!("{json}");
             } else {
-                print!("{}", report.to_table());
+                print!("{table}");
             }
             0
         }
@@ -36,14 +45,20 @@ struct Report {
     contended: Contended,
 }
 
+/// The options of one run: the client's own (as the URL gives them), under a prefix of the
+/// run's own so that runs never meet.
+fn run_options(client: &dlock::Locker) -> dlock::LockOptions {
+    let run: u64 = rand::random();
+    let prefix = format!("{}/bench-{run:016x}", client.options().prefix);
+    client.options().clone().prefix(prefix)
+}
+
 async fn measure(args: &BenchArgs) -> Result<Report, LockError> {
     let mut clients = Vec::with_capacity(args.clients as usize);
     for _ in 0..args.clients {
         clients.push(dlock::connect(&args.url).await?);
     }
-    let run: u64 = rand::random();
-    let prefix = format!("{}/bench-{run:016x}", clients[0].options().prefix);
-    let options = clients[0].options().clone().prefix(prefix).wait_forever();
+    let options = run_options(&clients[0]).wait_forever();
     let backend = clients[0].capabilities().name;
 
     let round_trip = bench::round_trips(&clients[0], SAMPLES).await?;
@@ -147,6 +162,140 @@ impl Report {
             "per_client": run.per_client,
             "per_client_share_min": least,
             "per_client_share_max": most,
+        })
+    }
+}
+
+/// What `dlock bench --hold` measured.
+struct HoldReport {
+    backend: &'static str,
+    keepalive: bool,
+    round_trip: Option<Histogram<u64>>,
+    server_measure: Option<&'static str>,
+    hold: Hold,
+}
+
+async fn measure_hold(args: &BenchArgs, count: u32) -> Result<HoldReport, LockError> {
+    let client = dlock::connect(&args.url).await?;
+    let options = run_options(&client);
+    let backend = client.capabilities().name;
+    // A backend whose lease is its session renews every lock whatever the option says.
+    let keepalive = options.keepalive || client.capabilities().session_lease;
+    let round_trip = bench::round_trips(&client, SAMPLES).await?;
+    let stats = ServerStats::for_url(&args.url);
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    progress.set_message(format!(
+        "taking {count} locks, holding them for {}",
+        humantime::format_duration(args.duration)
+    ));
+    progress.enable_steady_tick(std::time::Duration::from_millis(100));
+    let hold = bench::hold(&client, &options, count as usize, args.duration, || {
+        stats.sample()
+    })
+    .await;
+    progress.finish_and_clear();
+    let hold = hold?;
+    let server_measure = hold.server_bytes_per_lock().and(stats.memory_measure());
+    Ok(HoldReport {
+        backend,
+        keepalive,
+        round_trip,
+        server_measure,
+        hold,
+    })
+}
+
+impl HoldReport {
+    fn to_table(&self) -> String {
+        let hold = &self.hold;
+        let seconds = |d: std::time::Duration| micros(d.as_micros() as u64);
+        let mut out = format!(
+            "dlock bench: {} backend, one client holding {} locks for {:.1}s ({})\n",
+            self.backend,
+            hold.count,
+            hold.held_for.as_secs_f64(),
+            if self.keepalive {
+                format!(
+                    "renewed every {}",
+                    humantime::format_duration(hold.keepalive_interval)
+                )
+            } else {
+                "keepalive off".to_string()
+            }
+        );
+        if let Some(h) = &self.round_trip {
+            out += &line("server round trip p50", micros(h.value_at_quantile(0.5)));
+        }
+        out += &line(
+            "take all",
+            format!(
+                "{} ({:.0} locks/s)",
+                seconds(hold.taken_in),
+                hold.count as f64 / hold.taken_in.as_secs_f64()
+            ),
+        );
+        if let Some(requests) = hold.requests_per_acquire() {
+            out += &line("server requests per lock", format!("{requests:.1}"));
+        }
+        out += &line(
+            "client memory per lock",
+            format!(
+                "{:.0} B (RSS +{} KiB, /proc/self/statm)",
+                hold.rss_bytes_per_lock(),
+                hold.rss_kib.1.saturating_sub(hold.rss_kib.0)
+            ),
+        );
+        if let (Some(bytes), Some(measure)) = (hold.server_bytes_per_lock(), self.server_measure) {
+            out += &line(
+                "server memory per lock",
+                format!("{bytes:.0} B ({measure})"),
+            );
+        }
+        let requests = hold
+            .requests_per_round()
+            .map_or(String::new(), |r| format!(", {r} server requests"));
+        out += &line(
+            "one renewal round of all",
+            format!("{}{requests}", seconds(hold.renewal_round)),
+        );
+        if let Some(requests) = hold.requests_per_interval() {
+            out += &line("keepalive requests/interval", format!("{requests:.1}"));
+        }
+        out += &line("lost while held", hold.lost.to_string());
+        out += &line("lost at release", hold.lost_at_release.to_string());
+        out += &line("release all", seconds(hold.released_in));
+        out
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let hold = &self.hold;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        serde_json::json!({
+            "backend": self.backend,
+            "mode": "hold",
+            "locks": hold.count,
+            "keepalive": self.keepalive,
+            "keepalive_interval_ms": ms(hold.keepalive_interval),
+            "held_s": hold.held_for.as_secs_f64(),
+            "round_trip_p50_us": self.round_trip.as_ref().map(|h| h.value_at_quantile(0.5)),
+            "take_all_ms": ms(hold.taken_in),
+            "locks_per_s": hold.count as f64 / hold.taken_in.as_secs_f64(),
+            "server_requests_per_lock": hold.requests_per_acquire(),
+            "rss_kib_before": hold.rss_kib.0,
+            "rss_kib_held": hold.rss_kib.1,
+            "client_bytes_per_lock": hold.rss_bytes_per_lock(),
+            "server_bytes_per_lock": hold.server_bytes_per_lock(),
+            "server_memory_measure": self.server_measure,
+            "renewal_round_ms": ms(hold.renewal_round),
+            "renewal_round_server_requests": hold.requests_per_round(),
+            "keepalive_server_requests_per_interval": hold.requests_per_interval(),
+            "lost_while_held": hold.lost,
+            "lost_at_release": hold.lost_at_release,
+            "release_all_ms": ms(hold.released_in),
         })
     }
 }

@@ -173,7 +173,15 @@ pub struct BenchArgs {
     /// Keys the clients contend for.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub keys: u32,
-    /// How long the contended phase runs.
+    /// Instead of contending: one client takes N distinct keys (keepalive as the URL says,
+    /// on by default), holds them for --duration, and reports the time to take them all,
+    /// its memory per held lock, the cost of one renewal round of all N, any lock lost, and
+    /// the time to release them all; on a plain URL to one server also the server's memory
+    /// per lock and its requests (Redis INFO, ZooKeeper mntr, etcd /metrics).
+    #[arg(long, value_name = "N", conflicts_with_all = ["clients", "keys"],
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub hold: Option<u32>,
+    /// How long the contended phase runs, or how long --hold holds.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Print one JSON object instead of a table.

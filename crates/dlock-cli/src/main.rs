@@ -13,6 +13,7 @@ mod exit;
 mod list;
 mod observe;
 mod run;
+mod server_stats;
 mod status;
 mod supervise;
 

@@ -378,12 +378,123 @@ fn bench_on_memory_reports_json() {
     }
 }
 
+#[test]
+fn bench_hold_on_memory_reports_json() {
+    let output = output(&[
+        "bench",
+        "--url",
+        "memory://?lease=1s",
+        "--hold",
+        "50",
+        "--duration",
+        "100ms",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(json["mode"], "hold");
+    assert_eq!(json["locks"], 50);
+    assert_eq!(json["keepalive"], true, "keepalive on, as users get it");
+    assert_eq!(json["lost_while_held"], 0);
+    assert_eq!(json["lost_at_release"], 0);
+    for field in [
+        "take_all_ms",
+        "client_bytes_per_lock",
+        "renewal_round_ms",
+        "release_all_ms",
+    ] {
+        assert!(json[field].is_number(), "{field} missing: {json}");
+    }
+    assert!(
+        json["server_bytes_per_lock"].is_null(),
+        "memory:// has no server to read"
+    );
+}
+
+#[test]
+fn bench_hold_prints_a_table_and_excludes_contention_options() {
+    let printed = output(&[
+        "bench",
+        "--url",
+        "memory://",
+        "--hold",
+        "20",
+        "--duration",
+        "10ms",
+    ]);
+    assert_eq!(printed.status.code(), Some(0), "{}", stderr(&printed));
+    let table = String::from_utf8_lossy(&printed.stdout);
+    for row in [
+        "holding 20 locks",
+        "client memory per lock",
+        "one renewal round",
+        "lost while held",
+    ] {
+        assert!(table.contains(row), "{row:?} missing:\n{table}");
+    }
+    for clash in ["--clients", "--keys"] {
+        let refused = output(&["bench", "--url", "memory://", "--hold", "5", clash, "2"]);
+        assert_eq!(
+            refused.status.code(),
+            Some(64),
+            "{clash}: {}",
+            stderr(&refused)
+        );
+    }
+    let zero = output(&["bench", "--url", "memory://", "--hold", "0"]);
+    assert_eq!(zero.status.code(), Some(64), "{}", stderr(&zero));
+}
+
 /// Checks, for one backend URL, what `crates/dlock-cli/CLI.md` promises across processes.
 #[allow(dead_code)] // used by the backend tests below, each behind its feature
 mod across_processes {
     use dlock_test_servers::ServerProcess;
 
     use super::*;
+
+    /// Issue 14 (scale): `dlock bench --hold 50` on a real server holds its 50 locks through
+    /// the keepalive's rounds without losing one, and reports the server's own figures
+    /// (memory, requests) beside the client's. Only presence is checked: speed belongs to
+    /// the benchmark, not to a test.
+    pub fn bench_hold_reports_no_lost_lock_and_server_figures(url: &str) {
+        let url = format!("{url}?lease=2s");
+        let output = output(&[
+            "bench",
+            "--url",
+            &url,
+            "--hold",
+            "50",
+            "--duration",
+            "1s",
+            "--json",
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("one JSON object");
+        assert_eq!(json["mode"], "hold", "{json}");
+        assert_eq!(json["locks"], 50, "{json}");
+        assert_eq!(json["keepalive"], true, "{json}");
+        assert_eq!(json["lost_while_held"], 0, "{json}");
+        assert_eq!(json["lost_at_release"], 0, "{json}");
+        for field in [
+            "round_trip_p50_us",
+            "take_all_ms",
+            "locks_per_s",
+            "server_requests_per_lock",
+            "rss_kib_before",
+            "rss_kib_held",
+            "client_bytes_per_lock",
+            "server_bytes_per_lock",
+            "renewal_round_ms",
+            "renewal_round_server_requests",
+            "keepalive_server_requests_per_interval",
+            "keepalive_interval_ms",
+            "release_all_ms",
+        ] {
+            assert!(json[field].is_number(), "{field} missing: {json}");
+        }
+        assert!(json["server_memory_measure"].is_string(), "{json}");
+    }
 
     /// ZooKeeper `layout=kazoo` and `layout=curator` (issue 16) against the real kazoo and
     /// Curator: while the other library holds the path, `dlock run --wait 0` exits 75 and
@@ -1335,6 +1446,13 @@ macro_rules! backend_tests {
             $(#[$permits])*
             fn permits_admit_at_most_n_at_once() {
                 across_processes::permits_admit_at_most_n_at_once(&$shared().url);
+            }
+
+            #[test]
+            fn bench_hold_reports_no_lost_lock_and_server_figures() {
+                across_processes::bench_hold_reports_no_lost_lock_and_server_figures(
+                    &$shared().url,
+                );
             }
 
             #[test]

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dlock_core::{Lease, LockError, LockMode, LockOptions, Locker};
+use dlock_core::{Lease, LockError, LockGuard, LockMode, LockOptions, Locker};
 pub use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
@@ -246,6 +246,9 @@ pub struct ManyKeys {
     pub released_in: Duration,
 }
 
+/// Locks taken or released this many at a time by [`take_many`] and [`release_many`].
+const BATCH: usize = 200;
+
 /// One client takes `count` keys (`many/0` …), 200 at a time, renews them all in one
 /// `renew` call, then releases them.
 pub async fn many_keys(
@@ -254,10 +257,36 @@ pub async fn many_keys(
     count: usize,
 ) -> Result<ManyKeys, LockError> {
     let memory_before = rss_kib();
+    let (guards, taken_in) = take_many(client, options, count).await?;
+    let memory_kib = rss_kib().saturating_sub(memory_before);
+    let renewed_in = renew_all(client, &guards).await?;
+    let (released_in, not_held) = release_many(guards).await?;
+    if not_held > 0 {
+        return Err(LockError::backend(
+            "bench",
+            format!("{not_held} of {count} locks were lost before their release"),
+        ));
+    }
+    Ok(ManyKeys {
+        count,
+        taken_in,
+        memory_kib,
+        renewed_in,
+        released_in,
+    })
+}
+
+/// `count` fresh keys (`many/0` …) taken by `client`, 200 at a time (`BATCH`), with how
+/// long it took.
+pub async fn take_many(
+    client: &Locker,
+    options: &LockOptions,
+    count: usize,
+) -> Result<(Vec<LockGuard>, Duration), LockError> {
     let started = Instant::now();
     let mut guards = Vec::with_capacity(count);
-    for first in (0..count).step_by(200) {
-        let batch = first..(first + 200).min(count);
+    for first in (0..count).step_by(BATCH) {
+        let batch = first..(first + BATCH).min(count);
         let taken = futures::future::join_all(
             batch.map(|i| client.try_acquire_with(format!("many/{i}"), options)),
         )
@@ -266,25 +295,170 @@ pub async fn many_keys(
             guards.push(guard?.ok_or_else(|| LockError::backend("bench", "a fresh key was held"))?);
         }
     }
-    let taken_in = started.elapsed();
-    let memory_kib = rss_kib().saturating_sub(memory_before);
+    Ok((guards, started.elapsed()))
+}
+
+/// How long one `renew` call of every lock in `guards` takes: the round the keepalive makes
+/// each interval for a client holding them all.
+pub async fn renew_all(client: &Locker, guards: &[LockGuard]) -> Result<Duration, LockError> {
     let leases: Vec<&Lease> = guards.iter().map(|guard| guard.lease()).collect();
     let started = Instant::now();
     client.backend().renew(&leases).await?;
-    let renewed_in = started.elapsed();
+    Ok(started.elapsed())
+}
+
+/// Releases every lock in `guards`, 200 at a time (`BATCH`): how long it took, and how many
+/// were found no longer held ([`LockError::NotHeld`]: lost before their release).
+pub async fn release_many(mut guards: Vec<LockGuard>) -> Result<(Duration, usize), LockError> {
     let started = Instant::now();
+    let mut not_held = 0;
     while !guards.is_empty() {
-        let batch: Vec<_> = guards.drain(..guards.len().min(200)).collect();
+        let batch: Vec<_> = guards.drain(..guards.len().min(BATCH)).collect();
         for released in futures::future::join_all(batch.into_iter().map(|g| g.release())).await {
-            released?;
+            match released {
+                Ok(()) => {}
+                Err(LockError::NotHeld { .. }) => not_held += 1,
+                Err(error) => return Err(error),
+            }
         }
     }
-    Ok(ManyKeys {
+    Ok((started.elapsed(), not_held))
+}
+
+/// What a server says about itself, read by the caller of [`hold`] between its phases (each
+/// `None` where that server cannot tell cheaply).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerSample {
+    /// The server's memory (or data size) in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Requests the server has handled since it started.
+    pub requests: Option<u64>,
+}
+
+/// What [`hold`] measured: one client holding `count` locks.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// How many locks the client held.
+    pub count: usize,
+    /// The keepalive's renewal interval for these locks.
+    pub keepalive_interval: Duration,
+    /// How long taking them all took.
+    pub taken_in: Duration,
+    /// This process's resident memory before taking them and while holding them, in KiB.
+    pub rss_kib: (u64, u64),
+    /// How long the locks were held with the keepalive renewing them.
+    pub held_for: Duration,
+    /// How long one renewal round of all of them (one `renew` call, as the keepalive makes
+    /// it) took, timed after the hold.
+    pub renewal_round: Duration,
+    /// Locks no longer held at the end of the hold (lost, or run out).
+    pub lost: usize,
+    /// Locks the release found no longer held (lost after the hold, or not seen as lost
+    /// by the client before).
+    pub lost_at_release: usize,
+    /// How long releasing them all took.
+    pub released_in: Duration,
+    /// The server before taking, after taking, halfway through the hold, at its end, after
+    /// the timed renewal round and after the release.
+    pub server: [ServerSample; 6],
+    /// How long the second half of the hold took (between the middle and last samples of
+    /// the hold): the steady state, after whatever the acquisitions left in flight.
+    pub second_half: Duration,
+    /// Requests the server counts for one [`ServerSample`] read itself (two reads in a row),
+    /// taken out of every request count below.
+    pub probe_requests: Option<u64>,
+}
+
+impl Hold {
+    /// Resident memory of this process per held lock, in bytes.
+    pub fn rss_bytes_per_lock(&self) -> f64 {
+        self.rss_kib.1.saturating_sub(self.rss_kib.0) as f64 * 1024.0 / self.count.max(1) as f64
+    }
+
+    /// Server memory per held lock, in bytes (after taking against before).
+    pub fn server_bytes_per_lock(&self) -> Option<f64> {
+        let (before, after) = (self.server[0].memory_bytes?, self.server[1].memory_bytes?);
+        Some((after as f64 - before as f64) / self.count.max(1) as f64)
+    }
+
+    /// Server requests between samples `from` and `to`, less the probe's own.
+    fn requests_between(&self, from: usize, to: usize) -> Option<u64> {
+        let requests = self.server[to]
+            .requests?
+            .checked_sub(self.server[from].requests?)?;
+        Some(requests.saturating_sub(self.probe_requests.unwrap_or(0)))
+    }
+
+    /// Server requests the keepalive sent per renewal interval while holding (requests
+    /// counted in the second half of the hold, scaled to one interval).
+    pub fn requests_per_interval(&self) -> Option<f64> {
+        let requests = self.requests_between(2, 3)? as f64;
+        let intervals = self.second_half.as_secs_f64() / self.keepalive_interval.as_secs_f64();
+        (intervals > 0.0).then(|| requests / intervals)
+    }
+
+    /// Server requests of the one timed renewal round.
+    pub fn requests_per_round(&self) -> Option<u64> {
+        self.requests_between(3, 4)
+    }
+
+    /// Server requests per lock taken.
+    pub fn requests_per_acquire(&self) -> Option<f64> {
+        Some(self.requests_between(0, 1)? as f64 / self.count.max(1) as f64)
+    }
+}
+
+/// One client takes `count` fresh keys with `options` (keepalive as given there), holds them
+/// for `duration` while its keepalive renews them, times one more renewal round of all of
+/// them, counts the ones lost, and releases them all. `sample` reads the server between the
+/// phases (return the default where it cannot).
+pub async fn hold<F, Fut>(
+    client: &Locker,
+    options: &LockOptions,
+    count: usize,
+    duration: Duration,
+    mut sample: F,
+) -> Result<Hold, LockError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ServerSample>,
+{
+    let first = sample().await;
+    let second = sample().await;
+    let probe_requests = second
+        .requests
+        .zip(first.requests)
+        .map(|(b, a)| b.saturating_sub(a));
+    let rss_before = rss_kib();
+    let (guards, taken_in) = take_many(client, options, count).await?;
+    let rss_held = rss_kib();
+    let taken = sample().await;
+    let started = Instant::now();
+    tokio::time::sleep(duration / 2).await;
+    let halfway = sample().await;
+    let middle = Instant::now();
+    tokio::time::sleep_until(started + duration).await;
+    let held_for = started.elapsed();
+    let lost = guards.iter().filter(|guard| !guard.is_held()).count();
+    let after_hold = sample().await;
+    let second_half = middle.elapsed();
+    let renewal_round = renew_all(client, &guards).await?;
+    let after_round = sample().await;
+    let (released_in, lost_at_release) = release_many(guards).await?;
+    let released = sample().await;
+    Ok(Hold {
         count,
+        keepalive_interval: options.effective_keepalive_interval(),
         taken_in,
-        memory_kib,
-        renewed_in,
-        released_in: started.elapsed(),
+        rss_kib: (rss_before, rss_held),
+        held_for,
+        renewal_round,
+        lost,
+        lost_at_release,
+        released_in,
+        server: [second, taken, halfway, after_hold, after_round, released],
+        second_half,
+        probe_requests,
     })
 }
 
