@@ -44,6 +44,8 @@ minSessionTimeout=400
 maxSessionTimeout=60000
 admin.enableServer=false
 4lw.commands.whitelist=*
+# Every client of `dlock bench --clients 512` connects from 127.0.0.1; the default allows 60.
+maxClientCnxns=0
 CFG
 start zookeeper java -Xmx256m -cp "/usr/share/java/*:/etc/zookeeper/conf" \
     org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
