@@ -336,11 +336,21 @@ impl LockBackend for EtcdBackend {
         // The lease is the session's and keeps its own length; extending checks that the
         // lock is still ours and reports how long the session surely runs.
         let record = record(lease)?;
-        let txn = Txn::new().when([Compare::create_revision(
-            record.key.as_str(),
-            CompareOp::Equal,
-            token_revision(lease),
-        )]);
+        // The read makes etcd answer through the quorum: a transaction without one (only a
+        // comparison) is served from the copy of whichever member the request reaches, which
+        // may not have applied the latest writes yet. Through a client with several endpoints
+        // an extend right after the acquire then said `NotHeld` for a held lock, and one
+        // right after a release through another member said the lock was still ours.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                record.key.as_str(),
+                CompareOp::Equal,
+                token_revision(lease),
+            )])
+            .and_then([TxnOp::get(
+                record.key.as_str(),
+                Some(GetOptions::new().with_count_only()),
+            )]);
         if !self.inner.txn(txn).await?.succeeded() {
             return Err(lease.not_held());
         }
