@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use dlock_test_servers::{shared_etcd_cluster, EtcdCluster, Report, WorkloadRun};
+use dlock_test_servers::{
+    shared_etcd_cluster, Direction, EtcdCluster, FaultProxy, Report, WorkloadRun,
+};
 
 mod cluster_support;
 mod conformance_support;
@@ -223,4 +225,91 @@ fn member_cut_off_from_the_quorum_keeps_no_false_hope() {
             let _ = guard.release().await;
         });
     });
+}
+
+/// An `extend` answers from the quorum's state, not from a member's own copy: a member a
+/// request reaches may not have applied the latest writes yet (a client with several
+/// endpoints sends its requests to any of them). A lock taken through the leader while the
+/// member lagged is still held; a lock released through the leader while it lagged is not.
+/// The member is made to lag by freezing it (SIGSTOP) while the leader writes, and the
+/// `extend` reaches it (bytes handed to its socket, seen at a proxy) before it continues.
+/// Before the fix, etcd answered the `extend`'s transaction, a comparison without a read,
+/// from the member's own copy: `NotHeld` for the held lock (the `p05` failures), `Ok` for
+/// the released one.
+#[test]
+fn extend_through_a_lagging_member_answers_from_the_quorum() {
+    with_cluster("lagging-extend", |cluster, _target| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let leader = cluster.leader().expect("a leader");
+            let member = (leader + 1) % 3;
+            let proxy = FaultProxy::start(cluster.address(member));
+            let prefix = format!("lagging-extend-{}", std::process::id());
+            let options = dlock::LockOptions::default().lease(LEASE);
+            let connect = |address: String| {
+                let (url, options) = (format!("etcd://{address}?prefix={prefix}"), &options);
+                async move {
+                    dlock::connect(&url)
+                        .await
+                        .expect("connect")
+                        .with_options(options.clone())
+                        .unwrap()
+                }
+            };
+            let holder = connect(cluster.address(leader)).await;
+            let lagging = connect(proxy.address().to_string()).await;
+            cluster.pause(member);
+            let guard = holder
+                .acquire("k")
+                .await
+                .expect("acquire through the leader");
+            let extended = extend_as_it_continues(cluster, member, &proxy, &lagging, &guard).await;
+            assert!(extended.is_ok(), "a held lock: {extended:?}");
+            // A read through the quorum: the member has applied the lock's key once it answers.
+            lagging
+                .backend()
+                .ping()
+                .await
+                .expect("the member caught up");
+            cluster.pause(member);
+            holder
+                .backend()
+                .release(guard.lease())
+                .await
+                .expect("release through the leader");
+            let extended = extend_as_it_continues(cluster, member, &proxy, &lagging, &guard).await;
+            assert!(
+                matches!(extended, Err(dlock::LockError::NotHeld { .. })),
+                "a released lock: {extended:?}"
+            );
+        });
+    });
+}
+
+/// Sends an `extend` of `guard`'s lock through `lagging` (whose only endpoint is `proxy`,
+/// in front of the frozen `member`), lets the member continue once the request is in its
+/// socket, and returns the answer.
+async fn extend_as_it_continues(
+    cluster: &EtcdCluster,
+    member: usize,
+    proxy: &FaultProxy,
+    lagging: &dlock::Locker,
+    guard: &dlock::LockGuard,
+) -> dlock::Result<tokio::time::Instant> {
+    let before = proxy.forwarded_bytes(Direction::ToServer);
+    let continued = async {
+        // The request carries the key, so at least that many bytes go out for it.
+        let limit = Instant::now() + Duration::from_secs(10);
+        while proxy.forwarded_bytes(Direction::ToServer) < before + 40 {
+            assert!(Instant::now() < limit, "the extend never reached the proxy");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        cluster.resume(member);
+    };
+    let (extended, ()) = tokio::join!(lagging.backend().extend(guard.lease(), LEASE), continued);
+    extended
 }

@@ -4,6 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub(crate) struct EtcdRecord {
     /// The key's value as put (times of queueing and grant), which a new owner
     /// description keeps.
     stamp: Stamp,
+    /// Set when the release starts: a grant time not written yet is not needed any more.
+    released: Arc<AtomicBool>,
 }
 
 impl EtcdBackend {
@@ -140,13 +143,14 @@ impl EtcdBackend {
         self.inner.config.layout
     }
 
-    /// What the backend hands the core for a key it now holds.
+    /// What the backend hands the core for a key it now holds; `released` is set when its
+    /// release starts.
     fn acquired(
         &self,
         request: &AcquireRequest<'_>,
         session: Arc<Session>,
         (name, revision): (Name, i64),
-        stamp: Stamp,
+        (stamp, released): (Stamp, Arc<AtomicBool>),
     ) -> Result<Acquired> {
         let token = u64::try_from(revision)
             .map_err(|_| LockError::protocol(BACKEND, format!("negative revision {revision}")))?;
@@ -161,6 +165,7 @@ impl EtcdBackend {
                 session,
                 name: std::sync::Mutex::new(Some(name)),
                 stamp,
+                released,
             }),
         })
     }
@@ -185,7 +190,12 @@ impl EtcdBackend {
                 return Ok(None);
             }
             return self
-                .acquired(request, Arc::clone(session), contender.keep(), stamp)
+                .acquired(
+                    request,
+                    Arc::clone(session),
+                    contender.keep(),
+                    (stamp, Arc::default()),
+                )
                 .map(Some);
         };
         // Put our key only if nobody is in its way; if someone is, tell why.
@@ -211,7 +221,7 @@ impl EtcdBackend {
             request,
             Arc::clone(session),
             (pending.keep(), revision),
-            stamp,
+            (stamp, Arc::default()),
         )
         .map(Some)
     }
@@ -245,10 +255,12 @@ impl EtcdBackend {
                 Line::Holder(contender) => {
                     let waited = contender.waited();
                     let (name, revision) = contender.keep();
+                    let released = Arc::new(AtomicBool::new(false));
                     if waited && self.layout().records_grant_time() {
                         stamp.acquired_at = Some(std::time::SystemTime::now());
-                        self.stamp_grant(name.key(), revision, &stamp);
+                        self.stamp_grant(name.key(), revision, &stamp, Arc::clone(&released));
                     }
+                    let stamp = (stamp, released);
                     return self.acquired(request, session, (name, revision), stamp);
                 }
                 // The session ended or our key vanished while we waited: queue again.
@@ -324,11 +336,21 @@ impl LockBackend for EtcdBackend {
         // The lease is the session's and keeps its own length; extending checks that the
         // lock is still ours and reports how long the session surely runs.
         let record = record(lease)?;
-        let txn = Txn::new().when([Compare::create_revision(
-            record.key.as_str(),
-            CompareOp::Equal,
-            token_revision(lease),
-        )]);
+        // The read makes etcd answer through the quorum: a transaction without one (only a
+        // comparison) is served from the copy of whichever member the request reaches, which
+        // may not have applied the latest writes yet. Through a client with several endpoints
+        // an extend right after the acquire then said `NotHeld` for a held lock, and one
+        // right after a release through another member said the lock was still ours.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                record.key.as_str(),
+                CompareOp::Equal,
+                token_revision(lease),
+            )])
+            .and_then([TxnOp::get(
+                record.key.as_str(),
+                Some(GetOptions::new().with_count_only()),
+            )]);
         if !self.inner.txn(txn).await?.succeeded() {
             return Err(lease.not_held());
         }
@@ -341,6 +363,7 @@ impl LockBackend for EtcdBackend {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         let record = record(lease)?;
+        record.released.store(true, Ordering::Relaxed);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 record.key.as_str(),
@@ -579,11 +602,14 @@ impl EtcdBackend {
     }
 
     /// Writes the grant time into the value of a key that waited, off the grant's path (the
-    /// lock is the caller's already; until this lands, a report says the time it queued).
-    /// Only while the key is still this incarnation and its value the one put: a new owner
-    /// description ([`LockBackend::update_owner`]) that lands first carries the grant time
-    /// itself and must not be overwritten with the old owner. The lease is kept.
-    fn stamp_grant(&self, key: &str, revision: i64, stamp: &Stamp) {
+    /// lock is the caller's already; until this lands, a report says the time it queued),
+    /// and only once the lock has been held for [`GRANT_TIME_DELAY`] and is not being
+    /// released (`released`): a lock handed on at once never needs it, and this write was a
+    /// third of etcd's writes per handoff under contention. Only while the key is still this
+    /// incarnation and its value the one put: a new owner description
+    /// ([`LockBackend::update_owner`]) that lands first carries the grant time itself and
+    /// must not be overwritten with the old owner. The lease is kept.
+    fn stamp_grant(&self, key: &str, revision: i64, stamp: &Stamp, released: Arc<AtomicBool>) {
         let txn = Txn::new()
             .when([
                 Compare::create_revision(key, CompareOp::Equal, revision),
@@ -596,6 +622,10 @@ impl EtcdBackend {
             )]);
         let shared = Arc::clone(&self.inner);
         tokio::spawn(async move {
+            tokio::time::sleep(GRANT_TIME_DELAY).await;
+            if released.load(Ordering::Relaxed) {
+                return;
+            }
             if let Err(error) = shared.txn(txn).await {
                 tracing::debug!(%error, "writing the grant time failed");
             }
@@ -669,6 +699,10 @@ const LEASE_GONE_RETRIES: u32 = 3;
 /// election, the whole cluster out of reach) before it returns the error: well above a
 /// leader election, like the Redis backend's default `retry_limit`.
 const OUTAGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a lock that waited is held before its grant time is written into its key (see
+/// `stamp_grant`): until then, a report gives the time it queued as its `acquired_at`.
+const GRANT_TIME_DELAY: Duration = Duration::from_millis(50);
 
 /// How many keys one read of a `list` scan fetches (keys only).
 const LIST_BATCH: i64 = 256;

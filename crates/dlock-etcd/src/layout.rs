@@ -100,7 +100,8 @@ impl Layout {
         }
     }
 
-    /// Whether the value records when a waiter was granted (written after the grant).
+    /// Whether the value records when a waiter was granted (written once the lock has been
+    /// held a while, see `EtcdBackend::stamp_grant`).
     pub(crate) fn records_grant_time(self) -> bool {
         self == Layout::Dlock
     }

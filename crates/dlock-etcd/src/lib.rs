@@ -77,6 +77,7 @@ mod report;
 mod session;
 mod tls;
 mod waiter;
+mod watch;
 
 pub use backend::EtcdBackend;
 pub use config::{Credentials, EtcdConfig, Layout, TlsFiles, DEFAULT_PORT};

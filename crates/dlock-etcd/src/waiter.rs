@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use dlock_core::{AcquireRequest, Backoff, LockError, LockMode, Result};
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType,
+    WatchOptions,
 };
 
-use crate::error::{request, to_lock_error, BACKEND};
+use crate::error::{request, BACKEND};
 use crate::line::{self, Next};
 use crate::pending::{self, PendingKey};
 use crate::session::{revision_of, Name, Session, Shared};
+use crate::watch::{Answer, Watch};
 
 /// Where a contender stands after waiting.
 pub(crate) enum Line {
@@ -223,45 +225,29 @@ impl Contender {
     /// watch is in place; if that read finds us still waiting for any, the same watch goes
     /// on, so a busy cluster whose revision always moves never makes this loop.
     async fn wait_for_departure(&mut self, read_at: i64) -> Result<Woken> {
-        let (endpoint, timeout) = (
-            self.shared.endpoint.clone(),
-            self.shared.config.request_timeout,
-        );
-        let mut watch = self.shared.client.watch_client();
         let options = WatchOptions::new()
             .with_prefix()
             // Arrivals behind us change nothing; a departure's previous value tells whether
             // it stood ahead of us.
             .with_filters([WatchFilterType::NoPut])
             .with_prev_key();
-        let mut stream = request(
-            &endpoint,
-            timeout,
-            watch.watch(self.dir.as_str(), Some(options)),
-        )
-        .await?;
-        let mut checked = false;
+        let Some(mut watch) = Watch::open(&self.shared, self.dir.as_str(), options).await? else {
+            return Ok(Woken::Gone);
+        };
+        if watch.created_at() > read_at {
+            let still_queued = self.check_queue().await?;
+            if !still_queued || !matches!(self.next, Next::WaitForAny { .. }) {
+                return Ok(Woken::Checked(still_queued));
+            }
+        }
         loop {
-            let answer = if checked {
-                stream
-                    .message()
-                    .await
-                    .map_err(|e| to_lock_error(&endpoint, e))?
-            } else {
-                request(&endpoint, timeout, stream.message()).await?
+            let events = match watch.next().await? {
+                Answer::Cancelled => return Ok(Woken::Gone),
+                Answer::Events(events) => events,
             };
-            let Some(answer) = answer else {
-                return Err(LockError::connection(endpoint, "the watch stream closed"));
-            };
-            if answer.canceled() {
-                return Ok(Woken::Gone);
-            }
-            let events = answer.events();
-            if !events.is_empty() {
-                self.shared
-                    .watch_events
-                    .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.shared
+                .watch_events
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let ahead_left = events.iter().any(|event| {
                 event.event_type() == EventType::Delete
                     && event
@@ -270,16 +256,6 @@ impl Contender {
             });
             if ahead_left {
                 return Ok(Woken::Gone);
-            }
-            if !checked && answer.created() {
-                checked = true;
-                let now = answer.header().map_or(i64::MAX, |h| h.revision());
-                if now > read_at {
-                    let still_queued = self.check_queue().await?;
-                    if !still_queued || !matches!(self.next, Next::WaitForAny { .. }) {
-                        return Ok(Woken::Checked(still_queued));
-                    }
-                }
             }
         }
     }
@@ -308,64 +284,51 @@ enum Woken {
 ///
 /// The watch starts at the current revision, not at `read_at + 1`: etcd serves watches that
 /// start in the past from a loop that runs every 100 ms, which would add up to 100 ms to a
-/// handoff. Nothing is missed: if anything was written since `read_at` (the answer to the
-/// watch creation carries a later revision), the key is looked up once more after the watch
-/// is in place.
+/// handoff (and [`Watch`] makes sure etcd does not put this one behind either). Nothing is
+/// missed: if anything was written since `read_at` (the answer to the watch creation carries
+/// a later revision), the key is looked up once more after the watch is in place.
 async fn wait_for_delete(inner: &Shared, key: &[u8], read_at: i64, created: i64) -> Result<Woken> {
     let (endpoint, timeout) = (inner.endpoint.as_str(), inner.config.request_timeout);
-    let mut watch = inner.client.watch_client();
-    let mut stream = request(
-        endpoint,
-        timeout,
-        // Only deletes wake us: the holder ahead rewrites its value once (the grant time).
-        watch.watch(
-            key,
-            Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])),
-        ),
-    )
-    .await?;
-    let mut checked = false;
-    loop {
-        let answer = if checked {
-            stream
-                .message()
-                .await
-                .map_err(|e| to_lock_error(endpoint, e))?
-        } else {
-            request(endpoint, timeout, stream.message()).await?
-        };
-        let Some(answer) = answer else {
-            return Err(LockError::connection(endpoint, "the watch stream closed"));
-        };
-        if answer.canceled() {
+    // Only deletes wake us: the holder ahead rewrites its value once (the grant time).
+    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+    let Some(mut watch) = Watch::open(inner, key, options).await? else {
+        return Ok(Woken::Gone);
+    };
+    if watch.created_at() > read_at {
+        let mut kv = inner.client.kv_client();
+        // Whether the key is still there after the watch began is all this read must tell,
+        // so the member's own copy will do (no round of consensus) if it has applied the
+        // watch's start revision: a delete the copy does not show comes after it and is
+        // delivered. A member further behind is asked again, linearizably.
+        let local = GetOptions::new().with_serializable();
+        let mut found = request(endpoint, timeout, kv.get(key, Some(local))).await?;
+        if found
+            .header()
+            .is_none_or(|h| h.revision() < watch.created_at())
+        {
+            found = request(endpoint, timeout, kv.get(key, None)).await?;
+        }
+        // A key of that name created after the one we saw is a new incarnation of a reused
+        // name (its holder released and queued again, behind us): the key ahead is gone.
+        // Waiting for this one would wait for a key waiting for us.
+        if found
+            .kvs()
+            .first()
+            .is_none_or(|kv| kv.create_revision() != created)
+        {
             return Ok(Woken::Gone);
         }
-        let events = answer.events();
-        if !events.is_empty() {
-            inner
-                .watch_events
-                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
+    }
+    loop {
+        let events = match watch.next().await? {
+            Answer::Cancelled => return Ok(Woken::Gone),
+            Answer::Events(events) => events,
+        };
+        inner
+            .watch_events
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if events.iter().any(|e| e.event_type() == EventType::Delete) {
             return Ok(Woken::Gone);
-        }
-        if !checked && answer.created() {
-            checked = true;
-            let now = answer.header().map_or(i64::MAX, |h| h.revision());
-            if now > read_at {
-                let mut kv = inner.client.kv_client();
-                let found = request(endpoint, timeout, kv.get(key, None)).await?;
-                // A key of that name created after the one we saw is a new incarnation of
-                // a reused name (its holder released and queued again, behind us): the key
-                // ahead is gone. Waiting for this one would wait for a key waiting for us.
-                if found
-                    .kvs()
-                    .first()
-                    .is_none_or(|kv| kv.create_revision() != created)
-                {
-                    return Ok(Woken::Gone);
-                }
-            }
         }
     }
 }
