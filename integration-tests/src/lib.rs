@@ -150,3 +150,13 @@ fn missing(what: &str) -> ! {
          DLOCK_TEST_*_URL variables at running servers."
     )
 }
+
+/// A two-worker Tokio runtime, for tests that drive servers and processes from plain
+/// `#[test]` functions (a kill, a stop, a proxy) and run their async part on it.
+pub fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}

@@ -172,11 +172,7 @@ fn holders_link_to_one_member_blackholed() {
 #[test]
 fn member_cut_off_from_the_quorum_keeps_no_false_hope() {
     with_cluster("cut-off", |cluster, _target| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = dlock_test_servers::test_runtime();
         runtime.block_on(async {
             let member = (cluster.leader().expect("a leader") + 1) % 3;
             let url = format!(
@@ -239,11 +235,7 @@ fn member_cut_off_from_the_quorum_keeps_no_false_hope() {
 #[test]
 fn extend_through_a_lagging_member_answers_from_the_quorum() {
     with_cluster("lagging-extend", |cluster, _target| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = dlock_test_servers::test_runtime();
         runtime.block_on(async {
             let leader = cluster.leader().expect("a leader");
             let member = (leader + 1) % 3;

@@ -522,11 +522,7 @@ type LiveClient = (tokio::runtime::Runtime, dlock::Locker);
 /// Cancels `acquire` (with and without a wait limit), `try_acquire` and `release` of `key`
 /// on `url` at each of their polls; returns the client, still connected.
 fn sweep_cancellations(url: &str, key: &str, wait: Duration, in_flight: bool) -> LiveClient {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = dlock_test_servers::test_runtime();
     let locker = runtime.block_on(async {
         let locker = dlock::connect(url)
             .await
@@ -680,11 +676,7 @@ fn leftover_readers_see_held_and_queued_locks() {
         Target::new(Kind::ZooKeeper, vec![zookeeper.address()], "seen", SESSION),
         Target::new(Kind::Etcd, vec![etcd.address()], "seen", SESSION),
     ];
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = dlock_test_servers::test_runtime();
     for target in &targets {
         let spec = target.spec(1);
         let (guard, waiter) = runtime.block_on(async {
@@ -722,11 +714,7 @@ fn leftover_readers_see_held_and_queued_locks() {
 /// the cancellation sweep, in flight included, running against them.
 #[test]
 fn memory_with_cancellations() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = dlock_test_servers::test_runtime();
     let dir = tempfile::tempdir().unwrap();
     let history = std::sync::Arc::new(HistoryWriter::open(dir.path().join("history.tsv")).unwrap());
     let prefix = unique_prefix("memory");

@@ -101,11 +101,7 @@ fn leader_killed_while_held_and_awaited() {
 #[test]
 fn holders_server_killed_the_lock_stays_held() {
     with_ensemble(|ensemble| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = dlock_test_servers::test_runtime();
         runtime.block_on(async {
             for leader in [false, true] {
                 holders_server_killed(ensemble, leader).await;
