@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlock_conformance::bench::{histogram, micros, record, Histogram};
+use dlock_conformance::server_stats::{sum_of, ServerStats};
 use dlock_core::{LockOptions, Locker};
 use dlock_test_servers::{EtcdServer, RedisServer, ZooKeeperServer};
 use tokio::time::Instant;
@@ -101,7 +102,8 @@ async fn redis(run: Duration) {
     println!("\n== Redis (one local redis-server 7)");
     let rtt = redis_rtt(&url).await;
     let peer = |n| rslock_clients(std::slice::from_ref(&url), n);
-    let counted = Counted::Redis(std::slice::from_ref(&url));
+    let address = server.address();
+    let counted = Counted::Redis(std::slice::from_ref(&address));
     compare(rtt, run, (&url, "redis"), peer, counted).await;
 }
 
@@ -118,7 +120,7 @@ async fn redlock(run: Duration) {
         run,
         (&dlock_url, "redlock"),
         peer,
-        Counted::Redis(&urls),
+        Counted::Redis(&addresses),
     )
     .await;
 }
@@ -397,7 +399,7 @@ async fn redis_rtt(url: &str) -> f64 {
 /// The servers of a run whose own counters tell what a workload asked of them.
 #[derive(Clone, Copy)]
 enum Counted<'a> {
-    /// Redis instances (`INFO stats`: commands processed).
+    /// Redis instances' addresses (`INFO`: commands processed).
     Redis(&'a [String]),
     /// An etcd member's client address (`/metrics`: gRPC messages received, raft proposals
     /// committed, key-value range reads).
@@ -410,39 +412,34 @@ impl Counted<'_> {
     /// The counters now, named.
     async fn read(&self) -> Vec<(&'static str, u64)> {
         match *self {
-            Counted::Redis(urls) => {
+            Counted::Redis(addresses) => {
                 let mut commands = 0;
-                for url in urls {
-                    commands += redis_commands(url).await;
+                for address in addresses {
+                    let stats = ServerStats::Redis {
+                        address: address.clone(),
+                        auth: Vec::new(),
+                    };
+                    commands += stats.sample().await.requests.unwrap_or(0);
                 }
                 vec![("cmds", commands)]
             }
             Counted::Etcd(address) => {
-                let text = plain_exchange(
-                    address,
-                    format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
-                )
-                .await;
-                let sum = |name: &str| -> u64 {
-                    text.lines()
-                        .filter(|line| line.starts_with(name))
-                        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-                        .sum::<f64>() as u64
+                let stats = ServerStats::Etcd {
+                    address: address.to_owned(),
                 };
+                let text = stats.text().await.unwrap_or_default();
+                let sum = |prefix| sum_of(&text, prefix).unwrap_or(0);
                 vec![
-                    ("requests", sum("grpc_server_msg_received_total")),
+                    ("requests", sum("grpc_server_msg_received_total{")),
                     ("writes", sum("etcd_server_proposals_committed_total")),
                     ("ranges", sum("etcd_debugging_mvcc_range_total")),
                 ]
             }
             Counted::ZooKeeper(address) => {
-                let text = plain_exchange(address, b"mntr").await;
-                let packets = text
-                    .lines()
-                    .find_map(|line| line.strip_prefix("zk_packets_received"))
-                    .and_then(|rest| rest.trim().parse().ok())
-                    .unwrap_or(0);
-                vec![("requests", packets)]
+                let stats = ServerStats::ZooKeeper {
+                    address: address.to_owned(),
+                };
+                vec![("requests", stats.sample().await.requests.unwrap_or(0))]
             }
         }
     }
@@ -461,37 +458,6 @@ impl Counted<'_> {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// The server's count of commands processed (`INFO stats`), less the `INFO` itself.
-async fn redis_commands(url: &str) -> u64 {
-    let client = redis::Client::open(url).expect("redis client");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut connection)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find_map(|line| line.strip_prefix("total_commands_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Sends `request` on a new connection and reads until the server closes it (`mntr`, and
-/// HTTP/1.0 without keep-alive).
-async fn plain_exchange(address: &str, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect for the server's counters");
-    stream.write_all(request).await.expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    text
 }
 
 // ---- etcd-client's lock() ----

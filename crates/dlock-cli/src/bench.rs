@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::cli::BenchArgs;
 use crate::exit;
-use crate::server_stats::ServerStats;
+use crate::server_stats;
 
 /// Round trips and uncontended acquisitions sampled before the contended phase.
 const SAMPLES: usize = 200;
@@ -182,7 +182,7 @@ async fn measure_hold(args: &BenchArgs, count: u32) -> Result<HoldReport, LockEr
     // A backend whose lease is its session renews every lock whatever the option says.
     let keepalive = options.keepalive || client.capabilities().session_lease;
     let round_trip = bench::round_trips(&client, SAMPLES).await?;
-    let stats = ServerStats::for_url(&args.url);
+    let stats = server_stats::for_url(&args.url);
     let progress = if args.json {
         ProgressBar::hidden()
     } else {

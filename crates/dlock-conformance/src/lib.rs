@@ -115,6 +115,7 @@
 pub mod bench;
 mod counting;
 mod primitives;
+pub mod server_stats;
 pub mod suite;
 
 /// Writing a backend, from nothing to the facade and the command: the repository's
