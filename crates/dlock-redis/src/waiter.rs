@@ -133,13 +133,14 @@ pub(crate) async fn acquire(
                 split,
             } => {
                 failing_since = None;
-                if in_line.iter().any(|l| *l) {
+                let in_a_line = in_line.iter().any(|l| *l);
+                if in_a_line {
                     request.queued();
                 }
                 if split {
                     deaf = true;
                     jitter(SPLIT_RETRY)
-                } else if !in_line.iter().any(|l| *l) {
+                } else if !in_a_line {
                     jitter(NO_LINE_RETRY)
                 } else if let Some(ttl) = look_again {
                     // Look again when the holder's lease runs out, in case it vanished

@@ -83,13 +83,7 @@ pub fn jump_clock(by: Duration) {
 /// A second runtime with its own clock, for clients that must not see [`jump_clock`].
 pub fn elsewhere() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime for the other clients")
-    })
+    RUNTIME.get_or_init(dlock_test_servers::test_runtime)
 }
 
 /// A TCP proxy on a free loopback port in front of one server, which can drop what the
