@@ -342,11 +342,7 @@ impl LockBackend for EtcdBackend {
         // an extend right after the acquire then said `NotHeld` for a held lock, and one
         // right after a release through another member said the lock was still ours.
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                record.key.as_str(),
-                CompareOp::Equal,
-                token_revision(lease),
-            )])
+            .when([still_ours(record, lease)])
             .and_then([TxnOp::get(
                 record.key.as_str(),
                 Some(GetOptions::new().with_count_only()),
@@ -365,11 +361,7 @@ impl LockBackend for EtcdBackend {
         let record = record(lease)?;
         record.released.store(true, Ordering::Relaxed);
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                record.key.as_str(),
-                CompareOp::Equal,
-                token_revision(lease),
-            )])
+            .when([still_ours(record, lease)])
             .and_then([TxnOp::delete(record.key.as_str(), None)]);
         // Sent from a task of its own: a caller that stops waiting for the release (a
         // dropped future) must not leave the key holding the lock for the session's whole
@@ -438,11 +430,7 @@ impl LockBackend for EtcdBackend {
         };
         // Only while the key is still ours (this incarnation), keeping its lease.
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                record.key.as_str(),
-                CompareOp::Equal,
-                token_revision(lease),
-            )])
+            .when([still_ours(record, lease)])
             .and_then([TxnOp::put(
                 record.key.as_str(),
                 self.layout().value(&stamp),
@@ -715,4 +703,10 @@ pub(crate) fn record(lease: &Lease) -> Result<&EtcdRecord> {
 /// The create revision the lock key of `lease` must still have.
 pub(crate) fn token_revision(lease: &Lease) -> i64 {
     i64::try_from(lease.fencing_token().get()).unwrap_or(i64::MAX)
+}
+
+/// The comparison that holds exactly while the lock key of `lease` (whose record is
+/// `record`) still exists with the create revision it was acquired with: the lock is ours.
+pub(crate) fn still_ours(record: &EtcdRecord, lease: &Lease) -> Compare {
+    Compare::create_revision(record.key.as_str(), CompareOp::Equal, token_revision(lease))
 }

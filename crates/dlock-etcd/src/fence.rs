@@ -1,9 +1,9 @@
 //! Fencing that etcd enforces: your own writes, conditional on still holding the lock.
 
 use dlock_core::{LockError, LockGuard};
-use etcd_client::{Compare, CompareOp, Txn};
+use etcd_client::{Compare, Txn};
 
-use crate::backend::{record, token_revision};
+use crate::backend::{record, still_ours};
 
 /// A comparison that is true exactly while `guard`'s lock key still exists with the create
 /// revision it was acquired with (its fencing token): put it in your transaction's `when`.
@@ -11,12 +11,8 @@ use crate::backend::{record, token_revision};
 /// It fails once the lock was released, lost, or taken by anyone else, even if this process
 /// does not know yet (paused, partitioned): etcd itself rejects the stale write.
 pub fn lock_compare(guard: &LockGuard) -> Result<Compare, LockError> {
-    let record = record(guard.lease())?;
-    Ok(Compare::create_revision(
-        record.key.as_str(),
-        CompareOp::Equal,
-        token_revision(guard.lease()),
-    ))
+    let lease = guard.lease();
+    Ok(still_ours(record(lease)?, lease))
 }
 
 /// The etcd key that holds `guard`'s lock (its create revision is the fencing token).
